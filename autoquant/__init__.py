@@ -1,0 +1,28 @@
+"""autoquant: find, unattended, the best mixed-precision INT8 quantization of a trained network."""
+
+from .api import EvaluateResult, QuantizeResult, apply_record, evaluate, preset_plan, quantize
+from .config import Experiment, load_experiment
+from .errors import AutoquantError, ConfigError, DataError, ModelError, PlanError
+from .quantize.plan import LayerChoice, QuantPlan
+from .record import Record
+from .workspace import Workspace
+
+__all__ = [
+    "AutoquantError",
+    "ConfigError",
+    "DataError",
+    "EvaluateResult",
+    "Experiment",
+    "LayerChoice",
+    "ModelError",
+    "PlanError",
+    "QuantPlan",
+    "QuantizeResult",
+    "Record",
+    "Workspace",
+    "apply_record",
+    "evaluate",
+    "load_experiment",
+    "preset_plan",
+    "quantize",
+]

@@ -1,0 +1,33 @@
+"""On-disk cache of per-study work (activation statistics, FP32 reference), keyed by content hashes.
+
+Entries are .npz files written atomically; one that cannot be read or whose key does not match is
+rebuilt, with a message, never trusted.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..fileio import atomic_write
+
+CACHE_VERSION = 1
+
+
+def cached_arrays(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Return the arrays stored under `path` if they were built for `key`, else build and store them."""
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if str(f["_key"]) == key and int(f["_version"]) == CACHE_VERSION:
+                    return {k: f[k] for k in f.files if not k.startswith("_")}
+            print(f"autoquant: cache {path.name} is stale; rebuilding it", file=sys.stderr)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            print(f"autoquant: cache {path.name} is unreadable (corrupt?); rebuilding it", file=sys.stderr)
+    arrays = build()
+    atomic_write(path, lambda f: np.savez(f, _key=np.array(key), _version=np.array(CACHE_VERSION), **arrays))
+    return arrays

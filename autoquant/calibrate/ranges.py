@@ -1,0 +1,116 @@
+"""Range algorithms: pure functions from cached TensorStats to a clipping range (lo, hi).
+
+None of them touches data or a network; a trial calls them on the cache. `levels` is the number of
+quantization steps (255 for 8 bits).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .stats import TensorStats
+
+DEFAULT_PERCENTILE = 99.99
+
+
+def minmax(s: TensorStats, levels: int = 255) -> tuple[float, float]:
+    return s.min, s.max
+
+
+def percentile(s: TensorStats, levels: int = 255, pct: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
+    """Clip both tails at `pct` (one tail if the tensor is non-negative, e.g. after ReLU)."""
+    cdf = np.cumsum(s.counts) / max(s.total, 1)
+    edges = s.edges
+    hi = edges[1:][np.searchsorted(cdf, pct / 100.0)]
+    lo = s.min if s.min >= 0 else edges[:-1][np.searchsorted(cdf, 1.0 - pct / 100.0, side="right")]
+    return max(s.min, float(lo)), min(s.max, float(hi))
+
+
+def _sq_error(s: TensorStats, lo: np.ndarray, hi: np.ndarray, levels: int) -> np.ndarray:
+    """Expected squared quantization error of the histogram for each candidate range (vectorised).
+
+    Inside the range the rounding error is uniform (step²/12); outside it is the clipping distance².
+    """
+    c, n = s.centers[None, :], s.counts[None, :]
+    lo, hi = np.minimum(lo, 0.0)[:, None], np.maximum(hi, 0.0)[:, None]
+    step = (hi - lo) / levels
+    clipped = np.where(c > hi, c - hi, np.where(c < lo, lo - c, 0.0))
+    inside = (clipped == 0.0) * step**2 / 12.0
+    return ((clipped**2 + inside) * n).sum(axis=1)
+
+
+def mse(s: TensorStats, levels: int = 255, candidates: int = 100) -> tuple[float, float]:
+    """IFMR-like: shrink [min, max] by a common ratio, keep the ratio with the least expected MSE."""
+    ratios = np.linspace(1.0 / candidates, 1.0, candidates)
+    err = _sq_error(s, s.min * ratios, s.max * ratios, levels)
+    r = ratios[int(np.argmin(err))]
+    return s.min * r, s.max * r
+
+
+def histogram(s: TensorStats, levels: int = 255, step_mass: float = 1e-4) -> tuple[float, float]:
+    """HFMG-like greedy search (as torch's HistogramObserver): trim the tail holding less mass, bin by bin,
+    while the expected MSE on the merged histogram keeps falling. Unlike `mse` it clips each side on its own."""
+    edges, counts = s.edges, s.counts
+    nz = np.nonzero(counts)[0]
+    start, end = int(nz[0]), int(nz[-1])
+    cdf = np.cumsum(counts) / max(s.total, 1)
+    # All trim candidates at once: trimming mass a from the left and b from the right.
+    grid = np.arange(0.0, 0.02 + step_mass, step_mass)
+    lo_idx = np.clip(np.searchsorted(cdf, grid, side="right"), start, end)
+    hi_idx = np.clip(np.searchsorted(cdf, 1.0 - grid, side="left"), start, end)
+    lo_c = np.maximum(edges[lo_idx], s.min) if s.min < 0 else np.full(len(grid), s.min)
+    hi_c = np.minimum(edges[hi_idx + 1], s.max)
+    err_lo = _sq_error(s, lo_c, np.full(len(grid), s.max), levels)
+    err_hi = _sq_error(s, np.full(len(grid), s.min), hi_c, levels)
+    i = j = 0
+    best = _sq_error(s, lo_c[:1], hi_c[:1], levels)[0]
+    while i + 1 < len(grid) or j + 1 < len(grid):
+        # Move the side whose next trim lowers the one-sided error more; stop when neither helps.
+        gain_lo = err_lo[i] - err_lo[i + 1] if i + 1 < len(grid) else -np.inf
+        gain_hi = err_hi[j] - err_hi[j + 1] if j + 1 < len(grid) else -np.inf
+        ni, nj = (i + 1, j) if gain_lo >= gain_hi else (i, j + 1)
+        err = _sq_error(s, lo_c[ni : ni + 1], hi_c[nj : nj + 1], levels)[0]
+        if err >= best:
+            break
+        best, i, j = err, ni, nj
+    return float(lo_c[i]), float(hi_c[j])
+
+
+def entropy(s: TensorStats, levels: int = 255, stride: int = 16) -> tuple[float, float]:
+    """TensorRT-style KL calibration on |x|: the threshold whose quantized distribution is closest to the data."""
+    n = len(s.counts)
+    half = s.counts[n // 2 :] + s.counts[: n // 2][::-1]  # fold negative bins onto |x|
+    bin_width = 2 * s.radius / n
+    last = int(np.nonzero(half)[0][-1]) + 1 if half.any() else 1
+    q_levels = levels + 1 if s.min >= 0 else (levels + 1) // 2
+    if last <= q_levels:
+        return s.min, s.max
+    best_kl, best_t = np.inf, last
+    for t in range(q_levels, last + 1, max(1, min(stride, (last - q_levels) // 64 or 1))):
+        p = half[:t].astype(np.float64).copy()
+        p[-1] += half[t:last].sum()
+        bounds = np.linspace(0, t, q_levels + 1).astype(np.int64)
+        bounds = np.unique(bounds)
+        chunk_sum = np.add.reduceat(half[:t].astype(np.float64), bounds[:-1])
+        nonzero = half[:t] > 0
+        chunk_nz = np.add.reduceat(nonzero.astype(np.float64), bounds[:-1])
+        per_bin = np.divide(chunk_sum, chunk_nz, out=np.zeros_like(chunk_sum), where=chunk_nz > 0)
+        q = np.repeat(per_bin, np.diff(bounds)) * nonzero
+        mask = p > 0
+        pn, qn = p[mask] / p.sum(), q[mask] / max(q.sum(), 1e-12)
+        kl = float(np.sum(pn * np.log(pn / np.maximum(qn, 1e-12))))
+        if kl < best_kl:
+            best_kl, best_t = kl, t
+    threshold = best_t * bin_width
+    return max(s.min, -threshold), min(s.max, threshold)
+
+
+ALGORITHMS: dict[str, Callable[..., tuple[float, float]]] = {
+    "minmax": minmax,
+    "percentile": percentile,
+    "mse": mse,
+    "entropy": entropy,
+    "histogram": histogram,
+}

@@ -1,0 +1,152 @@
+"""Experiment configuration: YAML is parsed once, here, into frozen dataclasses; the core never sees dicts.
+
+Unknown keys and wrong types are errors that name the key and the file. Relative paths are resolved
+against the directory of the YAML file, so an experiment runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+BUILTIN_MODELS = ("digits_cnn", "cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet56", "cifar10_mobilenet")
+DATA_SOURCES = ("digits", "cifar10", "npz")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    builtin: str | None = None  # one of BUILTIN_MODELS
+    onnx: Path | None = None  # or a user's FP32 ONNX file
+    checkpoint: Path | None = None  # weights for builtins that load them (the CIFAR ResNets)
+
+    def __post_init__(self):
+        if (self.builtin is None) == (self.onnx is None):
+            raise ConfigError("model: give exactly one of 'builtin' or 'onnx'")
+        if self.builtin is not None and self.builtin not in BUILTIN_MODELS:
+            raise ConfigError(f"model.builtin '{self.builtin}' is unknown: use one of {', '.join(BUILTIN_MODELS)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    path: Path | None = None
+    x_key: str = "x"
+    y_key: str = "y"
+    calibration_size: int = 300
+    eval_size: int = 500
+    train_size: int = 0  # samples reserved for training a built-in model; never calibrated or evaluated on
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.source not in DATA_SOURCES:
+            raise ConfigError(f"data.source '{self.source}' is unknown: use one of {', '.join(DATA_SOURCES)}")
+        if self.source != "digits" and self.path is None:
+            raise ConfigError(f"data.path is required for data.source '{self.source}'")
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    activation_type: str = "uint8"  # measured faster than int8 on this x86 CPU (see README)
+    percentile: float = 99.99
+    calibration_batch_size: int = 32
+
+    def __post_init__(self):
+        if self.activation_type not in ("uint8", "int8"):
+            raise ConfigError(f"quantization.activation_type '{self.activation_type}' is unknown: use uint8 or int8")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"quantization.percentile {self.percentile} must be in (50, 100]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    metric: str = "top1"  # or "package.module:function" taking (outputs, labels) -> float (higher is better)
+    batch_size: int = 100
+    latency_batch_size: int = 32
+    latency_repeats: int = 15
+    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
+
+    def __post_init__(self):
+        if self.metric != "top1" and ":" not in self.metric:
+            raise ConfigError(f"eval.metric '{self.metric}' must be 'top1' or 'module:function'")
+        for key in ("batch_size", "latency_batch_size", "latency_repeats"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key} must be at least 1")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cache_dir: Path | None = None  # default: $AUTOQUANT_CACHE_DIR or ~/.cache/autoquant
+    source_file: Path | None = None
+
+    @property
+    def cache(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return Path(os.environ.get("AUTOQUANT_CACHE_DIR", Path.home() / ".cache" / "autoquant"))
+
+
+def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where, base)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, base)
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, raw: Any, where: str, base: Path):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source_file"]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}", base) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_yaml(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file {path} not found: give the path of a YAML file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+
+
+def load_experiment(path: Path) -> Experiment:
+    path = Path(path)
+    raw = load_yaml(path)
+    exp = from_dict(Experiment, raw, path.name, path.resolve().parent)
+    return dataclasses.replace(exp, source_file=path.resolve())

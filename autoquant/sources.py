@@ -1,0 +1,63 @@
+"""From an experiment's model and data sections to an FP32 ONNX file and fixed data splits.
+
+Built-in models are exported to ONNX once and cached; those without a checkpoint (digits CNN,
+MobileNet-CIFAR) are trained once, seeded, on the data's train split and cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import data as datasets
+from .config import Experiment
+from .errors import ConfigError, ModelError
+from .graph.ingest import export_torch, file_sha256
+
+_CHECKPOINT_DEPTH = {"cifar10_resnet20": 20, "cifar10_resnet32": 32, "cifar10_resnet56": 56}
+
+
+def load_splits(exp: Experiment) -> datasets.Splits:
+    d = exp.data
+    if d.source == "digits":
+        full = datasets.load_digits()
+    elif d.source == "cifar10":
+        full = datasets.load_cifar10(d.path)
+    else:
+        full = datasets.load_npz(d.path, d.x_key, d.y_key)
+    return datasets.split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed)
+
+
+def model_path(exp: Experiment, splits: datasets.Splits) -> Path:
+    """The FP32 ONNX file the experiment quantizes (exported and cached for built-in models)."""
+    m = exp.model
+    if m.onnx is not None:
+        return m.onnx
+    from . import zoo
+
+    cache = exp.cache / "builtin"
+    if m.builtin in _CHECKPOINT_DEPTH:
+        if m.checkpoint is None:
+            raise ConfigError(f"model.checkpoint is required for {m.builtin}: point it at the .th file")
+        if not m.checkpoint.is_file():
+            raise ModelError(
+                f"checkpoint {m.checkpoint} not found: set model.checkpoint in {exp.source_file or 'the experiment'}"
+            )
+        out = cache / f"{m.builtin}-{file_sha256(m.checkpoint)[:12]}.onnx"
+        if not out.is_file():
+            export_torch(zoo.load_cifar_resnet(_CHECKPOINT_DEPTH[m.builtin], m.checkpoint),
+                         np.zeros((1, 3, 32, 32), np.float32), out)  # fmt: skip
+        return out
+    if splits.train is None:
+        raise ConfigError(f"{m.builtin} is trained here: set data.train_size (its samples are never evaluated on)")
+    train = splits.train
+    tag = f"{m.builtin}-{train.sha256()[:12]}-seed{exp.data.seed}"
+    out = cache / f"{tag}.onnx"
+    if not out.is_file():
+        if m.builtin == "digits_cnn":
+            net = zoo.train_digits_cnn(train.x, train.y, cache, seed=exp.data.seed)
+        else:
+            net = zoo.train_mobilenet_cifar(train.x, train.y, cache, seed=exp.data.seed)
+        export_torch(net, train.x[:1], out)
+    return out

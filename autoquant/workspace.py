@@ -1,0 +1,105 @@
+"""Workspace: everything about one experiment that does not depend on the plan, computed once.
+
+Pre-processed model, graph analysis, activation statistics (one calibration pass, cached on disk),
+FP32 reference (cached on disk) and a memo of ranges per (tensor, algorithm). Building a plan's model
+from here never runs calibration data through a network.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .calibrate.cache import cached_arrays
+from .calibrate.collect import collect_stats
+from .calibrate.ranges import ALGORITHMS
+from .calibrate.stats import NUM_BINS, stats_from_arrays, stats_to_arrays
+from .config import Experiment
+from .evaluate.evaluator import EvalResult, Evaluator
+from .evaluate.metrics import resolve_metric
+from .graph.ingest import prepare
+from .graph.layers import analyze
+from .quantize.build import ActivationParams, build_qdq, params_from_range, tensor_algorithms
+from .quantize.plan import QuantPlan
+from .sources import load_splits, model_path
+
+STATS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent on per-study work, for progress messages and benchmarks (0 when read from cache)."""
+
+    prepare: float
+    calibration: float
+    reference: float
+
+
+class Workspace:
+    def __init__(self, exp: Experiment):
+        self.exp = exp
+        t0 = time.perf_counter()
+        self.splits = load_splits(exp)
+        self.prepared = prepare(model_path(exp, self.splits), exp.cache)
+        self.model = self.prepared.load()
+        self.graph = analyze(self.model)
+        self.evaluator = Evaluator(self.splits.eval, resolve_metric(exp.eval.metric), self.prepared.input, exp.eval)
+        t1 = time.perf_counter()
+        self.stats, calibrated = self._statistics()
+        t2 = time.perf_counter()
+        self.reference, referenced = self._reference()
+        t3 = time.perf_counter()
+        self.timings = Timings(t1 - t0, (t2 - t1) * calibrated, (t3 - t2) * referenced)
+
+    @property
+    def sha(self) -> str:
+        return self.prepared.sha256
+
+    def _statistics(self):
+        calib = self.splits.calibration
+        ran = []
+
+        def build():
+            ran.append(True)
+            stats = collect_stats(self.model, self.prepared.input, self.graph.float_tensors, calib,
+                                  batch_size=self.exp.quantization.calibration_batch_size,
+                                  threads=self.evaluator.threads)  # fmt: skip
+            return stats_to_arrays(stats)
+
+        key = f"stats-v{STATS_VERSION}:{self.sha}:{calib.sha256()}:{NUM_BINS}"
+        path = self.exp.cache / "stats" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
+        return stats_from_arrays(cached_arrays(path, key, build)), bool(ran)
+
+    def _reference(self) -> tuple[EvalResult, bool]:
+        ev = self.splits.eval
+        ran = []
+
+        def build():
+            ran.append(True)
+            res = self.evaluator.score(self.evaluator.session(self.model))
+            return {"accuracy": np.array(res.accuracy), "outputs": res.outputs}
+
+        key = f"reference:{self.sha}:{ev.sha256()}:{self.exp.eval.metric}"
+        path = self.exp.cache / "reference" / f"{self.sha[:16]}-{ev.sha256()[:16]}.npz"
+        arrays = cached_arrays(path, key, build)
+        return EvalResult(float(arrays["accuracy"]), arrays["outputs"]), bool(ran)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one Workspace per study; the memo lives as long as it
+    def range_params(self, tensor: str, algorithm: str) -> ActivationParams:
+        q = self.exp.quantization
+        extra = {"pct": q.percentile} if algorithm == "percentile" else {}
+        lo, hi = ALGORITHMS[algorithm](self.stats[tensor], 255, **extra)
+        return params_from_range(lo, hi, q.activation_type)
+
+    def activations(self, plan: QuantPlan) -> tuple[dict[str, ActivationParams], dict[str, str]]:
+        """(scale, zero point) and the algorithm that set it, for every activation tensor the plan quantizes."""
+        algorithms = tensor_algorithms(self.model, self.graph, plan)
+        return {t: self.range_params(t, a) for t, a in algorithms.items()}, algorithms
+
+    def build(self, plan: QuantPlan) -> onnx.ModelProto:
+        params, _ = self.activations(plan)
+        return build_qdq(self.model, self.graph, plan, params, self.exp.quantization.activation_type)
