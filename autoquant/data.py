@@ -78,6 +78,12 @@ def load_cifar10(path: Path) -> Dataset:
 def load_npz(path: Path, x_key: str = "x", y_key: str = "y") -> Dataset:
     """A user's own data: an .npz with float inputs (already preprocessed, model layout) and int labels."""
     x, y = _load_npz(path, x_key, y_key)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(
+            f"{path}: '{x_key}' is {x.dtype}; save the inputs as float32, already preprocessed the way the model expects"
+        )
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: '{y_key}' must be a 1-D integer label array, got {y.dtype} {y.shape}")
     return Dataset(x.astype(np.float32, copy=False), y.astype(np.int64))
 
 

@@ -41,41 +41,34 @@ def _sq_error(s: TensorStats, lo: np.ndarray, hi: np.ndarray, levels: int) -> np
     return ((clipped**2 + inside) * n).sum(axis=1)
 
 
+def _descend(s: TensorStats, lo_cands: np.ndarray, hi_cands: np.ndarray, levels: int) -> tuple[float, float]:
+    """Coordinate descent over candidate lower/upper clips (each side in turn, a few rounds): tails on
+    the two sides of a tensor are usually very different, so they are clipped independently."""
+    lo, hi = float(lo_cands[-1]), float(hi_cands[-1])  # start from the widest range
+    for _ in range(3):
+        hi = float(hi_cands[np.argmin(_sq_error(s, np.full(len(hi_cands), lo), hi_cands, levels))])
+        lo = float(lo_cands[np.argmin(_sq_error(s, lo_cands, np.full(len(lo_cands), hi), levels))])
+    return lo, hi
+
+
 def mse(s: TensorStats, levels: int = 255, candidates: int = 100) -> tuple[float, float]:
-    """IFMR-like: shrink [min, max] by a common ratio, keep the ratio with the least expected MSE."""
+    """IFMR-like: clip min and max by ratios in (0, 1], keeping the pair with the least expected MSE."""
     ratios = np.linspace(1.0 / candidates, 1.0, candidates)
-    err = _sq_error(s, s.min * ratios, s.max * ratios, levels)
-    r = ratios[int(np.argmin(err))]
-    return s.min * r, s.max * r
+    return _descend(s, s.min * ratios, s.max * ratios, levels)
 
 
-def histogram(s: TensorStats, levels: int = 255, step_mass: float = 1e-4) -> tuple[float, float]:
-    """HFMG-like greedy search (as torch's HistogramObserver): trim the tail holding less mass, bin by bin,
-    while the expected MSE on the merged histogram keeps falling. Unlike `mse` it clips each side on its own."""
-    edges, counts = s.edges, s.counts
-    nz = np.nonzero(counts)[0]
-    start, end = int(nz[0]), int(nz[-1])
-    cdf = np.cumsum(counts) / max(s.total, 1)
-    # All trim candidates at once: trimming mass a from the left and b from the right.
-    grid = np.arange(0.0, 0.02 + step_mass, step_mass)
-    lo_idx = np.clip(np.searchsorted(cdf, grid, side="right"), start, end)
-    hi_idx = np.clip(np.searchsorted(cdf, 1.0 - grid, side="left"), start, end)
-    lo_c = np.maximum(edges[lo_idx], s.min) if s.min < 0 else np.full(len(grid), s.min)
-    hi_c = np.minimum(edges[hi_idx + 1], s.max)
-    err_lo = _sq_error(s, lo_c, np.full(len(grid), s.max), levels)
-    err_hi = _sq_error(s, np.full(len(grid), s.min), hi_c, levels)
-    i = j = 0
-    best = _sq_error(s, lo_c[:1], hi_c[:1], levels)[0]
-    while i + 1 < len(grid) or j + 1 < len(grid):
-        # Move the side whose next trim lowers the one-sided error more; stop when neither helps.
-        gain_lo = err_lo[i] - err_lo[i + 1] if i + 1 < len(grid) else -np.inf
-        gain_hi = err_hi[j] - err_hi[j + 1] if j + 1 < len(grid) else -np.inf
-        ni, nj = (i + 1, j) if gain_lo >= gain_hi else (i, j + 1)
-        err = _sq_error(s, lo_c[ni : ni + 1], hi_c[nj : nj + 1], levels)[0]
-        if err >= best:
-            break
-        best, i, j = err, ni, nj
-    return float(lo_c[i]), float(hi_c[j])
+def histogram(s: TensorStats, levels: int = 255, candidates: int = 100) -> tuple[float, float]:
+    """HFMG-like: candidate clips are the merged histogram's bin edges that cut off a given tail mass
+    (10⁻⁷ … 2 %, log-spaced), so the search resolves rare outliers that ratio steps would jump over."""
+    tail = np.concatenate([[0.0], np.logspace(-7, np.log10(0.02), candidates - 1)])[::-1]
+    cdf = np.cumsum(s.counts) / max(s.total, 1)
+    edges = s.edges
+    hi = np.minimum(edges[1:][np.minimum(np.searchsorted(cdf, 1.0 - tail), len(cdf) - 1)], s.max)
+    lo = np.maximum(edges[:-1][np.searchsorted(cdf, tail, side="right")], s.min)
+    if s.min >= 0:
+        lo = np.full(len(tail), s.min)
+    hi[-1], lo[-1] = s.max, s.min  # zero tail mass means exactly the observed extremes
+    return _descend(s, lo, hi, levels)
 
 
 def entropy(s: TensorStats, levels: int = 255, stride: int = 16) -> tuple[float, float]:
