@@ -61,7 +61,8 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
     objectives = {"accuracy": result.accuracy, "fp32_accuracy": ws.reference.accuracy, "accuracy_drop": drop,
                   "bitops_fraction": bitops_fraction(ws.graph, plan), "latency_ms": q_ms, "size_bytes": len(q_bytes)}  # fmt: skip
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
-                         activation_type=ws.exp.quantization.activation_type, objectives=objectives)  # fmt: skip
+                         activation_type=ws.exp.quantization.activation_type, objectives=objectives,
+                         source_model=str(ws.prepared.source))  # fmt: skip
     out_dir = Path(out_dir)
     model_path = atomic_write_bytes(out_dir / "model.int8.onnx", q_bytes)
     record_path = record.save(out_dir / "record.json")

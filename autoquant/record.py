@@ -61,6 +61,7 @@ class Record:
     # Every quantized activation tensor (layer inputs, outputs and glue ops): what `apply` needs to be exact.
     activations: dict[str, dict[str, Any]]
     objectives: dict[str, float] = field(default_factory=dict)
+    source_model: str = ""  # where the FP32 model was when the record was made: `apply` needs it
     format_version: int = FORMAT_VERSION
     autoquant_version: str = ""
     onnxruntime_version: str = ""
@@ -135,6 +136,7 @@ def make_record(
     model_sha256: str,
     activation_type: str,
     objectives: dict[str, float] | None = None,
+    source_model: str = "",
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
     layers = []
@@ -154,4 +156,4 @@ def make_record(
                               float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
         layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data))
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
-    return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), **_versions())
+    return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, **_versions())

@@ -138,4 +138,5 @@ def build_qdq(
         quantizer.quantize_model()
     finally:
         logging.getLogger().setLevel(level)
+    quantizer.model.topological_sort()  # the quantizer appends Q/DQ nodes out of order; ONNX requires order
     return quantizer.model.model
