@@ -93,6 +93,70 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def _report_search(result, objective: str, args) -> int:
+    from .service import EXIT_NO_PLAN, result_json, summary_table
+
+    if args.json:
+        print(json.dumps(result_json(result)))
+    else:
+        print(f"\nPareto front ({result.completed} trials, FP32 accuracy {result.fp32_accuracy:.2f} %, "
+              f"latency as a ratio to FP32):")  # fmt: skip
+        print(summary_table(result, objective))
+    if not result.met:
+        c = result.chosen
+        closest = (f"closest: trial {c.number} with a drop of {c.result.accuracy_drop:.2f} pt" if c else "no trial completed")
+        print(f"autoquant: no plan meets the accuracy constraint; {closest}. Raise max_accuracy_drop or run more trials",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_NO_PLAN
+    if not args.json:
+        e = result.export
+        print(f"\nexported trial {result.chosen.number}: accuracy {e.accuracy:.2f} % (drop {e.accuracy_drop:+.2f} pt), "
+              f"bitops {e.bitops_fraction * 100:.2f} % of FP32, latency {e.latency_ratio:.2f}x FP32")  # fmt: skip
+        print(f"wrote {e.model_path} and {e.record_path}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .config import load_experiment
+    from .service import search
+
+    exp = load_experiment(args.experiment)
+    if args.max_accuracy_drop is not None:
+        from dataclasses import replace
+
+        exp = replace(exp, search=replace(exp.search, max_accuracy_drop=args.max_accuracy_drop))
+    out = args.out or Path("runs") / exp.name
+    log = None if args.quiet else _log
+    if log:
+        log(f"autoquant: study {exp.name} in {out} (rerun the same command to resume it)")
+    result = search(exp, out, trials=args.trials, quiet=args.quiet, log=log)
+    if log:
+        log(f"autoquant: {result.evaluated} plans evaluated in {result.seconds:.1f} s this run; "
+            f"MLflow: mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}")  # fmt: skip
+    return _report_search(result, exp.search.objective, args)
+
+
+def cmd_export(args) -> int:
+    from .service import export_from_run
+
+    result = export_from_run(args.run_dir, args.out, max_drop=args.max_accuracy_drop, objective=args.objective)
+    return _report_search(result, args.objective or "bitops", args)
+
+
+def cmd_sensitivity(args) -> int:
+    from .search.sensitivity import layer_sensitivity, write_sensitivity_report
+
+    ws = _workspace(args.experiment)
+    rows = layer_sensitivity(ws, progress=lambda i, n, name: _log(f"sensitivity {i}/{n}: {name}"))
+    out = args.out or Path("runs") / ws.exp.name
+    csv_path, png_path = write_sensitivity_report(rows, out)
+    print(f"{'layer':48s} {'drop pt':>8s} {'rel. output MSE':>16s}")
+    for r in sorted(rows, key=lambda r: r.output_mse, reverse=True):
+        print(f"{r.layer:48s} {r.accuracy_drop:8.2f} {r.output_mse:16.3g}")
+    print(f"wrote {csv_path} and {png_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoquant", description="Find and ship the best INT8 quantization of a model.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +181,28 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--cache-dir", type=Path)
     a.set_defaults(fn=cmd_apply)
+
+    se = sub.add_parser("search", help="run or resume the study; export the best plan within the constraint")
+    se.add_argument("experiment", type=Path)
+    se.add_argument("--trials", type=int, help="complete trials to reach (default: search.trials)")
+    se.add_argument("--out", type=Path, help="run directory (default: runs/EXPERIMENT_NAME)")
+    se.add_argument("--max-accuracy-drop", type=float, help="override search.max_accuracy_drop (points)")
+    se.add_argument("--quiet", action="store_true", help="no progress bar (for scheduled runs)")
+    se.add_argument("--json", action="store_true", help="print one JSON line with the outcome")
+    se.set_defaults(fn=cmd_search)
+
+    ex = sub.add_parser("export", help="re-choose and export a plan from a finished study")
+    ex.add_argument("run_dir", type=Path)
+    ex.add_argument("--max-accuracy-drop", type=float)
+    ex.add_argument("--objective", choices=("bitops", "latency", "size"))
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(fn=cmd_export)
+
+    sn = sub.add_parser("sensitivity", help="per-layer sensitivity table and bar plot")
+    sn.add_argument("experiment", type=Path)
+    sn.add_argument("--out", type=Path, help="directory for sensitivity.csv/png (default: runs/EXPERIMENT_NAME)")
+    sn.set_defaults(fn=cmd_sensitivity)
 
     ls = sub.add_parser("layers", help="list the quantizable layers of the experiment's model")
     ls.add_argument("experiment", type=Path)

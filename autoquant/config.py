@@ -82,6 +82,37 @@ class EvalConfig:
                 raise ConfigError(f"eval.{key} must be at least 1")
 
 
+OBJECTIVES = ("bitops", "latency", "size")
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
+    objective: str = "bitops"  # the cost minimised next to accuracy: bitops, latency or size
+    max_accuracy_drop: float = 1.0  # points of the metric; selects the export
+    trials: int = 40
+    timeout_minutes: float | None = None
+    sampler: str = "nsga2"
+    population_size: int = 16
+    seed: int = 0
+    sensitivity_k: list = field(default_factory=lambda: [1, 2, 4])  # warm starts: all INT8 but the k most sensitive
+    storage: str | None = None  # SQLAlchemy URL; default: sqlite file in the run directory
+    tracking_uri: str | None = None  # MLflow; default: sqlite file in the run directory
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"search.objective '{self.objective}' is unknown: use one of {', '.join(OBJECTIVES)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"search.sampler '{self.sampler}' is unknown: use one of {', '.join(SAMPLERS)}")
+        if self.trials < 1:
+            raise ConfigError("search.trials must be at least 1")
+        if self.max_accuracy_drop < 0:
+            raise ConfigError("search.max_accuracy_drop must be >= 0 (points)")
+        if not all(isinstance(k, int) and k >= 0 for k in self.sensitivity_k):
+            raise ConfigError("search.sensitivity_k must be a list of non-negative integers")
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -89,6 +120,7 @@ class Experiment:
     data: DataConfig = field(default_factory=DataConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     cache_dir: Path | None = None  # default: $AUTOQUANT_CACHE_DIR or ~/.cache/autoquant
     source_file: Path | None = None
 
@@ -113,6 +145,10 @@ def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
             raise ConfigError(f"{where} must be a path string, got {value!r}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -27,3 +28,24 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
+
+
+def replace_dir(new: Path, target: Path) -> Path:
+    """Swap a fully written directory `new` into place as `target`, keeping the old one until the swap
+    is done; `recover_dir` undoes a swap a kill interrupted half-way."""
+    old = target.with_name(f".{target.name}.old")
+    recover_dir(target)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def recover_dir(target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)

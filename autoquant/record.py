@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from .fileio import atomic_write_bytes
 from .graph.layers import GraphInfo
 from .quantize.build import ActivationParams
 from .quantize.plan import LayerChoice, QuantPlan
+from .versions import versions
 
 FORMAT_VERSION = 1
 
@@ -107,16 +107,6 @@ class Record:
             raise PlanError(f"{path} is not an autoquant record file ({exc.__class__.__name__}: {exc})") from exc
 
 
-def _versions() -> dict[str, str]:
-    def v(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "unknown"
-
-    return {"autoquant_version": v("autoquant"), "onnxruntime_version": v("onnxruntime"), "onnx_version": v("onnx")}
-
-
 def _qparams(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Scale and zero point of the DequantizeLinear that produces `tensor`, if any."""
     inits = {i.name: i for i in qmodel.graph.initializer}
@@ -156,4 +146,4 @@ def make_record(
                               float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
         layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data))
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
-    return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, **_versions())
+    return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, **versions())

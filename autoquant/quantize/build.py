@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnxruntime.quantization import QuantType
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -120,6 +121,9 @@ def build_qdq(
     nodes = quantized_nodes(model, plan)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    if any(plan[layer.name].quantize and plan[layer.name].weight_bits == 4 for layer in graph.layers):
+        # int4 tensors exist from opset 21; onnxruntime's update_opset_version only bumps for int16.
+        copy = onnx.version_converter.convert_version(copy, max(21, copy.opset_import[0].version))
     quantizer = QDQQuantizer(
         copy,
         False,  # per_channel: decided per weight through the overrides above

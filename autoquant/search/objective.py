@@ -1,0 +1,62 @@
+"""Scoring one plan: build its INT8 model from the workspace cache and measure what the search optimises."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import AutoquantError
+from ..evaluate.cost import bitops_fraction
+from ..quantize.plan import QuantPlan
+from ..workspace import Workspace
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    accuracy: float
+    accuracy_drop: float
+    bitops_fraction: float
+    latency_ms: float
+    latency_ratio: float
+    size_bytes: int
+    output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
+
+    def cost(self, objective: str) -> float:
+        return {"bitops": self.bitops_fraction, "latency": self.latency_ms, "size": float(self.size_bytes)}[objective]
+
+    def to_attrs(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "TrialResult":
+        return cls(**{k: attrs[k] for k in cls.__dataclass_fields__})
+
+
+class TrialFailed(AutoquantError):
+    """A plan whose model cannot be built or run, or gives non-finite outputs: that trial fails, the study goes on."""
+
+
+class PlanScorer:
+    """Scores plans against a workspace; FP32 latency is measured once per study."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        (self.fp32_latency_ms,) = ws.evaluator.latency_ms(ws.evaluator.session(ws.model))
+        ref = ws.reference.outputs
+        self._ref_power = float(np.square(ref).mean()) or 1.0
+
+    def __call__(self, plan: QuantPlan) -> TrialResult:
+        ws, ev = self.ws, self.ws.evaluator
+        try:
+            model = ws.build(plan)
+            sess = ev.session(model)
+            scored = ev.score(sess)
+            (latency,) = ev.latency_ms(sess)
+        except AutoquantError as exc:
+            raise TrialFailed(str(exc)) from exc
+        except Exception as exc:  # onnxruntime's own error types: the plan is the problem, not the user
+            raise TrialFailed(f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from exc
+        mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._ref_power
+        return TrialResult(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops_fraction(ws.graph, plan),
+                           latency, latency / self.fp32_latency_ms, model.ByteSize(), mse)  # fmt: skip

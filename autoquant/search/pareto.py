@@ -1,0 +1,94 @@
+"""Pareto front of scored plans (accuracy up, cost down), the choice under a constraint, and its CSV/plot."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..quantize.plan import QuantPlan
+from .objective import TrialResult
+
+COST_LABELS = {"bitops": "bitops (fraction of FP32)", "latency": "latency (ms per batch)", "size": "model size (bytes)"}
+
+
+@dataclass(frozen=True)
+class ScoredPlan:
+    number: int  # Optuna trial number
+    label: str  # warm-start name, or "" for sampled plans
+    plan: QuantPlan
+    result: TrialResult
+
+
+def pareto_front(points: list[ScoredPlan], objective: str) -> list[ScoredPlan]:
+    """Non-dominated points, cheapest first. Written here rather than read from `study.best_trials`
+    because `export` may re-choose under a different cost than the one the study optimised."""
+    front = []
+    for p in points:
+        dominated = any(
+            q.result.accuracy >= p.result.accuracy and q.result.cost(objective) <= p.result.cost(objective)
+            and (q.result.accuracy > p.result.accuracy or q.result.cost(objective) < p.result.cost(objective))
+            for q in points
+        )  # fmt: skip
+        if not dominated:
+            front.append(p)
+    unique = {(p.result.accuracy, p.result.cost(objective)): p for p in sorted(front, key=lambda p: -p.number)}
+    return sorted(unique.values(), key=lambda p: p.result.cost(objective))
+
+
+def choose(points: list[ScoredPlan], max_drop: float, objective: str) -> tuple[ScoredPlan | None, bool]:
+    """The cheapest plan within `max_drop`; if none qualifies, (the plan with the smallest drop, False)."""
+    if not points:
+        return None, False
+    ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
+    if ok:
+        return min(ok, key=lambda p: (p.result.cost(objective), -p.result.accuracy, p.number)), True
+    return min(points, key=lambda p: (p.result.accuracy_drop, p.result.cost(objective))), False
+
+
+def write_pareto_csv(front: list[ScoredPlan], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "label", "accuracy", "accuracy_drop", "bitops_fraction", "latency_ms", "latency_ratio",
+                    "size_bytes", "quantized_layers", "plan_key"])  # fmt: skip
+        for p in front:
+            r = p.result
+            w.writerow([p.number, p.label, f"{r.accuracy:.3f}", f"{r.accuracy_drop:.3f}", f"{r.bitops_fraction:.5f}",
+                        f"{r.latency_ms:.3f}", f"{r.latency_ratio:.3f}", r.size_bytes,
+                        f"{len(p.plan.quantized)}/{len(p.plan.names)}", p.plan.key()])  # fmt: skip
+    return path
+
+
+def plot_pareto(points: list[ScoredPlan], front: list[ScoredPlan], chosen: ScoredPlan | None, objective: str,
+                max_drop: float, fp32_accuracy: float, path: Path, title: str) -> Path:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.scatter([p.result.cost(objective) for p in points], [p.result.accuracy for p in points],
+               s=14, c="0.7", label=f"trials ({len(points)})")  # fmt: skip
+    ax.plot([p.result.cost(objective) for p in front], [p.result.accuracy for p in front], "-o", c="tab:blue",
+            ms=5, label="Pareto front")  # fmt: skip
+    for p in points:
+        if p.label:
+            ax.scatter(p.result.cost(objective), p.result.accuracy, marker="s", s=50, facecolors="none",
+                       edgecolors="tab:green")  # fmt: skip
+            ax.annotate(p.label, (p.result.cost(objective), p.result.accuracy), fontsize=7, xytext=(4, -10),
+                        textcoords="offset points", color="tab:green")  # fmt: skip
+    ax.axhline(fp32_accuracy - max_drop, ls="--", c="tab:red", lw=1, label=f"FP32 - {max_drop:g} pt")
+    if chosen is not None:
+        ax.scatter(chosen.result.cost(objective), chosen.result.accuracy, marker="*", s=260, c="tab:orange",
+                   edgecolors="k", zorder=5, label=f"export (trial {chosen.number})")  # fmt: skip
+    if objective == "bitops":
+        ax.set_xscale("log")
+    ax.set_xlabel(COST_LABELS[objective])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,211 @@
+"""The search: one Optuna multi-objective study per experiment, stored in an RDB storage so that
+rerunning the same command resumes it; warm-started with baseline and sensitivity-guided plans."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from ..config import Experiment, SearchConfig
+from ..errors import ConfigError
+from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
+from ..workspace import Workspace
+from .objective import PlanScorer, TrialFailed, TrialResult
+from .pareto import ScoredPlan
+from .sensitivity import LayerSensitivity, most_sensitive
+from .space import SearchSpace
+
+DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
+MAX_CONSECUTIVE_FAILURES = 20
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+
+    @property
+    def tracking(self) -> str:
+        return f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / "run.json"
+
+
+def space_path(cfg: SearchConfig) -> Path:
+    path = cfg.space or DEFAULT_SPACE
+    if not path.is_file():
+        raise ConfigError(f"search space {path} not found: set search.space in the experiment file")
+    return path
+
+
+def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "nsga2":
+        return NSGAIISampler(population_size=cfg.population_size, seed=cfg.seed)
+    if cfg.sampler == "tpe":
+        return TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True)
+    return RandomSampler(seed=cfg.seed)
+
+
+def make_storage(url: str) -> RDBStorage:
+    try:
+        # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
+        # and retry them, instead of counting them as forever in flight.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))  # fmt: skip
+    except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
+        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0][:160]}; "
+                          "check search.storage") from exc  # fmt: skip
+
+
+def open_study(exp: Experiment, storage: RDBStorage, model_sha: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each by Progress
+    study = optuna.create_study(study_name=exp.name, storage=storage, sampler=make_sampler(exp.search),
+                                directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
+    recorded = study.user_attrs.get("model_sha256")
+    if recorded and recorded != model_sha:
+        raise ConfigError(f"the study '{exp.name}' in this storage was made for another model "
+                          f"({recorded[:12]}…): use a new --out directory or a new experiment name")  # fmt: skip
+    recorded_obj = study.user_attrs.get("objective")
+    if recorded_obj and recorded_obj != exp.search.objective:
+        raise ConfigError(f"the study '{exp.name}' optimises {recorded_obj}, the experiment asks for "
+                          f"{exp.search.objective}: use a new --out directory")  # fmt: skip
+    if not recorded:
+        study.set_user_attr("model_sha256", model_sha)
+        study.set_user_attr("objective", exp.search.objective)
+    return study
+
+
+def warm_starts(ws: Workspace, sensitivity: list[LayerSensitivity], ks: list[int]) -> list[tuple[str, QuantPlan]]:
+    names = ws.graph.names
+    plans = [
+        ("all-float", QuantPlan.uniform(names, FLOAT)),
+        ("int8-per-channel", QuantPlan.uniform(names, LayerChoice(weight_granularity="per_channel"))),
+        ("int8-per-tensor", QuantPlan.uniform(names, LayerChoice(weight_granularity="per_tensor"))),
+    ]
+    for k in ks:
+        if 0 < k < len(names):
+            keep = set(most_sensitive(sensitivity, k))
+            plans.append((f"sensitive-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice())
+                                                                   for n in names))))  # fmt: skip
+    return plans
+
+
+def scored_points(study: optuna.Study) -> list[ScoredPlan]:
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        spec = json.loads(t.user_attrs["plan"])
+        plan = QuantPlan.from_spec(spec, list(spec["layers"]))
+        points.append(ScoredPlan(t.number, t.user_attrs.get("label", ""), plan, TrialResult.from_attrs(t.user_attrs)))
+    return points
+
+
+class Objective:
+    """Optuna objective: trial → plan → (accuracy, cost). A plan measured before is not re-evaluated:
+    its earlier result is reused and the trial records which trial it duplicates."""
+
+    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: str, known: dict[str, tuple[int, TrialResult]]):
+        self.space, self.scorer, self.objective, self.known = space, scorer, objective, known
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        plan = self.space.plan(trial.suggest_categorical)
+        key = plan.key()
+        trial.set_user_attr("plan", json.dumps(plan.to_spec()))
+        trial.set_user_attr("plan_key", key)
+        if key in self.known:
+            number, result = self.known[key]
+            trial.set_user_attr("duplicate_of", number)
+        else:
+            try:
+                result = self.scorer(plan)
+            except TrialFailed as exc:
+                trial.set_user_attr("fail_reason", str(exc))
+                raise
+            self.known[key] = (trial.number, result)
+        for k, v in result.to_attrs().items():
+            trial.set_user_attr(k, v)
+        return result.accuracy, result.cost(self.objective)
+
+
+class FailureGuard:
+    """Stops the study when many trials in a row fail: the cause is then the setup, not one plan."""
+
+    def __init__(self):
+        self.streak = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.streak >= MAX_CONSECUTIVE_FAILURES:
+            study.stop()
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    study: optuna.Study
+    workspace: Workspace
+    space: SearchSpace
+    sensitivity: list[LayerSensitivity]
+    seconds: float
+    evaluated: int  # trials this run measured (not duplicates, not earlier runs)
+
+
+def run_study(exp: Experiment, paths: RunPaths, *, trials: int | None, quiet: bool, tracker_factory=None,
+              log=None) -> StudyRun:  # fmt: skip
+    """Open or resume the study and run it until `trials` trials are complete (or the time budget ends)."""
+    from .progress import Progress
+    from .sensitivity import layer_sensitivity
+
+    say = log or (lambda msg: None)
+    cfg = exp.search
+    target = trials or cfg.trials
+    paths.root.mkdir(parents=True, exist_ok=True)
+    space_file = space_path(cfg)
+    ws = Workspace(exp)
+    space = SearchSpace.from_yaml(space_file, ws.graph)
+    storage = make_storage(cfg.storage or paths.storage)
+    study = open_study(exp, storage, ws.sha)
+    scorer = PlanScorer(ws)
+    sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
+    if not study.trials:
+        for label, plan in warm_starts(ws, sensitivity, cfg.sensitivity_k):
+            study.enqueue_trial(space.params_for(plan), user_attrs={"label": label}, skip_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    known = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        known.setdefault(t.user_attrs["plan_key"], (t.number, TrialResult.from_attrs(t.user_attrs)))
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    callbacks = [MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), FailureGuard()]
+    tracker = tracker_factory(study, ws, space_file) if tracker_factory else None
+    if tracker:
+        callbacks.append(tracker)
+    if done < target:
+        say(f"{done} of {target} trials already complete; searching {space.size():.3g} plans "
+            f"with {cfg.sampler}")  # fmt: skip
+    progress = Progress(target, min(done, target), cfg.max_accuracy_drop, cfg.objective, quiet)
+    callbacks.append(progress)
+    before = len(known)
+    t0 = time.perf_counter()
+    if done < target:
+        timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
+        objective = Objective(space, scorer, cfg.objective, known)
+        study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(TrialFailed,))
+    progress.close()
+    return StudyRun(study, ws, space, sensitivity, time.perf_counter() - t0, len(known) - before)
+

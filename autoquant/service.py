@@ -1,0 +1,123 @@
+"""The product's jobs: search (ending with an export), and export from a finished study."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+
+from .api import QuantizeResult
+from .config import Experiment, load_experiment
+from .errors import ConfigError
+from .export import export_plan
+from .fileio import atomic_write_bytes, recover_dir
+from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
+from .search.sensitivity import layer_sensitivity, write_sensitivity_report
+from .search.study import RunPaths, make_storage, run_study, scored_points
+from .workspace import Workspace
+
+EXIT_NO_PLAN = 3
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    out_dir: Path
+    completed: int
+    evaluated: int
+    seconds: float
+    fp32_accuracy: float
+    front: list[ScoredPlan]
+    chosen: ScoredPlan | None
+    met: bool  # whether `chosen` is within the constraint (and was exported)
+    export: QuantizeResult | None
+
+
+def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None) -> SearchResult:
+    """Run (or resume) the experiment's study, track it in MLflow, export the best plan within the constraint.
+
+    Rerunning with the same `out_dir` continues the study until `trials` trials are complete.
+    """
+    from .track.tracker import Tracker
+
+    paths = RunPaths(Path(out_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    recover_dir(paths.root / "best")
+    atomic_write_bytes(paths.run_file, json.dumps({"experiment": str(exp.source_file)}).encode())
+    holder = {}
+
+    def tracker_factory(study: optuna.Study, ws: Workspace, space_file: Path) -> Tracker:
+        t = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
+        params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
+                  "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
+                  "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip
+        t.start_parent(study, params, [p for p in (exp.source_file, space_file) if p])
+        t.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
+        holder["tracker"] = t
+        return t
+
+    run = run_study(exp, paths, trials=trials, quiet=quiet, tracker_factory=tracker_factory, log=log)
+    result = _conclude(run.workspace, run.study, exp, paths.root, paths.root / "best", run.seconds, run.evaluated)
+    write_sensitivity_report(run.sensitivity, paths.root)
+    tracker = holder["tracker"]
+    metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
+    if result.export:
+        metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
+                    "export_latency_ratio": result.export.latency_ratio}  # fmt: skip
+    tracker.finish([(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
+                    (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
+                    (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
+                   metrics)  # fmt: skip
+    return result
+
+
+def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,
+              evaluated: int, max_drop: float | None = None, objective: str | None = None) -> SearchResult:  # fmt: skip
+    max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
+    objective = objective or exp.search.objective
+    points = scored_points(study)
+    front = pareto_front(points, objective)
+    chosen, met = choose(points, max_drop, objective)
+    write_pareto_csv(front, root / "pareto.csv")
+    plot_pareto(points, front, chosen if met else None, objective, max_drop, ws.reference.accuracy,
+                root / "pareto.png", f"{exp.name}: {len(points)} trials")  # fmt: skip
+    exported = export_plan(ws, chosen, out) if met else None
+    return SearchResult(root, len(points), evaluated, seconds, ws.reference.accuracy, front, chosen, met, exported)
+
+
+def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: str | None = None,
+                    experiment: Path | None = None) -> SearchResult:  # fmt: skip
+    """Re-choose the export from a finished study (e.g. under another constraint) without re-running it."""
+    paths = RunPaths(Path(run_dir))
+    if experiment is None:
+        if not paths.run_file.is_file():
+            raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json): give the --out of a search")
+        experiment = Path(json.loads(paths.run_file.read_text())["experiment"])
+    exp = load_experiment(experiment)
+    if objective and objective not in ("bitops", "latency", "size"):
+        raise ConfigError(f"--objective '{objective}' is unknown: use bitops, latency or size")
+    study = optuna.load_study(study_name=exp.name, storage=make_storage(exp.search.storage or paths.storage))
+    ws = Workspace(exp)
+    if study.user_attrs.get("model_sha256") != ws.sha:
+        raise ConfigError(f"the model of {experiment} changed since the study in {run_dir} ran: re-run the search")
+    return _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, max_drop, objective)
+
+
+def summary_table(result: SearchResult, objective: str) -> str:
+    lines = [f"{'trial':>5}  {'accuracy':>8}  {'drop':>6}  {'bitops':>7}  {'latency':>8}  {'size KB':>8}  int8 layers  plan"]
+    for p in result.front:
+        r = p.result
+        mark = " <- export" if result.chosen is not None and p.number == result.chosen.number and result.met else ""
+        lines.append(f"{p.number:5d}  {r.accuracy:8.2f}  {r.accuracy_drop:+6.2f}  {r.bitops_fraction:7.4f}  "
+                     f"{r.latency_ratio:7.2f}x  {r.size_bytes / 1024:8.1f}  {len(p.plan.quantized):>4}/{len(p.plan.names):<6} "
+                     f"{p.label}{mark}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def result_json(result: SearchResult) -> dict:
+    chosen = result.chosen
+    return {"completed": result.completed, "met": result.met, "fp32_accuracy": result.fp32_accuracy,
+            "chosen_trial": chosen.number if chosen else None,
+            "chosen": asdict(chosen.result) if chosen else None,
+            "export": str(result.export.model_path) if result.export else None}  # fmt: skip

@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow). Imported lazily: MLflow takes seconds to import."""
