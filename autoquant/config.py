@@ -90,7 +90,7 @@ SAMPLERS = ("nsga2", "tpe", "random")
 class SearchConfig:
     space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
     objective: str = "bitops"  # the cost minimised next to accuracy: bitops, latency or size
-    max_accuracy_drop: float = 1.0  # points of the metric; selects the export
+    max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
     trials: int = 40
     timeout_minutes: float | None = None
     sampler: str = "nsga2"
@@ -107,8 +107,6 @@ class SearchConfig:
             raise ConfigError(f"search.sampler '{self.sampler}' is unknown: use one of {', '.join(SAMPLERS)}")
         if self.trials < 1:
             raise ConfigError("search.trials must be at least 1")
-        if self.max_accuracy_drop < 0:
-            raise ConfigError("search.max_accuracy_drop must be >= 0 (points)")
         if not all(isinstance(k, int) and k >= 0 for k in self.sensitivity_k):
             raise ConfigError("search.sensitivity_k must be a list of non-negative integers")
 

@@ -32,8 +32,9 @@ def plan_summary(plan: QuantPlan) -> dict[str, str]:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path):
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on first use
         from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on first use
 
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -1,0 +1,171 @@
+"""The search service on the embedded digits default: warm starts, MLflow, export, resume, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from autoquant import evaluate, load_experiment
+from autoquant.cli import main
+from autoquant.search.objective import TrialFailed
+from autoquant.service import export_from_run, search
+from conftest import write_experiment
+
+
+@pytest.fixture(scope="module")
+def search_yaml(tmp_path_factory):
+    return write_experiment(
+        tmp_path_factory.mktemp("search") / "digits_search.yaml",
+        name="digits_search", model={"builtin": "digits_cnn"},
+        data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
+        eval={"latency_repeats": 3},
+        search={"trials": 10, "max_accuracy_drop": 0.5, "population_size": 6, "sensitivity_k": [1]},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(search_yaml, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return search(load_experiment(search_yaml), out, trials=10, quiet=True), out
+
+
+def completed(out, name="digits_search"):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    return {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def test_search_warm_starts_exports_and_writes_its_reports(finished):
+    result, out = finished
+    trials = completed(out)
+    assert len(trials) == 10 == result.completed
+    labels = {t.user_attrs.get("label") for t in trials.values()}
+    assert {"all-float", "int8-per-channel", "int8-per-tensor", "sensitive-1-float"} <= labels
+    for name in ("pareto.csv", "pareto.png", "sensitivity.csv", "sensitivity.png", "best/model.int8.onnx",
+                 "best/record.json"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    assert result.met and result.chosen.result.accuracy_drop <= 0.5
+    # The cheapest plan within the constraint: nothing on the front within 0.5 pt is cheaper.
+    ok = [p for p in result.front if p.result.accuracy_drop <= 0.5]
+    assert result.chosen.result.bitops_fraction == min(p.result.bitops_fraction for p in ok)
+
+
+def test_exported_accuracy_equals_the_trial_accuracy(finished, search_yaml):
+    result, out = finished
+    measured = evaluate(out / "best" / "model.int8.onnx", load_experiment(search_yaml))
+    assert measured.accuracy == result.chosen.result.accuracy == completed(out)[result.chosen.number].values[0]
+
+
+def test_mlflow_has_one_parent_and_one_nested_run_per_trial(finished):
+    _, out = finished
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits_search")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 10
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert {"accuracy", "accuracy_drop", "bitops_fraction", "latency_ms", "size_bytes"} <= set(children[0].data.metrics)
+    assert "layers_int8" in children[0].data.params
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"pareto.csv", "pareto.png", "best"} <= artifacts
+
+
+def test_rerun_resumes_the_same_study_and_parent_run(finished, search_yaml):
+    _, out = finished
+    before = {n: t.values for n, t in completed(out).items()}
+    parent = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out / 'study.db'}").user_attrs[
+        "mlflow_parent_run_id"]  # fmt: skip
+    result = search(load_experiment(search_yaml), out, trials=14, quiet=True)
+    after = completed(out)
+    assert result.completed == 14 and len(after) == 14
+    assert all(after[n].values == v for n, v in before.items())  # nothing finished was recomputed or lost
+    study = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["mlflow_parent_run_id"] == parent
+
+
+def test_export_rechooses_without_rerunning_and_exit_3_when_nothing_qualifies(finished, tmp_path, capsys):
+    _, out = finished
+    r = export_from_run(out, tmp_path / "exp", max_drop=5.0, objective="size")
+    assert r.met and (tmp_path / "exp" / "record.json").is_file()
+    code = main(["export", str(out), "--max-accuracy-drop", "-50", "--out", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 3 and "no plan meets the accuracy constraint; closest: trial" in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_duplicate_plans_are_not_re_evaluated_and_failures_do_not_stop_the_study(search_yaml, tmp_path, monkeypatch):
+    from autoquant.search import objective as objective_mod
+
+    calls = []
+    real = objective_mod.PlanScorer.__call__
+
+    def flaky(self, plan):
+        calls.append(plan.key())
+        if len(plan.quantized) == 3:
+            raise TrialFailed("onnxruntime refused this plan (injected)")
+        return real(self, plan)
+
+    monkeypatch.setattr(objective_mod.PlanScorer, "__call__", flaky)
+    exp = load_experiment(search_yaml)
+    out = tmp_path / "run"
+    study = optuna.create_study(study_name="digits_search", storage=f"sqlite:///{out}/study.db" if out.mkdir() is None else "",
+                                directions=["maximize", "minimize"])  # fmt: skip
+    names = [f"{n}:quantize" for n in ("/features/features.0/Conv", "/features/features.3/Conv", "/features/features.7/Conv",
+                                       "/features/features.10/Conv", "/fc1/Gemm", "/fc2/Gemm")]  # fmt: skip
+    for _ in range(2):
+        study.enqueue_trial({n: False for n in names})  # the same all-float plan twice
+    study.enqueue_trial({n: i < 3 for i, n in enumerate(names)})  # 3 INT8 layers: injected failure
+    result = search(exp, out, trials=6, quiet=True)
+    trials = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out}/study.db").get_trials()
+    assert trials[1].user_attrs["duplicate_of"] == 0
+    assert trials[2].state == TrialState.FAIL and "injected" in trials[2].user_attrs["fail_reason"]
+    assert result.completed == 6 and len(calls) == len(set(calls))
+
+
+def test_sigkill_mid_study_then_rerun_keeps_finished_trials(search_yaml, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "autoquant.cli", "search", str(search_yaml), "--trials", "30", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    done = {}
+    while time.time() < deadline and len(done) < 6:
+        time.sleep(0.3)
+        if (out / "study.db").exists():
+            try:
+                done = {n: t.values for n, t in completed(out).items()}
+            except (KeyError, optuna.exceptions.OptunaError, Exception):  # study not created yet
+                done = {}
+    assert proc.poll() is None, "the search finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = {n: t.values for n, t in completed(out).items()}
+    assert 6 <= len(killed_at) < 30
+    rerun = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["completed"] == 30
+    final = completed(out)
+    assert len(final) == 30
+    assert all(final[n].values == v for n, v in killed_at.items())
+    assert (out / "best" / "model.int8.onnx").is_file()
+
+
+def test_search_rejects_a_bad_search_section_with_exit_2(tmp_path, capsys):
+    exp = write_experiment(tmp_path / "e.yaml", name="x", model={"builtin": "digits_cnn"},
+                           data={"source": "digits", "train_size": 1000}, search={"sampler": "cmaes"})  # fmt: skip
+    assert main(["search", str(exp), "--out", str(tmp_path / "o")]) == 2
+    assert "search.sampler 'cmaes' is unknown" in capsys.readouterr().err
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"choices": {"quantize": []}}))
+    exp = write_experiment(tmp_path / "e2.yaml", name="y", model={"builtin": "digits_cnn"},
+                           data={"source": "digits", "train_size": 1000, "eval_size": 497},
+                           search={"space": str(space)})  # fmt: skip
+    assert main(["search", str(exp), "--out", str(tmp_path / "o2")]) == 2
+    assert "non-empty list" in capsys.readouterr().err

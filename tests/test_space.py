@@ -1,0 +1,69 @@
+import pytest
+import yaml
+
+from autoquant import ConfigError, LayerChoice, QuantPlan
+from autoquant.graph.layers import GraphInfo, LayerInfo
+from autoquant.search.space import SearchSpace
+
+REPO_SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def _layer(name, op="Conv", depthwise=False):
+    return LayerInfo(name, op, f"{name}_in", f"{name}_w", f"{name}_out", (8, 1 if depthwise else 4, 3, 3), (8, 4, 4), 0,
+                     depthwise, 1000)  # fmt: skip
+
+
+GRAPH = GraphInfo((_layer("stem"), _layer("dw", depthwise=True), _layer("pw"), _layer("fc", "Gemm")), ())
+
+
+def test_default_space_file_resolves_rules_for_depthwise():
+    space = SearchSpace.from_yaml(REPO_SPACES / "default.yaml", GRAPH)
+    by = {ls.name: ls for ls in space.layers}
+    assert by["dw"].values("weight_granularity") == ("per_channel",)
+    assert by["stem"].values("weight_granularity") == ("per_channel", "per_tensor")
+    assert len(by["stem"].values("activation_algorithm")) == 5
+    # per layer: float, or 2 granularities × 5 algorithms (depthwise: 1 × 5)
+    assert space.size() == 11 * 6 * 11 * 11
+
+
+def test_pinned_layers_are_not_searched_and_params_round_trip():
+    space = SearchSpace.from_dict({"choices": {"quantize": [True, False], "activation_algorithm": ["minmax", "mse"]},
+                                   "pinned": {"fc": {"quantize": False}, "re:s.*": {"activation_algorithm": "mse"}}},
+                                  GRAPH)  # fmt: skip
+    asked = []
+    plan = space.plan(lambda name, choices: (asked.append(name), choices[-1])[1])
+    assert not any(n.startswith("fc:") for n in asked) and "stem:activation_algorithm" not in asked
+    assert not plan["fc"].quantize and not plan["dw"].quantize  # last choice of quantize is False
+    target = QuantPlan.from_spec({"layers": {"fc": {"quantize": False}, "stem": {"activation_algorithm": "mse"},
+                                             "pw": {"activation_algorithm": "mse"}}}, GRAPH.names)  # fmt: skip
+    params = space.params_for(target)
+    assert space.plan(lambda name, choices: params[name]) == target
+
+
+def test_four_bit_weights_force_per_channel():
+    space = SearchSpace.from_yaml(REPO_SPACES / "int4_weights.yaml", GRAPH)
+    plan = space.plan(lambda name, choices: 4 if name.endswith("weight_bits") else choices[0])
+    assert all(c.weight_bits == 4 and c.weight_granularity == "per_channel" for _, c in plan.choices)
+    params = space.params_for(QuantPlan.uniform(GRAPH.names, LayerChoice(weight_bits=4)))
+    assert not any(k.endswith("weight_granularity") for k in params)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"choice": {}}, "unknown key"),
+    ({"choices": {"activation_algorithm": []}}, "non-empty list"),
+    ({"choices": {"activation_algorithm": ["kl"]}}, "'kl' is unknown"),
+    ({"choices": {"bits": [8]}}, "unknown option 'bits'"),
+    ({"rules": [{"match": {"kind": "dw"}, "choices": {}}]}, "'match' takes"),
+    ({"pinned": {"nope": {"quantize": False}}}, "layer 'nope' does not exist"),
+    ({"pinned": {"fc": {"quantise": False}}}, "unknown key"),
+])  # fmt: skip
+def test_bad_spaces_name_the_problem(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace.from_dict(raw, GRAPH)
+
+
+def test_rule_matching_nothing_warns(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"rules": [{"match": {"op_type": "MatMul"}, "choices": {"quantize": [False]}}]}))
+    with pytest.warns(UserWarning, match="matches no layer"):
+        SearchSpace.from_yaml(path, GRAPH)
