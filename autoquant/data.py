@@ -33,7 +33,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
+    def subset(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.x[idx], None if self.y is None else self.y[idx])
 
     def sha256(self) -> str:

@@ -87,7 +87,7 @@ class Record:
         return atomic_write_bytes(path, self.to_json().encode())
 
     @classmethod
-    def load(cls, path: Path) -> "Record":
+    def load(cls, path: Path) -> Record:
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"record file {path} not found")

@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .export import export_plan
 from .fileio import atomic_write_bytes, recover_dir
 from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
-from .search.sensitivity import layer_sensitivity, write_sensitivity_report
+from .search.sensitivity import write_sensitivity_report
 from .search.study import RunPaths, make_storage, run_study, scored_points
 from .workspace import Workspace
 

@@ -88,7 +88,7 @@ class Workspace:
         arrays = cached_arrays(path, key, build)
         return EvalResult(float(arrays["accuracy"]), arrays["outputs"]), bool(ran)
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one Workspace per study; the memo lives as long as it
+    @functools.cache  # noqa: B019 - one Workspace per study; the memo lives as long as it
     def range_params(self, tensor: str, algorithm: str) -> ActivationParams:
         q = self.exp.quantization
         extra = {"pct": q.percentile} if algorithm == "percentile" else {}

@@ -21,7 +21,12 @@ def machine() -> dict:
 
 def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax") -> onnx.ModelProto:
     """What a user gets today: quant_pre_process'd model → quantize_static (QDQ) with its defaults."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
 
     calib = ws.splits.calibration
     batch = 25 if len(calib) % 25 == 0 else 1  # its histogram calibrators reject a ragged last batch

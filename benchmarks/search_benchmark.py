@@ -22,13 +22,13 @@ from pathlib import Path
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, ort_quantize_static, write_result  # noqa: E402
+from common import machine, ort_quantize_static, write_result
 
-from autoquant.config import load_experiment  # noqa: E402
-from autoquant.evaluate import evaluator as evaluator_mod  # noqa: E402
-from autoquant.search import study as study_mod  # noqa: E402
-from autoquant.service import search  # noqa: E402
-from autoquant.workspace import Workspace  # noqa: E402
+from autoquant.config import load_experiment
+from autoquant.evaluate import evaluator as evaluator_mod
+from autoquant.search import study as study_mod
+from autoquant.service import search
+from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def bench(path: Path, trials: int, repeats: int) -> dict:
         inference_in_search = clock.seconds
     finally:
         evaluator_mod.Evaluator.score, evaluator_mod.Evaluator.latency_ms, study_mod.Objective.__call__ = originals
-    per_min = result.evaluated / result.seconds * 60
+    per_min = result.completed / result.seconds * 60
     ws = Workspace(replace(exp, eval=replace(exp.eval, latency_repeats=repeats)))
     ev = ws.evaluator
     models = {

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import conv_model
 
 from autoquant.calibrate.collect import collect_stats
 from autoquant.data import Dataset
@@ -14,7 +15,6 @@ from autoquant.graph.layers import analyze
 from autoquant.quantize.build import build_qdq, params_from_range, tensor_algorithms
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.record import make_record
-from conftest import conv_model
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,6 @@ def optimized_ops(model, tmp_path) -> Counter:
 
 
 def test_float_layers_stay_float_and_quantized_ones_run_int8_kernels(tiny, tmp_path):
-    model, graph, _, data, _ = tiny
     plan = QuantPlan((("conv0", LayerChoice()), ("conv1", FLOAT)))
     q, _, _ = build(tiny, plan)
     ops = Counter(n.op_type for n in q.graph.node)
@@ -73,7 +72,7 @@ def test_all_int8_is_close_to_fp32(tiny, tmp_path):
 
 @pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
 def test_weight_scales_round_trip_into_the_record(tiny, granularity):
-    model, graph, _, _, w0 = tiny
+    _, graph, _, _, w0 = tiny
     plan = QuantPlan.uniform(graph.names, LayerChoice(weight_granularity=granularity))
     q, acts, algos = build(tiny, plan)
     rec = make_record(q, graph, plan, acts, algos, model_sha256="x", activation_type="uint8")

@@ -1,7 +1,7 @@
 import pytest
+from conftest import write_experiment
 
 from autoquant import ConfigError, load_experiment
-from conftest import write_experiment
 
 
 def test_relative_paths_resolve_against_the_yaml_file(tmp_path):

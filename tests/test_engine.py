@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import write_experiment
 
 import autoquant.workspace
 from autoquant import LayerChoice, QuantPlan, Workspace, apply_record, preset_plan, quantize
@@ -15,7 +16,6 @@ from autoquant.data import load_cifar10
 from autoquant.evaluate.metrics import top1
 from autoquant.graph.ingest import export_torch
 from autoquant.zoo import MobileNetCifar
-from conftest import write_experiment
 
 
 def test_resnet20_fp32_matches_the_provenance_accuracy_on_the_full_test_file(resnet20_ws, shared_data):

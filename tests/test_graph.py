@@ -1,12 +1,12 @@
 import numpy as np
 import onnx
 import pytest
+from conftest import conv_model
 from onnx import TensorProto, helper, numpy_helper
 
 from autoquant import ModelError
 from autoquant.graph.ingest import load_onnx, prepare
 from autoquant.graph.layers import analyze
-from conftest import conv_model
 
 
 def test_conv_flops_are_two_macs_per_output_and_depthwise_is_recognised():

@@ -6,7 +6,7 @@ quantization steps (255 for 8 bits).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -6,8 +6,9 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..calibrate.ranges import ALGORITHMS
 from ..errors import ConfigError, PlanError
@@ -42,7 +43,7 @@ class LayerChoice:
             raise ConfigError("4-bit weights need weight_granularity: per_channel")
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], where: str, base: "LayerChoice | None" = None) -> "LayerChoice":
+    def from_dict(cls, raw: Mapping[str, Any], where: str, base: LayerChoice | None = None) -> LayerChoice:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a mapping of layer options, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
@@ -71,11 +72,11 @@ class QuantPlan:
     choices: tuple[tuple[str, LayerChoice], ...]
 
     @classmethod
-    def uniform(cls, layer_names: Iterable[str], choice: LayerChoice) -> "QuantPlan":
+    def uniform(cls, layer_names: Iterable[str], choice: LayerChoice) -> QuantPlan:
         return cls(tuple((name, choice) for name in layer_names))
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], layer_names: Iterable[str], where: str = "plan") -> "QuantPlan":
+    def from_spec(cls, spec: Mapping[str, Any], layer_names: Iterable[str], where: str = "plan") -> QuantPlan:
         """Resolve `{default: {...}, layers: {name or "re:pattern": {...}}}` against the model's layers.
 
         Later entries win over earlier ones; an exact name that is not a layer is an error, a pattern

@@ -29,7 +29,7 @@ class TrialResult:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_attrs(cls, attrs: dict) -> "TrialResult":
+    def from_attrs(cls, attrs: dict) -> TrialResult:
         return cls(**{k: attrs[k] for k in cls.__dataclass_fields__})
 
 

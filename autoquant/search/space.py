@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..config import load_yaml
 from ..errors import ConfigError
@@ -41,12 +42,12 @@ class SearchSpace:
     layers: tuple[LayerSpace, ...]
 
     @classmethod
-    def from_yaml(cls, path: Path, graph: GraphInfo) -> "SearchSpace":
+    def from_yaml(cls, path: Path, graph: GraphInfo) -> SearchSpace:
         raw = load_yaml(path)
         return cls.from_dict(raw, graph, where=Path(path).name)
 
     @classmethod
-    def from_dict(cls, raw: Any, graph: GraphInfo, where: str = "search space") -> "SearchSpace":
+    def from_dict(cls, raw: Any, graph: GraphInfo, where: str = "search space") -> SearchSpace:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a mapping with choices / rules / pinned")
         unknown = sorted(set(raw) - {"choices", "rules", "pinned"})
