@@ -3,6 +3,7 @@
 from .api import EvaluateResult, QuantizeResult, apply_record, evaluate, preset_plan, quantize
 from .config import Experiment, load_experiment
 from .errors import AutoquantError, ConfigError, DataError, ModelError, PlanError
+from .graph.ingest import export_torch
 from .quantize.plan import LayerChoice, QuantPlan
 from .record import Record
 from .workspace import Workspace
@@ -22,6 +23,7 @@ __all__ = [
     "Workspace",
     "apply_record",
     "evaluate",
+    "export_torch",
     "load_experiment",
     "preset_plan",
     "quantize",

@@ -83,12 +83,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    import os
-
     from .api import apply_record
+    from .config import default_cache_dir
 
-    cache = args.cache_dir or Path(os.environ.get("AUTOQUANT_CACHE_DIR", Path.home() / ".cache" / "autoquant"))
-    out = apply_record(args.model, args.record, args.out, cache)
+    out = apply_record(args.model, args.record, args.out, args.cache_dir or default_cache_dir())
     print(f"wrote {out}")
     return 0
 

@@ -124,9 +124,11 @@ class Experiment:
 
     @property
     def cache(self) -> Path:
-        if self.cache_dir is not None:
-            return self.cache_dir
-        return Path(os.environ.get("AUTOQUANT_CACHE_DIR", Path.home() / ".cache" / "autoquant"))
+        return self.cache_dir if self.cache_dir is not None else default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AUTOQUANT_CACHE_DIR", Path.home() / ".cache" / "autoquant"))
 
 
 def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:

@@ -95,6 +95,12 @@ class Workspace:
         lo, hi = ALGORITHMS[algorithm](self.stats[tensor], 255, **extra)
         return params_from_range(lo, hi, q.activation_type)
 
+    def precompute_ranges(self, algorithms) -> None:
+        """Compute every tensor's range for each algorithm up front, so trials only look them up."""
+        for algorithm in algorithms:
+            for tensor in self.graph.float_tensors:
+                self.range_params(tensor, algorithm)
+
     def activations(self, plan: QuantPlan) -> tuple[dict[str, ActivationParams], dict[str, str]]:
         """(scale, zero point) and the algorithm that set it, for every activation tensor the plan quantizes."""
         algorithms = tensor_algorithms(self.model, self.graph, plan)

@@ -129,3 +129,12 @@ def test_apply_refuses_a_different_model(user_model, digits_yaml, tmp_path, caps
     (tmp_path / "broken.json").write_text("{")
     code, _, err = run_cli(capsys, "apply", user_model / "model.onnx", tmp_path / "broken.json", "--out", tmp_path / "x.onnx")
     assert code == 2 and "not an autoquant record file" in err
+
+
+def test_sensitivity_and_layers_commands(digits_yaml, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "sensitivity", digits_yaml, "--out", tmp_path)
+    assert code == 0 and (tmp_path / "sensitivity.png").stat().st_size > 0
+    rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
+    assert rows[0].startswith("layer,") and len(rows) == 7
+    code, out, _ = run_cli(capsys, "layers", digits_yaml)
+    assert code == 0 and "depthwise" in out and "yes" in out and "FLOPs = 2 x MACs" in out

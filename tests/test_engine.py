@@ -108,3 +108,28 @@ def test_int8_activation_type_is_recorded(resnet20_ws, tmp_path):
     r = quantize(ws, preset_plan(ws, "int8-per-channel"), tmp_path)
     assert Record.load(r.record_path).activation_type == "int8"
     assert r.accuracy_drop <= 1.0
+
+
+def test_resnet56_int8_per_channel(shared_data, tmp_path):
+    from autoquant import load_experiment
+
+    exp = write_experiment(tmp_path / "r56.yaml", name="resnet56",
+                           model={"builtin": "cifar10_resnet56", "checkpoint": str(shared_data / "resnet56-4bfd9763.th")},
+                           data={"source": "cifar10", "path": str(shared_data / "cifar10_test.npz"), "train_size": 5000,
+                                 "calibration_size": 500, "eval_size": 1000}, eval={"latency_repeats": 3})  # fmt: skip
+    ws = Workspace(load_experiment(exp))
+    assert len(ws.graph.layers) == 56
+    r = quantize(ws, preset_plan(ws, "int8-per-channel"), tmp_path / "out")
+    assert r.accuracy_drop <= 0.5 and r.latency_ratio < 1.0
+
+
+def test_user_metric_is_imported_from_module_function(digits_yaml, tmp_path):
+    import yaml
+
+    from autoquant import load_experiment
+
+    raw = yaml.safe_load(digits_yaml.read_text())
+    raw["eval"] = {"metric": "conftest:error_rate", "latency_repeats": 3}
+    exp = load_experiment(write_experiment(tmp_path / "m.yaml", **raw))
+    ws = Workspace(exp)
+    assert ws.reference.accuracy == pytest.approx(-(100 - top1(ws.reference.outputs, ws.splits.eval.y)))

@@ -119,11 +119,11 @@ def test_duplicate_plans_are_not_re_evaluated_and_failures_do_not_stop_the_study
     out = tmp_path / "run"
     study = optuna.create_study(study_name="digits_search", storage=f"sqlite:///{out}/study.db" if out.mkdir() is None else "",
                                 directions=["maximize", "minimize"])  # fmt: skip
-    names = [f"{n}:quantize" for n in ("/features/features.0/Conv", "/features/features.3/Conv", "/features/features.7/Conv",
-                                       "/features/features.10/Conv", "/fc1/Gemm", "/fc2/Gemm")]  # fmt: skip
+    names = ["/features/features.0/Conv", "/features/features.3/Conv", "/features/features.7/Conv",
+             "/features/features.10/Conv", "/fc1/Gemm", "/fc2/Gemm"]  # fmt: skip
     for _ in range(2):
-        study.enqueue_trial({n: False for n in names})  # the same all-float plan twice
-    study.enqueue_trial({n: i < 3 for i, n in enumerate(names)})  # 3 INT8 layers: injected failure
+        study.enqueue_trial(dict.fromkeys(names, "float"))  # the same all-float plan twice
+    study.enqueue_trial({n: "per_channel:minmax" if i < 3 else "float" for i, n in enumerate(names)})  # injected failure
     result = search(exp, out, trials=6, quiet=True)
     trials = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out}/study.db").get_trials()
     assert trials[1].user_attrs["duplicate_of"] == 0
@@ -156,6 +156,13 @@ def test_sigkill_mid_study_then_rerun_keeps_finished_trials(search_yaml, tmp_pat
     assert len(final) == 30
     assert all(final[n].values == v for n, v in killed_at.items())
     assert (out / "best" / "model.int8.onnx").is_file()
+    # MLflow: the trials that finished while nobody was logging them were back-filled, none twice.
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("digits_search").experiment_id], max_results=1000)
+    logged = [r.data.tags["autoquant.trial"] for r in runs if "mlflow.parentRunId" in r.data.tags]
+    study = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out / 'study.db'}")
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+    assert sorted(logged) == sorted(str(t.number) for t in finished)
 
 
 def test_search_rejects_a_bad_search_section_with_exit_2(tmp_path, capsys):

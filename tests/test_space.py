@@ -18,10 +18,10 @@ GRAPH = GraphInfo((_layer("stem"), _layer("dw", depthwise=True), _layer("pw"), _
 
 def test_default_space_file_resolves_rules_for_depthwise():
     space = SearchSpace.from_yaml(REPO_SPACES / "default.yaml", GRAPH)
-    by = {ls.name: ls for ls in space.layers}
-    assert by["dw"].values("weight_granularity") == ("per_channel",)
-    assert by["stem"].values("weight_granularity") == ("per_channel", "per_tensor")
-    assert len(by["stem"].values("activation_algorithm")) == 5
+    by = {ls.name: ls.options for ls in space.layers}
+    assert not any(o.startswith("per_tensor") for o in by["dw"])
+    assert "per_tensor:entropy" in by["stem"] and "float" in by["stem"]
+    assert space.algorithms() == {"minmax", "percentile", "mse", "entropy", "histogram"}
     # per layer: float, or 2 granularities × 5 algorithms (depthwise: 1 × 5)
     assert space.size() == 11 * 6 * 11 * 11
 
@@ -31,9 +31,10 @@ def test_pinned_layers_are_not_searched_and_params_round_trip():
                                    "pinned": {"fc": {"quantize": False}, "re:s.*": {"activation_algorithm": "mse"}}},
                                   GRAPH)  # fmt: skip
     asked = []
-    plan = space.plan(lambda name, choices: (asked.append(name), choices[-1])[1])
-    assert not any(n.startswith("fc:") for n in asked) and "stem:activation_algorithm" not in asked
-    assert not plan["fc"].quantize and not plan["dw"].quantize  # last choice of quantize is False
+    plan = space.plan(lambda name, choices: (asked.append((name, choices)), choices[-1])[1])
+    assert dict(asked)["stem"] == ["per_channel:mse", "float"]  # one parameter per layer; fc is pinned
+    assert [name for name, _ in asked] == ["stem", "dw", "pw"]
+    assert not plan["fc"].quantize and not plan["dw"].quantize  # the last option is float
     target = QuantPlan.from_spec({"layers": {"fc": {"quantize": False}, "stem": {"activation_algorithm": "mse"},
                                              "pw": {"activation_algorithm": "mse"}}}, GRAPH.names)  # fmt: skip
     params = space.params_for(target)
@@ -42,10 +43,17 @@ def test_pinned_layers_are_not_searched_and_params_round_trip():
 
 def test_four_bit_weights_force_per_channel():
     space = SearchSpace.from_yaml(REPO_SPACES / "int4_weights.yaml", GRAPH)
-    plan = space.plan(lambda name, choices: 4 if name.endswith("weight_bits") else choices[0])
+    plan = space.plan(lambda name, choices: next(c for c in choices if c.endswith(":w4")))
     assert all(c.weight_bits == 4 and c.weight_granularity == "per_channel" for _, c in plan.choices)
-    params = space.params_for(QuantPlan.uniform(GRAPH.names, LayerChoice(weight_bits=4)))
-    assert not any(k.endswith("weight_granularity") for k in params)
+    assert not any(o.startswith("per_tensor") and o.endswith(":w4") for ls in space.layers for o in ls.options)
+    assert space.params_for(plan)["stem"] == "per_channel:minmax:w4"
+
+
+def test_plans_outside_the_space_are_projected_to_the_nearest_allowed_choice():
+    space = SearchSpace.from_yaml(REPO_SPACES / "default.yaml", GRAPH)
+    params = space.params_for(QuantPlan.uniform(GRAPH.names, LayerChoice(weight_granularity="per_tensor",
+                                                                         activation_algorithm="mse")))  # fmt: skip
+    assert params["dw"] == "per_channel:mse" and params["stem"] == "per_tensor:mse"
 
 
 @pytest.mark.parametrize("raw, message", [

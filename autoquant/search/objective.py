@@ -25,12 +25,13 @@ class TrialResult:
     def cost(self, objective: str) -> float:
         return {"bitops": self.bitops_fraction, "latency": self.latency_ms, "size": float(self.size_bytes)}[objective]
 
-    def to_attrs(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_attrs(cls, attrs: dict) -> TrialResult:
-        return cls(**{k: attrs[k] for k in cls.__dataclass_fields__})
+    def from_trial(cls, trial) -> TrialResult:
+        """The result an Objective stored on a finished Optuna trial."""
+        return cls(**trial.user_attrs["result"])
 
 
 class TrialFailed(AutoquantError):

@@ -26,7 +26,7 @@ class Progress:
             return
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return
-        r = TrialResult.from_attrs(trial.user_attrs)
+        r = TrialResult.from_trial(trial)
         if r.accuracy_drop <= self.max_drop:
             self.best_acc = max(self.best_acc or r.accuracy, r.accuracy)
             self.best_cost = min(self.best_cost or r.cost(self.objective), r.cost(self.objective))

@@ -12,29 +12,58 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..config import load_yaml
 from ..errors import ConfigError
 from ..graph.layers import GraphInfo, LayerInfo
 from ..quantize.plan import LayerChoice, QuantPlan
 
-# Order matters: 4-bit weights force per-channel, so bits are asked before granularity.
 PARAMS = ("quantize", "weight_bits", "weight_granularity", "activation_algorithm")
 _MATCH_KEYS = ("op_type", "depthwise", "name")
 
 
 @dataclass(frozen=True)
 class LayerSpace:
-    """The allowed values of each LayerChoice field for one layer (one value = fixed)."""
+    """The choices one layer may take, each encoded as one categorical value ("float",
+    "per_channel:mse", "per_channel:minmax:w4"): one Optuna parameter per layer keeps the space
+    static for the samplers and costs one storage write per layer and trial."""
 
     name: str
-    options: tuple[tuple[str, tuple], ...]
+    options: tuple[str, ...]
 
-    def values(self, param: str) -> tuple:
-        return dict(self.options)[param]
+
+def encode(choice: LayerChoice) -> str:
+    if not choice.quantize:
+        return "float"
+    bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
+    return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}"
+
+
+def decode(value: str) -> LayerChoice:
+    if value == "float":
+        return LayerChoice(quantize=False)
+    granularity, algorithm, *bits = value.split(":")
+    return LayerChoice(True, granularity, algorithm, int(bits[0][1:]) if bits else 8)
+
+
+def _options(allowed: dict[str, tuple]) -> tuple[str, ...]:
+    options = []
+    for q in allowed["quantize"]:
+        if not q:
+            options.append("float")
+            continue
+        for bits in allowed["weight_bits"]:
+            grans = ("per_channel",) if bits == 4 else allowed["weight_granularity"]
+            if bits == 4 and "per_channel" not in allowed["weight_granularity"]:
+                continue  # 4-bit weights exist only per channel
+            for g in grans:
+                options += [encode(LayerChoice(True, g, a, bits)) for a in allowed["activation_algorithm"]]
+    return tuple(dict.fromkeys(options))
 
 
 @dataclass(frozen=True)
@@ -70,47 +99,43 @@ class SearchSpace:
             LayerChoice.from_dict(fixed, pwhere)  # validates keys and values
             for name in hits:
                 per_layer[name] = {**per_layer[name], **{k: (v,) for k, v in fixed.items()}}
-        return cls(tuple(LayerSpace(n, tuple(per_layer[n].items())) for n in graph.names))
+        layers = []
+        for name in graph.names:
+            options = _options(per_layer[name])
+            if not options:
+                raise ConfigError(f"{where}: layer {name} has no valid choice left (4-bit weights need per_channel)")
+            layers.append(LayerSpace(name, options))
+        return cls(tuple(layers))
+
+    def algorithms(self) -> set[str]:
+        return {decode(o).activation_algorithm for layer in self.layers for o in layer.options if o != "float"}
 
     def size(self) -> int:
-        total = 1
-        for layer in self.layers:
-            q = layer.values("quantize")
-            inner = 1
-            for p in PARAMS:
-                if p != "quantize":
-                    inner *= len(layer.values(p))
-            total *= sum(inner if v else 1 for v in q)
-        return total
+        return int(np.prod([len(layer.options) for layer in self.layers], dtype=float))
 
     def plan(self, suggest) -> QuantPlan:
-        """Build a plan by asking `suggest(name, choices)` (e.g. an Optuna trial) for every free value.
-        Options of a float layer are not asked: they would not change the model."""
-        choices = []
-        for layer in self.layers:
-            values = {}
-            for p in PARAMS:
-                opts = layer.values(p)
-                if (p != "quantize" and not values["quantize"]) or (p == "weight_granularity" and values["weight_bits"] == 4):
-                    values[p] = "per_channel" if p == "weight_granularity" else opts[0]
-                else:
-                    values[p] = suggest(f"{layer.name}:{p}", list(opts)) if len(opts) > 1 else opts[0]
-            choices.append((layer.name, LayerChoice(**values)))
-        return QuantPlan(tuple(choices))
+        """Build a plan by asking `suggest(layer name, options)` (e.g. an Optuna trial's
+        suggest_categorical) for every layer with more than one option."""
+        return QuantPlan(tuple(
+            (layer.name, decode(suggest(layer.name, list(layer.options)) if len(layer.options) > 1 else layer.options[0]))
+            for layer in self.layers
+        ))  # fmt: skip
 
-    def params_for(self, plan: QuantPlan) -> dict[str, Any]:
+    def params_for(self, plan: QuantPlan) -> dict[str, str]:
         """The trial parameters that reproduce `plan` (for enqueue_trial), projected into the space:
-        a value the space does not allow becomes the layer's first allowed value."""
+        a choice the space does not allow becomes the nearest allowed one (same float/INT8 decision
+        and algorithm where possible)."""
         params = {}
         for layer in self.layers:
-            choice = asdict(plan[layer.name])
-            for p in PARAMS:
-                opts = layer.values(p)
-                if len(opts) < 2 or (p != "quantize" and not choice["quantize"]):
-                    continue
-                if p == "weight_granularity" and params.get(f"{layer.name}:weight_bits", choice["weight_bits"]) == 4:
-                    continue
-                params[f"{layer.name}:{p}"] = choice[p] if choice[p] in opts else opts[0]
+            if len(layer.options) < 2:
+                continue
+            want = plan[layer.name]
+            value = encode(want)
+            if value not in layer.options:
+                same_q = [o for o in layer.options if (o == "float") == (not want.quantize)] or list(layer.options)
+                same_algo = [o for o in same_q if o != "float" and decode(o).activation_algorithm == want.activation_algorithm]
+                value = (same_algo or same_q)[0]
+            params[layer.name] = value
         return params
 
 

@@ -6,9 +6,10 @@ resumed study re-attaches to its parent run and nothing depends on process-globa
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -18,6 +19,7 @@ from ..errors import ConfigError
 from ..quantize.plan import QuantPlan
 
 PARENT_ATTR = "mlflow_parent_run_id"
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
 
 def plan_summary(plan: QuantPlan) -> dict[str, str]:
@@ -48,6 +50,14 @@ class Tracker:
                               "set search.tracking_uri to a writable store") from exc  # fmt: skip
         self.uri = tracking_uri
         self.parent_id: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
+        self._pending: list[Future] = []
+
+    def flush(self) -> None:
+        """Wait for the background logging; re-raises its first error."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def start_parent(self, study: optuna.Study, params: dict[str, str], artifacts: list[Path]) -> str:
         """Create the study's parent run, or re-attach to the one a previous (interrupted) run created."""
@@ -55,13 +65,15 @@ class Tracker:
         if existing:
             self.parent_id = existing
             self.client.update_run(existing, status="RUNNING")
+            self._backfill(study)
             return existing
         run = self.client.create_run(self.experiment_id, run_name=f"study {study.study_name}",
                                      tags={"autoquant.study": study.study_name})  # fmt: skip
         self.parent_id = run.info.run_id
         study.set_user_attr(PARENT_ATTR, self.parent_id)
-        for k, v in params.items():
-            self.client.log_param(self.parent_id, k, v)
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
         for path in artifacts:
             self.client.log_artifact(self.parent_id, str(path))
         return self.parent_id
@@ -70,27 +82,44 @@ class Tracker:
         for k, v in metrics.items():
             self.client.log_metric(self.parent_id, k, float(v))
 
+    def _backfill(self, study: optuna.Study) -> None:
+        """Log the trials that finished after the last logged one when a previous run was killed."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                                       max_results=50000)  # fmt: skip
+        logged = {r.data.tags.get("autoquant.trial") for r in runs}
+        for trial in study.get_trials(deepcopy=False, states=FINISHED):
+            if str(trial.number) not in logged:
+                self._log_trial(trial)
+
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Optuna callback: one nested run per finished trial."""
-        if trial.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL):
-            return
+        """Optuna callback: hands the finished trial to a background thread so that MLflow's writes
+        overlap with the next trial's inference instead of adding to it."""
+        if trial.state in FINISHED:
+            self._pending.append(self._pool.submit(self._log_trial, trial))
+
+    def _log_trial(self, trial: optuna.trial.FrozenTrial) -> None:
+        """One nested run per finished trial, metrics/params/tags written in one batch."""
+        from mlflow.entities import Metric, Param
+
         attrs = trial.user_attrs
-        run = self.client.create_run(self.experiment_id, run_name=f"trial {trial.number}",
-                                     tags={"mlflow.parentRunId": self.parent_id, "autoquant.state": trial.state.name,
-                                           "autoquant.fail_reason": attrs.get("fail_reason", "")[:4000],
-                                           "autoquant.duplicate_of": str(attrs.get("duplicate_of", ""))})  # fmt: skip
-        rid = run.info.run_id
+        tags = {"mlflow.parentRunId": self.parent_id, "autoquant.state": trial.state.name,
+                "autoquant.fail_reason": attrs.get("fail_reason", "")[:4000],
+                "autoquant.duplicate_of": str(attrs.get("duplicate_of", "")), "autoquant.label": attrs.get("label", ""),
+                "autoquant.trial": str(trial.number)}  # fmt: skip
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {trial.number}", tags=tags)
+        rid, now = run.info.run_id, int(time.time() * 1000)
+        params, metrics = [], []
         if "plan" in attrs:
-            plan = QuantPlan.from_spec(json.loads(attrs["plan"]), [n for n in json.loads(attrs["plan"])["layers"]])
-            for k, v in plan_summary(plan).items():
-                self.client.log_param(rid, k, v)
-            self.client.log_text(rid, yaml.safe_dump(plan.to_spec(), sort_keys=False), "plan.yaml")
-        for k in ("accuracy", "accuracy_drop", "bitops_fraction", "latency_ms", "latency_ratio", "size_bytes", "output_mse"):
-            if k in attrs:
-                self.client.log_metric(rid, k, float(attrs[k]), step=trial.number)
+            plan = QuantPlan.from_spec(attrs["plan"], list(attrs["plan"]["layers"]))
+            params = [Param(k, v) for k, v in plan_summary(plan).items()]
+            self.client.log_text(rid, yaml.safe_dump(attrs["plan"], sort_keys=False), "plan.yaml")
+        if "result" in attrs:
+            metrics = [Metric(k, float(v), now, trial.number) for k, v in attrs["result"].items()]
+        self.client.log_batch(rid, metrics=metrics, params=params)
         self.client.set_terminated(rid, status="FINISHED" if trial.state.name == "COMPLETE" else "FAILED")
 
     def finish(self, artifacts: list[tuple[Path, str | None]], metrics: dict[str, float]) -> None:
+        self.flush()
         for path, sub in artifacts:
             if path.exists():
                 self.client.log_artifact(self.parent_id, str(path), sub)
