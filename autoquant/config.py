@@ -96,6 +96,7 @@ class SearchConfig:
     sampler: str = "nsga2"
     population_size: int = 16
     seed: int = 0
+    warm_start: bool = True  # enqueue all-float, all-INT8 and sensitivity-guided plans first
     sensitivity_k: list = field(default_factory=lambda: [1, 2, 4])  # warm starts: all INT8 but the k most sensitive
     storage: str | None = None  # SQLAlchemy URL; default: sqlite file in the run directory
     tracking_uri: str | None = None  # MLflow; default: sqlite file in the run directory

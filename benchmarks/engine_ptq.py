@@ -90,26 +90,34 @@ def calibration_comparison(experiment: Path) -> list[dict]:
     return rows
 
 
-def algorithm_table(ws) -> list[dict]:
+def algorithm_table(ws, rounds: int) -> list[dict]:
+    """All ten uniform plans; their latencies are timed interleaved with FP32 in several rounds, since
+    single measurements on a 2-core VM drift by tens of percent between otherwise identical graphs."""
     from autoquant.calibrate.ranges import ALGORITHMS
     from autoquant.evaluate.cost import bitops_fraction
     from autoquant.quantize.plan import LayerChoice, QuantPlan
 
     ev = ws.evaluator
-    fp32 = ev.session(ws.model)
-    rows = []
+    rows, sessions = [], [ev.session(ws.model)]
     for gran in ("per_tensor", "per_channel"):
         for algo in ALGORITHMS:
             plan = QuantPlan.uniform(ws.graph.names, LayerChoice(True, gran, algo))
             t0 = time.perf_counter()
             qmodel = ws.build(plan)
             build_s = time.perf_counter() - t0
-            sess = ev.session(qmodel)
-            acc = ev.score(sess).accuracy
-            q_ms, f_ms = ev.latency_ms(sess, fp32)
+            sessions.append(ev.session(qmodel))
+            acc = ev.score(sessions[-1]).accuracy
             rows.append({"granularity": gran, "algorithm": algo, "accuracy": acc,
                          "drop": ws.reference.accuracy - acc, "bitops_fraction": bitops_fraction(ws.graph, plan),
-                         "latency_ratio": q_ms / f_ms, "build_seconds": build_s})  # fmt: skip
+                         "build_seconds": build_s})  # fmt: skip
+    ratios = []
+    for _ in range(rounds):
+        ms = ev.latency_ms(*sessions)
+        ratios.append([m / ms[0] for m in ms[1:]])
+    ratios = np.array(ratios)
+    for i, r in enumerate(rows):
+        r["latency_ratio"] = float(np.median(ratios[:, i]))
+        r["latency_ratio_range"] = [float(ratios[:, i].min()), float(ratios[:, i].max())]
     return rows
 
 
@@ -153,7 +161,7 @@ def main() -> None:
     calib = calibration_comparison(args.experiment)
     exp = load_experiment(args.experiment)
     ws = Workspace(replace(exp, eval=replace(exp.eval, latency_repeats=repeats)))
-    table = algorithm_table(ws)
+    table = algorithm_table(ws, rounds=3 if args.quick else 7)
     act = activation_type_latency([args.experiment, args.mobilenet], repeats)
     ours = next(r for r in calib if r["method"] == "autoquant")
     result = {
@@ -176,10 +184,12 @@ def main() -> None:
     print(f"\nBuild one plan from cache: median {result['median_build_seconds']:.3f} s "
           f"vs one calibration pass {ours['seconds']:.2f} s\n")  # fmt: skip
     print(f"## All-INT8 on {exp.name}: FP32 top-1 {ws.reference.accuracy:.2f} % on {len(ws.splits.eval)} eval images\n")
-    print("| weights | activations | top-1 % | drop pt | bitops (of FP32) | latency ratio |\n|---|---|---:|---:|---:|---:|")
+    print("| weights | activations | top-1 % | drop pt | bitops (of FP32) | latency / FP32, median [min-max] |")
+    print("|---|---|---:|---:|---:|---:|")
     for r in table:
+        lo, hi = r["latency_ratio_range"]
         print(f"| {r['granularity']} | {r['algorithm']} | {r['accuracy']:.2f} | {r['drop']:+.2f} | "
-              f"{r['bitops_fraction']:.4f} | {r['latency_ratio']:.2f} |")  # fmt: skip
+              f"{r['bitops_fraction']:.4f} | {r['latency_ratio']:.2f} [{lo:.2f}-{hi:.2f}] |")  # fmt: skip
     print("\n## Activation integer type (per-channel INT8 weights, minmax)\n")
     print("| model | uint8 ms | int8 ms | FP32 ms | int8 / uint8 | top-1 uint8 | top-1 int8 |\n|---|---:|---:|---:|---:|---:|---:|")
     for r in act:

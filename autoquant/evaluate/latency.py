@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 
 def interleaved_latency_ms(
-    sessions: list[ort.InferenceSession], batch: np.ndarray, *, repeats: int, warmup: int = 3
+    sessions: list[ort.InferenceSession], batch: np.ndarray, *, repeats: int, warmup: int = 5
 ) -> list[float]:
     """Median milliseconds per run of `batch` for each session, runs alternating between sessions."""
     feeds = [{s.get_inputs()[0].name: batch} for s in sessions]

@@ -198,7 +198,7 @@ def run_study(exp: Experiment, paths: RunPaths, *, trials: int | None, quiet: bo
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: warm starts and sensitivity
     scorer = PlanScorer(ws)
     sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
-    if not study.trials:
+    if cfg.warm_start and not study.trials:
         for label, plan in warm_starts(ws, sensitivity, cfg.sensitivity_k):
             study.enqueue_trial(space.params_for(plan), user_attrs={"label": label}, skip_if_exists=True)
     with warnings.catch_warnings():
