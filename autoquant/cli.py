@@ -127,11 +127,22 @@ def cmd_search(args) -> int:
     log = None if args.quiet else _log
     if log:
         log(f"autoquant: study {exp.name} in {out} (rerun the same command to resume it)")
-    result = search(exp, out, trials=args.trials, quiet=args.quiet, log=log)
+    result = search(exp, out, trials=args.trials, quiet=args.quiet, log=log, workers=args.workers)
     if log:
         log(f"autoquant: {result.evaluated} plans evaluated in {result.seconds:.1f} s this run; "
             f"MLflow: mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}")  # fmt: skip
     return _report_search(result, exp.search.objective, args)
+
+
+def cmd_worker(args) -> int:
+    from .config import load_experiment
+    from .service import work
+
+    exp = load_experiment(args.experiment)
+    evaluated, complete = work(exp, args.storage, trials=args.trials, threads=args.threads,
+                               seed_offset=args.seed_offset, quiet=args.quiet, log=None if args.quiet else _log)  # fmt: skip
+    print(f"worker: evaluated {evaluated} plans; the study has {complete} complete trials")
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -187,7 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--max-accuracy-drop", type=float, help="override search.max_accuracy_drop (points)")
     se.add_argument("--quiet", action="store_true", help="no progress bar (for scheduled runs)")
     se.add_argument("--json", action="store_true", help="print one JSON line with the outcome")
+    se.add_argument("--workers", type=int, default=1, help="processes sharing the study on this machine")
     se.set_defaults(fn=cmd_search)
+
+    wk = sub.add_parser("worker", help="join a running study (e.g. from another machine) through its storage")
+    wk.add_argument("experiment", type=Path)
+    wk.add_argument("--storage", required=True, help="the study's SQLAlchemy URL, e.g. postgresql+psycopg://…")
+    wk.add_argument("--trials", type=int, help="stop when the study has this many complete trials")
+    wk.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
+    wk.add_argument("--seed-offset", type=int, default=0, help="added to search.seed so workers sample differently")
+    wk.add_argument("--quiet", action="store_true")
+    wk.set_defaults(fn=cmd_worker)
 
     ex = sub.add_parser("export", help="re-choose and export a plan from a finished study")
     ex.add_argument("run_dir", type=Path)

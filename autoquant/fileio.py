@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -50,3 +52,17 @@ def recover_dir(target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, target)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock (flock) on `path`: the first of several workers builds a cache
+    entry, the others wait and then read it. Released by the OS if the holder is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

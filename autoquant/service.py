@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -15,7 +18,7 @@ from .export import export_plan
 from .fileio import atomic_write_bytes, recover_dir
 from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
 from .search.sensitivity import write_sensitivity_report
-from .search.study import RunPaths, make_storage, run_study, scored_points
+from .search.study import RunPaths, complete_count, make_storage, optimize, scored_points, setup_study
 from .workspace import Workspace
 
 EXIT_NO_PLAN = 3
@@ -34,10 +37,13 @@ class SearchResult:
     export: QuantizeResult | None
 
 
-def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None) -> SearchResult:
+def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
+           workers: int = 1) -> SearchResult:  # fmt: skip
     """Run (or resume) the experiment's study, track it in MLflow, export the best plan within the constraint.
 
-    Rerunning with the same `out_dir` continues the study until `trials` trials are complete.
+    Rerunning with the same `out_dir` continues the study until `trials` trials are complete. With
+    `workers` > 1, that many processes share the study through its storage, each with its share of
+    the cores for onnxruntime.
     """
     from .track.tracker import Tracker
 
@@ -45,31 +51,64 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
     paths.root.mkdir(parents=True, exist_ok=True)
     recover_dir(paths.root / "best")
     atomic_write_bytes(paths.run_file, json.dumps({"experiment": str(exp.source_file)}).encode())
-    holder = {}
-
-    def tracker_factory(study: optuna.Study, ws: Workspace, space_file: Path) -> Tracker:
-        t = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
-        params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
-                  "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
-                  "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip
-        t.start_parent(study, params, [p for p in (exp.source_file, space_file) if p])
-        t.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
-        holder["tracker"] = t
-        return t
-
-    run = run_study(exp, paths, trials=trials, quiet=quiet, tracker_factory=tracker_factory, log=log)
-    result = _conclude(run.workspace, run.study, exp, paths.root, paths.root / "best", run.seconds, run.evaluated)
-    write_sensitivity_report(run.sensitivity, paths.root)
-    tracker = holder["tracker"]
+    target = trials or exp.search.trials
+    if workers > 1:
+        if exp.source_file is None:
+            raise ConfigError("parallel workers start from an experiment file: load the experiment with load_experiment")
+        exp = with_threads(exp, max(1, (os.cpu_count() or 1) // workers))
+    setup = setup_study(exp, paths, log=log)
+    ws = setup.workspace
+    tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
+    params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
+              "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
+              "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip
+    tracker.start_parent(setup.study, params, [p for p in (exp.source_file, setup.space_file) if p])
+    tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
+    procs = [spawn_worker(exp, setup.storage_url, target, i) for i in range(1, workers)]
+    try:
+        seconds, evaluated = optimize(setup, exp, target, quiet=quiet, callbacks=[tracker], log=log)
+        for proc in procs:
+            proc.wait()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+    result = _conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated)
+    write_sensitivity_report(setup.sensitivity, paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
                     "export_latency_ratio": result.export.latency_ratio}  # fmt: skip
-    tracker.finish([(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
+    tracker.finish(setup.study,
+                   [(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
                     (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
                     (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
                    metrics)  # fmt: skip
     return result
+
+
+def with_threads(exp: Experiment, threads: int) -> Experiment:
+    return replace(exp, eval=replace(exp.eval, threads=threads))
+
+
+def spawn_worker(exp: Experiment, storage_url: str, target: int, index: int) -> subprocess.Popen:
+    """A local worker process on the same study (the same thing `autoquant worker` runs elsewhere)."""
+    cmd = [sys.executable, "-m", "autoquant.cli", "worker", str(exp.source_file), "--storage", storage_url,
+           "--trials", str(target), "--threads", str(exp.eval.threads), "--seed-offset", str(index), "--quiet"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+
+def work(exp: Experiment, storage_url: str, *, trials: int | None = None, threads: int = 0, seed_offset: int = 0,
+         quiet: bool = False, log=None) -> tuple[int, int]:  # fmt: skip
+    """Join a study as a worker: run trials until the study has `trials` complete ones.
+    Returns (plans this worker evaluated, trials complete in the study). No export, no MLflow logging:
+    the process that runs `search` logs every worker's trials when it finishes."""
+    exp = replace(exp, search=replace(exp.search, seed=exp.search.seed + seed_offset))
+    if threads:
+        exp = with_threads(exp, threads)
+    setup = setup_study(exp, RunPaths(Path(".")), log=log, storage_url=storage_url)
+    _, evaluated = optimize(setup, exp, trials or exp.search.trials, quiet=quiet, log=log)
+    return evaluated, complete_count(setup.study)
 
 
 def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,

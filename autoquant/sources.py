@@ -13,6 +13,7 @@ import numpy as np
 from . import data as datasets
 from .config import Experiment
 from .errors import ConfigError, ModelError
+from .fileio import file_lock
 from .graph.ingest import export_torch, file_sha256
 
 _CHECKPOINT_DEPTH = {"cifar10_resnet20": 20, "cifar10_resnet32": 32, "cifar10_resnet56": 56}
@@ -34,9 +35,15 @@ def model_path(exp: Experiment, splits: datasets.Splits) -> Path:
     m = exp.model
     if m.onnx is not None:
         return m.onnx
+    cache = exp.cache / "builtin"
+    with file_lock(cache / ".lock"):  # parallel workers: one exports (or trains), the others wait
+        return _builtin_path(exp, splits, cache)
+
+
+def _builtin_path(exp: Experiment, splits: datasets.Splits, cache: Path) -> Path:
     from . import zoo
 
-    cache = exp.cache / "builtin"
+    m = exp.model
     if m.builtin in _CHECKPOINT_DEPTH:
         if m.checkpoint is None:
             raise ConfigError(f"model.checkpoint is required for {m.builtin}: point it at the .th file")

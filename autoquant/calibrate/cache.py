@@ -13,13 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, file_lock
 
 CACHE_VERSION = 1
 
 
 def cached_arrays(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Return the arrays stored under `path` if they were built for `key`, else build and store them."""
+    """Return the arrays stored under `path` if they were built for `key`, else build and store them.
+    Concurrent callers (parallel workers) build once: the others wait on the lock, then read."""
+    with file_lock(path.with_name(path.name + ".lock")):
+        return _load_or_build(path, key, build)
+
+
+def _load_or_build(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
+from ..fileio import file_lock
 
 OPSET = 17
 
@@ -100,13 +101,19 @@ def model_input(model: onnx.ModelProto) -> ModelInput:
 
 def prepare(source: Path, cache_dir: Path) -> PreparedModel:
     """Hash the model and run onnxruntime's quant_pre_process (shape inference, BN folding) once per hash."""
-    from onnxruntime.quantization import quant_pre_process
-
     source = Path(source)
     model = load_onnx(source)
     model_input_ = model_input(model)
     sha = file_sha256(source)
     pre = cache_dir / "models" / sha[:16] / "preprocessed.onnx"
+    with file_lock(pre.with_suffix(".lock")):
+        _preprocess(model, source, pre)
+    return PreparedModel(source, sha, pre, model_input_, tuple(o.name for o in model.graph.output))
+
+
+def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
+    from onnxruntime.quantization import quant_pre_process
+
     if not pre.is_file():
         pre.parent.mkdir(parents=True, exist_ok=True)
         tmp = pre.with_suffix(".tmp.onnx")
@@ -116,4 +123,4 @@ def prepare(source: Path, cache_dir: Path) -> PreparedModel:
         except Exception as exc:
             raise ModelError(f"onnxruntime could not pre-process {source}: {str(exc).splitlines()[0][:200]}") from exc
         tmp.replace(pre)
-    return PreparedModel(source, sha, pre, model_input_, tuple(o.name for o in model.graph.output))
+

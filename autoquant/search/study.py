@@ -133,17 +133,28 @@ def trial_plan(trial: optuna.trial.FrozenTrial) -> QuantPlan:
 
 
 class Objective:
-    """Optuna objective: trial → plan → (accuracy, cost). A plan measured before is not re-evaluated:
-    its earlier result is reused and the trial records which trial it duplicates."""
+    """Optuna objective: trial → plan → (accuracy, cost). A plan measured before — by this process or
+    by another worker on the same storage — is not re-evaluated: its result is reused and the trial
+    records which trial it duplicates."""
 
-    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: str, known: dict[str, tuple[int, TrialResult]]):
-        self.space, self.scorer, self.objective, self.known = space, scorer, objective, known
+    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: str):
+        self.space, self.scorer, self.objective = space, scorer, objective
+        self.known: dict[str, tuple[int, TrialResult]] = {}
+        self.seen: set[int] = set()
+        self.evaluated = 0
+
+    def _refresh(self, study: optuna.Study) -> None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number not in self.seen:
+                self.seen.add(t.number)
+                self.known.setdefault(trial_plan(t).key(), (t.number, TrialResult.from_trial(t)))
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         plan = self.space.plan(trial.suggest_categorical)
         key = plan.key()
         # Few attribute writes per trial: each one is a storage transaction.
         trial.set_user_attr("plan", plan.to_spec())
+        self._refresh(trial.study)
         if key in self.known:
             number, result = self.known[key]
             trial.set_user_attr("duplicate_of", number)
@@ -154,6 +165,7 @@ class Objective:
                 trial.set_user_attr("fail_reason", str(exc))
                 raise
             self.known[key] = (trial.number, result)
+            self.evaluated += 1
         trial.set_user_attr("result", result.to_dict())
         return result.accuracy, result.cost(self.objective)
 
@@ -171,30 +183,31 @@ class FailureGuard:
 
 
 @dataclass(frozen=True)
-class StudyRun:
+class StudySetup:
+    """Everything a process needs before its first trial: done once per process, cached across them."""
+
     study: optuna.Study
     workspace: Workspace
     space: SearchSpace
+    space_file: Path
+    scorer: PlanScorer
     sensitivity: list[LayerSensitivity]
-    seconds: float
-    evaluated: int  # trials this run measured (not duplicates, not earlier runs)
+    storage_url: str
 
 
-def run_study(exp: Experiment, paths: RunPaths, *, trials: int | None, quiet: bool, tracker_factory=None,
-              log=None) -> StudyRun:  # fmt: skip
-    """Open or resume the study and run it until `trials` trials are complete (or the time budget ends)."""
-    from .progress import Progress
+def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str | None = None) -> StudySetup:
+    """Open (or create) the study; on creation enqueue the warm-start plans. Heavy per-study work
+    (calibration, FP32 reference, sensitivity) comes from the on-disk cache when another process
+    built it; with parallel workers one builds it and the others wait on its lock."""
     from .sensitivity import layer_sensitivity
 
     say = log or (lambda msg: None)
     cfg = exp.search
-    target = trials or cfg.trials
-    paths.root.mkdir(parents=True, exist_ok=True)
     space_file = space_path(cfg)
     ws = Workspace(exp)
     space = SearchSpace.from_yaml(space_file, ws.graph)
-    storage = make_storage(cfg.storage or paths.storage)
-    study = open_study(exp, storage, ws.sha)
+    url = storage_url or cfg.storage or paths.storage
+    study = open_study(exp, make_storage(url), ws.sha)
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: warm starts and sensitivity
     scorer = PlanScorer(ws)
     sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
@@ -204,25 +217,30 @@ def run_study(exp: Experiment, paths: RunPaths, *, trials: int | None, quiet: bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    known = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        known.setdefault(trial_plan(t).key(), (t.number, TrialResult.from_trial(t)))
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    callbacks = [MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), FailureGuard()]
-    tracker = tracker_factory(study, ws, space_file) if tracker_factory else None
-    if tracker:
-        callbacks.append(tracker)
-    if done < target:
-        say(f"{done} of {target} trials already complete; searching {space.size():.3g} plans "
-            f"with {cfg.sampler}")  # fmt: skip
+    return StudySetup(study, ws, space, space_file, scorer, sensitivity, url)
+
+
+def complete_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, callbacks=(), log=None) -> tuple[float, int]:
+    """Run trials until `target` trials are COMPLETE in the storage (counting every worker's), or the
+    time budget ends. Returns (seconds, plans this process evaluated)."""
+    from .progress import Progress
+
+    cfg = exp.search
+    study = setup.study
+    done = complete_count(study)
+    if done < target and log:
+        log(f"{done} of {target} trials already complete; searching {setup.space.size():.3g} plans with {cfg.sampler}")
     progress = Progress(target, min(done, target), cfg.max_accuracy_drop, cfg.objective, quiet)
-    callbacks.append(progress)
-    before = len(known)
+    objective = Objective(setup.space, setup.scorer, cfg.objective)
     t0 = time.perf_counter()
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
-        objective = Objective(space, scorer, cfg.objective, known)
-        study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(TrialFailed,))
+        study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
+                       callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), FailureGuard(),
+                                  *callbacks, progress])  # fmt: skip
     progress.close()
-    return StudyRun(study, ws, space, sensitivity, time.perf_counter() - t0, len(known) - before)
-
+    return time.perf_counter() - t0, objective.evaluated

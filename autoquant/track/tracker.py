@@ -118,8 +118,9 @@ class Tracker:
         self.client.log_batch(rid, metrics=metrics, params=params)
         self.client.set_terminated(rid, status="FINISHED" if trial.state.name == "COMPLETE" else "FAILED")
 
-    def finish(self, artifacts: list[tuple[Path, str | None]], metrics: dict[str, float]) -> None:
+    def finish(self, study: optuna.Study, artifacts: list[tuple[Path, str | None]], metrics: dict[str, float]) -> None:
         self.flush()
+        self._backfill(study)  # trials other workers ran
         for path, sub in artifacts:
             if path.exists():
                 self.client.log_artifact(self.parent_id, str(path), sub)

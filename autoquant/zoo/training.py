@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, file_lock
 
 
 def train_classifier(
@@ -53,11 +53,12 @@ def cached_weights(model: nn.Module, cache_dir: Path, key: str, train: Callable[
     """
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir / "weights" / f"{digest}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    train(model)
-    atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        train(model)
+        atomic_write(path, lambda f: torch.save(model.state_dict(), f))
     return model.eval()
 
 
