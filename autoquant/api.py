@@ -10,7 +10,7 @@ from .errors import PlanError
 from .evaluate.cost import bitops_fraction
 from .evaluate.evaluator import Evaluator
 from .evaluate.metrics import resolve_metric
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, atomic_write_files
 from .graph.ingest import load_onnx, model_input, prepare
 from .graph.layers import analyze
 from .quantize.build import build_qdq
@@ -64,8 +64,8 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source))  # fmt: skip
     out_dir = Path(out_dir)
-    model_path = atomic_write_bytes(out_dir / "model.int8.onnx", q_bytes)
-    record_path = record.save(out_dir / "record.json")
+    model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
+    atomic_write_files({model_path: q_bytes, record_path: record.to_json().encode()})
     return QuantizeResult(result.accuracy, ws.reference.accuracy, drop, objectives["bitops_fraction"], q_ms, f_ms,
                           q_ms / f_ms, len(q_bytes), fp32_bytes, model_path, record_path)  # fmt: skip
 

@@ -238,8 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     except AutoquantError as exc:
         print(f"autoquant: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # Unwritable or full output locations are the user's to fix; writes are atomic, so nothing
+        # that was there before has been damaged.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"autoquant: error: cannot read or write{where}: {exc.strerror or exc}; check the path, its "
+              "permissions and free space", file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
-        print("autoquant: interrupted", file=sys.stderr)
+        print("autoquant: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 
 

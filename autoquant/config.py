@@ -93,6 +93,7 @@ class SearchConfig:
     max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
     trials: int = 40
     timeout_minutes: float | None = None
+    trial_timeout_seconds: float | None = None  # a trial running longer is marked failed and the study goes on
     sampler: str = "nsga2"
     population_size: int = 16
     seed: int = 0

@@ -33,6 +33,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Write every file to a temp name first and rename them only when all are on disk, so a full
+    disk or a kill while writing leaves the previous set (e.g. a model and its record) consistent."""
+    temps = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, path in temps:
+        os.replace(tmp, path)
+
+
 def replace_dir(new: Path, target: Path) -> Path:
     """Swap a fully written directory `new` into place as `target`, keeping the old one until the swap
     is done; `recover_dir` undoes a swap a kill interrupted half-way."""

@@ -1,11 +1,11 @@
 """Several processes on one study: SQLite locally (PostgreSQL in test_postgres.py)."""
 
 import optuna
+from conftest import write_experiment
 from optuna.trial import TrialState
 
 from autoquant import load_experiment
 from autoquant.service import search
-from conftest import write_experiment
 
 
 def test_two_workers_reach_the_target_together_without_evaluating_a_plan_twice(tmp_path):

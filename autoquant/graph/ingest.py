@@ -86,6 +86,19 @@ def export_torch(module, example: np.ndarray, path: Path) -> Path:
     return path
 
 
+RUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def check_ops(model: onnx.ModelProto) -> None:
+    """Name the first op onnxruntime's CPU provider has no kernel for, before anything else fails on it."""
+    for node in model.graph.node:
+        if node.domain not in RUNTIME_DOMAINS:
+            raise ModelError(
+                f"node '{node.name}' uses {node.domain}.{node.op_type}, an op onnxruntime cannot run: replace it "
+                "or register its implementation before quantizing"
+            )
+
+
 def model_input(model: onnx.ModelProto) -> ModelInput:
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
@@ -103,6 +116,7 @@ def prepare(source: Path, cache_dir: Path) -> PreparedModel:
     """Hash the model and run onnxruntime's quant_pre_process (shape inference, BN folding) once per hash."""
     source = Path(source)
     model = load_onnx(source)
+    check_ops(model)
     model_input_ = model_input(model)
     sha = file_sha256(source)
     pre = cache_dir / "models" / sha[:16] / "preprocessed.onnx"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,11 +41,31 @@ class TrialFailed(AutoquantError):
     """A plan whose model cannot be built or run, or gives non-finite outputs: that trial fails, the study goes on."""
 
 
+@contextlib.contextmanager
+def deadline(seconds: float | None):
+    """Raise TrialFailed in this (main) thread after `seconds`. onnxruntime releases the GIL between
+    batches, so a slow or hung trial is interrupted at the next batch boundary."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TrialFailed(f"trial timed out after {seconds:g} s (search.trial_timeout_seconds)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class PlanScorer:
     """Scores plans against a workspace; FP32 latency is measured once per study."""
 
-    def __init__(self, ws: Workspace):
-        self.ws = ws
+    def __init__(self, ws: Workspace, timeout: float | None = None):
+        self.ws, self.timeout = ws, timeout
         (self.fp32_latency_ms,) = ws.evaluator.latency_ms(ws.evaluator.session(ws.model))
         ref = ws.reference.outputs
         self._ref_power = float(np.square(ref).mean()) or 1.0
@@ -50,10 +73,13 @@ class PlanScorer:
     def __call__(self, plan: QuantPlan) -> TrialResult:
         ws, ev = self.ws, self.ws.evaluator
         try:
-            model = ws.build(plan)
-            sess = ev.session(model)
-            scored = ev.score(sess)
-            (latency,) = ev.latency_ms(sess)
+            with deadline(self.timeout):
+                model = ws.build(plan)
+                sess = ev.session(model)
+                scored = ev.score(sess)
+                (latency,) = ev.latency_ms(sess)
+        except TrialFailed:
+            raise
         except AutoquantError as exc:
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:  # onnxruntime's own error types: the plan is the problem, not the user

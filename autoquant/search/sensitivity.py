@@ -7,6 +7,7 @@ plans and is a report of its own (`autoquant sensitivity`).
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from ..calibrate.cache import cached_arrays
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
-from .objective import PlanScorer
+from .objective import PlanScorer, TrialFailed
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,14 @@ def layer_sensitivity(ws: Workspace, scorer: PlanScorer | None = None, progress=
         score = scorer or PlanScorer(ws)
         drops, mses = [], []
         for i, name in enumerate(ws.graph.names):
-            r = score(single_layer_plan(ws, name))
-            drops.append(r.accuracy_drop)
-            mses.append(r.output_mse)
+            try:
+                r = score(single_layer_plan(ws, name))
+                drops.append(r.accuracy_drop)
+                mses.append(r.output_mse)
+            except TrialFailed as exc:  # a layer that cannot be quantized alone is the most sensitive
+                print(f"autoquant: sensitivity of {name}: {exc}", file=sys.stderr)
+                drops.append(np.nan)
+                mses.append(np.inf)
             if progress:
                 progress(i + 1, len(ws.graph.names), name)
         return {"drop": np.array(drops), "mse": np.array(mses)}

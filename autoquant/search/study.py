@@ -209,7 +209,7 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     url = storage_url or cfg.storage or paths.storage
     study = open_study(exp, make_storage(url), ws.sha)
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: warm starts and sensitivity
-    scorer = PlanScorer(ws)
+    scorer = PlanScorer(ws, cfg.trial_timeout_seconds)
     sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
     if cfg.warm_start and not study.trials:
         for label, plan in warm_starts(ws, sensitivity, cfg.sensitivity_k):

@@ -1,0 +1,191 @@
+"""Hostile and broken input: each case gets one line and exit code 2 (or a failed trial with its reason),
+and no file from an earlier good run is damaged."""
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import conv_model, write_experiment
+from onnx import TensorProto, helper, numpy_helper
+
+import autoquant.fileio
+from autoquant.cli import main
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, message):
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("autoquant: error:") and message in last, err
+    assert "Traceback" not in err
+
+
+def user_experiment(tmp, model: onnx.ModelProto | None = None, shape=(3, 8, 8), **sections):
+    rng = np.random.default_rng(0)
+    if model is not None:
+        onnx.save(model, str(tmp / "model.onnx"))
+    np.savez(tmp / "data.npz", x=rng.normal(size=(40, *shape)).astype(np.float32), y=np.zeros(40, np.int64))
+    base = {"name": "hostile", "model": {"onnx": str(tmp / "model.onnx")},
+            "data": {"source": "npz", "path": str(tmp / "data.npz"), "calibration_size": 20, "eval_size": 20},
+            "eval": {"latency_repeats": 2}}  # fmt: skip
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return write_experiment(tmp / "exp.yaml", **base)
+
+
+def _graph(nodes, inputs, inits=(), opsets=(("", 17),), out_shape=("batch", 4, 8, 8)):
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, list(out_shape))
+    g = helper.make_graph(nodes, "g", inputs, [out], list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+
+
+W = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+X = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+
+
+def test_truncated_onnx_file(tmp_path, capsys):
+    good = conv_model([np.ones((4, 3, 3, 3))]).SerializeToString()
+    exp = user_experiment(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(good[: len(good) // 2])
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "not a valid ONNX model")
+
+
+def test_unsupported_op_in_a_quantizable_position(tmp_path, capsys):
+    nodes = [helper.make_node("Mystery", ["input"], ["m"], name="mystery", domain="com.example"),
+             helper.make_node("Conv", ["m", "w"], ["output"], name="conv", pads=[1, 1, 1, 1])]  # fmt: skip
+    exp = user_experiment(tmp_path, _graph(nodes, [X], [W], (("", 17), ("com.example", 1))))
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "com.example.Mystery")
+
+
+def test_model_with_several_inputs(tmp_path, capsys):
+    y = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4, 8, 8])
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "other"], ["output"], name="add")]  # fmt: skip
+    exp = user_experiment(tmp_path, _graph(nodes, [X, y], [W]))
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "has 2 inputs")
+
+
+def test_dynamic_spatial_shapes(tmp_path, capsys):
+    dyn = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "h", "w"])
+    nodes = [helper.make_node("Conv", ["input", "w"], ["output"], name="conv", pads=[1, 1, 1, 1])]
+    exp = user_experiment(tmp_path, _graph(nodes, [dyn], [W], out_shape=("batch", 4, "h", "w")))
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "static non-batch input")
+
+
+def test_model_with_no_quantizable_layer(tmp_path, capsys):
+    exp = user_experiment(tmp_path, _graph([helper.make_node("Relu", ["input"], ["output"], name="r")], [X],
+                                                out_shape=("batch", 3, 8, 8)))
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "no quantizable layer")
+
+
+def test_yaml_with_wrong_types_in_the_search_section(tmp_path, capsys):
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), search={"trials": "many"})
+    assert_one_line_error(*cli(capsys, "search", exp, "--out", tmp_path / "o")[::2], "search.trials must be int")
+
+
+def test_storage_url_that_cannot_be_reached(tmp_path, capsys):
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]),
+                          search={"storage": "sqlite:////nonexistent/dir/study.db"})  # fmt: skip
+    assert_one_line_error(*cli(capsys, "search", exp, "--out", tmp_path / "o")[::2], "cannot open study storage")
+
+
+def test_tracking_uri_that_cannot_be_written(tmp_path, capsys):
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]),
+                          search={"tracking_uri": "sqlite:////proc/forbidden/mlflow.db"})  # fmt: skip
+    assert_one_line_error(*cli(capsys, "search", exp, "--out", tmp_path / "o", "--trials", "2")[::2],
+                          "cannot use MLflow tracking store")  # fmt: skip
+
+
+def test_output_location_that_cannot_be_written(tmp_path, capsys):
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]))
+    (tmp_path / "a_file").write_text("not a directory")
+    # Tests run as root, for whom permission bits do not stop writes: a path under a file does.
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "a_file" / "out")[::2], "cannot read or write")
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """A 64 KiB tmpfs when this machine lets us mount one; otherwise every write fails with ENOSPC."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                             capture_output=True, check=False).returncode == 0  # fmt: skip
+    if not mounted:
+        def no_space(*_):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(autoquant.fileio.os, "fsync", no_space)
+    yield mnt, mounted
+    if mounted:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_during_export_keeps_the_previous_export(tmp_path, capsys, full_disk, resnet20_yaml):
+    mnt, mounted = full_disk
+    out = mnt / "export"
+    if mounted:  # a good export first, small enough to fit; then the big ResNet one cannot
+        exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]))
+        assert cli(capsys, "quantize", exp, "--out", out)[0] == 0
+    else:  # the monkeypatch is already active: stage the previous export by hand
+        out.mkdir()
+        (out / "model.int8.onnx").write_bytes(b"previous model")
+        (out / "record.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli(capsys, "quantize", resnet20_yaml, "--out", out)
+    assert_one_line_error(code, err, "No space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_corrupt_calibration_cache_is_rebuilt_with_a_message(digits_yaml, tmp_path, capsys):
+    from autoquant import Workspace, load_experiment
+
+    ws = Workspace(load_experiment(digits_yaml))
+    stats_file = next(Path(ws.exp.cache, "stats").glob(f"{ws.sha[:16]}-*.npz"))
+    stats_file.write_bytes(b"garbage")
+    again = Workspace(load_experiment(digits_yaml))
+    assert "unreadable (corrupt?); rebuilding it" in capsys.readouterr().err
+    assert again.timings.calibration > 0
+    assert again.stats.keys() == ws.stats.keys()
+
+
+def test_hung_trial_times_out_and_the_study_goes_on(tmp_path, monkeypatch):
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from autoquant import load_experiment
+    from autoquant.service import search
+
+    exp_path = write_experiment(
+        tmp_path / "t.yaml", name="digits_timeout", model={"builtin": "digits_cnn"},
+        data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
+        eval={"latency_repeats": 2}, search={"trial_timeout_seconds": 2.0, "population_size": 4, "sensitivity_k": []},
+    )  # fmt: skip
+    from autoquant.workspace import Workspace
+
+    real = Workspace.build
+
+    def hangs_on_all_float(self, plan):
+        if not plan.quantized:  # the all-float warm start: a plan whose build never returns
+            time.sleep(30)
+        return real(self, plan)
+
+    monkeypatch.setattr(Workspace, "build", hangs_on_all_float)
+    t0 = time.time()
+    result = search(load_experiment(exp_path), tmp_path / "run", trials=5, quiet=True)
+    assert time.time() - t0 < 25
+    trials = optuna.load_study(study_name="digits_timeout", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "timed out after 2 s" in failed[0].user_attrs["fail_reason"]
+    assert result.completed == 5
