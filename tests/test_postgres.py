@@ -11,12 +11,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import write_experiment
 from optuna.trial import TrialState
 
 from autoquant import load_experiment
 from autoquant.cli import main
 from autoquant.service import search
-from conftest import write_experiment
 
 
 def _free_port() -> int:
