@@ -38,7 +38,7 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def child_calibrate(experiment: Path, method: str) -> dict:
+def child_calibrate(experiment: Path, method: str, calibration_size: int | None = None) -> dict:
     """Run one calibration method in this (fresh) process; report wall time and peak RSS."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
@@ -50,6 +50,8 @@ def child_calibrate(experiment: Path, method: str) -> dict:
     from autoquant.sources import load_splits, model_path
 
     exp = load_experiment(experiment)
+    if calibration_size:
+        exp = replace(exp, data=replace(exp.data, calibration_size=calibration_size))
     splits = load_splits(exp)
     prepared = prepare(model_path(exp, splits), exp.cache)
     model = prepared.load()
@@ -81,11 +83,13 @@ def child_calibrate(experiment: Path, method: str) -> dict:
             "rss_before_mb": base, "samples": len(calib)}  # fmt: skip
 
 
-def calibration_comparison(experiment: Path) -> list[dict]:
+def calibration_comparison(experiment: Path, calibration_size: int | None = None) -> list[dict]:
+    """Each calibration method in a fresh process, so its peak RSS is its own."""
     rows = []
+    size = ["--calibration-size", str(calibration_size)] if calibration_size else []
     for method in ("autoquant", "MinMax", "Entropy", "Percentile"):
-        out = subprocess.run([sys.executable, __file__, "--child-calibrate", method, "--experiment", str(experiment)],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run([sys.executable, __file__, "--child-calibrate", method, "--experiment", str(experiment),
+                              *size], capture_output=True, text=True, check=True)  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -147,10 +151,11 @@ def main() -> None:
     p.add_argument("--experiment", type=Path, default=REPO / "experiments" / "cifar10_resnet20.yaml")
     p.add_argument("--mobilenet", type=Path, default=REPO / "experiments" / "cifar10_mobilenet.yaml")
     p.add_argument("--child-calibrate")
+    p.add_argument("--calibration-size", type=int)
     p.add_argument("--quick", action="store_true", help="fewer latency repeats")
     args = p.parse_args()
     if args.child_calibrate:
-        print(json.dumps(child_calibrate(args.experiment, args.child_calibrate)))
+        print(json.dumps(child_calibrate(args.experiment, args.child_calibrate, args.calibration_size)))
         return
 
     from autoquant.config import load_experiment
