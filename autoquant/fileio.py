@@ -58,7 +58,7 @@ def replace_dir(new: Path, target: Path) -> Path:
     """Swap a fully written directory `new` into place as `target`, keeping the old one until the swap
     is done; `recover_dir` undoes a swap a kill interrupted half-way."""
     old = target.with_name(f".{target.name}.old")
-    recover_dir(target)
+    _restore_old(target)
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
@@ -67,6 +67,13 @@ def replace_dir(new: Path, target: Path) -> Path:
 
 
 def recover_dir(target: Path) -> None:
+    """Undo a half-done replace_dir and drop temp directories of exports that were killed."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    _restore_old(target)
+
+
+def _restore_old(target: Path) -> None:
     old = target.with_name(f".{target.name}.old")
     if old.exists():
         if target.exists():

@@ -134,6 +134,7 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
             raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json): give the --out of a search")
         experiment = Path(json.loads(paths.run_file.read_text())["experiment"])
     exp = load_experiment(experiment)
+    recover_dir(Path(out))
     if objective and objective not in ("bitops", "latency", "size"):
         raise ConfigError(f"--objective '{objective}' is unknown: use bitops, latency or size")
     study = optuna.load_study(study_name=exp.name, storage=make_storage(exp.search.storage or paths.storage))
