@@ -9,12 +9,12 @@ from pathlib import Path
 import onnxruntime as ort
 import optuna
 import pytest
+from conftest import write_experiment
 from optuna.trial import TrialState
 
 from autoquant import load_experiment
 from autoquant.fileio import recover_dir
 from autoquant.service import search
-from conftest import write_experiment
 
 
 @pytest.fixture
