@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,12 @@ def _report_search(result, objective: str, args) -> int:
         print(f"autoquant: no plan meets the accuracy constraint; {closest}. Raise max_accuracy_drop or run more trials",
               file=sys.stderr)  # fmt: skip
         return EXIT_NO_PLAN
+    if getattr(args, "register", None):
+        from .service import register
+
+        version = register(result, args.register, args.alias)
+        alias = f", alias '{args.alias}'" if args.alias else ""
+        print(f"registered {args.register} version {version}{alias} in {result.tracking_uri}")
     if not args.json:
         e = result.export
         print(f"\nexported trial {result.chosen.number}: accuracy {e.accuracy:.2f} % (drop {e.accuracy_drop:+.2f} pt), "
@@ -150,6 +157,20 @@ def cmd_export(args) -> int:
 
     result = export_from_run(args.run_dir, args.out, max_drop=args.max_accuracy_drop, objective=args.objective)
     return _report_search(result, args.objective or "bitops", args)
+
+
+def cmd_reoptimize(args) -> int:
+    from .config import load_experiment
+    from .reoptimize import reoptimize
+
+    exp = load_experiment(args.experiment)
+    out = args.out or Path("runs") / f"{exp.name}-reopt-{time.strftime('%Y%m%d-%H%M%S')}"
+    r = reoptimize(exp, args.registered_model, out, alias=args.alias, trials=args.trials, tracking_uri=args.tracking_uri,
+                   tolerance=args.tolerance, quiet=args.quiet, log=None if args.quiet else _log)  # fmt: skip
+    changed = "; source model changed since the deployed version" if r.source_changed else ""
+    target = r.candidate_version if r.decision == "promoted" else r.deployed_version
+    print(f"autoquant: {r.decision} — {r.reason}; '{args.alias}' -> version {target}{changed}; report {r.report}")
+    return 0
 
 
 def cmd_sensitivity(args) -> int:
@@ -199,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", action="store_true", help="no progress bar (for scheduled runs)")
     se.add_argument("--json", action="store_true", help="print one JSON line with the outcome")
     se.add_argument("--workers", type=int, default=1, help="processes sharing the study on this machine")
+    se.add_argument("--register", metavar="NAME", help="register the export as a new version of NAME (MLflow registry)")
+    se.add_argument("--alias", help="with --register: point this alias (e.g. production) at the new version")
     se.set_defaults(fn=cmd_search)
 
     wk = sub.add_parser("worker", help="join a running study (e.g. from another machine) through its storage")
@@ -216,7 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--objective", choices=("bitops", "latency", "size"))
     ex.add_argument("--out", type=Path, required=True)
     ex.add_argument("--json", action="store_true")
+    ex.add_argument("--register", metavar="NAME", help="register the export as a new version of NAME")
+    ex.add_argument("--alias", help="with --register: point this alias at the new version")
     ex.set_defaults(fn=cmd_export)
+
+    ro = sub.add_parser("reoptimize", help="re-run the search, compare with the deployed version, promote if better")
+    ro.add_argument("experiment", type=Path)
+    ro.add_argument("--registered-model", required=True)
+    ro.add_argument("--alias", default="production")
+    ro.add_argument("--trials", type=int)
+    ro.add_argument("--out", type=Path, help="run directory (default: runs/NAME-reopt-TIMESTAMP)")
+    ro.add_argument("--tracking-uri", help="MLflow store holding the registry (default: search.tracking_uri)")
+    ro.add_argument("--tolerance", type=float, default=0.1, help="accuracy points the candidate may lose and still win")
+    ro.add_argument("--quiet", action="store_true")
+    ro.set_defaults(fn=cmd_reoptimize)
 
     sn = sub.add_parser("sensitivity", help="per-layer sensitivity table and bar plot")
     sn.add_argument("experiment", type=Path)

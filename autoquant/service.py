@@ -19,6 +19,7 @@ from .fileio import atomic_write_bytes, recover_dir
 from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
 from .search.sensitivity import write_sensitivity_report
 from .search.study import RunPaths, complete_count, make_storage, optimize, scored_points, setup_study
+from .track.tracker import PARENT_ATTR
 from .workspace import Workspace
 
 EXIT_NO_PLAN = 3
@@ -35,10 +36,13 @@ class SearchResult:
     chosen: ScoredPlan | None
     met: bool  # whether `chosen` is within the constraint (and was exported)
     export: QuantizeResult | None
+    study_name: str = ""
+    tracking_uri: str = ""
+    parent_run_id: str | None = None
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
-           workers: int = 1) -> SearchResult:  # fmt: skip
+           workers: int = 1, prior_plans: dict | None = None) -> SearchResult:  # fmt: skip
     """Run (or resume) the experiment's study, track it in MLflow, export the best plan within the constraint.
 
     Rerunning with the same `out_dir` continues the study until `trials` trials are complete. With
@@ -56,7 +60,7 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
         if exp.source_file is None:
             raise ConfigError("parallel workers start from an experiment file: load the experiment with load_experiment")
         exp = with_threads(exp, max(1, (os.cpu_count() or 1) // workers))
-    setup = setup_study(exp, paths, log=log)
+    setup = setup_study(exp, paths, log=log, prior_plans=prior_plans)
     ws = setup.workspace
     tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
     params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
@@ -73,7 +77,8 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-    result = _conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated)
+    result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated),
+                     tracking_uri=tracker.uri, parent_run_id=tracker.parent_id)  # fmt: skip
     write_sensitivity_report(setup.sensitivity, paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
@@ -122,7 +127,8 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     plot_pareto(points, front, chosen if met else None, objective, max_drop, ws.reference.accuracy,
                 root / "pareto.png", f"{exp.name}: {len(points)} trials")  # fmt: skip
     exported = export_plan(ws, chosen, out) if met else None
-    return SearchResult(root, len(points), evaluated, seconds, ws.reference.accuracy, front, chosen, met, exported)
+    return SearchResult(root, len(points), evaluated, seconds, ws.reference.accuracy, front, chosen, met, exported,
+                        study.study_name)  # fmt: skip
 
 
 def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: str | None = None,
@@ -141,7 +147,28 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     ws = Workspace(exp)
     if study.user_attrs.get("model_sha256") != ws.sha:
         raise ConfigError(f"the model of {experiment} changed since the study in {run_dir} ran: re-run the search")
-    return _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, max_drop, objective)
+    result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, max_drop, objective)
+    return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking,
+                   parent_run_id=study.user_attrs.get(PARENT_ATTR))  # fmt: skip
+
+
+def register(result: SearchResult, name: str, alias: str | None = None) -> str:
+    """Register the result's export as a new version of `name` in the model registry of the study's
+    tracking store, tagged with its metrics, source model and study; move `alias` to it if given."""
+    from .track.registry import Registry
+
+    if result.export is None or result.chosen is None:
+        raise ConfigError("nothing was exported, so nothing can be registered")
+    if not result.parent_run_id:
+        raise ConfigError(f"the study in {result.out_dir} has no MLflow run to attach the model to")
+    r, e = result.chosen.result, result.export
+    record = json.loads(e.record_path.read_text())
+    tags = {"autoquant.model_sha256": record["model_sha256"], "autoquant.study": result.study_name,
+            "autoquant.run_dir": str(result.out_dir.resolve()), "autoquant.trial": str(result.chosen.number),
+            "autoquant.plan_key": result.chosen.plan.key(), "accuracy": f"{e.accuracy:.4f}",
+            "accuracy_drop": f"{e.accuracy_drop:.4f}", "bitops_fraction": f"{r.bitops_fraction:.6f}",
+            "latency_ratio": f"{e.latency_ratio:.4f}", "size_bytes": str(e.size_bytes)}  # fmt: skip
+    return Registry(result.tracking_uri).register(name, result.parent_run_id, e.model_path.parent, tags, alias)
 
 
 def summary_table(result: SearchResult, objective: str) -> str:

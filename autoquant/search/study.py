@@ -120,6 +120,13 @@ def warm_starts(ws: Workspace, sensitivity: list[LayerSensitivity], ks: list[int
     return plans
 
 
+def map_plan(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:
+    """A plan made for another version of the model, by layer name: layers that no longer exist are
+    dropped, new layers start from the default choice (INT8, per-channel, minmax)."""
+    old = dict(plan.choices)
+    return QuantPlan(tuple((n, old.get(n, LayerChoice())) for n in names))
+
+
 def scored_points(study: optuna.Study) -> list[ScoredPlan]:
     points = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -195,8 +202,10 @@ class StudySetup:
     storage_url: str
 
 
-def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str | None = None) -> StudySetup:
-    """Open (or create) the study; on creation enqueue the warm-start plans. Heavy per-study work
+def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str | None = None,
+                prior_plans: dict[str, QuantPlan] | None = None) -> StudySetup:  # fmt: skip
+    """Open (or create) the study; on creation enqueue `prior_plans` (label → plan, e.g. what is deployed;
+    mapped onto this model's layers by name) and the warm-start plans. Heavy per-study work
     (calibration, FP32 reference, sensitivity) comes from the on-disk cache when another process
     built it; with parallel workers one builds it and the others wait on its lock."""
     from .sensitivity import layer_sensitivity
@@ -211,8 +220,9 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: warm starts and sensitivity
     scorer = PlanScorer(ws, cfg.trial_timeout_seconds)
     sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
-    if cfg.warm_start and not study.trials:
-        for label, plan in warm_starts(ws, sensitivity, cfg.sensitivity_k):
+    if not study.trials:
+        priors = [(label, map_plan(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
+        for label, plan in priors + (warm_starts(ws, sensitivity, cfg.sensitivity_k) if cfg.warm_start else []):
             study.enqueue_trial(space.params_for(plan), user_attrs={"label": label}, skip_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -1,0 +1,163 @@
+"""Scheduled re-optimization: search again for the current model and data, warm-started from what is
+deployed, compare both on the same current eval data, and move the registry alias only to a better
+version. Always writes a comparison report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+
+from .config import Experiment
+from .errors import ConfigError
+from .evaluate.evaluator import Evaluator
+from .fileio import atomic_write_bytes
+from .graph.ingest import load_onnx
+from .record import Record
+from .service import SearchResult, register, search
+from .track.registry import Registry
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model measured on the current eval data."""
+
+    accuracy: float
+    accuracy_drop: float
+    bitops_fraction: float
+    latency_ratio: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ReoptimizeResult:
+    decision: str  # "promoted" or "kept"
+    reason: str
+    deployed_version: str
+    candidate_version: str | None
+    deployed: Point
+    candidate: Point | None
+    source_changed: bool
+    report: Path
+    plot: Path
+
+
+def record_bitops(record: Record) -> float:
+    """Bitops fraction of a recorded plan, from the FLOPs and bits it recorded (its own model version)."""
+    total = sum(layer.flops for layer in record.layers) * 32 * 32
+    used = sum(layer.flops * ((layer.data.bits * layer.weight.bits) if layer.quantized else 32 * 32)
+               for layer in record.layers)  # fmt: skip
+    return used / total
+
+
+def decide(old: Point, new: Point | None, max_drop: float, objective: str, tolerance: float) -> tuple[bool, str]:
+    if new is None:
+        return False, "no new plan meets the accuracy constraint"
+    cost = {"bitops": lambda p: p.bitops_fraction, "latency": lambda p: p.latency_ratio,
+            "size": lambda p: p.size_bytes}[objective]  # fmt: skip
+    if old.accuracy_drop > max_drop + 1e-9:
+        return True, f"the deployed model now loses {old.accuracy_drop:.2f} pt, beyond the allowed {max_drop:g}"
+    if new.accuracy < old.accuracy - tolerance:
+        return False, f"the candidate is {old.accuracy - new.accuracy:.2f} pt less accurate (tolerance {tolerance:g})"
+    if cost(new) < cost(old) * 0.98 or (new.accuracy > old.accuracy + tolerance and cost(new) <= cost(old)):
+        return True, f"{objective} {cost(old):.4g} -> {cost(new):.4g} at accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
+    return False, f"not better: {objective} {cost(old):.4g} -> {cost(new):.4g}, accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
+
+
+def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "production", trials: int | None = None,
+               tracking_uri: str | None = None, tolerance: float = 0.1, quiet: bool = True, log=None) -> ReoptimizeResult:  # fmt: skip
+    uri = tracking_uri or exp.search.tracking_uri
+    if not uri:
+        raise ConfigError("re-optimization needs the registry's store: set search.tracking_uri or --tracking-uri")
+    registry = Registry(uri)
+    deployed = registry.deployed(name, alias)
+    exp = replace(exp, search=replace(exp.search, tracking_uri=uri))
+    result = search(exp, out_dir, trials=trials, quiet=quiet, log=log,
+                    prior_plans={f"deployed-v{deployed.version}": deployed.record.plan()})  # fmt: skip
+    from .workspace import Workspace
+
+    ws = Workspace(exp)  # from the cache the search just filled: no recalibration
+    source_changed = ws.sha != deployed.record.model_sha256
+    ev = Evaluator(ws.splits.eval, ws.evaluator.metric, ws.prepared.input, exp.eval)
+    old_model = load_onnx(deployed.model)
+    sessions = [ev.session(ws.model), ev.session(old_model)]
+    if result.export:
+        new_model = onnx.load(str(result.export.model_path))
+        sessions.append(ev.session(new_model))
+    latencies = ev.latency_ms(*sessions)
+    fp32 = ws.reference.accuracy
+    old_acc = ev.score(sessions[1]).accuracy
+    old = Point(old_acc, fp32 - old_acc, record_bitops(deployed.record), latencies[1] / latencies[0],
+                deployed.model.stat().st_size)  # fmt: skip
+    new = None
+    if result.met and result.export:
+        e = result.export
+        new = Point(e.accuracy, fp32 - e.accuracy, e.bitops_fraction, latencies[2] / latencies[0], e.size_bytes)
+    promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance)
+    candidate_version = None
+    if new is not None:
+        candidate_version = register(result, name)
+        registry.tag(name, candidate_version, "autoquant.decision", "promoted" if promote else "kept")
+        if promote:
+            registry.set_alias(name, alias, candidate_version)
+    decision = "promoted" if promote else "kept"
+    report, plot = write_report(out_dir, name, alias, deployed.version, candidate_version, old, new, decision,
+                                reason, source_changed, result, exp)  # fmt: skip
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for path in (report, plot):
+        client.log_artifact(result.parent_run_id, str(path))
+    client.set_tag(result.parent_run_id, "autoquant.reoptimize", decision)
+    return ReoptimizeResult(decision, reason, deployed.version, candidate_version, old, new, source_changed, report, plot)
+
+
+def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_version: str | None, old: Point,
+                 new: Point | None, decision: str, reason: str, source_changed: bool, result: SearchResult,
+                 exp: Experiment) -> tuple[Path, Path]:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot = Path(out_dir) / "reoptimize.png"
+    fig, ax = plt.subplots(figsize=(7, 5))
+    front = result.front
+    ax.plot([p.result.bitops_fraction for p in front], [p.result.accuracy for p in front], "-o", c="0.6", ms=4,
+            label="new study: Pareto front")  # fmt: skip
+    ax.scatter(old.bitops_fraction, old.accuracy, s=160, marker="s", c="tab:red", label=f"deployed v{old_version}")
+    if new is not None:
+        ax.scatter(new.bitops_fraction, new.accuracy, s=220, marker="*", c="tab:green", edgecolors="k",
+                   label=f"candidate v{new_version} ({decision})")  # fmt: skip
+    ax.axhline(result.fp32_accuracy - exp.search.max_accuracy_drop, ls="--", c="tab:red", lw=1, label="constraint")
+    ax.set_xscale("log")
+    ax.set_xlabel("bitops (fraction of FP32)")
+    ax.set_ylabel("accuracy on the current eval data (%)")
+    ax.set_title(f"{name}: {decision}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+    plt.close(fig)
+
+    def row(label, p):
+        if p is None:
+            return f"| {label} | - | - | - | - | - |"
+        return (f"| {label} | {p.accuracy:.2f} | {p.accuracy_drop:+.2f} | {p.bitops_fraction:.4f} | "
+                f"{p.latency_ratio:.2f} | {p.size_bytes / 1024:.0f} |")  # fmt: skip
+
+    lines = [
+        f"# Re-optimization of `{name}` ({time.strftime('%Y-%m-%d %H:%M:%S')})", "",
+        f"**Decision: {decision}** — {reason}.", "",
+        f"- alias `{alias}`: v{old_version} -> " + (f"v{new_version}" if decision == "promoted" else f"v{old_version} (unchanged)"),
+        f"- source model: {'**changed** since the deployed version (statistics cache rebuilt for the new hash)' if source_changed else 'unchanged'}",
+        (f"- study: {result.out_dir} ({result.completed} trials), constraint: drop <= {exp.search.max_accuracy_drop:g} "
+         f"pt, objective: {exp.search.objective}"), f"- FP32 accuracy on the current eval data: {result.fp32_accuracy:.2f} %", "",
+        "| version | accuracy % | drop pt | bitops | latency / FP32 | size KB |", "|---|---:|---:|---:|---:|---:|",
+        row(f"deployed v{old_version}", old), row(f"candidate v{new_version}" if new_version else "candidate", new), "",
+        "![deployed vs candidate](reoptimize.png)", "",
+    ]  # fmt: skip
+    report = atomic_write_bytes(Path(out_dir) / "reoptimize.md", "\n".join(lines).encode())
+    return report, plot

@@ -1,0 +1,69 @@
+"""Register an export, change the source model, re-optimize: the alias moves only to a better version."""
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import onnx
+from mlflow import MlflowClient
+from onnx import numpy_helper
+
+from autoquant import Workspace, load_experiment
+from autoquant.cli import main
+from autoquant.reoptimize import reoptimize
+from conftest import write_experiment
+
+
+def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
+    source = Workspace(load_experiment(digits_yaml)).prepared.source
+    model_path = tmp_path / "model.onnx"
+    shutil.copy(source, model_path)
+    registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    exp_path = write_experiment(
+        tmp_path / "prod.yaml", name="digits_prod", model={"onnx": str(model_path)},
+        data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
+        eval={"latency_repeats": 3},
+        search={"tracking_uri": registry, "population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 1.0},
+    )  # fmt: skip
+    # v1: a one-trial study can only export its first warm start, the all-float plan (bitops 1.0).
+    assert main(["search", str(exp_path), "--trials", "1", "--out", str(tmp_path / "run1"), "--quiet",
+                 "--register", "digits", "--alias", "production"]) == 0  # fmt: skip
+    assert "registered digits version 1, alias 'production'" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri=registry, registry_uri=registry)
+
+    # The production model is retrained: one layer's weights change, so does the model's hash.
+    m = onnx.load(str(model_path))
+    w = next(i for i in m.graph.initializer if numpy_helper.to_array(i).ndim == 4)
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(1.02), w.name))
+    onnx.save(m, str(model_path))
+
+    exp = load_experiment(exp_path)
+    r = reoptimize(exp, "digits", tmp_path / "run2", trials=10, tolerance=0.5)  # 497 eval images: 1 image = 0.2 pt
+    assert r.decision == "promoted" and r.source_changed, r.reason
+    assert r.candidate.bitops_fraction < r.deployed.bitops_fraction
+    assert str(client.get_model_version_by_alias("digits", "production").version) == r.candidate_version == "2"
+    report = r.report.read_text()
+    assert "Decision: promoted" in report and "**changed**" in report and r.plot.stat().st_size > 0
+
+    # A candidate that cannot meet its constraint never moves the alias.
+    impossible = replace(exp, search=replace(exp.search, max_accuracy_drop=-50.0))
+    r = reoptimize(impossible, "digits", tmp_path / "run3", trials=3)
+    assert r.decision == "kept" and r.candidate_version is None
+    assert str(client.get_model_version_by_alias("digits", "production").version) == "2"
+    assert "Decision: kept" in r.report.read_text()
+
+    # Nor does one that is merely as good as what is deployed (it is still registered, tagged "kept").
+    code = main(["reoptimize", str(exp_path), "--registered-model", "digits", "--trials", "4", "--quiet", "--tolerance", "0.5",
+                 "--out", str(tmp_path / "run4")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "kept" in out and "'production' -> version 2" in out
+    assert str(client.get_model_version_by_alias("digits", "production").version) == "2"
+    assert client.get_model_version("digits", "3").tags["autoquant.decision"] == "kept"
+
+
+def test_reoptimize_without_a_registry_or_alias_is_exit_2(digits_yaml, tmp_path, capsys):
+    assert main(["reoptimize", str(digits_yaml), "--registered-model", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "needs the registry's store" in capsys.readouterr().err
+    code = main(["reoptimize", str(digits_yaml), "--registered-model", "nope", "--out", str(tmp_path / "r"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])  # fmt: skip
+    assert code == 2 and "has no alias 'production'" in capsys.readouterr().err
