@@ -173,6 +173,14 @@ def cmd_reoptimize(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    md, png = write_report(args.run_dirs, args.out, args.objective)
+    print(f"wrote {md} and {png}")
+    return 0
+
+
 def cmd_sensitivity(args) -> int:
     from .search.sensitivity import layer_sensitivity, write_sensitivity_report
 
@@ -258,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("experiment", type=Path)
     sn.add_argument("--out", type=Path, help="directory for sensitivity.csv/png (default: runs/EXPERIMENT_NAME)")
     sn.set_defaults(fn=cmd_sensitivity)
+
+    rp = sub.add_parser("report", help="compare studies: Pareto fronts, best plans per constraint, per-layer heat map")
+    rp.add_argument("run_dirs", type=Path, nargs="+")
+    rp.add_argument("--out", type=Path, default=Path("report"))
+    rp.add_argument("--objective", choices=("bitops", "latency", "size"), default="bitops")
+    rp.set_defaults(fn=cmd_report)
 
     ls = sub.add_parser("layers", help="list the quantizable layers of the experiment's model")
     ls.add_argument("experiment", type=Path)

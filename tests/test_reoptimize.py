@@ -5,13 +5,13 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
+from conftest import write_experiment
 from mlflow import MlflowClient
 from onnx import numpy_helper
 
 from autoquant import Workspace, load_experiment
 from autoquant.cli import main
 from autoquant.reoptimize import reoptimize
-from conftest import write_experiment
 
 
 def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):

@@ -177,3 +177,13 @@ def test_search_rejects_a_bad_search_section_with_exit_2(tmp_path, capsys):
                            search={"space": str(space)})  # fmt: skip
     assert main(["search", str(exp), "--out", str(tmp_path / "o2")]) == 2
     assert "non-empty list" in capsys.readouterr().err
+
+
+def test_report_compares_studies_side_by_side(finished, tmp_path, capsys):
+    _, out = finished
+    assert main(["report", str(out), str(out), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("| digits_search") == 8  # 2 studies × 4 constraints
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 10_000
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep2")]) == 2
+    assert "not an autoquant search directory" in capsys.readouterr().err

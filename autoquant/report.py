@@ -1,0 +1,98 @@
+"""`autoquant report DIR [DIR ...]`: studies side by side in one markdown page with one figure —
+Pareto fronts overlaid, the best plan per accuracy constraint, and the per-layer choices of those
+plans as a heat map. Reads the studies' storages only; builds no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from .config import load_experiment
+from .errors import ConfigError
+from .fileio import atomic_write_bytes
+from .search.pareto import ScoredPlan, choose, pareto_front
+from .search.study import RunPaths, make_storage, scored_points
+
+CONSTRAINTS = (0.25, 0.5, 1.0, 2.0)
+# Heat-map colour per layer choice: float, then INT8 per-tensor / per-channel, then 4-bit.
+CATEGORIES = ("float", "int8 per-tensor", "int8 per-channel", "int4 per-channel")
+
+
+def _category(choice) -> int:
+    if not choice.quantize:
+        return 0
+    if choice.weight_bits == 4:
+        return 3
+    return 2 if choice.weight_granularity == "per_channel" else 1
+
+
+def load_run(run_dir: Path) -> tuple[str, float, list[ScoredPlan]]:
+    paths = RunPaths(Path(run_dir))
+    if not paths.run_file.is_file():
+        raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json)")
+    exp = load_experiment(Path(json.loads(paths.run_file.read_text())["experiment"]))
+    study = optuna.load_study(study_name=exp.name, storage=make_storage(exp.search.storage or paths.storage))
+    points = scored_points(study)
+    if not points:
+        raise ConfigError(f"the study in {run_dir} has no complete trial yet")
+    fp32 = points[0].result.accuracy + points[0].result.accuracy_drop
+    return f"{exp.name} ({Path(run_dir).name})", fp32, points
+
+
+def write_report(run_dirs: list[Path], out_dir: Path, objective: str = "bitops") -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    runs = [load_run(d) for d in run_dirs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen_rows, lines = [], ["# autoquant studies compared", ""]
+    lines += ["| study | trials | FP32 % | max drop pt | trial | accuracy % | drop pt | bitops | latency / FP32 | INT8 layers |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    fig = plt.figure(figsize=(13, 5 + 0.45 * len(runs) * len(CONSTRAINTS)))
+    grid = fig.add_gridspec(2, 1, height_ratios=[3, max(1.5, 0.35 * len(runs) * len(CONSTRAINTS))])
+    ax = fig.add_subplot(grid[0])
+    for label, fp32, points in runs:
+        front = pareto_front(points, objective)
+        line, = ax.plot([p.result.cost(objective) for p in front], [p.result.accuracy for p in front], "-o", ms=4,
+                        label=f"{label}: {len(points)} trials")  # fmt: skip
+        ax.scatter([p.result.cost(objective) for p in points], [p.result.accuracy for p in points], s=8,
+                   color=line.get_color(), alpha=0.25)  # fmt: skip
+        for max_drop in CONSTRAINTS:
+            best, met = choose(points, max_drop, objective)
+            r = best.result
+            lines.append(f"| {label} | {len(points)} | {fp32:.2f} | {max_drop:g} | {best.number}{'' if met else ' (not met)'} | "
+                         f"{r.accuracy:.2f} | {r.accuracy_drop:+.2f} | {r.bitops_fraction:.4f} | {r.latency_ratio:.2f} | "
+                         f"{len(best.plan.quantized)}/{len(best.plan.names)} |")  # fmt: skip
+            chosen_rows.append((f"{label} | drop<={max_drop:g}", best))
+    ax.set_xscale("log" if objective == "bitops" else "linear")
+    ax.set_xlabel({"bitops": "bitops (fraction of FP32)", "latency": "latency (ms)", "size": "size (bytes)"}[objective])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Pareto fronts (dots: every trial)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    layer_names = list(dict.fromkeys(n for _, p in chosen_rows for n in p.plan.names))
+    grid_values = np.full((len(chosen_rows), len(layer_names)), np.nan)
+    for i, (_, p) in enumerate(chosen_rows):
+        for n, c in p.plan.choices:
+            grid_values[i, layer_names.index(n)] = _category(c)
+    hm = fig.add_subplot(grid[1])
+    cmap = ListedColormap(["#d9d9d9", "#fdae61", "#2c7bb6", "#7b3294"])
+    hm.imshow(np.ma.masked_invalid(grid_values), aspect="auto", cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest")
+    hm.set_yticks(range(len(chosen_rows)), [r for r, _ in chosen_rows], fontsize=7)
+    hm.set_xticks(range(len(layer_names)), [n.strip("/").replace("/Conv", "").replace("/Gemm", "") for n in layer_names],
+                  rotation=90, fontsize=6)  # fmt: skip
+    hm.set_title("chosen plan per constraint: " + ", ".join(
+        f"{name} = {color}" for name, color in zip(CATEGORIES, ("grey", "orange", "blue", "purple"))), fontsize=9)
+    fig.tight_layout()
+    png = out_dir / "report.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    lines += ["", "![Pareto fronts and per-layer choices](report.png)", ""]
+    md = atomic_write_bytes(out_dir / "report.md", "\n".join(lines).encode())
+    return md, png
