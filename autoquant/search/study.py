@@ -105,13 +105,19 @@ def open_study(exp: Experiment, storage: RDBStorage, model_sha: str) -> optuna.S
     return study
 
 
-def warm_starts(ws: Workspace, sensitivity: list[LayerSensitivity], ks: list[int]) -> list[tuple[str, QuantPlan]]:
+def warm_starts(ws: Workspace, sensitivity: list[LayerSensitivity], ks: list[int],
+                algorithms: list[str]) -> list[tuple[str, QuantPlan]]:  # fmt: skip
+    """Baselines first (all float, all INT8 per-channel and per-tensor), then all INT8 per-channel with
+    each other activation algorithm of the space — uniform plans a user would try by hand, and often
+    already on the front — then INT8 with the k most sensitive layers left float."""
     names = ws.graph.names
     plans = [
         ("all-float", QuantPlan.uniform(names, FLOAT)),
         ("int8-per-channel", QuantPlan.uniform(names, LayerChoice(weight_granularity="per_channel"))),
         ("int8-per-tensor", QuantPlan.uniform(names, LayerChoice(weight_granularity="per_tensor"))),
     ]
+    plans += [(f"int8-per-channel-{a}", QuantPlan.uniform(names, LayerChoice(activation_algorithm=a)))
+              for a in algorithms if a != "minmax"]  # fmt: skip
     for k in ks:
         if 0 < k < len(names):
             keep = set(most_sensitive(sensitivity, k))
@@ -222,7 +228,8 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
     if not study.trials:
         priors = [(label, map_plan(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
-        for label, plan in priors + (warm_starts(ws, sensitivity, cfg.sensitivity_k) if cfg.warm_start else []):
+        for label, plan in priors + (warm_starts(ws, sensitivity, cfg.sensitivity_k, sorted(space.algorithms()))
+                                 if cfg.warm_start else []):
             study.enqueue_trial(space.params_for(plan), user_attrs={"label": label}, skip_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
