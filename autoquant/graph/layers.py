@@ -43,12 +43,6 @@ class GraphInfo:
     def total_flops(self) -> int:
         return sum(layer.flops for layer in self.layers)
 
-    def layer(self, name: str) -> LayerInfo:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
-
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
