@@ -75,6 +75,9 @@ def entropy(s: TensorStats, levels: int = 255, stride: int = 16) -> tuple[float,
     """TensorRT-style KL calibration on |x|: the threshold whose quantized distribution is closest to the data."""
     n = len(s.counts)
     half = s.counts[n // 2 :] + s.counts[: n // 2][::-1]  # fold negative bins onto |x|
+    # The first bin holds the exact zeros of ReLU outputs, a spike that every range represents
+    # exactly (it is the zero point); left in, it drags the KL optimum down to the narrowest range.
+    half[0] = 0
     bin_width = 2 * s.radius / n
     last = int(np.nonzero(half)[0][-1]) + 1 if half.any() else 1
     q_levels = levels + 1 if s.min >= 0 else (levels + 1) // 2
