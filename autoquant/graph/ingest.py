@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import warnings
@@ -133,7 +134,10 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
         tmp = pre.with_suffix(".tmp.onnx")
         logging.getLogger("root").setLevel(logging.ERROR)  # quant_pre_process logs advice through root
         try:
-            quant_pre_process(model, str(tmp), skip_symbolic_shape=False)
+            # Its symbolic shape inference drops a debug file into the working directory when it
+            # fails; run it from the cache directory so that file never lands in the user's tree.
+            with contextlib.chdir(pre.parent):
+                quant_pre_process(model, str(tmp), skip_symbolic_shape=False)
         except Exception as exc:
             raise ModelError(f"onnxruntime could not pre-process {source}: {str(exc).splitlines()[0][:200]}") from exc
         tmp.replace(pre)
