@@ -120,7 +120,7 @@ def prepare(source: Path, cache_dir: Path) -> PreparedModel:
     check_ops(model)
     model_input_ = model_input(model)
     sha = file_sha256(source)
-    pre = cache_dir / "models" / sha[:16] / "preprocessed.onnx"
+    pre = (Path(cache_dir) / "models" / sha[:16] / "preprocessed.onnx").resolve()
     with file_lock(pre.with_suffix(".lock")):
         _preprocess(model, source, pre)
     return PreparedModel(source, sha, pre, model_input_, tuple(o.name for o in model.graph.output))
