@@ -12,7 +12,6 @@ import onnx
 
 from .config import Experiment
 from .errors import ConfigError
-from .evaluate.evaluator import Evaluator
 from .fileio import atomic_write_bytes
 from .graph.ingest import load_onnx
 from .record import Record
@@ -76,11 +75,9 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     exp = replace(exp, search=replace(exp.search, tracking_uri=uri))
     result = search(exp, out_dir, trials=trials, quiet=quiet, log=log,
                     prior_plans={f"deployed-v{deployed.version}": deployed.record.plan()})  # fmt: skip
-    from .workspace import Workspace
-
-    ws = Workspace(exp)  # from the cache the search just filled: no recalibration
+    ws = result.workspace
     source_changed = ws.sha != deployed.record.model_sha256
-    ev = Evaluator(ws.splits.eval, ws.evaluator.metric, ws.prepared.input, exp.eval)
+    ev = ws.evaluator
     old_model = load_onnx(deployed.model)
     sessions = [ev.session(ws.model), ev.session(old_model)]
     if result.export:

@@ -39,6 +39,7 @@ class SearchResult:
     study_name: str = ""
     tracking_uri: str = ""
     parent_run_id: str | None = None
+    workspace: Workspace | None = None  # the study's per-study state, for callers that measure more
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
@@ -78,7 +79,7 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
             if proc.poll() is None:
                 proc.terminate()
     result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated),
-                     tracking_uri=tracker.uri, parent_run_id=tracker.parent_id)  # fmt: skip
+                     tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws)  # fmt: skip
     write_sensitivity_report(setup.sensitivity, paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
