@@ -19,10 +19,23 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(), **versions()}
 
 
+def data_reader(data, input_name: str, batch: int):
+    """onnxruntime's CalibrationDataReader over a Dataset, in batches of `batch`."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({input_name: xb} for xb in data.batches(batch))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Reader()
+
+
 def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax") -> onnx.ModelProto:
     """What a user gets today: quant_pre_process'd model → quantize_static (QDQ) with its defaults."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         quantize_static,
@@ -31,16 +44,9 @@ def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax") -> onn
     calib = ws.splits.calibration
     batch = 25 if len(calib) % 25 == 0 else 1  # its histogram calibrators reject a ragged last batch
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({ws.prepared.input.name: xb} for xb in calib.batches(batch))
-
-        def get_next(self):
-            return next(self.it, None)
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
-        quantize_static(str(ws.prepared.preprocessed), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(ws.prepared.preprocessed), str(out), data_reader(calib, ws.prepared.input.name, batch), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
         return onnx.load(str(out))
 

@@ -40,7 +40,8 @@ def peak_rss_mb() -> float:
 
 def child_calibrate(experiment: Path, method: str, calibration_size: int | None = None) -> dict:
     """Run one calibration method in this (fresh) process; report wall time and peak RSS."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+    from common import data_reader
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
     from autoquant.calibrate.collect import collect_stats
@@ -64,20 +65,13 @@ def child_calibrate(experiment: Path, method: str, calibration_size: int | None 
         collect_stats(model, prepared.input, graph.float_tensors, calib, batch_size=bs, threads=os.cpu_count())
     else:
 
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter({prepared.input.name: xb} for xb in calib.batches(bs))
-
-            def get_next(self):
-                return next(self.it, None)
-
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             cal = create_calibrator(prepared.preprocessed, ["Conv", "Gemm", "MatMul"],
                                     augmented_model_path=f"{tmp}/aug.onnx",
                                     calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
-            cal.collect_data(Reader())
+            cal.collect_data(data_reader(calib, prepared.input.name, bs))
             cal.compute_data()
     return {"method": method, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
             "rss_before_mb": base, "samples": len(calib)}  # fmt: skip
