@@ -49,12 +49,12 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
     """Build the plan's INT8 model from the cached statistics, score it against FP32, write model + record."""
-    qmodel = ws.build(plan)
+    acts, algorithms = ws.activations(plan)
+    qmodel = ws.build(plan, acts)
     ev = ws.evaluator
     qsess, fsess = ev.session(qmodel), ev.session(ws.model)
     result = ev.score(qsess)
     q_ms, f_ms = ev.latency_ms(qsess, fsess)
-    acts, algorithms = ws.activations(plan)
     q_bytes = qmodel.SerializeToString()
     fp32_bytes = ws.prepared.source.stat().st_size
     drop = ws.reference.accuracy - result.accuracy

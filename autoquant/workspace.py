@@ -106,6 +106,7 @@ class Workspace:
         algorithms = tensor_algorithms(self.model, self.graph, plan)
         return {t: self.range_params(t, a) for t, a in algorithms.items()}, algorithms
 
-    def build(self, plan: QuantPlan) -> onnx.ModelProto:
-        params, _ = self.activations(plan)
+    def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None) -> onnx.ModelProto:
+        """The plan's QDQ model; `params` are the plan's activations() when the caller already has them."""
+        params = params if params is not None else self.activations(plan)[0]
         return build_qdq(self.model, self.graph, plan, params, self.exp.quantization.activation_type)
