@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+
 from .config import Experiment
-from .errors import PlanError
+from .errors import ModelError, PlanError
 from .evaluate.cost import bitops_fraction
 from .evaluate.evaluator import Evaluator
+from .evaluate.executed import ExecutedLayer, disagreements, executed_layers
 from .evaluate.metrics import resolve_metric
 from .fileio import atomic_write_bytes, atomic_write_files
 from .graph.ingest import load_onnx, model_input, prepare
@@ -38,6 +41,7 @@ class QuantizeResult:
     fp32_size_bytes: int
     model_path: Path
     record_path: Path
+    executed: tuple[ExecutedLayer, ...] = ()  # per layer, the kernel a default onnxruntime session runs
 
 
 def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantPlan:
@@ -51,6 +55,14 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
     """Build the plan's INT8 model from the cached statistics, score it against FP32, write model + record."""
     acts, algorithms = ws.activations(plan)
     qmodel = ws.build(plan, acts)
+    executed = executed_layers(qmodel)
+    wrong = disagreements(plan.weight_bits(), executed)
+    if wrong:
+        more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        hint = ("autoquant's float-layer construction failed on this onnxruntime: please report it" if "meant to run float" in wrong[0]
+                else "onnxruntime has no integer kernel for it in this graph: keep it float in the plan, or try "
+                     "quantization.activation_type uint8")  # fmt: skip
+        raise ModelError(f"onnxruntime {ort.__version__} would not run this plan as written: {wrong[0]}{more}; {hint}")
     ev = ws.evaluator
     qsess, fsess = ev.session(qmodel), ev.session(ws.model)
     result = ev.score(qsess)
@@ -62,12 +74,12 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
                   "bitops_fraction": bitops_fraction(ws.graph, plan), "latency_ms": q_ms, "size_bytes": len(q_bytes)}  # fmt: skip
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
-                         source_model=str(ws.prepared.source))  # fmt: skip
+                         source_model=str(ws.prepared.source), executed=executed)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
     atomic_write_files({model_path: q_bytes, record_path: record.to_json().encode()})
     return QuantizeResult(result.accuracy, ws.reference.accuracy, drop, objectives["bitops_fraction"], q_ms, f_ms,
-                          q_ms / f_ms, len(q_bytes), fp32_bytes, model_path, record_path)  # fmt: skip
+                          q_ms / f_ms, len(q_bytes), fp32_bytes, model_path, record_path, tuple(executed))  # fmt: skip
 
 
 @dataclass(frozen=True)

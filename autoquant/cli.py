@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -59,7 +60,9 @@ def cmd_quantize(args) -> int:
         keys = ("accuracy", "fp32_accuracy", "accuracy_drop", "bitops_fraction", "latency_ms", "fp32_latency_ms",
                 "latency_ratio", "size_bytes", "fp32_size_bytes")  # fmt: skip
         d = asdict(r)
-        print(json.dumps({**{k: d[k] for k in keys}, "model": str(r.model_path), "record": str(r.record_path)}))
+        runs = dict(collections.Counter(e.mode for e in r.executed))
+        print(json.dumps({**{k: d[k] for k in keys}, "layers_run_as": runs, "model": str(r.model_path),
+                          "record": str(r.record_path)}))  # fmt: skip
         return 0
     n = ws.exp.eval.latency_batch_size
     print(f"FP32  accuracy {r.fp32_accuracy:6.2f} %   latency {r.fp32_latency_ms:7.2f} ms per batch of {n}")
@@ -80,6 +83,41 @@ def cmd_evaluate(args) -> int:
         print(json.dumps({"accuracy": r.accuracy, "latency_ms": r.latency_ms, "samples": r.samples}))
     else:
         print(f"accuracy {r.accuracy:.2f} % on {r.samples} eval samples   latency {r.latency_ms:.2f} ms per batch")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .evaluate.executed import disagreements, executed_layers, weight_bits
+    from .graph.ingest import load_onnx
+    from .record import Record
+
+    model = load_onnx(args.model)
+    stored = weight_bits(model)
+    if not stored:
+        raise AutoquantError(f"{args.model} has no Conv, Gemm or MatMul with constant weights: nothing to inspect")
+    intended = dict(stored)
+    if args.record:
+        intended = {lr.name: (lr.weight.bits if lr.quantized and lr.weight else 32) for lr in Record.load(args.record).layers}
+        if set(intended) != set(stored):
+            raise AutoquantError(f"{args.record} describes other layers than {args.model}: give the record made with it")
+    executed = executed_layers(model)
+    wrong = disagreements(intended, executed)
+    if args.json:
+        print(json.dumps({"layers": [{"name": e.name, "intended_weight_bits": intended[e.name], "kernel": e.kernel,
+                                      "runs": e.mode} for e in executed], "disagreements": wrong}))  # fmt: skip
+    else:
+        print(f"{'layer':56s} {'intended':>8s}  {'kernel':14s} runs")
+        for e in executed:
+            bits = intended[e.name]
+            print(f"{e.name:56s} {'float' if bits == 32 else f'int{bits}':>8s}  {e.kernel or '-':14s} {e.mode}")
+        modes = collections.Counter(e.mode for e in executed)
+        print(f"{len(executed)} layers in a default onnxruntime session: "
+              + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items())))  # fmt: skip
+    for line in wrong:
+        _log(f"autoquant: {line}")
+    if wrong:
+        _log(f"autoquant: {len(wrong)} layer(s) do not run as {'the record' if args.record else 'the file'} states")
+        return 1
     return 0
 
 
@@ -212,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("experiment", type=Path)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
+
+    ins = sub.add_parser("inspect", help="per layer, the kernel a default onnxruntime session runs (exit 1 if it "
+                         "contradicts the file or record)")  # fmt: skip
+    ins.add_argument("model", type=Path)
+    ins.add_argument("--record", type=Path, help="compare with this record file instead of the model's own Q/DQ")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(fn=cmd_inspect)
 
     a = sub.add_parser("apply", help="rebuild the INT8 model a record file describes")
     a.add_argument("model", type=Path, help="the FP32 ONNX model the record was made for")

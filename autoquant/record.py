@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import PlanError
+from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
 from .graph.layers import GraphInfo
 from .quantize.build import ActivationParams
@@ -51,6 +52,7 @@ class LayerRecord:
     flops: int
     weight: WeightRecord | None = None
     data: DataRecord | None = None
+    kernel: str = ""  # what onnxruntime ran for the layer when the record was made (e.g. QLinearConv, Conv)
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,10 @@ def make_record(
     activation_type: str,
     objectives: dict[str, float] | None = None,
     source_model: str = "",
+    executed: list[ExecutedLayer] = (),
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
+    kernels = {e.name: e.kernel for e in executed}
     layers = []
     for info in graph.layers:
         choice = plan[info.name]
@@ -144,6 +148,7 @@ def make_record(
                                   np.atleast_1d(w[1]).astype(int).tolist())  # fmt: skip
             data = DataRecord(choice.activation_bits, choice.activation_algorithm,
                               float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
-        layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data))
+        layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data,
+                                  kernels.get(info.name, "")))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, **versions())

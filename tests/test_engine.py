@@ -13,6 +13,7 @@ from conftest import write_experiment
 import autoquant.workspace
 from autoquant import LayerChoice, QuantPlan, Workspace, apply_record, preset_plan, quantize
 from autoquant.data import load_cifar10
+from autoquant.errors import ModelError
 from autoquant.evaluate.metrics import top1
 from autoquant.graph.ingest import export_torch
 from autoquant.zoo import MobileNetCifar
@@ -100,14 +101,26 @@ def test_mobilenet_depthwise_graph_quantizes_and_per_channel_beats_per_tensor(mo
     assert optimized_ops(q, tmp_path)["QLinearConv"] == 11
 
 
-def test_int8_activation_type_is_recorded(resnet20_ws, tmp_path):
+def test_int8_activation_type_is_recorded(digits_ws, tmp_path):
     from autoquant import Record
 
-    exp = replace(resnet20_ws.exp, quantization=replace(resnet20_ws.exp.quantization, activation_type="int8"))
+    exp = replace(digits_ws.exp, quantization=replace(digits_ws.exp.quantization, activation_type="int8"))
     ws = Workspace(exp)
     r = quantize(ws, preset_plan(ws, "int8-per-channel"), tmp_path)
     assert Record.load(r.record_path).activation_type == "int8"
     assert r.accuracy_drop <= 1.0
+    assert {e.mode for e in r.executed} == {"integer"}
+
+
+def test_plan_onnxruntime_would_not_run_as_int8_is_refused(resnet20_ws, tmp_path):
+    """With int8 activations, onnxruntime 1.32's CPU provider leaves the convs fed by a residual block's ReLU
+    as float Convs on dequantized weights: quantize says so instead of writing a model that claims INT8."""
+    exp = replace(resnet20_ws.exp, quantization=replace(resnet20_ws.exp.quantization, activation_type="int8"))
+    ws = Workspace(exp)
+    with pytest.raises(ModelError, match=r"would not run this plan as written: /conv1/Conv: meant to run INT8, "
+                                         r"runs Conv \(float \(dequantized weights\)\) \(\+9 more\)"):
+        quantize(ws, preset_plan(ws, "int8-per-channel"), tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_resnet56_int8_per_channel(shared_data, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,11 +31,13 @@ class Evaluator:
         self.data, self.metric, self.model_input, self.cfg = data, metric, model_input, cfg
         self.threads = cfg.threads or os.cpu_count() or 1
 
-    def session(self, model: onnx.ModelProto) -> ort.InferenceSession:
+    def session(self, model: onnx.ModelProto, optimized_path: Path | None = None) -> ort.InferenceSession:
+        """A session with onnxruntime's default graph optimizations; `optimized_path` keeps the graph it runs."""
+        opts = session_options(self.threads)
+        if optimized_path is not None:
+            opts.optimized_model_filepath = str(optimized_path)
         try:
-            return ort.InferenceSession(
-                model.SerializeToString(), session_options(self.threads), providers=["CPUExecutionProvider"]
-            )
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from exc
 

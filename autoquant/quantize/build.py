@@ -20,6 +20,7 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax
 
 from ..errors import ConfigError
 from ..graph.layers import GraphInfo
+from .float_layers import isolate_float_layers
 from .plan import QuantPlan
 
 ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -143,4 +144,6 @@ def build_qdq(
     finally:
         logging.getLogger().setLevel(level)
     quantizer.model.topological_sort()  # the quantizer appends Q/DQ nodes out of order; ONNX requires order
-    return quantizer.model.model
+    qmodel = quantizer.model.model
+    isolate_float_layers(qmodel, graph, plan)
+    return qmodel

@@ -122,6 +122,10 @@ class QuantPlan:
     def quantized(self) -> tuple[str, ...]:
         return tuple(n for n, c in self.choices if c.quantize)
 
+    def weight_bits(self) -> dict[str, int]:
+        """Bits each layer's weights are meant to have at run time (32: the layer runs float)."""
+        return {n: c.cost_bits[1] for n, c in self.choices}
+
     def key(self) -> str:
         """Stable identity of the plan, for de-duplicating trials and naming caches."""
         return hashlib.sha256(json.dumps(self.to_spec(), sort_keys=True).encode()).hexdigest()[:16]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ..errors import AutoquantError
 from ..evaluate.cost import bitops_fraction
+from ..evaluate.executed import count_disagreement, disagreements, executed_layers
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 
@@ -61,6 +65,15 @@ def deadline(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
+def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.ModelProto) -> None:
+    """Fail the trial when onnxruntime would not run the plan as meant (e.g. re-quantizes a float layer):
+    its figures would describe a model that does not run."""
+    if count_disagreement(plan.weight_bits(), optimized) is None:
+        return
+    lines = disagreements(plan.weight_bits(), executed_layers(model))  # names the layers; only on this rare path
+    raise TrialFailed(f"{lines[0]} (+{len(lines) - 1} more)" if lines else count_disagreement(plan.weight_bits(), optimized))
+
+
 class PlanScorer:
     """Scores plans against a workspace; FP32 latency is measured once per study."""
 
@@ -69,13 +82,16 @@ class PlanScorer:
         (self.fp32_latency_ms,) = ws.evaluator.latency_ms(ws.evaluator.session(ws.model))
         ref = ws.reference.outputs
         self._ref_power = float(np.square(ref).mean()) or 1.0
+        self._tmp = tempfile.TemporaryDirectory(prefix="autoquant-trial-")
+        self._optimized = Path(self._tmp.name) / "optimized.onnx"
 
     def __call__(self, plan: QuantPlan) -> TrialResult:
         ws, ev = self.ws, self.ws.evaluator
         try:
             with deadline(self.timeout):
                 model = ws.build(plan)
-                sess = ev.session(model)
+                sess = ev.session(model, self._optimized)
+                check_executed(plan, model, onnx.load(str(self._optimized)))
                 scored = ev.score(sess)
                 (latency,) = ev.latency_ms(sess)
         except TrialFailed:

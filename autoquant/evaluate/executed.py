@@ -1,0 +1,178 @@
+"""What onnxruntime really executes for each layer of a QDQ model: an integer kernel, or float.
+
+A plan (and the record) says what each layer is meant to be; onnxruntime's graph transformers decide
+what runs, and they can disagree (see quantize/float_layers.py). This module reads the graph a
+session has optimized and names, per layer, the kernel that computes it.
+
+Layers are traced through their weight initializers, which the integer fusions and the float
+Conv/Gemm/MatMul fusions keep by name, rather than through node names, which they rewrite
+(`…_token_12`, `<some output>_nchwc`). The per-layer view comes from a session with the default
+optimizations except `NchwcTransformer`: that pass only re-lays out float convolutions (and renames
+their weights), it never changes a layer's precision — `check_counts` confirms that on the graph
+of the fully default session.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+INTEGER_KERNELS = frozenset(
+    {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+     "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
+)  # fmt: skip
+FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+LAYOUT_ONLY = ["NchwcTransformer"]
+
+
+@dataclass(frozen=True)
+class BuiltLayer:
+    """A Conv/Gemm/MatMul of a (QDQ) model with constant weights, as the file states it."""
+
+    name: str
+    op_type: str
+    weight: str  # the initializer holding the weights (the quantized one when they go through a DQ)
+    weight_bits: int  # 32 for float weights
+
+
+@dataclass(frozen=True)
+class ExecutedLayer:
+    name: str
+    kernel: str  # the optimized node that computes the layer ("" if none could be traced)
+    integer: bool  # an integer kernel computes it
+    float_weights: bool  # it reads the original float weights (not dequantized, not re-quantized)
+
+    @property
+    def mode(self) -> str:
+        if not self.kernel:
+            return "not found"
+        if self.integer:
+            return "integer"
+        return "float" if self.float_weights else "float (dequantized weights)"
+
+
+def built_layers(model: onnx.ModelProto) -> list[BuiltLayer]:
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        w = node.input[1]
+        dq = producers.get(w)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            bits = onnx.helper.tensor_dtype_to_np_dtype(inits[dq.input[0]].data_type).itemsize * 8
+            bits = 4 if inits[dq.input[0]].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else bits
+            layers.append(BuiltLayer(node.name, node.op_type, dq.input[0], bits))
+        elif w in inits:
+            layers.append(BuiltLayer(node.name, node.op_type, w, 32))
+    return layers
+
+
+def optimized_graph(model: onnx.ModelProto | bytes, disabled: list[str] | None = None) -> onnx.ModelProto:
+    """The graph a session with default options (the way a user deploys) runs, less `disabled` passes."""
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # it warns that an NCHWc-optimized file is machine specific: we only read it
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled or [])
+        return onnx.load(opts.optimized_model_filepath)
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out = collections.defaultdict(list)
+    for node in graph.node:
+        for t in node.input:
+            out[t].append(node)
+    return out
+
+
+def trace(layers: list[BuiltLayer], optimized: onnx.ModelProto) -> list[ExecutedLayer]:
+    """Follow each layer's weights into the optimized graph to the kernel that consumes them."""
+    consumers = _consumers(optimized.graph)
+    out = []
+    for layer in layers:
+        kernel, integer, float_weights = "", False, False
+        for node in consumers.get(layer.weight, []):
+            if node.op_type in INTEGER_KERNELS:
+                kernel, integer = node.op_type, True
+            elif node.op_type in FLOAT_KERNELS:
+                kernel, float_weights = node.op_type, layer.weight_bits == 32
+            elif node.op_type == "DequantizeLinear":  # weights dequantized at run time for a float kernel
+                kernel = next((c.op_type for c in consumers.get(node.output[0], []) if c.op_type in FLOAT_KERNELS), "")
+        if not kernel:
+            # A float layer whose weights onnxruntime quantized itself: its initializer is gone, the
+            # replacement is named after the node (WeightBiasQuantization: "<node>_weight_q").
+            for node in optimized.graph.node:
+                if node.op_type in INTEGER_KERNELS and any(t.startswith(f"{layer.name}_weight") for t in node.input):
+                    kernel, integer = node.op_type, True
+        out.append(ExecutedLayer(layer.name, kernel, integer, float_weights))
+    return out
+
+
+def kernel_counts(optimized: onnx.ModelProto) -> collections.Counter:
+    """Integer and float compute kernels that read a constant weight (a layer), counted by kind."""
+    ranks = {i.name: len(i.dims) for i in optimized.graph.initializer}
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+
+    def constant(t: str) -> bool:
+        p = producers.get(t)
+        return ranks.get(t, 0) >= 2 or (p is not None and p.op_type == "DequantizeLinear" and ranks.get(p.input[0], 0) >= 2)
+
+    counts: collections.Counter = collections.Counter()
+    for node in optimized.graph.node:
+        if node.op_type in INTEGER_KERNELS and any(constant(t) for t in node.input[1:]):
+            counts["integer"] += 1
+        elif node.op_type in FLOAT_KERNELS and len(node.input) > 1 and constant(node.input[1]):
+            counts["float"] += 1
+    return counts
+
+
+def count_disagreement(intended: dict[str, int], optimized: onnx.ModelProto) -> str | None:
+    """The cheap check for every trial, on the graph its own session optimized: one integer kernel per
+    INT8 layer and one float kernel per other layer, or a sentence saying what differs."""
+    want = collections.Counter("integer" if bits == 8 else "float" for bits in intended.values())
+    got = kernel_counts(optimized)
+    if got["integer"] == want["integer"] and got["float"] == want["float"]:
+        return None
+    return (f"onnxruntime runs {got['integer']} integer and {got['float']} float kernels for a plan with "
+            f"{want['integer']} INT8 and {want['float']} other layers")
+
+
+def executed_layers(model: onnx.ModelProto) -> list[ExecutedLayer]:
+    """Per layer, what a default onnxruntime session runs (checked against the fully default graph)."""
+    data = model.SerializeToString()
+    traced = trace(built_layers(model), optimized_graph(data, LAYOUT_ONLY))
+    full = kernel_counts(optimized_graph(data))
+    seen = collections.Counter("integer" if e.integer else "float" for e in traced if e.kernel)
+    if full["integer"] != seen["integer"]:
+        raise RuntimeError(f"the default session runs {full['integer']} integer kernels where the traced graph "
+                           f"has {seen['integer']}: this onnxruntime's layout passes change precision")  # fmt: skip
+    return traced
+
+
+def disagreements(intended: dict[str, int], executed: list[ExecutedLayer]) -> list[str]:
+    """One line per layer whose executed kernel contradicts its intended weight bits (32 = float)."""
+    lines = []
+    for e in executed:
+        bits = intended.get(e.name)
+        if bits is None:
+            continue
+        if bits == 32 and not (e.kernel and not e.integer and e.float_weights):
+            lines.append(f"{e.name}: meant to run float, runs {e.kernel or 'nothing traceable'} ({e.mode})")
+        elif bits == 8 and not e.integer:
+            lines.append(f"{e.name}: meant to run INT8, runs {e.kernel or 'nothing traceable'} ({e.mode})")
+    return lines
+
+
+def weight_bits(model: onnx.ModelProto) -> dict[str, int]:
+    """What the file itself says of each layer's weights: 32 (float), 8 or 4 bits."""
+    return {layer.name: layer.weight_bits for layer in built_layers(model)}
+
