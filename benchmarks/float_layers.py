@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import sys
 from pathlib import Path
 from unittest import mock
@@ -27,7 +28,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write_result
 
-import autoquant.quantize.build
 from autoquant.config import load_experiment
 from autoquant.evaluate.cost import bitops_fraction
 from autoquant.evaluate.executed import executed_layers
@@ -37,10 +37,11 @@ from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (0, 1, 2, 4)
+BUILD = importlib.import_module("autoquant.quantize.build")  # `autoquant.quantize` is the function re-exported by the package
 
 
 def plain_build(ws: Workspace, plan: QuantPlan):
-    with mock.patch.object(autoquant.quantize.build, "isolate_float_layers", lambda *args: None):
+    with mock.patch.object(BUILD, "isolate_float_layers", lambda *args: None):
         return ws.build(plan)
 
 

@@ -6,6 +6,8 @@ and on the digits CNN (which has a depthwise conv), for several mixed plans.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,6 +18,8 @@ from autoquant.cli import main
 from autoquant.evaluate.executed import FLOAT_KERNELS, INTEGER_KERNELS, disagreements, executed_layers
 from autoquant.quantize.plan import FLOAT
 from autoquant.search.objective import PlanScorer, TrialFailed
+
+BUILD = importlib.import_module("autoquant.quantize.build")  # `autoquant.quantize` is the function re-exported by the package
 
 
 def plans(names: tuple[str, ...], middle: str) -> dict[str, QuantPlan]:
@@ -61,9 +65,7 @@ def test_depthwise_mixed_plans_run_as_planned(digits_ws, which):
 @pytest.fixture
 def plain_build(monkeypatch):
     """Builds the graph as QDQQuantizer alone writes it: float layers read the shared per-tensor DequantizeLinear."""
-    import autoquant.quantize.build
-
-    monkeypatch.setattr(autoquant.quantize.build, "isolate_float_layers", lambda *args: None)
+    monkeypatch.setattr(BUILD, "isolate_float_layers", lambda *args: None)
 
 
 def test_without_the_construction_onnxruntime_requantizes_the_float_layer(resnet20_ws, plain_build):
@@ -120,7 +122,6 @@ def test_float_layer_changes_what_is_costed(resnet20_ws, tmp_path):
 
 
 def test_inspect_cli(resnet20_ws, tmp_path, capsys, monkeypatch):
-    import autoquant.quantize.build
     from autoquant import Record, quantize
 
     plan = plans(resnet20_ws.graph.names, "/layer2/layer2.0/conv1/Conv")["middle float"]
@@ -130,7 +131,7 @@ def test_inspect_cli(resnet20_ws, tmp_path, capsys, monkeypatch):
     assert "/layer2/layer2.0/conv1/Conv" in out and "20 layers in a default onnxruntime session: 1 float, 19 integer" in out
 
     plain = tmp_path / "plain.onnx"
-    monkeypatch.setattr(autoquant.quantize.build, "isolate_float_layers", lambda *args: None)
+    monkeypatch.setattr(BUILD, "isolate_float_layers", lambda *args: None)
     onnx.save(resnet20_ws.build(plan), str(plain))
     assert main(["inspect", str(plain), "--record", str(r.record_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
