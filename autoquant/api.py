@@ -18,7 +18,7 @@ from .graph.ingest import load_onnx, model_input, prepare
 from .graph.layers import analyze
 from .quantize.build import build_qdq
 from .quantize.plan import LayerChoice, QuantPlan
-from .record import Record, make_record
+from .record import Record, make_record, validate_record
 from .sources import load_splits
 from .workspace import Workspace
 
@@ -110,9 +110,7 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
         )
     model = prepared.load()
     graph = analyze(model)
-    recorded = [lr.name for lr in record.layers]
-    if list(graph.names) != recorded:
-        raise PlanError(f"{record_path} lists layers that do not match {model_path}'s quantizable layers")
+    validate_record(record, model, graph, str(record_path))
     qmodel = build_qdq(model, graph, record.plan(), record.activation_params(), record.activation_type)
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())
 

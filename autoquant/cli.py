@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 import time
 import warnings
@@ -133,6 +134,8 @@ def cmd_apply(args) -> int:
 def _report_search(result, objective: str, args) -> int:
     from .service import EXIT_NO_PLAN, result_json, summary_table
 
+    if result.tracking_error:
+        _log(f"autoquant: warning: {result.tracking_error}")
     if args.json:
         print(json.dumps(result_json(result)))
     else:
@@ -141,9 +144,12 @@ def _report_search(result, objective: str, args) -> int:
         print(summary_table(result, objective))
     if not result.met:
         c = result.chosen
-        closest = (f"closest: trial {c.number} with a drop of {c.result.accuracy_drop:.2f} pt" if c else "no trial completed")
-        print(f"autoquant: no plan meets the accuracy constraint; {closest}. Raise max_accuracy_drop or run more trials",
-              file=sys.stderr)  # fmt: skip
+        if c is None:
+            print("autoquant: no quantized plan completed (every trial failed or none ran); see fail_reason in the "
+                  "trial table or MLflow, and run more trials", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"autoquant: no quantized plan meets the accuracy constraint; closest: trial {c.number} with a drop "
+                  f"of {c.result.accuracy_drop:.2f} pt. Raise max_accuracy_drop or run more trials", file=sys.stderr)  # fmt: skip
         return EXIT_NO_PLAN
     if getattr(args, "register", None):
         from .service import register
@@ -181,8 +187,10 @@ def cmd_search(args) -> int:
 
 def cmd_worker(args) -> int:
     from .config import load_experiment
-    from .service import work
+    from .service import die_with_parent, work
 
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
     exp = load_experiment(args.experiment)
     evaluated, complete = work(exp, args.storage, trials=args.trials, threads=args.threads,
                                seed_offset=args.seed_offset, quiet=args.quiet, log=None if args.quiet else _log)  # fmt: skip
@@ -233,8 +241,34 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage before its error; autoquant's errors are one line (and exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"autoquant: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, *, above: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or (value <= low if above else value < low):
+            bound = f" {'above' if above else 'of at least'} {low}" if math.isfinite(low) else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text}")
+        return value
+
+    return parse
+
+
+COUNT = _number(int, 1)
+NON_NEGATIVE = _number(int, 0)
+DROP = _number(float, -math.inf, above=True)  # any finite number of points (negative: must beat FP32)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoquant", description="Find and ship the best INT8 quantization of a model.")
+    p = _Parser(prog="autoquant", description="Find and ship the best INT8 quantization of a model.")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("quantize", help="build one plan's INT8 model from cached calibration; score it vs FP32")
@@ -267,12 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("search", help="run or resume the study; export the best plan within the constraint")
     se.add_argument("experiment", type=Path)
-    se.add_argument("--trials", type=int, help="complete trials to reach (default: search.trials)")
+    se.add_argument("--trials", type=COUNT, help="complete trials to reach (default: search.trials)")
     se.add_argument("--out", type=Path, help="run directory (default: runs/EXPERIMENT_NAME)")
-    se.add_argument("--max-accuracy-drop", type=float, help="override search.max_accuracy_drop (points)")
+    se.add_argument("--max-accuracy-drop", type=DROP, help="override search.max_accuracy_drop (points)")
     se.add_argument("--quiet", action="store_true", help="no progress bar (for scheduled runs)")
     se.add_argument("--json", action="store_true", help="print one JSON line with the outcome")
-    se.add_argument("--workers", type=int, default=1, help="processes sharing the study on this machine")
+    se.add_argument("--workers", type=COUNT, default=1, help="processes sharing the study on this machine")
     se.add_argument("--register", metavar="NAME", help="register the export as a new version of NAME (MLflow registry)")
     se.add_argument("--alias", help="with --register: point this alias (e.g. production) at the new version")
     se.set_defaults(fn=cmd_search)
@@ -280,15 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="join a running study (e.g. from another machine) through its storage")
     wk.add_argument("experiment", type=Path)
     wk.add_argument("--storage", required=True, help="the study's SQLAlchemy URL, e.g. postgresql+psycopg://…")
-    wk.add_argument("--trials", type=int, help="stop when the study has this many complete trials")
-    wk.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
-    wk.add_argument("--seed-offset", type=int, default=0, help="added to search.seed so workers sample differently")
+    wk.add_argument("--trials", type=COUNT, help="stop when the study has this many complete trials")
+    wk.add_argument("--threads", type=NON_NEGATIVE, default=0, help="onnxruntime intra-op threads (default: all cores)")
+    wk.add_argument("--seed-offset", type=NON_NEGATIVE, default=0, help="added to search.seed so workers sample differently")
     wk.add_argument("--quiet", action="store_true")
+    wk.add_argument("--parent-pid", type=NON_NEGATIVE, help=argparse.SUPPRESS)  # set by `search --workers`
     wk.set_defaults(fn=cmd_worker)
 
     ex = sub.add_parser("export", help="re-choose and export a plan from a finished study")
     ex.add_argument("run_dir", type=Path)
-    ex.add_argument("--max-accuracy-drop", type=float)
+    ex.add_argument("--max-accuracy-drop", type=DROP)
     ex.add_argument("--objective", choices=("bitops", "latency", "size"))
     ex.add_argument("--out", type=Path, required=True)
     ex.add_argument("--json", action="store_true")
@@ -300,10 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("experiment", type=Path)
     ro.add_argument("--registered-model", required=True)
     ro.add_argument("--alias", default="production")
-    ro.add_argument("--trials", type=int)
+    ro.add_argument("--trials", type=COUNT)
     ro.add_argument("--out", type=Path, help="run directory (default: runs/NAME-reopt-TIMESTAMP)")
     ro.add_argument("--tracking-uri", help="MLflow store holding the registry (default: search.tracking_uri)")
-    ro.add_argument("--tolerance", type=float, default=0.1, help="accuracy points the candidate may lose and still win")
+    ro.add_argument("--tolerance", type=_number(float, 0), default=0.1, help="accuracy points the candidate may lose and still win")
     ro.add_argument("--quiet", action="store_true")
     ro.set_defaults(fn=cmd_reoptimize)
 
@@ -325,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (already printed, one line) and --help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -7,7 +7,9 @@ against the directory of the YAML file, so an experiment runs the same from any 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +19,26 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+
+
+def bounded(default: Any, low: float, *, above: bool = False) -> Any:
+    """A numeric setting that must be >= `low` (> `low` with `above`); checked by check_fields."""
+    return field(default=default, metadata={"low": low, "above": above})
+
+
+def check_fields(section: Any, prefix: str) -> None:
+    """Every number of a config dataclass is finite and within its declared bound; the message names the key."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(f"{prefix}.{f.name} must be a finite number, got {value}")
+        low = f.metadata.get("low")
+        if low is not None and (value <= low if f.metadata["above"] else value < low):
+            raise ConfigError(f"{prefix}.{f.name} must be {'greater than' if f.metadata['above'] else 'at least'} "
+                              f"{low}, got {value}")  # fmt: skip
+
 
 BUILTIN_MODELS = ("digits_cnn", "cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet56", "cifar10_mobilenet")
 DATA_SOURCES = ("digits", "cifar10", "npz")
@@ -41,12 +63,13 @@ class DataConfig:
     path: Path | None = None
     x_key: str = "x"
     y_key: str = "y"
-    calibration_size: int = 300
-    eval_size: int = 500
-    train_size: int = 0  # samples reserved for training a built-in model; never calibrated or evaluated on
-    seed: int = 0
+    calibration_size: int = bounded(300, 1)
+    eval_size: int = bounded(500, 1)
+    train_size: int = bounded(0, 0)  # samples reserved for training a built-in model; never calibrated or evaluated on
+    seed: int = bounded(0, 0)
 
     def __post_init__(self):
+        check_fields(self, "data")
         if self.source not in DATA_SOURCES:
             raise ConfigError(f"data.source '{self.source}' is unknown: use one of {', '.join(DATA_SOURCES)}")
         if self.source != "digits" and self.path is None:
@@ -57,9 +80,10 @@ class DataConfig:
 class QuantizationConfig:
     activation_type: str = "uint8"  # measured faster than int8 on this x86 CPU (see README)
     percentile: float = 99.99
-    calibration_batch_size: int = 32
+    calibration_batch_size: int = bounded(32, 1)
 
     def __post_init__(self):
+        check_fields(self, "quantization")
         if self.activation_type not in ("uint8", "int8"):
             raise ConfigError(f"quantization.activation_type '{self.activation_type}' is unknown: use uint8 or int8")
         if not 50.0 < self.percentile <= 100.0:
@@ -69,17 +93,15 @@ class QuantizationConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     metric: str = "top1"  # or "package.module:function" taking (outputs, labels) -> float (higher is better)
-    batch_size: int = 100
-    latency_batch_size: int = 32
-    latency_repeats: int = 15
-    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
+    batch_size: int = bounded(100, 1)
+    latency_batch_size: int = bounded(32, 1)
+    latency_repeats: int = bounded(15, 1)
+    threads: int = bounded(0, 0)  # onnxruntime intra-op threads; 0 = one per core
 
     def __post_init__(self):
+        check_fields(self, "eval")
         if self.metric != "top1" and ":" not in self.metric:
             raise ConfigError(f"eval.metric '{self.metric}' must be 'top1' or 'module:function'")
-        for key in ("batch_size", "latency_batch_size", "latency_repeats"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"eval.{key} must be at least 1")
 
 
 OBJECTIVES = ("bitops", "latency", "size")
@@ -91,24 +113,23 @@ class SearchConfig:
     space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
     objective: str = "bitops"  # the cost minimised next to accuracy: bitops, latency or size
     max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
-    trials: int = 40
-    timeout_minutes: float | None = None
-    trial_timeout_seconds: float | None = None  # a trial running longer is marked failed and the study goes on
+    trials: int = bounded(40, 1)
+    timeout_minutes: float | None = bounded(None, 0, above=True)
+    trial_timeout_seconds: float | None = bounded(None, 0, above=True)  # a longer trial fails, the study goes on
     sampler: str = "nsga2"
-    population_size: int = 16
-    seed: int = 0
+    population_size: int = bounded(16, 2)
+    seed: int = bounded(0, 0)
     warm_start: bool = True  # enqueue all-float, all-INT8 and sensitivity-guided plans first
     sensitivity_k: list = field(default_factory=lambda: [1, 2, 4])  # warm starts: all INT8 but the k most sensitive
     storage: str | None = None  # SQLAlchemy URL; default: sqlite file in the run directory
     tracking_uri: str | None = None  # MLflow; default: sqlite file in the run directory
 
     def __post_init__(self):
+        check_fields(self, "search")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"search.objective '{self.objective}' is unknown: use one of {', '.join(OBJECTIVES)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"search.sampler '{self.sampler}' is unknown: use one of {', '.join(SAMPLERS)}")
-        if self.trials < 1:
-            raise ConfigError("search.trials must be at least 1")
         if not all(isinstance(k, int) and k >= 0 for k in self.sensitivity_k):
             raise ConfigError("search.sensitivity_k must be a list of non-negative integers")
 
@@ -123,6 +144,12 @@ class Experiment:
     search: SearchConfig = field(default_factory=SearchConfig)
     cache_dir: Path | None = None  # default: $AUTOQUANT_CACHE_DIR or ~/.cache/autoquant
     source_file: Path | None = None
+
+    def __post_init__(self):
+        # The name becomes a run directory and a study name: a path here would write outside runs/.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name):
+            raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run "
+                              "directory and the study), not a path")  # fmt: skip
 
     @property
     def cache(self) -> Path:
@@ -179,8 +206,9 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"file {path} not found: give the path of a YAML file")
     try:
         return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ConfigError(f"{path} is not a YAML text file ({first[:120]})") from exc
 
 
 def load_experiment(path: Path) -> Experiment:

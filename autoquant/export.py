@@ -7,10 +7,28 @@ import shutil
 from pathlib import Path
 
 from .api import QuantizeResult, quantize
-from .errors import AutoquantError
-from .fileio import replace_dir
+from .errors import AutoquantError, ConfigError
+from .fileio import atomic_write_bytes, replace_dir
 from .search.pareto import ScoredPlan
 from .workspace import Workspace
+
+MARKER = ".autoquant-export"
+OWNED = frozenset({"model.int8.onnx", "record.json", MARKER})
+
+
+def check_export_target(out_dir: Path) -> None:
+    """An export replaces its directory whole, so it may only replace one that holds nothing but an
+    earlier export's files: never a run directory, never a user's folder."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"export target {out_dir} is a file: give a directory for the model and record")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OWNED)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise ConfigError(f"export target {out_dir} holds files autoquant did not write ({shown}) and an export "
+                          "replaces its directory: give a new or empty --out")  # fmt: skip
 
 
 def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path) -> QuantizeResult:
@@ -20,9 +38,11 @@ def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path) -> QuantizeRes
     its accuracy is re-measured here and must equal the trial's.
     """
     out_dir = Path(out_dir)
+    check_export_target(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     result = quantize(ws, chosen.plan, tmp)
+    atomic_write_bytes(tmp / MARKER, f"written by autoquant: trial {chosen.number}\n".encode())
     if result.accuracy != chosen.result.accuracy:
         shutil.rmtree(tmp, ignore_errors=True)
         raise AutoquantError(

@@ -83,13 +83,14 @@ def _restore_old(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
+def file_lock(path: Path, *, wait: bool = True):
     """An exclusive advisory lock (flock) on `path`: the first of several workers builds a cache
-    entry, the others wait and then read it. Released by the OS if the holder is killed."""
+    entry, the others wait and then read it. Released by the OS if the holder is killed. With
+    `wait=False` a lock someone holds raises BlockingIOError instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ from .errors import PlanError
 from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
 from .graph.layers import GraphInfo
-from .quantize.build import ActivationParams
+from .quantize.build import ActivationParams, tensor_algorithms
 from .quantize.plan import LayerChoice, QuantPlan
 from .versions import versions
 
@@ -107,6 +107,61 @@ class Record:
             return cls(layers=layers, **raw)
         except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
             raise PlanError(f"{path} is not an autoquant record file ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _number(value: Any, where: str, *, positive: bool = False, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        raise PlanError(f"{where} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise PlanError(f"{where} must be {'a positive' if positive else 'a'} finite number, got {value!r}")
+    return value
+
+
+def _zero_point(value: Any, where: str, qtype: str) -> None:
+    lo, hi = {"uint8": (0, 255), "int8": (-128, 127)}[qtype]
+    if not lo <= _number(value, where, integer=True) <= hi:
+        raise PlanError(f"{where} {value} is outside the {qtype} range [{lo}, {hi}]")
+
+
+def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, where: str) -> None:
+    """Check a record completely against the model before anything is built from it: a record with a
+    zero or negative scale, a wrong number of channel scales or a missing tensor builds a broken model
+    that still loads and runs."""
+    if record.activation_type not in ("uint8", "int8"):
+        raise PlanError(f"{where}: activation_type {record.activation_type!r} must be uint8 or int8")
+    if [lr.name for lr in record.layers] != list(graph.names):
+        raise PlanError(f"{where} lists layers that do not match the model's quantizable layers")
+    for lr, info in zip(record.layers, graph.layers):
+        at = f"{where}: layer {lr.name}"
+        if not isinstance(lr.quantized, bool):
+            raise PlanError(f"{at}: 'quantized' must be true or false, got {lr.quantized!r}")
+        if not lr.quantized:
+            continue
+        if not isinstance(lr.weight, WeightRecord) or not isinstance(lr.data, DataRecord):
+            raise PlanError(f"{at} is quantized but has no {'weight' if not isinstance(lr.weight, WeightRecord) else 'data'} entry")
+        w = lr.weight
+        if w.bits not in (8, 4) or w.granularity not in ("per_tensor", "per_channel"):
+            raise PlanError(f"{at}: weight bits {w.bits!r} / granularity {w.granularity!r} are not 8|4 / per_tensor|per_channel")
+        count = info.out_channels if w.granularity == "per_channel" else 1
+        if not isinstance(w.scale_w, list) or len(w.scale_w) != count or not isinstance(w.offset_w, list) \
+                or len(w.offset_w) != count:
+            raise PlanError(f"{at}: {w.granularity} weights need {count} scale_w and offset_w values")
+        for i, (s, z) in enumerate(zip(w.scale_w, w.offset_w)):
+            _number(s, f"{at}: scale_w[{i}]", positive=True)
+            _number(z, f"{at}: offset_w[{i}]", integer=True)
+        _number(lr.data.scale_d, f"{at}: scale_d", positive=True)
+        _zero_point(lr.data.offset_d, f"{at}: offset_d", record.activation_type)
+    if not isinstance(record.activations, dict):
+        raise PlanError(f"{where}: 'activations' must map tensor names to scale and zero_point")
+    missing = sorted(set(tensor_algorithms(model, graph, record.plan())) - set(record.activations))
+    if missing:
+        raise PlanError(f"{where}: activations has no entry for {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+                        + ", which the plan quantizes")  # fmt: skip
+    for tensor, entry in record.activations.items():
+        if not isinstance(entry, dict) or not {"scale", "zero_point"} <= set(entry):
+            raise PlanError(f"{where}: activations[{tensor!r}] must have scale and zero_point")
+        _number(entry["scale"], f"{where}: activations[{tensor!r}].scale", positive=True)
+        _zero_point(entry["zero_point"], f"{where}: activations[{tensor!r}].zero_point", record.activation_type)
 
 
 def _qparams(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -14,11 +17,19 @@ import optuna
 from .api import QuantizeResult
 from .config import Experiment, load_experiment
 from .errors import ConfigError
-from .export import export_plan
-from .fileio import atomic_write_bytes, recover_dir
+from .export import check_export_target, export_plan
+from .fileio import atomic_write_bytes, file_lock, recover_dir
 from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
 from .search.sensitivity import write_sensitivity_report
-from .search.study import RunPaths, complete_count, make_storage, optimize, scored_points, setup_study
+from .search.study import (
+    RunPaths,
+    complete_count,
+    make_storage,
+    optimize,
+    scored_points,
+    setup_study,
+    study_fingerprint,
+)
 from .track.tracker import PARENT_ATTR
 from .workspace import Workspace
 
@@ -40,6 +51,12 @@ class SearchResult:
     tracking_uri: str = ""
     parent_run_id: str | None = None
     workspace: Workspace | None = None  # the study's per-study state, for callers that measure more
+    tracking_error: str = ""  # MLflow failed after the study finished (the results stand)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else exc.__class__.__name__)[:160]
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
@@ -50,10 +67,21 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
     `workers` > 1, that many processes share the study through its storage, each with its share of
     the cores for onnxruntime.
     """
-    from .track.tracker import Tracker
-
     paths = RunPaths(Path(out_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(paths.root / ".search.lock", wait=False))
+        except BlockingIOError:
+            raise ConfigError(f"another autoquant search is running in {paths.root}: wait for it to finish, or "
+                              "use another --out (workers join a study with `autoquant worker`)") from None
+        return _search(exp, paths, trials, quiet, log, workers, prior_plans)
+
+
+def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, log, workers: int,
+            prior_plans: dict | None) -> SearchResult:  # fmt: skip
+    from .track.tracker import Tracker
+
     recover_dir(paths.root / "best")
     atomic_write_bytes(paths.run_file, json.dumps({"experiment": str(exp.source_file)}).encode())
     target = trials or exp.search.trials
@@ -67,8 +95,12 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
     params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
               "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
               "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip
-    tracker.start_parent(setup.study, params, [p for p in (exp.source_file, setup.space_file) if p])
-    tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
+    try:
+        tracker.start_parent(setup.study, params, [p for p in (exp.source_file, setup.space_file) if p])
+        tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
+    except Exception as exc:  # MLflow raises its own and its stores' error types; no trial has run yet
+        raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({one_line(exc)}): "
+                          "set search.tracking_uri to a writable store") from exc  # fmt: skip
     procs = [spawn_worker(exp, setup.storage_url, target, i) for i in range(1, workers)]
     try:
         seconds, evaluated = optimize(setup, exp, target, quiet=quiet, callbacks=[tracker], log=log)
@@ -85,11 +117,16 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
                     "export_latency_ratio": result.export.latency_ratio}  # fmt: skip
-    tracker.finish(setup.study,
-                   [(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
-                    (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
-                    (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
-                   metrics)  # fmt: skip
+    try:
+        tracker.finish(setup.study,
+                       [(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
+                        (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
+                        (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
+                       metrics)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the study and its export are on disk: tracking must not undo that
+        return replace(result, tracking_error=f"MLflow tracking store {tracker.uri} failed ({one_line(exc)}); the "
+                                              f"study and {paths.root / 'best'} are complete: rerun the same command "
+                                              "with a working store to back-fill MLflow")  # fmt: skip
     return result
 
 
@@ -100,8 +137,20 @@ def with_threads(exp: Experiment, threads: int) -> Experiment:
 def spawn_worker(exp: Experiment, storage_url: str, target: int, index: int) -> subprocess.Popen:
     """A local worker process on the same study (the same thing `autoquant worker` runs elsewhere)."""
     cmd = [sys.executable, "-m", "autoquant.cli", "worker", str(exp.source_file), "--storage", storage_url,
-           "--trials", str(target), "--threads", str(exp.eval.threads), "--seed-offset", str(index), "--quiet"]  # fmt: skip
+           "--trials", str(target), "--threads", str(exp.eval.threads), "--seed-offset", str(index), "--quiet",
+           "--parent-pid", str(os.getpid())]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when our parent dies, even by SIGKILL, so a killed `search --workers N`
+    leaves no worker writing trials (Linux prctl PR_SET_PDEATHSIG). Set by the worker itself rather than
+    in a preexec_fn, which is unsafe in a parent with threads; a parent already gone is caught by
+    comparing the parent pid afterwards."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        raise SystemExit(1)
 
 
 def work(exp: Experiment, storage_url: str, *, trials: int | None = None, threads: int = 0, seed_offset: int = 0,
@@ -136,6 +185,7 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
                     experiment: Path | None = None) -> SearchResult:  # fmt: skip
     """Re-choose the export from a finished study (e.g. under another constraint) without re-running it."""
     paths = RunPaths(Path(run_dir))
+    check_export_target(Path(out))
     if experiment is None:
         if not paths.run_file.is_file():
             raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json): give the --out of a search")
@@ -144,10 +194,19 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     recover_dir(Path(out))
     if objective and objective not in ("bitops", "latency", "size"):
         raise ConfigError(f"--objective '{objective}' is unknown: use bitops, latency or size")
-    study = optuna.load_study(study_name=exp.name, storage=make_storage(exp.search.storage or paths.storage))
+    url = exp.search.storage or paths.storage
+    if url == paths.storage and not (paths.root / "study.db").is_file():
+        raise ConfigError(f"{run_dir} has no study.db: give the --out directory of a search that ran")
+    paths.check_storage_file(url)
+    try:
+        study = optuna.load_study(study_name=exp.name, storage=make_storage(url))
+    except KeyError:
+        raise ConfigError(f"no study named '{exp.name}' in {url}: give the run directory of that experiment") from None
     ws = Workspace(exp)
-    if study.user_attrs.get("model_sha256") != ws.sha:
-        raise ConfigError(f"the model of {experiment} changed since the study in {run_dir} ran: re-run the search")
+    changed = [k for k, v in study_fingerprint(exp, ws).items() if study.user_attrs.get(k, v) != v]
+    if changed:
+        raise ConfigError(f"the {changed[0].replace('_', ' ')} of {experiment} changed since the study in {run_dir} "
+                          "ran: re-run the search")  # fmt: skip
     result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, max_drop, objective)
     return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking,
                    parent_run_id=study.user_attrs.get(PARENT_ATTR))  # fmt: skip

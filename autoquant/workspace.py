@@ -8,6 +8,7 @@ from here never runs calibration data through a network.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .calibrate.collect import collect_stats
 from .calibrate.ranges import ALGORITHMS
 from .calibrate.stats import NUM_BINS, stats_from_arrays, stats_to_arrays
 from .config import Experiment
+from .errors import DataError
 from .evaluate.evaluator import EvalResult, Evaluator
 from .evaluate.metrics import resolve_metric
 from .graph.ingest import prepare
@@ -68,9 +70,14 @@ class Workspace:
             stats = collect_stats(self.model, self.prepared.input, self.graph.float_tensors, calib,
                                   batch_size=self.exp.quantization.calibration_batch_size,
                                   threads=self.evaluator.threads)  # fmt: skip
+            empty = [t for t, s in stats.items() if s.total == 0 or not np.isfinite([s.min, s.max]).all()]
+            if empty:  # never cache statistics that would quantize every later run wrongly
+                raise DataError(f"calibration saw no finite values for {len(empty)} tensor(s) (e.g. {empty[0]}): "
+                                "check data.calibration_size and quantization.calibration_batch_size")  # fmt: skip
             return stats_to_arrays(stats)
 
-        key = f"stats-v{STATS_VERSION}:{self.sha}:{calib.sha256()}:{NUM_BINS}"
+        batch = self.exp.quantization.calibration_batch_size
+        key = f"stats-v{STATS_VERSION}:{self.sha}:{calib.sha256()}:{NUM_BINS}:batch{batch}"
         path = self.exp.cache / "stats" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
         return stats_from_arrays(cached_arrays(path, key, build)), bool(ran)
 
@@ -84,7 +91,8 @@ class Workspace:
             return {"accuracy": np.array(res.accuracy), "outputs": res.outputs}
 
         key = f"reference:{self.sha}:{ev.sha256()}:{self.exp.eval.metric}"
-        path = self.exp.cache / "reference" / f"{self.sha[:16]}-{ev.sha256()[:16]}.npz"
+        metric = hashlib.sha256(self.exp.eval.metric.encode()).hexdigest()[:8]
+        path = self.exp.cache / "reference" / f"{self.sha[:16]}-{ev.sha256()[:16]}-{metric}.npz"
         arrays = cached_arrays(path, key, build)
         return EvalResult(float(arrays["accuracy"]), arrays["outputs"]), bool(ran)
 

@@ -37,5 +37,5 @@ def test_missing_and_malformed_yaml(tmp_path):
         load_experiment(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not a YAML text file"):
         load_experiment(bad)

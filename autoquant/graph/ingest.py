@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +127,21 @@ def prepare(source: Path, cache_dir: Path) -> PreparedModel:
     return PreparedModel(source, sha, pre, model_input_, tuple(o.name for o in model.graph.output))
 
 
+def _usable(pre: Path) -> bool:
+    if not pre.is_file():
+        return False
+    try:
+        onnx.checker.check_model(onnx.load(str(pre)))
+        return True
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: onnx raises DecodeError, ValidationError, …
+        print(f"autoquant: cached pre-processed model {pre} is unreadable (corrupt?); rebuilding it", file=sys.stderr)
+        return False
+
+
 def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
     from onnxruntime.quantization import quant_pre_process
 
-    if not pre.is_file():
+    if not _usable(pre):
         pre.parent.mkdir(parents=True, exist_ok=True)
         tmp = pre.with_suffix(".tmp.onnx")
         logging.getLogger("root").setLevel(logging.ERROR)  # quant_pre_process logs advice through root

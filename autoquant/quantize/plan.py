@@ -18,6 +18,18 @@ WEIGHT_BITS = (8, 4)
 PLAN_FORMAT_VERSION = 1
 
 
+def name_pattern(key: Any, where: str) -> re.Pattern:
+    """A layer selector of plans and spaces: an exact layer name, or "re:<regular expression>"."""
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: layer selector {key!r} must be a string (a layer name or re:pattern)")
+    if not key.startswith("re:"):
+        return re.compile(re.escape(key))
+    try:
+        return re.compile(key[3:])
+    except re.error as exc:
+        raise ConfigError(f"{where}: bad pattern '{key}': {exc}") from exc
+
+
 @dataclass(frozen=True)
 class LayerChoice:
     quantize: bool = True
@@ -83,17 +95,21 @@ class QuantPlan:
         that matches nothing is a warning.
         """
         names = list(layer_names)
-        unknown = sorted(set(spec) - {"default", "layers", "format_version"})
+        if not isinstance(spec, Mapping) or not spec:
+            got = "empty" if not spec else f"a {type(spec).__name__}"
+            raise ConfigError(f"{where} is {got}: a plan is a mapping with 'default' and/or 'layers'")
+        unknown = sorted(map(str, set(spec) - {"default", "layers", "format_version"}))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: default, layers")
         default = LayerChoice.from_dict(spec.get("default") or {}, f"{where}: default")
         resolved = dict.fromkeys(names, default)
-        for key, raw in (spec.get("layers") or {}).items():
+        layers = spec.get("layers") or {}
+        if not isinstance(layers, Mapping):
+            raise ConfigError(f"{where}: 'layers' must map layer names (or re:patterns) to options, got a "
+                              f"{type(layers).__name__}")  # fmt: skip
+        for key, raw in layers.items():
+            pattern = name_pattern(key, f"{where}: layers")
             if key.startswith("re:"):
-                try:
-                    pattern = re.compile(key[3:])
-                except re.error as exc:
-                    raise ConfigError(f"{where}: bad pattern '{key}': {exc}") from exc
                 hits = [n for n in names if pattern.fullmatch(n)]
                 if not hits:
                     warnings.warn(f"{where}: pattern '{key}' matches no layer", stacklevel=2)

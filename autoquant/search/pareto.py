@@ -37,7 +37,9 @@ def pareto_front(points: list[ScoredPlan], objective: str) -> list[ScoredPlan]:
 
 
 def choose(points: list[ScoredPlan], max_drop: float, objective: str) -> tuple[ScoredPlan | None, bool]:
-    """The cheapest plan within `max_drop`; if none qualifies, (the plan with the smallest drop, False)."""
+    """The cheapest quantized plan within `max_drop`; if none qualifies, (the quantized plan with the
+    smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx."""
+    points = [p for p in points if p.plan.quantized]
     if not points:
         return None, False
     ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
@@ -81,7 +83,7 @@ def plot_pareto(points: list[ScoredPlan], front: list[ScoredPlan], chosen: Score
     if chosen is not None:
         ax.scatter(chosen.result.cost(objective), chosen.result.accuracy, marker="*", s=260, c="tab:orange",
                    edgecolors="k", zorder=5, label=f"export (trial {chosen.number})")  # fmt: skip
-    if objective == "bitops":
+    if objective == "bitops" and points:  # an empty study (every trial failed) has nothing to put on a log axis
         ax.set_xscale("log")
     ax.set_xlabel(COST_LABELS[objective])
     ax.set_ylabel("accuracy (%)")

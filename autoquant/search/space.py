@@ -9,7 +9,6 @@ Rules apply in order (later wins); pinned values are fixed and not searched.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 from ..config import load_yaml
 from ..errors import ConfigError
 from ..graph.layers import GraphInfo, LayerInfo
-from ..quantize.plan import LayerChoice, QuantPlan
+from ..quantize.plan import LayerChoice, QuantPlan, name_pattern
 
 PARAMS = ("quantize", "weight_bits", "weight_granularity", "activation_algorithm")
 _MATCH_KEYS = ("op_type", "depthwise", "name")
@@ -93,9 +92,12 @@ class SearchSpace:
                 warnings.warn(f"{rwhere} matches no layer", stacklevel=2)
             for layer in hits:
                 per_layer[layer.name] = _choices(rule.get("choices") or {}, rwhere, per_layer[layer.name])
-        for key, fixed in (raw.get("pinned") or {}).items():
+        pinned = raw.get("pinned") or {}
+        if not isinstance(pinned, Mapping):
+            raise ConfigError(f"{where}: 'pinned' must map layer names (or re:patterns) to fixed options")
+        for key, fixed in pinned.items():
             pwhere = f"{where}: pinned.{key}"
-            hits = _select(graph, key, pwhere)
+            hits = _select(graph, key, f"{where}: pinned")
             LayerChoice.from_dict(fixed, pwhere)  # validates keys and values
             for name in hits:
                 per_layer[name] = {**per_layer[name], **{k: (v,) for k, v in fixed.items()}}
@@ -163,14 +165,14 @@ def _matches(layer: LayerInfo, match: Any, where: str) -> bool:
     if "depthwise" in match and layer.depthwise != bool(match["depthwise"]):
         return False
     if "name" in match:
-        pattern = match["name"][3:] if str(match["name"]).startswith("re:") else re.escape(str(match["name"]))
-        return re.fullmatch(pattern, layer.name) is not None
+        return name_pattern(match["name"], where).fullmatch(layer.name) is not None
     return True
 
 
-def _select(graph: GraphInfo, key: str, where: str) -> list[str]:
+def _select(graph: GraphInfo, key: Any, where: str) -> list[str]:
+    pattern = name_pattern(key, where)
     if key.startswith("re:"):
-        hits = [n for n in graph.names if re.fullmatch(key[3:], n)]
+        hits = [n for n in graph.names if pattern.fullmatch(n)]
         if not hits:
             warnings.warn(f"{where}: pattern matches no layer", stacklevel=3)
         return hits

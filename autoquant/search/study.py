@@ -44,6 +44,19 @@ class RunPaths:
     def run_file(self) -> Path:
         return self.root / "run.json"
 
+    def check_storage_file(self, url: str) -> None:
+        """A study.db that exists but is empty or not SQLite would silently become a new, empty study —
+        and the next export would replace best/ with it."""
+        db = self.root / "study.db"
+        if url != self.storage or not db.exists():
+            return
+        with open(db, "rb") as f:
+            header = f.read(16)
+        if header != b"SQLite format 3\x00":
+            state = "is empty (0 bytes)" if not header else "is not a SQLite database (corrupt?)"
+            raise ConfigError(f"{db} {state}: the trials it held cannot be read; move it away to start over, or "
+                              "use a new --out")  # fmt: skip
+
 
 def space_path(cfg: SearchConfig) -> Path:
     path = cfg.space or DEFAULT_SPACE
@@ -87,21 +100,27 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def open_study(exp: Experiment, storage: RDBStorage, model_sha: str) -> optuna.Study:
+def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
+    """What every trial of a study must share to be comparable: model, data, metric, objective."""
+    return {"model_sha256": ws.sha, "objective": exp.search.objective, "metric": exp.eval.metric,
+            "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
+            "activation_type": exp.quantization.activation_type}  # fmt: skip
+
+
+def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]) -> optuna.Study:
+    """Create or resume the study; resuming with another model, data, metric or objective would mix
+    trials scored on different things, so it is refused with the key that differs."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each by Progress
     study = optuna.create_study(study_name=exp.name, storage=storage, sampler=make_sampler(exp.search),
                                 directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
-    recorded = study.user_attrs.get("model_sha256")
-    if recorded and recorded != model_sha:
-        raise ConfigError(f"the study '{exp.name}' in this storage was made for another model "
-                          f"({recorded[:12]}…): use a new --out directory or a new experiment name")  # fmt: skip
-    recorded_obj = study.user_attrs.get("objective")
-    if recorded_obj and recorded_obj != exp.search.objective:
-        raise ConfigError(f"the study '{exp.name}' optimises {recorded_obj}, the experiment asks for "
-                          f"{exp.search.objective}: use a new --out directory")  # fmt: skip
-    if not recorded:
-        study.set_user_attr("model_sha256", model_sha)
-        study.set_user_attr("objective", exp.search.objective)
+    recorded = study.user_attrs
+    for key, value in fingerprint.items():
+        if key not in recorded:  # studies made by an earlier autoquant lack the newer keys
+            study.set_user_attr(key, value)
+        elif recorded[key] != value:
+            raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
+                              f"({str(recorded[key])[:12]} here, {value[:12]} now): its trials would not be comparable; "
+                              "use a new --out directory")  # fmt: skip
     return study
 
 
@@ -222,7 +241,8 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     ws = Workspace(exp)
     space = SearchSpace.from_yaml(space_file, ws.graph)
     url = storage_url or cfg.storage or paths.storage
-    study = open_study(exp, make_storage(url), ws.sha)
+    paths.check_storage_file(url)
+    study = open_study(exp, make_storage(url), study_fingerprint(exp, ws))
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: warm starts and sensitivity
     scorer = PlanScorer(ws, cfg.trial_timeout_seconds)
     sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))

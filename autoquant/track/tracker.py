@@ -7,6 +7,7 @@ resumed study re-attaches to its parent run and nothing depends on process-globa
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +38,11 @@ class Tracker:
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on first use
+        if tracking_uri.startswith(("http://", "https://")):
+            # MLflow's default retries with backoff take minutes to give up on a server that does not
+            # answer; a scheduled job should fail in seconds. The user's own settings win.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -79,6 +79,6 @@ def load_cifar_resnet(depth: int, checkpoint: Path) -> CifarResNet:
         state = {k.removeprefix("module."): v for k, v in blob["state_dict"].items()}
         model = cifar_resnet(depth)
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, TypeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # torch.load of a foreign file raises UnpicklingError, RuntimeError, EOFError, …
         raise ModelError(f"{checkpoint} is not a CIFAR ResNet-{depth} checkpoint ({exc.__class__.__name__})") from exc
     return model.eval()
