@@ -89,9 +89,11 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
         if exp.source_file is None:
             raise ConfigError("parallel workers start from an experiment file: load the experiment with load_experiment")
         exp = with_threads(exp, max(1, (os.cpu_count() or 1) // workers))
+    # The tracking store is opened first: a server that does not answer fails the command in seconds,
+    # before calibration and sensitivity are spent.
+    tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
     setup = setup_study(exp, paths, log=log, prior_plans=prior_plans)
     ws = setup.workspace
-    tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
     params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
               "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
               "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip

@@ -88,7 +88,7 @@ BAD_INPUTS = {
     "data shape does not match": (lambda t: _bad_npz(t, "s.npz", np.zeros((40, 3, 16, 16), np.float32)), [],
                                   "expects (3, 8, 8)"),
     "data dtype is not float": (lambda t: _bad_npz(t, "d.npz", np.zeros((40, 3, 8, 8), np.uint8)), [], "save the inputs as float32"),
-    "empty calibration set": (lambda t: {"data": {"calibration_size": 0}}, [], "calibration set is empty"),
+    "empty calibration set": (lambda t: {"data": {"calibration_size": 0}}, [], "data.calibration_size must be at least 1"),
     "NaN in calibration data": (lambda t: _bad_npz(t, "n.npz", np.full((40, 3, 8, 8), np.nan, np.float32)), [], "NaN or Inf"),
     "unknown algorithm": (lambda t: {}, ["--algorithm", "kl"], "activation algorithm 'kl' is unknown"),
     "unknown YAML key": (lambda t: {"calibration": {"size": 3}}, [], "unknown key"),

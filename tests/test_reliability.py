@@ -358,3 +358,65 @@ def test_corrupt_preprocessed_model_is_rebuilt(tmp_path, capsys, cache_dir):
         pre.write_bytes(b"truncated")
     code, err = run(capsys, "layers", exp)
     assert code == 0 and "unreadable (corrupt?); rebuilding it" in err and "Traceback" not in err
+
+
+# --- processes and tracking -----------------------------------------------------------------------------
+
+
+def _workers_of(parent: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"worker" in cmd and b"--parent-pid" in cmd and cmd[cmd.index(b"--parent-pid") + 1] == str(parent).encode():
+                found.append(int(proc.name))
+    return found
+
+
+def test_workers_die_with_a_killed_search(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exp = experiment(tmp_path, search={"trials": 500})
+    parent = subprocess.Popen([sys.executable, "-m", "autoquant.cli", "search", str(exp), "--out", str(tmp_path / "run"),
+                               "--workers", "2", "--quiet"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not _workers_of(parent.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _workers_of(parent.pid), "search --workers 2 started no worker"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while _workers_of(parent.pid) and time.time() < deadline:  # a dead worker's cmdline is empty, even as a zombie
+        time.sleep(0.2)
+    assert not _workers_of(parent.pid), "a worker outlived its killed parent"
+
+
+def test_mlflow_failing_after_the_study_does_not_fail_the_export(tmp_path, capsys, monkeypatch):
+    from autoquant.track.tracker import Tracker
+
+    def broken(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Tracker, "finish", broken)
+    exp = experiment(tmp_path, search={"trials": 4})
+    code, err = run(capsys, "search", exp, "--out", tmp_path / "run", "--quiet")
+    assert code == 0 and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("autoquant: warning:")]
+    assert len(warnings) == 1 and "Read-only file system" in warnings[0] and "are complete" in warnings[0]
+    assert (tmp_path / "run" / "best" / "model.int8.onnx").is_file()
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, capsys):
+    import time
+
+    exp = experiment(tmp_path, search={"tracking_uri": "http://127.0.0.1:9"})
+    t0 = time.perf_counter()
+    one_line(*run(capsys, "search", exp, "--out", tmp_path / "run", "--quiet"), 2, "cannot use MLflow tracking store")
+    assert time.perf_counter() - t0 < 30

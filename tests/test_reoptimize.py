@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
+import yaml
 from conftest import write_experiment
 from mlflow import MlflowClient
 from onnx import numpy_helper
@@ -25,8 +26,13 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
         eval={"latency_repeats": 3},
         search={"tracking_uri": registry, "population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 1.0},
     )  # fmt: skip
-    # v1: a one-trial study can only export its first warm start, the all-float plan (bitops 1.0).
-    assert main(["search", str(exp_path), "--trials", "1", "--out", str(tmp_path / "run1"), "--quiet",
+    # v1: a study whose space keeps the second conv float (the all-float plan is never exported), so a
+    # later study on the default space has cheaper plans to offer.
+    (tmp_path / "v1_space.yaml").write_text(yaml.safe_dump({"pinned": {"/features/features.3/Conv": {"quantize": False}}}))
+    v1 = yaml.safe_load(exp_path.read_text())
+    v1["search"]["space"] = str(tmp_path / "v1_space.yaml")
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(v1))
+    assert main(["search", str(tmp_path / "v1.yaml"), "--trials", "3", "--out", str(tmp_path / "run1"), "--quiet",
                  "--register", "digits", "--alias", "production"]) == 0  # fmt: skip
     assert "registered digits version 1, alias 'production'" in capsys.readouterr().out
     client = MlflowClient(tracking_uri=registry, registry_uri=registry)

@@ -98,7 +98,7 @@ def test_export_rechooses_without_rerunning_and_exit_3_when_nothing_qualifies(fi
     assert r.met and (tmp_path / "exp" / "record.json").is_file()
     code = main(["export", str(out), "--max-accuracy-drop", "-50", "--out", str(tmp_path / "none")])
     err = capsys.readouterr().err
-    assert code == 3 and "no plan meets the accuracy constraint; closest: trial" in err
+    assert code == 3 and "no quantized plan meets the accuracy constraint; closest: trial" in err
     assert not (tmp_path / "none").exists()
 
 
@@ -134,7 +134,9 @@ def test_duplicate_plans_are_not_re_evaluated_and_failures_do_not_stop_the_study
 def test_sigkill_mid_study_then_rerun_keeps_finished_trials(search_yaml, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "autoquant.cli", "search", str(search_yaml), "--trials", "30", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ.copy())
     deadline = time.time() + 120
     done = {}
     while time.time() < deadline and len(done) < 6:
@@ -144,7 +146,7 @@ def test_sigkill_mid_study_then_rerun_keeps_finished_trials(search_yaml, tmp_pat
                 done = {n: t.values for n, t in completed(out).items()}
             except (KeyError, optuna.exceptions.OptunaError, sqlalchemy.exc.SQLAlchemyError):  # not created yet
                 done = {}
-    assert proc.poll() is None, "the search finished before it could be killed"
+    assert proc.poll() is None, f"the search finished before it could be killed: {log.read_text()[-500:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = {n: t.values for n, t in completed(out).items()}
