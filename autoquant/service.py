@@ -91,7 +91,8 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
         exp = with_threads(exp, max(1, (os.cpu_count() or 1) // workers))
     # The tracking store is opened first: a server that does not answer fails the command in seconds,
     # before calibration and sensitivity are spent.
-    tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
+    tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts",
+                      own_store=not exp.search.tracking_uri)  # fmt: skip
     setup = setup_study(exp, paths, log=log, prior_plans=prior_plans)
     ws = setup.workspace
     params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,

@@ -420,3 +420,25 @@ def test_unreachable_tracking_server_fails_fast(tmp_path, capsys):
     t0 = time.perf_counter()
     one_line(*run(capsys, "search", exp, "--out", tmp_path / "run", "--quiet"), 2, "cannot use MLflow tracking store")
     assert time.perf_counter() - t0 < 30
+
+
+def test_a_moved_run_directory_keeps_its_artifacts_beside_it(finished, tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    exp, run_dir = finished
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    original = tree(run_dir / "mlartifacts")
+    # A new process, as a user's resume is: MLflow caches each run's artifact location within a process.
+    subprocess.run([sys.executable, "-m", "autoquant.cli", "search", str(exp), "--out", str(moved), "--trials", "8",
+                    "--quiet"], check=True, capture_output=True)  # fmt: skip
+    assert tree(run_dir / "mlartifacts") == original  # the original directory was not written to
+    client = MlflowClient(tracking_uri=f"sqlite:///{moved / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("digits_rel")
+    assert experiment.artifact_location == (moved / "mlartifacts").resolve().as_uri()
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert runs and all(r.info.artifact_uri.startswith(experiment.artifact_location) for r in runs)
+    assert any((moved / "mlartifacts").rglob("model.int8.onnx"))

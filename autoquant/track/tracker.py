@@ -33,8 +33,37 @@ def plan_summary(plan: QuantPlan) -> dict[str, str]:
     return {k: str(v) for k, v in counts.items()} | {"plan_key": plan.key()}
 
 
+def follow_moved_run_dir(tracking_uri: str, experiment_name: str, artifact_dir: Path) -> None:
+    """Point a run directory's own MLflow store at the artifacts beside it again after the directory was
+    moved or copied; otherwise new artifacts land in (or pollute) the original directory.
+
+    MLflow fixes an experiment's artifact location when it is created and has no call to change it, so
+    this rewrites the two columns that hold it. Only for the run directory's own SQLite store, which
+    nobody else shares."""
+    import sqlalchemy
+
+    new = artifact_dir.resolve().as_uri()
+    engine = sqlalchemy.create_engine(tracking_uri)
+    try:
+        with engine.begin() as db:
+            if not sqlalchemy.inspect(db).has_table("experiments"):
+                return
+            row = db.execute(sqlalchemy.text("SELECT experiment_id, artifact_location FROM experiments WHERE name = :n"),
+                             {"n": experiment_name}).first()  # fmt: skip
+            if row is None or row.artifact_location == new:
+                return
+            db.execute(sqlalchemy.text("UPDATE experiments SET artifact_location = :new WHERE experiment_id = :id"),
+                       {"new": new, "id": row.experiment_id})  # fmt: skip
+            db.execute(sqlalchemy.text("UPDATE runs SET artifact_uri = :new || substr(artifact_uri, :n) "
+                                       "WHERE experiment_id = :id AND substr(artifact_uri, 1, :m) = :old"),
+                       {"new": new, "old": row.artifact_location, "n": len(row.artifact_location) + 1,
+                        "m": len(row.artifact_location), "id": row.experiment_id})  # fmt: skip
+    finally:
+        engine.dispose()
+
+
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path, own_store: bool = False):
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on first use
@@ -45,6 +74,8 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
         try:
+            if own_store:
+                follow_moved_run_dir(tracking_uri, experiment_name, artifact_dir)
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment_name)
             self.experiment_id = (
