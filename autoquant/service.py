@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 
 from .api import QuantizeResult
 from .config import Experiment, load_experiment
@@ -75,7 +76,13 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
         except BlockingIOError:
             raise ConfigError(f"another autoquant search is running in {paths.root}: wait for it to finish, or "
                               "use another --out (workers join a study with `autoquant worker`)") from None
-        return _search(exp, paths, trials, quiet, log, workers, prior_plans)
+        try:
+            return _search(exp, paths, trials, quiet, log, workers, prior_plans)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            # A full disk or a storage server gone mid-study: every trial committed before it is kept.
+            raise ConfigError(f"the study storage failed ({one_line(exc.__cause__ or exc)}); the trials completed "
+                              "before it are saved: free space or fix the storage, then rerun the same command to "
+                              "resume") from exc  # fmt: skip
 
 
 def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, log, workers: int,

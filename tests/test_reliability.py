@@ -442,3 +442,24 @@ def test_a_moved_run_directory_keeps_its_artifacts_beside_it(finished, tmp_path)
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     assert runs and all(r.info.artifact_uri.startswith(experiment.artifact_location) for r in runs)
     assert any((moved / "mlartifacts").rglob("model.int8.onnx"))
+
+
+def test_storage_failing_mid_study_is_one_line(study, capsys, monkeypatch):
+    """A full disk under study.db (reproduced by hand on a 300 KiB tmpfs: sqlite 'database or disk is full'
+    surfaces as optuna's StorageInternalError); the trials committed before it stay."""
+    import sqlite3
+
+    import sqlalchemy
+
+    import autoquant.service
+
+    exp, run_dir = study
+    done = trials(run_dir)
+
+    def full(*args, **kwargs):
+        cause = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
+
+    monkeypatch.setattr(autoquant.service, "optimize", full)
+    one_line(*run(capsys, "search", exp, "--out", run_dir, "--trials", "8", "--quiet"), 2, "database or disk is full")
+    assert trials(run_dir) == done
