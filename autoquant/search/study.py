@@ -3,6 +3,7 @@ rerunning the same command resumes it; warm-started with baseline and sensitivit
 
 from __future__ import annotations
 
+import importlib.resources
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .pareto import ScoredPlan
 from .sensitivity import LayerSensitivity, most_sensitive
 from .space import SearchSpace
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
+DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
 MAX_CONSECUTIVE_FAILURES = 20
 
 
@@ -59,7 +60,7 @@ class RunPaths:
 
 
 def space_path(cfg: SearchConfig) -> Path:
-    path = cfg.space or DEFAULT_SPACE
+    path = cfg.space or Path(str(importlib.resources.files("autoquant.search_spaces") / DEFAULT_SPACE))
     if not path.is_file():
         raise ConfigError(f"search space {path} not found: set search.space in the experiment file")
     return path

@@ -1,0 +1,1 @@
+"""The search spaces autoquant ships (installed as package data: autoquant.search_spaces)."""

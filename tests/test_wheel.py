@@ -1,0 +1,41 @@
+"""A regular (non-editable) install works: the wheel carries the default search spaces.
+
+Builds the wheel, installs it without dependencies into a fresh virtual environment that sees this
+machine's packages (torch, onnxruntime, … are not downloaded again), and runs a search whose
+experiment names no search.space, from a directory outside the repository.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("autoquant-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = subprocess.run([str(python), "-c", "import autoquant.search_spaces as s; print(s.__file__)"], cwd=work,
+                           check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert str(venv) in where, where  # the installed wheel, not the repository's editable copy
+    (work / "exp.yaml").write_text(yaml.safe_dump({
+        "name": "wheel", "model": {"builtin": "digits_cnn"},
+        "data": {"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 200},
+        "eval": {"latency_repeats": 2}, "search": {"trials": 3, "sensitivity_k": []},
+    }))  # fmt: skip
+    run = subprocess.run([str(venv / "bin" / "autoquant"), "search", "exp.yaml", "--out", "run", "--quiet", "--json"],
+                         cwd=work, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (work / "run" / "best" / "model.int8.onnx").is_file()
