@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import math
 import sys
 import time
@@ -17,6 +18,34 @@ from .errors import AutoquantError
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and embedding programs swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _configure_logging() -> None:
+    """The library logs to the "autoquant" logger; on the command line its messages are one line each on
+    stderr. Third-party chatter meant for people running those tools by hand is kept below warnings:
+    MLflow's schema migrations, and onnxruntime's quantization advice ("run pre-processing first"),
+    which it logs through the root logger on every model build."""
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("autoquant: %(message)s"))
+    own = logging.getLogger("autoquant")
+    if not own.handlers:
+        own.addHandler(handler)
+    own.setLevel(logging.INFO)
+    own.propagate = False
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 def _workspace(experiment: Path):
@@ -360,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (already printed, one line) and --help

@@ -6,7 +6,7 @@ rebuilt, with a message, never trusted.
 
 from __future__ import annotations
 
-import sys
+import logging
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +16,7 @@ import numpy as np
 from ..fileio import atomic_write, file_lock
 
 CACHE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def cached_arrays(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -31,9 +32,9 @@ def _load_or_build(path: Path, key: str, build: Callable[[], dict[str, np.ndarra
             with np.load(path, allow_pickle=False) as f:
                 if str(f["_key"]) == key and int(f["_version"]) == CACHE_VERSION:
                     return {k: f[k] for k in f.files if not k.startswith("_")}
-            print(f"autoquant: cache {path.name} is stale; rebuilding it", file=sys.stderr)
+            log.warning("cache %s is stale; rebuilding it", path.name)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            print(f"autoquant: cache {path.name} is unreadable (corrupt?); rebuilding it", file=sys.stderr)
+            log.warning("cache %s is unreadable (corrupt?); rebuilding it", path.name)
     arrays = build()
     atomic_write(path, lambda f: np.savez(f, _key=np.array(key), _version=np.array(CACHE_VERSION), **arrays))
     return arrays

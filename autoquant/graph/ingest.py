@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..errors import ModelError
 from ..fileio import file_lock
 
 OPSET = 17
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _usable(pre: Path) -> bool:
         onnx.checker.check_model(onnx.load(str(pre)))
         return True
     except Exception:  # noqa: BLE001 - a truncated or foreign file: onnx raises DecodeError, ValidationError, …
-        print(f"autoquant: cached pre-processed model {pre} is unreadable (corrupt?); rebuilding it", file=sys.stderr)
+        log.warning("cached pre-processed model %s is unreadable (corrupt?); rebuilding it", pre)
         return False
 
 
@@ -144,7 +144,6 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
     if not _usable(pre):
         pre.parent.mkdir(parents=True, exist_ok=True)
         tmp = pre.with_suffix(".tmp.onnx")
-        logging.getLogger("root").setLevel(logging.ERROR)  # quant_pre_process logs advice through root
         try:
             # Its symbolic shape inference drops a debug file into the working directory when it
             # fails; run it from the cache directory so that file never lands in the user's tree.

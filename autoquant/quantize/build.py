@@ -7,7 +7,6 @@ trial or from a record file.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,12 +136,7 @@ def build_qdq(
         sorted({n.op_type for n in nodes}),
         {"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides},
     )
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs pre-processing advice at WARNING
-    try:
-        quantizer.quantize_model()
-    finally:
-        logging.getLogger().setLevel(level)
+    quantizer.quantize_model()
     quantizer.model.topological_sort()  # the quantizer appends Q/DQ nodes out of order; ONNX requires order
     qmodel = quantizer.model.model
     isolate_float_layers(qmodel, graph, plan)

@@ -7,7 +7,7 @@ plans and is a report of its own (`autoquant sensitivity`).
 from __future__ import annotations
 
 import csv
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from ..calibrate.cache import cached_arrays
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from .objective import PlanScorer, TrialFailed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def layer_sensitivity(ws: Workspace, scorer: PlanScorer | None = None, progress=
                 drops.append(r.accuracy_drop)
                 mses.append(r.output_mse)
             except TrialFailed as exc:  # a layer that cannot be quantized alone is the most sensitive
-                print(f"autoquant: sensitivity of {name}: {exc}", file=sys.stderr)
+                log.warning("sensitivity of %s: %s", name, exc)
                 drops.append(np.nan)
                 mses.append(np.inf)
             if progress:

@@ -4,7 +4,6 @@ for the deployed one, and the deployed version's files back for re-optimization.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ class Registry:
     def __init__(self, uri: str):
         from mlflow import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
         try:
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             self.client.search_registered_models(max_results=1)

@@ -6,7 +6,6 @@ resumed study re-attaches to its parent run and nothing depends on process-globa
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import Counter
@@ -66,7 +65,6 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path, own_store: bool = False):
         from mlflow import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on first use
         if tracking_uri.startswith(("http://", "https://")):
             # MLflow's default retries with backoff take minutes to give up on a server that does not
             # answer; a scheduled job should fail in seconds. The user's own settings win.
