@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 
 def bounded(default: Any, low: float, *, above: bool = False) -> Any:
@@ -207,8 +207,7 @@ def load_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise ConfigError(f"{path} is not a YAML text file ({first[:120]})") from exc
+        raise ConfigError(f"{path} is not a YAML text file ({first_line(exc, 120)})") from exc
 
 
 def load_experiment(path: Path) -> Experiment:

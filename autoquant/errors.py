@@ -1,6 +1,13 @@
 """Errors that mean "the user must fix something". The CLI prints them as one line and exits 2."""
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """A third-party error (onnx, onnxruntime, SQLAlchemy, MLflow, …) as a clause of a one-line message:
+    its first line, cut to `limit` characters, or its type when it has no text."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else exc.__class__.__name__)[:limit]
+
+
 class AutoquantError(Exception):
     """Base of every user-facing error; the message says what is wrong and how to fix it."""
 

@@ -17,7 +17,7 @@ import sqlalchemy
 
 from .api import QuantizeResult
 from .config import Experiment, load_experiment
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .export import check_export_target, export_plan
 from .fileio import atomic_write_bytes, file_lock, recover_dir
 from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
@@ -55,11 +55,6 @@ class SearchResult:
     tracking_error: str = ""  # MLflow failed after the study finished (the results stand)
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else exc.__class__.__name__)[:160]
-
-
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
            workers: int = 1, prior_plans: dict | None = None) -> SearchResult:  # fmt: skip
     """Run (or resume) the experiment's study, track it in MLflow, export the best plan within the constraint.
@@ -80,7 +75,7 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
             return _search(exp, paths, trials, quiet, log, workers, prior_plans)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
             # A full disk or a storage server gone mid-study: every trial committed before it is kept.
-            raise ConfigError(f"the study storage failed ({one_line(exc.__cause__ or exc)}); the trials completed "
+            raise ConfigError(f"the study storage failed ({first_line(exc.__cause__ or exc)}); the trials completed "
                               "before it are saved: free space or fix the storage, then rerun the same command to "
                               "resume") from exc  # fmt: skip
 
@@ -109,7 +104,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
         tracker.start_parent(setup.study, params, [p for p in (exp.source_file, setup.space_file) if p])
         tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
     except Exception as exc:  # MLflow raises its own and its stores' error types; no trial has run yet
-        raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({one_line(exc)}): "
+        raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
                           "set search.tracking_uri to a writable store") from exc  # fmt: skip
     procs = [spawn_worker(exp, setup.storage_url, target, i) for i in range(1, workers)]
     try:
@@ -134,7 +129,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
                         (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
                        metrics)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the study and its export are on disk: tracking must not undo that
-        return replace(result, tracking_error=f"MLflow tracking store {tracker.uri} failed ({one_line(exc)}); the "
+        return replace(result, tracking_error=f"MLflow tracking store {tracker.uri} failed ({first_line(exc)}); the "
                                               f"study and {paths.root / 'best'} are complete: rerun the same command "
                                               "with a working store to back-fill MLflow")  # fmt: skip
     return result

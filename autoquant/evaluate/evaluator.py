@@ -13,7 +13,7 @@ import onnxruntime as ort
 from ..calibrate.collect import check_input, session_options
 from ..config import EvalConfig
 from ..data import Dataset
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, first_line
 from ..graph.ingest import ModelInput
 from .latency import interleaved_latency_ms
 from .metrics import Metric
@@ -39,7 +39,7 @@ class Evaluator:
         try:
             return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-            raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from exc
+            raise ModelError(f"onnxruntime cannot load the model: {first_line(exc, 200)}") from exc
 
     def score(self, sess: ort.InferenceSession) -> EvalResult:
         name = sess.get_inputs()[0].name

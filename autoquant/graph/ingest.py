@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..fileio import file_lock
 
 OPSET = 17
@@ -56,8 +56,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, RuntimeError… for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelError(f"{path} is not a valid ONNX model ({first[:160]}): export it with torch.onnx.export") from exc
+        raise ModelError(f"{path} is not a valid ONNX model ({first_line(exc)}): export it with torch.onnx.export") from exc
     if not model.graph.node:
         raise ModelError(f"{path} has an empty graph: export the model again")
     return model
@@ -150,6 +149,6 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
             with contextlib.chdir(pre.parent):
                 quant_pre_process(model, str(tmp), skip_symbolic_shape=False)
         except Exception as exc:
-            raise ModelError(f"onnxruntime could not pre-process {source}: {str(exc).splitlines()[0][:200]}") from exc
+            raise ModelError(f"onnxruntime could not pre-process {source}: {first_line(exc, 200)}") from exc
         tmp.replace(pre)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import AutoquantError
+from ..errors import AutoquantError, first_line
 from ..evaluate.cost import bitops_fraction
 from ..evaluate.executed import count_disagreement, disagreements, executed_layers
 from ..quantize.plan import QuantPlan
@@ -99,7 +99,7 @@ class PlanScorer:
         except AutoquantError as exc:
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:  # onnxruntime's own error types: the plan is the problem, not the user
-            raise TrialFailed(f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from exc
+            raise TrialFailed(f"{exc.__class__.__name__}: {first_line(exc, 200)}") from exc
         mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._ref_power
         return TrialResult(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops_fraction(ws.graph, plan),
                            latency, latency / self.fp32_latency_ms, model.ByteSize(), mse)  # fmt: skip

@@ -17,7 +17,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from ..config import Experiment, SearchConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from .objective import PlanScorer, TrialFailed, TrialResult
@@ -83,7 +83,7 @@ def make_storage(url: str) -> RDBStorage:
             storage = RDBStorage(url, heartbeat_interval=10, grace_period=30,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))  # fmt: skip
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
-        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0][:160]}; "
+        raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; "
                           "check search.storage") from exc  # fmt: skip
     if url.startswith("sqlite"):
         # Optuna commits once per suggested parameter; with SQLite's default rollback journal and full

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..record import Record
 
 EXPORT_FILES = ("model.int8.onnx", "record.json")
@@ -30,7 +30,7 @@ class Registry:
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             self.client.search_registered_models(max_results=1)
         except Exception as exc:  # MLflow raises store-specific types
-            raise ConfigError(f"cannot use the MLflow registry at {uri}: {str(exc).splitlines()[0][:160]}") from exc
+            raise ConfigError(f"cannot use the MLflow registry at {uri}: {first_line(exc)}") from exc
         self.uri = uri
 
     def register(self, name: str, run_id: str, export_dir: Path, tags: dict[str, str], alias: str | None = None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..quantize.plan import QuantPlan
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -81,7 +81,7 @@ class Tracker:
                 self.client.create_experiment(experiment_name, artifact_location=artifact_dir.resolve().as_uri())
             )  # fmt: skip
         except Exception as exc:  # MLflow wraps store errors in many types
-            raise ConfigError(f"cannot use MLflow tracking store {tracking_uri}: {str(exc).splitlines()[0][:160]}; "
+            raise ConfigError(f"cannot use MLflow tracking store {tracking_uri}: {first_line(exc)}; "
                               "set search.tracking_uri to a writable store") from exc  # fmt: skip
         self.uri = tracking_uri
         self.parent_id: str | None = None
