@@ -20,6 +20,7 @@ from .config import Experiment, load_experiment
 from .errors import ConfigError, first_line
 from .export import check_export_target, export_plan
 from .fileio import atomic_write_bytes, file_lock, recover_dir
+from .search import trial_attrs as attrs
 from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
 from .search.sensitivity import write_sensitivity_report
 from .search.study import (
@@ -31,7 +32,6 @@ from .search.study import (
     setup_study,
     study_fingerprint,
 )
-from .track.tracker import PARENT_ATTR
 from .workspace import Workspace
 
 EXIT_NO_PLAN = 3
@@ -208,13 +208,13 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     except KeyError:
         raise ConfigError(f"no study named '{exp.name}' in {url}: give the run directory of that experiment") from None
     ws = Workspace(exp)
-    changed = [k for k, v in study_fingerprint(exp, ws).items() if study.user_attrs.get(k, v) != v]
+    changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws))
     if changed:
         raise ConfigError(f"the {changed[0].replace('_', ' ')} of {experiment} changed since the study in {run_dir} "
                           "ran: re-run the search")  # fmt: skip
     result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, max_drop, objective)
     return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking,
-                   parent_run_id=study.user_attrs.get(PARENT_ATTR))  # fmt: skip
+                   parent_run_id=attrs.parent_run(study))  # fmt: skip
 
 
 def register(result: SearchResult, name: str, alias: str | None = None) -> str:

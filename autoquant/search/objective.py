@@ -35,11 +35,6 @@ class TrialResult:
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_trial(cls, trial) -> TrialResult:
-        """The result an Objective stored on a finished Optuna trial."""
-        return cls(**trial.user_attrs["result"])
-
 
 class TrialFailed(AutoquantError):
     """A plan whose model cannot be built or run, or gives non-finite outputs: that trial fails, the study goes on."""

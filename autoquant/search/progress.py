@@ -7,7 +7,7 @@ import sys
 
 import optuna
 
-from .objective import TrialResult
+from . import trial_attrs as attrs
 
 
 class Progress:
@@ -22,11 +22,11 @@ class Progress:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.FAIL:
-            self.bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'unknown reason')}")
+            self.bar.write(f"trial {trial.number} failed: {attrs.fail_reason(trial) or 'unknown reason'}")
             return
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return
-        r = TrialResult.from_trial(trial)
+        r = attrs.result(trial)
         if r.accuracy_drop <= self.max_drop:
             self.best_acc = max(self.best_acc or r.accuracy, r.accuracy)
             self.best_cost = min(self.best_cost or r.cost(self.objective), r.cost(self.objective))

@@ -20,6 +20,7 @@ from ..config import Experiment, SearchConfig
 from ..errors import ConfigError, first_line
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
+from . import trial_attrs as attrs
 from .objective import PlanScorer, TrialFailed, TrialResult
 from .pareto import ScoredPlan
 from .sensitivity import LayerSensitivity, most_sensitive
@@ -114,14 +115,12 @@ def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each by Progress
     study = optuna.create_study(study_name=exp.name, storage=storage, sampler=make_sampler(exp.search),
                                 directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
-    recorded = study.user_attrs
-    for key, value in fingerprint.items():
-        if key not in recorded:  # studies made by an earlier autoquant lack the newer keys
-            study.set_user_attr(key, value)
-        elif recorded[key] != value:
-            raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
-                              f"({str(recorded[key])[:12]} here, {value[:12]} now): its trials would not be comparable; "
-                              "use a new --out directory")  # fmt: skip
+    changed = attrs.fingerprint_changes(study, fingerprint, record=True)
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
+                          f"({attrs.stored(study, key)[:12]} here, {fingerprint[key][:12]} now): its trials would not "
+                          "be comparable; use a new --out directory")  # fmt: skip
     return study
 
 
@@ -156,13 +155,8 @@ def map_plan(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:
 def scored_points(study: optuna.Study) -> list[ScoredPlan]:
     points = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        points.append(ScoredPlan(t.number, t.user_attrs.get("label", ""), trial_plan(t), TrialResult.from_trial(t)))
+        points.append(ScoredPlan(t.number, attrs.label(t), attrs.plan(t), attrs.result(t)))
     return points
-
-
-def trial_plan(trial: optuna.trial.FrozenTrial) -> QuantPlan:
-    spec = trial.user_attrs["plan"]
-    return QuantPlan.from_spec(spec, list(spec["layers"]))
 
 
 class Objective:
@@ -180,26 +174,26 @@ class Objective:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.number not in self.seen:
                 self.seen.add(t.number)
-                self.known.setdefault(trial_plan(t).key(), (t.number, TrialResult.from_trial(t)))
+                self.known.setdefault(attrs.plan(t).key(), (t.number, attrs.result(t)))
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         plan = self.space.plan(trial.suggest_categorical)
         key = plan.key()
         # Few attribute writes per trial: each one is a storage transaction.
-        trial.set_user_attr("plan", plan.to_spec())
+        attrs.set_plan(trial, plan)
         self._refresh(trial.study)
         if key in self.known:
             number, result = self.known[key]
-            trial.set_user_attr("duplicate_of", number)
+            attrs.set_duplicate_of(trial, number)
         else:
             try:
                 result = self.scorer(plan)
             except TrialFailed as exc:
-                trial.set_user_attr("fail_reason", str(exc))
+                attrs.set_failure(trial, str(exc))
                 raise
             self.known[key] = (trial.number, result)
             self.evaluated += 1
-        trial.set_user_attr("result", result.to_dict())
+        attrs.set_result(trial, result)
         return result.accuracy, result.cost(self.objective)
 
 
@@ -251,7 +245,7 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
         priors = [(label, map_plan(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
         for label, plan in priors + (warm_starts(ws, sensitivity, cfg.sensitivity_k, sorted(space.algorithms()))
                                  if cfg.warm_start else []):
-            study.enqueue_trial(space.params_for(plan), user_attrs={"label": label}, skip_if_exists=True)
+            study.enqueue_trial(space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

@@ -17,8 +17,8 @@ import yaml
 
 from ..errors import ConfigError, first_line
 from ..quantize.plan import QuantPlan
+from ..search import trial_attrs as attrs
 
-PARENT_ATTR = "mlflow_parent_run_id"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
 
@@ -96,7 +96,7 @@ class Tracker:
 
     def start_parent(self, study: optuna.Study, params: dict[str, str], artifacts: list[Path]) -> str:
         """Create the study's parent run, or re-attach to the one a previous (interrupted) run created."""
-        existing = study.user_attrs.get(PARENT_ATTR)
+        existing = attrs.parent_run(study)
         if existing:
             self.parent_id = existing
             self.client.update_run(existing, status="RUNNING")
@@ -105,7 +105,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"study {study.study_name}",
                                      tags={"autoquant.study": study.study_name})  # fmt: skip
         self.parent_id = run.info.run_id
-        study.set_user_attr(PARENT_ATTR, self.parent_id)
+        attrs.set_parent_run(study, self.parent_id)
         from mlflow.entities import Param
 
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
@@ -136,20 +136,20 @@ class Tracker:
         """One nested run per finished trial, metrics/params/tags written in one batch."""
         from mlflow.entities import Metric, Param
 
-        attrs = trial.user_attrs
+        duplicate = attrs.duplicate_of(trial)
         tags = {"mlflow.parentRunId": self.parent_id, "autoquant.state": trial.state.name,
-                "autoquant.fail_reason": attrs.get("fail_reason", "")[:4000],
-                "autoquant.duplicate_of": str(attrs.get("duplicate_of", "")), "autoquant.label": attrs.get("label", ""),
+                "autoquant.fail_reason": attrs.fail_reason(trial)[:4000],
+                "autoquant.duplicate_of": "" if duplicate is None else str(duplicate), "autoquant.label": attrs.label(trial),
                 "autoquant.trial": str(trial.number)}  # fmt: skip
         run = self.client.create_run(self.experiment_id, run_name=f"trial {trial.number}", tags=tags)
         rid, now = run.info.run_id, int(time.time() * 1000)
         params, metrics = [], []
-        if "plan" in attrs:
-            plan = QuantPlan.from_spec(attrs["plan"], list(attrs["plan"]["layers"]))
-            params = [Param(k, v) for k, v in plan_summary(plan).items()]
-            self.client.log_text(rid, yaml.safe_dump(attrs["plan"], sort_keys=False), "plan.yaml")
-        if "result" in attrs:
-            metrics = [Metric(k, float(v), now, trial.number) for k, v in attrs["result"].items()]
+        spec, result = attrs.plan_spec(trial), attrs.result(trial)
+        if spec is not None:
+            params = [Param(k, v) for k, v in plan_summary(attrs.plan(trial)).items()]
+            self.client.log_text(rid, yaml.safe_dump(spec, sort_keys=False), "plan.yaml")
+        if result is not None:
+            metrics = [Metric(k, v, now, trial.number) for k, v in result.to_dict().items()]
         self.client.log_batch(rid, metrics=metrics, params=params)
         self.client.set_terminated(rid, status="FINISHED" if trial.state.name == "COMPLETE" else "FAILED")
 

@@ -1,0 +1,98 @@
+"""What autoquant stores on Optuna trials and studies: the one owner of those keys and their types.
+
+Everything else reads and writes them through these functions. The key strings are part of the
+storage format: studies written by an earlier autoquant are resumed with them, so they never change.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from ..quantize.plan import QuantPlan
+from .objective import TrialResult
+
+
+class TrialKey:
+    PLAN = "plan"  # the plan's spec (QuantPlan.to_spec)
+    RESULT = "result"  # TrialResult as a dict of floats
+    LABEL = "label"  # the warm start's name, for enqueued trials
+    FAIL_REASON = "fail_reason"
+    DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
+
+
+class StudyKey:
+    PARENT_RUN = "mlflow_parent_run_id"
+    # The study's fingerprint (study.study_fingerprint) is stored under its own names: model_sha256,
+    # objective, metric, calibration_sha256, eval_sha256, activation_type.
+
+
+Trial = optuna.Trial | optuna.trial.FrozenTrial
+
+
+def plan(trial: Trial) -> QuantPlan:
+    spec = trial.user_attrs[TrialKey.PLAN]
+    return QuantPlan.from_spec(spec, list(spec["layers"]))
+
+
+def plan_spec(trial: Trial) -> dict | None:
+    return trial.user_attrs.get(TrialKey.PLAN)
+
+
+def result(trial: Trial) -> TrialResult | None:
+    raw = trial.user_attrs.get(TrialKey.RESULT)
+    return TrialResult(**raw) if raw is not None else None
+
+
+def label(trial: Trial) -> str:
+    return trial.user_attrs.get(TrialKey.LABEL, "")
+
+
+def fail_reason(trial: Trial) -> str:
+    return trial.user_attrs.get(TrialKey.FAIL_REASON, "")
+
+
+def duplicate_of(trial: Trial) -> int | None:
+    return trial.user_attrs.get(TrialKey.DUPLICATE_OF)
+
+
+def set_plan(trial: optuna.Trial, value: QuantPlan) -> None:
+    trial.set_user_attr(TrialKey.PLAN, value.to_spec())
+
+
+def set_result(trial: optuna.Trial, value: TrialResult) -> None:
+    trial.set_user_attr(TrialKey.RESULT, value.to_dict())
+
+
+def set_failure(trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr(TrialKey.FAIL_REASON, reason)
+
+
+def set_duplicate_of(trial: optuna.Trial, number: int) -> None:
+    trial.set_user_attr(TrialKey.DUPLICATE_OF, number)
+
+
+def enqueue_attrs(warm_start_label: str) -> dict[str, str]:
+    """The attributes an enqueued warm start carries (Study.enqueue_trial's user_attrs)."""
+    return {TrialKey.LABEL: warm_start_label}
+
+
+def fingerprint_changes(study: optuna.Study, fingerprint: dict[str, str], *, record: bool = False) -> list[str]:
+    """The fingerprint keys whose stored value differs from `fingerprint`; with `record`, keys the study
+    lacks (studies made by an earlier autoquant) are stored."""
+    stored = study.user_attrs
+    if record:
+        for key in fingerprint.keys() - stored.keys():
+            study.set_user_attr(key, fingerprint[key])
+    return [k for k, v in fingerprint.items() if stored.get(k, v) != v]
+
+
+def stored(study: optuna.Study, key: str) -> str:
+    return str(study.user_attrs.get(key, ""))
+
+
+def parent_run(study: optuna.Study) -> str | None:
+    return study.user_attrs.get(StudyKey.PARENT_RUN)
+
+
+def set_parent_run(study: optuna.Study, run_id: str) -> None:
+    study.set_user_attr(StudyKey.PARENT_RUN, run_id)
