@@ -54,12 +54,7 @@ def _workspace(experiment: Path):
 
     exp = load_experiment(experiment)
     _log(f"autoquant: preparing {exp.name} (calibration and FP32 reference are cached in {exp.cache})")
-    ws = Workspace(exp)
-    t = ws.timings
-    if t.calibration:
-        _log(f"autoquant: calibrated {len(ws.graph.float_tensors)} tensors on "
-             f"{len(ws.splits.calibration)} samples in {t.calibration:.1f} s")  # fmt: skip
-    return ws
+    return Workspace(exp)  # computes each piece when first used; calibration logs its own time
 
 
 def cmd_layers(args) -> int:

@@ -6,6 +6,7 @@ MobileNet-CIFAR) are trained once, seeded, on the data's train split and cached.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ def load_splits(exp: Experiment) -> datasets.Splits:
     return datasets.split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed)
 
 
-def model_path(exp: Experiment, splits: datasets.Splits) -> Path:
-    """The FP32 ONNX file the experiment quantizes (exported and cached for built-in models)."""
+def model_path(exp: Experiment, splits: Callable[[], datasets.Splits]) -> Path:
+    """The FP32 ONNX file the experiment quantizes (exported and cached for built-in models). `splits`
+    is asked for only by built-in models trained here: an ONNX model needs no data to be listed."""
     m = exp.model
     if m.onnx is not None:
         return m.onnx
@@ -40,7 +42,7 @@ def model_path(exp: Experiment, splits: datasets.Splits) -> Path:
         return _builtin_path(exp, splits, cache)
 
 
-def _builtin_path(exp: Experiment, splits: datasets.Splits, cache: Path) -> Path:
+def _builtin_path(exp: Experiment, get_splits: Callable[[], datasets.Splits], cache: Path) -> Path:
     from . import zoo
 
     m = exp.model
@@ -56,6 +58,7 @@ def _builtin_path(exp: Experiment, splits: datasets.Splits, cache: Path) -> Path
             export_torch(zoo.load_cifar_resnet(_CHECKPOINT_DEPTH[m.builtin], m.checkpoint),
                          np.zeros((1, 3, 32, 32), np.float32), out)  # fmt: skip
         return out
+    splits = get_splits()
     if splits.train is None:
         raise ConfigError(f"{m.builtin} is trained here: set data.train_size (its samples are never evaluated on)")
     train = splits.train

@@ -1,14 +1,16 @@
 """Workspace: everything about one experiment that does not depend on the plan, computed once.
 
 Pre-processed model, graph analysis, activation statistics (one calibration pass, cached on disk),
-FP32 reference (cached on disk) and a memo of ranges per (tensor, algorithm). Building a plan's model
-from here never runs calibration data through a network.
+FP32 reference (cached on disk) and a memo of ranges per (tensor, algorithm), each computed when first
+needed. Building a plan's model from here never runs calibration data through a network.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -18,23 +20,25 @@ import onnx
 from .calibrate.cache import cached_arrays
 from .calibrate.collect import collect_stats
 from .calibrate.ranges import ALGORITHMS
-from .calibrate.stats import NUM_BINS, stats_from_arrays, stats_to_arrays
+from .calibrate.stats import NUM_BINS, TensorStats, stats_from_arrays, stats_to_arrays
 from .config import Experiment
+from .data import Splits
 from .errors import DataError
 from .evaluate.evaluator import EvalResult, Evaluator
 from .evaluate.metrics import resolve_metric
-from .graph.ingest import prepare
-from .graph.layers import analyze
+from .graph.ingest import PreparedModel, prepare
+from .graph.layers import GraphInfo, analyze
 from .quantize.build import ActivationParams, build_qdq, params_from_range, tensor_algorithms
 from .quantize.plan import QuantPlan
 from .sources import load_splits, model_path
 
 STATS_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Timings:
-    """Seconds spent on per-study work, for progress messages and benchmarks (0 when read from cache)."""
+    """Seconds spent on per-study work in this process (0 when read from cache or not needed yet)."""
 
     prepare: float
     calibration: float
@@ -42,59 +46,82 @@ class Timings:
 
 
 class Workspace:
+    """Per-experiment state, each piece computed on first use and then kept: a command pays only for
+    what it needs (`autoquant layers` loads no data for an ONNX model and never scores FP32)."""
+
     def __init__(self, exp: Experiment):
         self.exp = exp
+        self._seconds: dict[str, float] = {}
+
+    @property
+    def timings(self) -> Timings:
+        return Timings(*(self._seconds.get(k, 0.0) for k in ("prepare", "calibration", "reference")))
+
+    @functools.cached_property
+    def splits(self) -> Splits:
+        return load_splits(self.exp)
+
+    @functools.cached_property
+    def prepared(self) -> PreparedModel:
         t0 = time.perf_counter()
-        self.splits = load_splits(exp)
-        self.prepared = prepare(model_path(exp, self.splits), exp.cache)
-        self.model = self.prepared.load()
-        self.graph = analyze(self.model)
-        self.evaluator = Evaluator(self.splits.eval, resolve_metric(exp.eval.metric), self.prepared.input, exp.eval)
-        t1 = time.perf_counter()
-        self.stats, calibrated = self._statistics()
-        t2 = time.perf_counter()
-        self.reference, referenced = self._reference()
-        t3 = time.perf_counter()
-        self.timings = Timings(t1 - t0, (t2 - t1) * calibrated, (t3 - t2) * referenced)
+        prepared = prepare(model_path(self.exp, lambda: self.splits), self.exp.cache)
+        self._seconds["prepare"] = time.perf_counter() - t0
+        return prepared
+
+    @functools.cached_property
+    def model(self) -> onnx.ModelProto:
+        return self.prepared.load()
+
+    @functools.cached_property
+    def graph(self) -> GraphInfo:
+        return analyze(self.model)
+
+    @functools.cached_property
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.splits.eval, resolve_metric(self.exp.eval.metric), self.prepared.input, self.exp.eval)
 
     @property
     def sha(self) -> str:
         return self.prepared.sha256
 
-    def _statistics(self):
+    @functools.cached_property
+    def stats(self) -> dict[str, TensorStats]:
         calib = self.splits.calibration
-        ran = []
+        threads = self.exp.eval.threads or os.cpu_count() or 1
 
         def build():
-            ran.append(True)
+            t0 = time.perf_counter()
             stats = collect_stats(self.model, self.prepared.input, self.graph.float_tensors, calib,
-                                  batch_size=self.exp.quantization.calibration_batch_size,
-                                  threads=self.evaluator.threads)  # fmt: skip
+                                  batch_size=self.exp.quantization.calibration_batch_size, threads=threads)  # fmt: skip
             empty = [t for t, s in stats.items() if s.total == 0 or not np.isfinite([s.min, s.max]).all()]
             if empty:  # never cache statistics that would quantize every later run wrongly
                 raise DataError(f"calibration saw no finite values for {len(empty)} tensor(s) (e.g. {empty[0]}): "
                                 "check data.calibration_size and quantization.calibration_batch_size")  # fmt: skip
+            self._seconds["calibration"] = time.perf_counter() - t0
+            log.info("calibrated %d tensors on %d samples in %.1f s", len(stats), len(calib),
+                     self._seconds["calibration"])  # fmt: skip
             return stats_to_arrays(stats)
 
         batch = self.exp.quantization.calibration_batch_size
         key = f"stats-v{STATS_VERSION}:{self.sha}:{calib.sha256()}:{NUM_BINS}:batch{batch}"
         path = self.exp.cache / "stats" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
-        return stats_from_arrays(cached_arrays(path, key, build)), bool(ran)
+        return stats_from_arrays(cached_arrays(path, key, build))
 
-    def _reference(self) -> tuple[EvalResult, bool]:
+    @functools.cached_property
+    def reference(self) -> EvalResult:
         ev = self.splits.eval
-        ran = []
 
         def build():
-            ran.append(True)
+            t0 = time.perf_counter()
             res = self.evaluator.score(self.evaluator.session(self.model))
+            self._seconds["reference"] = time.perf_counter() - t0
             return {"accuracy": np.array(res.accuracy), "outputs": res.outputs}
 
         key = f"reference:{self.sha}:{ev.sha256()}:{self.exp.eval.metric}"
         metric = hashlib.sha256(self.exp.eval.metric.encode()).hexdigest()[:8]
         path = self.exp.cache / "reference" / f"{self.sha[:16]}-{ev.sha256()[:16]}-{metric}.npz"
         arrays = cached_arrays(path, key, build)
-        return EvalResult(float(arrays["accuracy"]), arrays["outputs"]), bool(ran)
+        return EvalResult(float(arrays["accuracy"]), arrays["outputs"])
 
     @functools.cache  # noqa: B019 - one Workspace per study; the memo lives as long as it
     def range_params(self, tensor: str, algorithm: str) -> ActivationParams:

@@ -54,7 +54,7 @@ def child_calibrate(experiment: Path, method: str, calibration_size: int | None 
     if calibration_size:
         exp = replace(exp, data=replace(exp.data, calibration_size=calibration_size))
     splits = load_splits(exp)
-    prepared = prepare(model_path(exp, splits), exp.cache)
+    prepared = prepare(model_path(exp, lambda: splits), exp.cache)
     model = prepared.load()
     graph = analyze(model)
     # onnxruntime's histogram calibrators fail on a ragged last batch, so every method gets equal batches.

@@ -463,3 +463,21 @@ def test_storage_failing_mid_study_is_one_line(study, capsys, monkeypatch):
     monkeypatch.setattr(autoquant.service, "optimize", full)
     one_line(*run(capsys, "search", exp, "--out", run_dir, "--trials", "8", "--quiet"), 2, "database or disk is full")
     assert trials(run_dir) == done
+
+
+def test_layers_needs_no_labels_and_no_fp32_pass(tmp_path, capsys, cache_dir):
+    """Per-experiment state is computed on first use: listing layers reads neither the data nor the labels."""
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((60, 1, 8, 8), np.float32), y=np.zeros(7, np.int64))  # 7 labels for 60
+    exp = experiment(tmp_path, data={"source": "npz", "path": str(tmp_path / "d.npz"), "train_size": 0,
+                                     "calibration_size": 20, "eval_size": 20})  # fmt: skip
+    raw = yaml.safe_load(exp.read_text())
+    raw["model"] = {"onnx": str(_digits_onnx(tmp_path))}
+    exp.write_text(yaml.safe_dump(raw))
+    references = set((cache_dir / "reference").glob("*"))
+    code = main(["layers", str(exp)])
+    out = capsys.readouterr().out
+    assert code == 0 and "/features/features.7/Conv" in out and "6 layers" in out
+    assert set((cache_dir / "reference").glob("*")) == references
+    one_line(*run(capsys, "quantize", exp, "--out", tmp_path / "q"), 2, "60 inputs but 7 labels")
