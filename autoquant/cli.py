@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import AutoquantError
+from .evaluate.cost import Cost
 
 
 def _log(msg: str) -> None:
@@ -155,7 +156,7 @@ def cmd_apply(args) -> int:
     return 0
 
 
-def _report_search(result, objective: str, args) -> int:
+def _report_search(result, objective: Cost, args) -> int:
     from .service import EXIT_NO_PLAN, result_json, summary_table
 
     if result.tracking_error:
@@ -226,7 +227,7 @@ def cmd_export(args) -> int:
     from .service import export_from_run
 
     result = export_from_run(args.run_dir, args.out, max_drop=args.max_accuracy_drop, objective=args.objective)
-    return _report_search(result, args.objective or "bitops", args)
+    return _report_search(result, args.objective or result.objective, args)
 
 
 def cmd_reoptimize(args) -> int:
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="re-choose and export a plan from a finished study")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--max-accuracy-drop", type=DROP)
-    ex.add_argument("--objective", choices=("bitops", "latency", "size"))
+    ex.add_argument("--objective", type=Cost, choices=list(Cost), metavar="{" + ",".join(c.value for c in Cost) + "}")
     ex.add_argument("--out", type=Path, required=True)
     ex.add_argument("--json", action="store_true")
     ex.add_argument("--register", metavar="NAME", help="register the export as a new version of NAME")
@@ -374,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="compare studies: Pareto fronts, best plans per constraint, per-layer heat map")
     rp.add_argument("run_dirs", type=Path, nargs="+")
     rp.add_argument("--out", type=Path, default=Path("report"))
-    rp.add_argument("--objective", choices=("bitops", "latency", "size"), default="bitops")
+    rp.add_argument("--objective", type=Cost, choices=list(Cost), default=Cost.BITOPS,
+                    metavar="{" + ",".join(c.value for c in Cost) + "}")
     rp.set_defaults(fn=cmd_report)
 
     ls = sub.add_parser("layers", help="list the quantizable layers of the experiment's model")

@@ -7,6 +7,7 @@ against the directory of the YAML file, so an experiment runs the same from any 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, first_line
+from .evaluate.cost import Cost
 
 
 def bounded(default: Any, low: float, *, above: bool = False) -> Any:
@@ -104,14 +106,13 @@ class EvalConfig:
             raise ConfigError(f"eval.metric '{self.metric}' must be 'top1' or 'module:function'")
 
 
-OBJECTIVES = ("bitops", "latency", "size")
 SAMPLERS = ("nsga2", "tpe", "random")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
-    objective: str = "bitops"  # the cost minimised next to accuracy: bitops, latency or size
+    objective: Cost = Cost.BITOPS  # the cost minimised next to accuracy: bitops, latency or size
     max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
     trials: int = bounded(40, 1)
     timeout_minutes: float | None = bounded(None, 0, above=True)
@@ -126,8 +127,6 @@ class SearchConfig:
 
     def __post_init__(self):
         check_fields(self, "search")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"search.objective '{self.objective}' is unknown: use one of {', '.join(OBJECTIVES)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"search.sampler '{self.sampler}' is unknown: use one of {', '.join(SAMPLERS)}")
         if not all(isinstance(k, int) and k >= 0 for k in self.sensitivity_k):
@@ -169,6 +168,11 @@ def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
         return _convert(args[0], value, where, base)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, base)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{where} '{value}' is unknown: use one of {', '.join(m.value for m in tp)}") from None
     if tp is Path:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a path string, got {value!r}")

@@ -12,9 +12,9 @@ import onnx
 
 from .config import Experiment
 from .errors import ConfigError
+from .evaluate.cost import Cost, bitops_fraction
 from .fileio import atomic_write_bytes
 from .graph.ingest import load_onnx
-from .record import Record
 from .service import SearchResult, register, search
 from .track.registry import Registry
 
@@ -43,26 +43,17 @@ class ReoptimizeResult:
     plot: Path
 
 
-def record_bitops(record: Record) -> float:
-    """Bitops fraction of a recorded plan, from the FLOPs and bits it recorded (its own model version)."""
-    total = sum(layer.flops for layer in record.layers) * 32 * 32
-    used = sum(layer.flops * ((layer.data.bits * layer.weight.bits) if layer.quantized else 32 * 32)
-               for layer in record.layers)  # fmt: skip
-    return used / total
-
-
-def decide(old: Point, new: Point | None, max_drop: float, objective: str, tolerance: float) -> tuple[bool, str]:
+def decide(old: Point, new: Point | None, max_drop: float, objective: Cost, tolerance: float) -> tuple[bool, str]:
     if new is None:
         return False, "no new plan meets the accuracy constraint"
-    cost = {"bitops": lambda p: p.bitops_fraction, "latency": lambda p: p.latency_ratio,
-            "size": lambda p: p.size_bytes}[objective]  # fmt: skip
+    cost = objective.of
     if old.accuracy_drop > max_drop + 1e-9:
         return True, f"the deployed model now loses {old.accuracy_drop:.2f} pt, beyond the allowed {max_drop:g}"
     if new.accuracy < old.accuracy - tolerance:
         return False, f"the candidate is {old.accuracy - new.accuracy:.2f} pt less accurate (tolerance {tolerance:g})"
     if cost(new) < cost(old) * 0.98 or (new.accuracy > old.accuracy + tolerance and cost(new) <= cost(old)):
-        return True, f"{objective} {cost(old):.4g} -> {cost(new):.4g} at accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
-    return False, f"not better: {objective} {cost(old):.4g} -> {cost(new):.4g}, accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
+        return True, f"{objective.value} {cost(old):.4g} -> {cost(new):.4g} at accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
+    return False, f"not better: {objective.value} {cost(old):.4g} -> {cost(new):.4g}, accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
 
 
 def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "production", trials: int | None = None,
@@ -86,7 +77,7 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     latencies = ev.latency_ms(*sessions)
     fp32 = ws.reference.accuracy
     old_acc = ev.score(sessions[1]).accuracy
-    old = Point(old_acc, fp32 - old_acc, record_bitops(deployed.record), latencies[1] / latencies[0],
+    old = Point(old_acc, fp32 - old_acc, bitops_fraction(deployed.record, deployed.record.plan()), latencies[1] / latencies[0],
                 deployed.model.stat().st_size)  # fmt: skip
     new = None
     if result.met and result.export:
@@ -151,7 +142,7 @@ def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_ver
         f"- alias `{alias}`: v{old_version} -> " + (f"v{new_version}" if decision == "promoted" else f"v{old_version} (unchanged)"),
         f"- source model: {'**changed** since the deployed version (statistics cache rebuilt for the new hash)' if source_changed else 'unchanged'}",
         (f"- study: {result.out_dir} ({result.completed} trials), constraint: drop <= {exp.search.max_accuracy_drop:g} "
-         f"pt, objective: {exp.search.objective}"), f"- FP32 accuracy on the current eval data: {result.fp32_accuracy:.2f} %", "",
+         f"pt, objective: {exp.search.objective.value}"), f"- FP32 accuracy on the current eval data: {result.fp32_accuracy:.2f} %", "",
         "| version | accuracy % | drop pt | bitops | latency / FP32 | size KB |", "|---|---:|---:|---:|---:|---:|",
         row(f"deployed v{old_version}", old), row(f"candidate v{new_version}" if new_version else "candidate", new), "",
         "![deployed vs candidate](reoptimize.png)", "",

@@ -12,6 +12,7 @@ import optuna
 
 from .config import load_experiment
 from .errors import ConfigError
+from .evaluate.cost import Cost
 from .fileio import atomic_write_bytes
 from .search.pareto import ScoredPlan, choose, pareto_front
 from .search.study import RunPaths, make_storage, scored_points
@@ -42,7 +43,7 @@ def load_run(run_dir: Path) -> tuple[str, float, list[ScoredPlan]]:
     return f"{exp.name} ({Path(run_dir).name})", fp32, points
 
 
-def write_report(run_dirs: list[Path], out_dir: Path, objective: str = "bitops") -> tuple[Path, Path]:
+def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BITOPS) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,9 +60,9 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: str = "bitops")
     ax = fig.add_subplot(grid[0])
     for label, fp32, points in runs:
         front = pareto_front(points, objective)
-        line, = ax.plot([p.result.cost(objective) for p in front], [p.result.accuracy for p in front], "-o", ms=4,
+        line, = ax.plot([objective.of(p.result) for p in front], [p.result.accuracy for p in front], "-o", ms=4,
                         label=f"{label}: {len(points)} trials")  # fmt: skip
-        ax.scatter([p.result.cost(objective) for p in points], [p.result.accuracy for p in points], s=8,
+        ax.scatter([objective.of(p.result) for p in points], [p.result.accuracy for p in points], s=8,
                    color=line.get_color(), alpha=0.25)  # fmt: skip
         for max_drop in CONSTRAINTS:
             best, met = choose(points, max_drop, objective)
@@ -70,8 +71,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: str = "bitops")
                          f"{r.accuracy:.2f} | {r.accuracy_drop:+.2f} | {r.bitops_fraction:.4f} | {r.latency_ratio:.2f} | "
                          f"{len(best.plan.quantized)}/{len(best.plan.names)} |")  # fmt: skip
             chosen_rows.append((f"{label} | drop<={max_drop:g}", best))
-    ax.set_xscale("log" if objective == "bitops" else "linear")
-    ax.set_xlabel({"bitops": "bitops (fraction of FP32)", "latency": "latency (ms)", "size": "size (bytes)"}[objective])
+    ax.set_xscale("log" if objective.log_scale else "linear")
+    ax.set_xlabel(objective.label)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Pareto fronts (dots: every trial)")
     ax.grid(alpha=0.3)

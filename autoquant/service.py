@@ -18,6 +18,7 @@ import sqlalchemy
 from .api import QuantizeResult
 from .config import Experiment, load_experiment
 from .errors import ConfigError, first_line
+from .evaluate.cost import Cost
 from .export import check_export_target, export_plan
 from .fileio import atomic_write_bytes, file_lock, recover_dir
 from .search import trial_attrs as attrs
@@ -53,6 +54,7 @@ class SearchResult:
     parent_run_id: str | None = None
     workspace: Workspace | None = None  # the study's per-study state, for callers that measure more
     tracking_error: str = ""  # MLflow failed after the study finished (the results stand)
+    objective: Cost = Cost.BITOPS  # the cost the front and the choice were made on
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
@@ -97,7 +99,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
                       own_store=not exp.search.tracking_uri)  # fmt: skip
     setup = setup_study(exp, paths, log=log, prior_plans=prior_plans)
     ws = setup.workspace
-    params = {"model_sha256": ws.sha, "objective": exp.search.objective, "sampler": exp.search.sampler,
+    params = {"model_sha256": ws.sha, "objective": exp.search.objective.value, "sampler": exp.search.sampler,
               "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
               "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip
     try:
@@ -172,7 +174,7 @@ def work(exp: Experiment, storage_url: str, *, trials: int | None = None, thread
 
 
 def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,
-              evaluated: int, max_drop: float | None = None, objective: str | None = None) -> SearchResult:  # fmt: skip
+              evaluated: int, max_drop: float | None = None, objective: Cost | None = None) -> SearchResult:  # fmt: skip
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
     points = scored_points(study)
@@ -183,10 +185,10 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
                 root / "pareto.png", f"{exp.name}: {len(points)} trials")  # fmt: skip
     exported = export_plan(ws, chosen, out) if met else None
     return SearchResult(root, len(points), evaluated, seconds, ws.reference.accuracy, front, chosen, met, exported,
-                        study.study_name)  # fmt: skip
+                        study.study_name, objective=objective)  # fmt: skip
 
 
-def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: str | None = None,
+def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: Cost | None = None,
                     experiment: Path | None = None) -> SearchResult:  # fmt: skip
     """Re-choose the export from a finished study (e.g. under another constraint) without re-running it."""
     paths = RunPaths(Path(run_dir))
@@ -197,8 +199,6 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
         experiment = Path(json.loads(paths.run_file.read_text())["experiment"])
     exp = load_experiment(experiment)
     recover_dir(Path(out))
-    if objective and objective not in ("bitops", "latency", "size"):
-        raise ConfigError(f"--objective '{objective}' is unknown: use bitops, latency or size")
     url = exp.search.storage or paths.storage
     if url == paths.storage and not (paths.root / "study.db").is_file():
         raise ConfigError(f"{run_dir} has no study.db: give the --out directory of a search that ran")
@@ -236,7 +236,7 @@ def register(result: SearchResult, name: str, alias: str | None = None) -> str:
     return Registry(result.tracking_uri).register(name, result.parent_run_id, e.model_path.parent, tags, alias)
 
 
-def summary_table(result: SearchResult, objective: str) -> str:
+def summary_table(result: SearchResult, objective: Cost) -> str:
     lines = [f"{'trial':>5}  {'accuracy':>8}  {'drop':>6}  {'bitops':>7}  {'latency':>8}  {'size KB':>8}  int8 layers  plan"]
     for p in result.front:
         r = p.result

@@ -34,7 +34,7 @@ from common import RESULTS, machine, ort_quantize_static, write_result
 
 from autoquant.calibrate.ranges import ALGORITHMS
 from autoquant.config import load_experiment
-from autoquant.evaluate.cost import bitops_fraction
+from autoquant.evaluate.cost import Cost, bitops_fraction
 from autoquant.quantize.plan import LayerChoice, QuantPlan
 from autoquant.search.pareto import choose
 from autoquant.search.study import scored_points
@@ -122,7 +122,7 @@ def run_family(path: Path, budget: int, seeds: list[int], rounds: int, repeats: 
                 half = secs - sum(d for n, d in durations.items() if n >= budget // 2)
                 budgets = [(budget, secs)] + ([(budget // 2, half)] if sampler == "nsga2" else [])
                 for b, bsecs in budgets:
-                    chosen, met = choose([p for p in points if p.number < b], exp.search.max_accuracy_drop, "bitops")
+                    chosen, met = choose([p for p in points if p.number < b], exp.search.max_accuracy_drop, Cost.BITOPS)
                     model = ws.build(chosen.plan)
                     acc = ws.evaluator.score(ws.evaluator.session(model)).accuracy
                     rows.append(entry(f"{label} ({b} trials)", "search", acc, fp32, chosen.result.bitops_fraction,

@@ -18,6 +18,7 @@ import yaml
 from conftest import write_experiment
 
 from autoquant.cli import main
+from autoquant.evaluate.cost import Cost
 from autoquant.quantize.plan import LayerChoice, QuantPlan
 from autoquant.search.objective import TrialResult
 from autoquant.search.pareto import ScoredPlan, choose
@@ -169,9 +170,9 @@ def test_all_float_is_never_exported_as_int8():
     int8_plan = QuantPlan.uniform(names, LayerChoice())
     result = TrialResult(90.0, 0.0, 1.0, 1.0, 1.0, 100, 0.0)
     worse = TrialResult(88.0, 2.0, 0.0625, 0.5, 0.5, 30, 0.1)
-    chosen, met = choose([ScoredPlan(0, "all-float", float_plan, result), ScoredPlan(1, "", int8_plan, worse)], 0.5, "bitops")
+    chosen, met = choose([ScoredPlan(0, "all-float", float_plan, result), ScoredPlan(1, "", int8_plan, worse)], 0.5, Cost.BITOPS)
     assert (chosen.number, met) == (1, False)
-    assert choose([ScoredPlan(0, "all-float", float_plan, result)], 0.5, "bitops") == (None, False)
+    assert choose([ScoredPlan(0, "all-float", float_plan, result)], 0.5, Cost.BITOPS) == (None, False)
 
 
 def test_only_failed_trials_exit_3_with_one_line(tmp_path, capsys):

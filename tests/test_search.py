@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from autoquant import evaluate, load_experiment
 from autoquant.cli import main
+from autoquant.evaluate.cost import Cost
 from autoquant.search.objective import TrialFailed
 from autoquant.service import export_from_run, search
 
@@ -94,7 +95,7 @@ def test_rerun_resumes_the_same_study_and_parent_run(finished, search_yaml):
 
 def test_export_rechooses_without_rerunning_and_exit_3_when_nothing_qualifies(finished, tmp_path, capsys):
     _, out = finished
-    r = export_from_run(out, tmp_path / "exp", max_drop=5.0, objective="size")
+    r = export_from_run(out, tmp_path / "exp", max_drop=5.0, objective=Cost.SIZE)
     assert r.met and (tmp_path / "exp" / "record.json").is_file()
     code = main(["export", str(out), "--max-accuracy-drop", "-50", "--out", str(tmp_path / "none")])
     err = capsys.readouterr().err

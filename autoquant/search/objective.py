@@ -29,9 +29,6 @@ class TrialResult:
     size_bytes: int
     output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
 
-    def cost(self, objective: str) -> float:
-        return {"bitops": self.bitops_fraction, "latency": self.latency_ms, "size": float(self.size_bytes)}[objective]
-
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
 

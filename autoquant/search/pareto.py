@@ -6,10 +6,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..evaluate.cost import Cost
 from ..quantize.plan import QuantPlan
 from .objective import TrialResult
-
-COST_LABELS = {"bitops": "bitops (fraction of FP32)", "latency": "latency (ms per batch)", "size": "model size (bytes)"}
 
 
 @dataclass(frozen=True)
@@ -20,23 +19,23 @@ class ScoredPlan:
     result: TrialResult
 
 
-def pareto_front(points: list[ScoredPlan], objective: str) -> list[ScoredPlan]:
+def pareto_front(points: list[ScoredPlan], objective: Cost) -> list[ScoredPlan]:
     """Non-dominated points, cheapest first. Written here rather than read from `study.best_trials`
     because `export` may re-choose under a different cost than the one the study optimised."""
     front = []
     for p in points:
         dominated = any(
-            q.result.accuracy >= p.result.accuracy and q.result.cost(objective) <= p.result.cost(objective)
-            and (q.result.accuracy > p.result.accuracy or q.result.cost(objective) < p.result.cost(objective))
+            q.result.accuracy >= p.result.accuracy and objective.of(q.result) <= objective.of(p.result)
+            and (q.result.accuracy > p.result.accuracy or objective.of(q.result) < objective.of(p.result))
             for q in points
         )  # fmt: skip
         if not dominated:
             front.append(p)
-    unique = {(p.result.accuracy, p.result.cost(objective)): p for p in sorted(front, key=lambda p: -p.number)}
-    return sorted(unique.values(), key=lambda p: p.result.cost(objective))
+    unique = {(p.result.accuracy, objective.of(p.result)): p for p in sorted(front, key=lambda p: -p.number)}
+    return sorted(unique.values(), key=lambda p: objective.of(p.result))
 
 
-def choose(points: list[ScoredPlan], max_drop: float, objective: str) -> tuple[ScoredPlan | None, bool]:
+def choose(points: list[ScoredPlan], max_drop: float, objective: Cost) -> tuple[ScoredPlan | None, bool]:
     """The cheapest quantized plan within `max_drop`; if none qualifies, (the quantized plan with the
     smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx."""
     points = [p for p in points if p.plan.quantized]
@@ -44,8 +43,8 @@ def choose(points: list[ScoredPlan], max_drop: float, objective: str) -> tuple[S
         return None, False
     ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
     if ok:
-        return min(ok, key=lambda p: (p.result.cost(objective), -p.result.accuracy, p.number)), True
-    return min(points, key=lambda p: (p.result.accuracy_drop, p.result.cost(objective))), False
+        return min(ok, key=lambda p: (objective.of(p.result), -p.result.accuracy, p.number)), True
+    return min(points, key=lambda p: (p.result.accuracy_drop, objective.of(p.result))), False
 
 
 def write_pareto_csv(front: list[ScoredPlan], path: Path) -> Path:
@@ -61,7 +60,7 @@ def write_pareto_csv(front: list[ScoredPlan], path: Path) -> Path:
     return path
 
 
-def plot_pareto(points: list[ScoredPlan], front: list[ScoredPlan], chosen: ScoredPlan | None, objective: str,
+def plot_pareto(points: list[ScoredPlan], front: list[ScoredPlan], chosen: ScoredPlan | None, objective: Cost,
                 max_drop: float, fp32_accuracy: float, path: Path, title: str) -> Path:  # fmt: skip
     import matplotlib
 
@@ -69,23 +68,23 @@ def plot_pareto(points: list[ScoredPlan], front: list[ScoredPlan], chosen: Score
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.scatter([p.result.cost(objective) for p in points], [p.result.accuracy for p in points],
+    ax.scatter([objective.of(p.result) for p in points], [p.result.accuracy for p in points],
                s=14, c="0.7", label=f"trials ({len(points)})")  # fmt: skip
-    ax.plot([p.result.cost(objective) for p in front], [p.result.accuracy for p in front], "-o", c="tab:blue",
+    ax.plot([objective.of(p.result) for p in front], [p.result.accuracy for p in front], "-o", c="tab:blue",
             ms=5, label="Pareto front")  # fmt: skip
     for p in points:
         if p.label:
-            ax.scatter(p.result.cost(objective), p.result.accuracy, marker="s", s=50, facecolors="none",
+            ax.scatter(objective.of(p.result), p.result.accuracy, marker="s", s=50, facecolors="none",
                        edgecolors="tab:green")  # fmt: skip
-            ax.annotate(p.label, (p.result.cost(objective), p.result.accuracy), fontsize=7, xytext=(4, -10),
+            ax.annotate(p.label, (objective.of(p.result), p.result.accuracy), fontsize=7, xytext=(4, -10),
                         textcoords="offset points", color="tab:green")  # fmt: skip
     ax.axhline(fp32_accuracy - max_drop, ls="--", c="tab:red", lw=1, label=f"FP32 - {max_drop:g} pt")
     if chosen is not None:
-        ax.scatter(chosen.result.cost(objective), chosen.result.accuracy, marker="*", s=260, c="tab:orange",
+        ax.scatter(objective.of(chosen.result), chosen.result.accuracy, marker="*", s=260, c="tab:orange",
                    edgecolors="k", zorder=5, label=f"export (trial {chosen.number})")  # fmt: skip
-    if objective == "bitops" and points:  # an empty study (every trial failed) has nothing to put on a log axis
+    if objective.log_scale and points:  # an empty study (every trial failed) has nothing to put on a log axis
         ax.set_xscale("log")
-    ax.set_xlabel(COST_LABELS[objective])
+    ax.set_xlabel(objective.label)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -7,11 +7,12 @@ import sys
 
 import optuna
 
+from ..evaluate.cost import Cost
 from . import trial_attrs as attrs
 
 
 class Progress:
-    def __init__(self, target: int, done: int, max_drop: float, objective: str, quiet: bool):
+    def __init__(self, target: int, done: int, max_drop: float, objective: Cost, quiet: bool):
         from tqdm import tqdm
 
         self.max_drop, self.objective = max_drop, objective
@@ -29,7 +30,7 @@ class Progress:
         r = attrs.result(trial)
         if r.accuracy_drop <= self.max_drop:
             self.best_acc = max(self.best_acc or r.accuracy, r.accuracy)
-            self.best_cost = min(self.best_cost or r.cost(self.objective), r.cost(self.objective))
+            self.best_cost = min(self.best_cost or self.objective.of(r), self.objective.of(r))
         post = {"best acc ok": f"{self.best_acc:.2f}" if self.best_acc is not None else "-",
                 f"lowest {self.objective} ok": f"{self.best_cost:.4g}" if self.best_cost is not None else "-"}  # fmt: skip
         self.bar.set_postfix(post, refresh=False)

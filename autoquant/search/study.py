@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from ..config import Experiment, SearchConfig
 from ..errors import ConfigError, first_line
+from ..evaluate.cost import Cost
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
@@ -104,7 +105,7 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
 
 def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
     """What every trial of a study must share to be comparable: model, data, metric, objective."""
-    return {"model_sha256": ws.sha, "objective": exp.search.objective, "metric": exp.eval.metric,
+    return {"model_sha256": ws.sha, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
             "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
             "activation_type": exp.quantization.activation_type}  # fmt: skip
 
@@ -164,7 +165,7 @@ class Objective:
     by another worker on the same storage — is not re-evaluated: its result is reused and the trial
     records which trial it duplicates."""
 
-    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: str):
+    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: Cost):
         self.space, self.scorer, self.objective = space, scorer, objective
         self.known: dict[str, tuple[int, TrialResult]] = {}
         self.seen: set[int] = set()
@@ -194,7 +195,7 @@ class Objective:
             self.known[key] = (trial.number, result)
             self.evaluated += 1
         attrs.set_result(trial, result)
-        return result.accuracy, result.cost(self.objective)
+        return result.accuracy, self.objective.of(result)
 
 
 class FailureGuard:
