@@ -1,9 +1,10 @@
 """autoquant: find, unattended, the best mixed-precision INT8 quantization of a trained network."""
 
-from .api import EvaluateResult, QuantizeResult, apply_record, evaluate, preset_plan, quantize
+from .api import QuantizeResult, apply_record, evaluate, preset_plan, quantize
 from .config import Experiment, load_experiment
 from .errors import AutoquantError, ConfigError, DataError, ModelError, PlanError
 from .graph.ingest import export_torch
+from .measure import Measurement
 from .quantize.plan import LayerChoice, QuantPlan
 from .record import Record
 from .workspace import Workspace
@@ -12,9 +13,9 @@ __all__ = [
     "AutoquantError",
     "ConfigError",
     "DataError",
-    "EvaluateResult",
     "Experiment",
     "LayerChoice",
+    "Measurement",
     "ModelError",
     "PlanError",
     "QuantPlan",

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
 from .config import Experiment
-from .errors import ModelError, PlanError
-from .evaluate.cost import bitops_fraction
-from .evaluate.evaluator import Evaluator
-from .evaluate.executed import ExecutedLayer, disagreements, executed_layers
-from .evaluate.metrics import resolve_metric
+from .errors import PlanError
+from .evaluate.executed import ExecutedLayer, executed_layers
 from .fileio import atomic_write_bytes, atomic_write_files
-from .graph.ingest import load_onnx, model_input, prepare
+from .graph.ingest import load_onnx, prepare
 from .graph.layers import analyze
+from .measure import Measurement, Meter
 from .quantize.build import build_qdq
 from .quantize.plan import LayerChoice, QuantPlan
 from .record import Record, make_record, validate_record
-from .sources import load_splits
 from .workspace import Workspace
 
 PRESETS = {
@@ -29,15 +24,11 @@ PRESETS = {
 
 
 @dataclass(frozen=True)
-class QuantizeResult:
-    accuracy: float
+class QuantizeResult(Measurement):
+    """The measurement of a written INT8 model (paired with FP32), its FP32 baseline and where it is."""
+
     fp32_accuracy: float
-    accuracy_drop: float
-    bitops_fraction: float
-    latency_ms: float
     fp32_latency_ms: float
-    latency_ratio: float
-    size_bytes: int
     fp32_size_bytes: int
     model_path: Path
     record_path: Path
@@ -52,51 +43,33 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
 
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
-    """Build the plan's INT8 model from the cached statistics, score it against FP32, write model + record."""
+    """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
+    write model + record. A plan onnxruntime would not run as written is refused before anything is written."""
     acts, algorithms = ws.activations(plan)
     qmodel = ws.build(plan, acts)
+    meter = Meter(ws)
+    measured = meter(qmodel, plan, paired=True)
     executed = executed_layers(qmodel)
-    wrong = disagreements(plan.weight_bits(), executed)
-    if wrong:
-        more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        hint = ("autoquant's float-layer construction failed on this onnxruntime: please report it" if "meant to run float" in wrong[0]
-                else "onnxruntime has no integer kernel for it in this graph: keep it float in the plan, or try "
-                     "quantization.activation_type uint8")  # fmt: skip
-        raise ModelError(f"onnxruntime {ort.__version__} would not run this plan as written: {wrong[0]}{more}; {hint}")
-    ev = ws.evaluator
-    qsess, fsess = ev.session(qmodel), ev.session(ws.model)
-    result = ev.score(qsess)
-    q_ms, f_ms = ev.latency_ms(qsess, fsess)
-    q_bytes = qmodel.SerializeToString()
-    fp32_bytes = ws.prepared.source.stat().st_size
-    drop = ws.reference.accuracy - result.accuracy
-    objectives = {"accuracy": result.accuracy, "fp32_accuracy": ws.reference.accuracy, "accuracy_drop": drop,
-                  "bitops_fraction": bitops_fraction(ws.graph, plan), "latency_ms": q_ms, "size_bytes": len(q_bytes)}  # fmt: skip
+    fp32_ms = measured.latency_ms / measured.latency_ratio
+    objectives = {"accuracy": measured.accuracy, "fp32_accuracy": ws.reference.accuracy,
+                  "accuracy_drop": measured.accuracy_drop, "bitops_fraction": measured.bitops_fraction,
+                  "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes}  # fmt: skip
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
-    atomic_write_files({model_path: q_bytes, record_path: record.to_json().encode()})
-    return QuantizeResult(result.accuracy, ws.reference.accuracy, drop, objectives["bitops_fraction"], q_ms, f_ms,
-                          q_ms / f_ms, len(q_bytes), fp32_bytes, model_path, record_path, tuple(executed))  # fmt: skip
+    atomic_write_files({model_path: qmodel.SerializeToString(), record_path: record.to_json().encode()})
+    return QuantizeResult(**asdict(measured), fp32_accuracy=ws.reference.accuracy, fp32_latency_ms=fp32_ms,
+                          fp32_size_bytes=ws.prepared.source.stat().st_size, model_path=model_path,
+                          record_path=record_path, executed=tuple(executed))  # fmt: skip
 
 
-@dataclass(frozen=True)
-class EvaluateResult:
-    accuracy: float
-    latency_ms: float
-    samples: int
-
-
-def evaluate(model_path: Path, exp: Experiment) -> EvaluateResult:
-    """Accuracy and latency of any ONNX model on the experiment's eval subset."""
-    model = load_onnx(model_path)
-    splits = load_splits(exp)
-    ev = Evaluator(splits.eval, resolve_metric(exp.eval.metric), model_input(model), exp.eval)
-    sess = ev.session(model)
-    (latency,) = ev.latency_ms(sess)
-    return EvaluateResult(ev.score(sess).accuracy, latency, len(splits.eval))
+def evaluate(model_path: Path, experiment: Workspace | Experiment) -> Measurement:
+    """Accuracy of any ONNX model on the experiment's eval data, and its latency timed interleaved with the
+    experiment's FP32 model (bitops are unknown without its plan: NaN)."""
+    ws = experiment if isinstance(experiment, Workspace) else Workspace(experiment)
+    return Meter(ws)(load_onnx(model_path), paired=True)
 
 
 def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path) -> Path:

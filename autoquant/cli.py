@@ -102,13 +102,16 @@ def cmd_quantize(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .api import evaluate
-    from .config import load_experiment
 
-    r = evaluate(args.model, load_experiment(args.experiment))
+    ws = _workspace(args.experiment)
+    r = evaluate(args.model, ws)
+    samples = len(ws.splits.eval)
     if args.json:
-        print(json.dumps({"accuracy": r.accuracy, "latency_ms": r.latency_ms, "samples": r.samples}))
+        print(json.dumps({"accuracy": r.accuracy, "accuracy_drop": r.accuracy_drop, "latency_ms": r.latency_ms,
+                          "latency_ratio": r.latency_ratio, "samples": samples}))  # fmt: skip
     else:
-        print(f"accuracy {r.accuracy:.2f} % on {r.samples} eval samples   latency {r.latency_ms:.2f} ms per batch")
+        print(f"accuracy {r.accuracy:.2f} % on {samples} eval samples (drop {r.accuracy_drop:+.2f} pt vs FP32)   "
+              f"latency {r.latency_ms:.2f} ms per batch ({r.latency_ratio:.2f}x FP32, timed interleaved)")  # fmt: skip
     return 0
 
 

@@ -8,26 +8,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import onnx
-
 from .config import Experiment
 from .errors import ConfigError
 from .evaluate.cost import Cost, bitops_fraction
 from .fileio import atomic_write_bytes
 from .graph.ingest import load_onnx
+from .measure import Measurement, Meter
 from .service import SearchResult, register, search
 from .track.registry import Registry
-
-
-@dataclass(frozen=True)
-class Point:
-    """One model measured on the current eval data."""
-
-    accuracy: float
-    accuracy_drop: float
-    bitops_fraction: float
-    latency_ratio: float
-    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -36,14 +24,14 @@ class ReoptimizeResult:
     reason: str
     deployed_version: str
     candidate_version: str | None
-    deployed: Point
-    candidate: Point | None
+    deployed: Measurement
+    candidate: Measurement | None
     source_changed: bool
     report: Path
     plot: Path
 
 
-def decide(old: Point, new: Point | None, max_drop: float, objective: Cost, tolerance: float) -> tuple[bool, str]:
+def decide(old: Measurement, new: Measurement | None, max_drop: float, objective: Cost, tolerance: float) -> tuple[bool, str]:
     if new is None:
         return False, "no new plan meets the accuracy constraint"
     cost = objective.of
@@ -68,21 +56,11 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
                     prior_plans={f"deployed-v{deployed.version}": deployed.record.plan()})  # fmt: skip
     ws = result.workspace
     source_changed = ws.sha != deployed.record.model_sha256
-    ev = ws.evaluator
-    old_model = load_onnx(deployed.model)
-    sessions = [ev.session(ws.model), ev.session(old_model)]
-    if result.export:
-        new_model = onnx.load(str(result.export.model_path))
-        sessions.append(ev.session(new_model))
-    latencies = ev.latency_ms(*sessions)
-    fp32 = ws.reference.accuracy
-    old_acc = ev.score(sessions[1]).accuracy
-    old = Point(old_acc, fp32 - old_acc, bitops_fraction(deployed.record, deployed.record.plan()), latencies[1] / latencies[0],
-                deployed.model.stat().st_size)  # fmt: skip
-    new = None
-    if result.met and result.export:
-        e = result.export
-        new = Point(e.accuracy, fp32 - e.accuracy, e.bitops_fraction, latencies[2] / latencies[0], e.size_bytes)
+    # The deployed model, measured on today's data the way the export was (paired with FP32); its bitops
+    # come from its own record, as its layers may differ from today's model.
+    old = replace(Meter(ws)(load_onnx(deployed.model), paired=True),
+                  bitops_fraction=bitops_fraction(deployed.record, deployed.record.plan()))  # fmt: skip
+    new = result.export if result.met else None
     promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance)
     candidate_version = None
     if new is not None:
@@ -102,8 +80,8 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     return ReoptimizeResult(decision, reason, deployed.version, candidate_version, old, new, source_changed, report, plot)
 
 
-def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_version: str | None, old: Point,
-                 new: Point | None, decision: str, reason: str, source_changed: bool, result: SearchResult,
+def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_version: str | None, old: Measurement,
+                 new: Measurement | None, decision: str, reason: str, source_changed: bool, result: SearchResult,
                  exp: Experiment) -> tuple[Path, Path]:  # fmt: skip
     import matplotlib
 

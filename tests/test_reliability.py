@@ -19,8 +19,8 @@ from conftest import write_experiment
 
 from autoquant.cli import main
 from autoquant.evaluate.cost import Cost
+from autoquant.measure import Measurement
 from autoquant.quantize.plan import LayerChoice, QuantPlan
-from autoquant.search.objective import TrialResult
 from autoquant.search.pareto import ScoredPlan, choose
 
 DIGITS = {"name": "digits_rel", "model": {"builtin": "digits_cnn"},
@@ -168,8 +168,8 @@ def test_all_float_is_never_exported_as_int8():
     names = ("a", "b")
     float_plan = QuantPlan.uniform(names, LayerChoice(quantize=False))
     int8_plan = QuantPlan.uniform(names, LayerChoice())
-    result = TrialResult(90.0, 0.0, 1.0, 1.0, 1.0, 100, 0.0)
-    worse = TrialResult(88.0, 2.0, 0.0625, 0.5, 0.5, 30, 0.1)
+    result = Measurement(90.0, 0.0, 1.0, 1.0, 1.0, 100, 0.0)
+    worse = Measurement(88.0, 2.0, 0.0625, 0.5, 0.5, 30, 0.1)
     chosen, met = choose([ScoredPlan(0, "all-float", float_plan, result), ScoredPlan(1, "", int8_plan, worse)], 0.5, Cost.BITOPS)
     assert (chosen.number, met) == (1, False)
     assert choose([ScoredPlan(0, "all-float", float_plan, result)], 0.5, Cost.BITOPS) == (None, False)

@@ -24,7 +24,7 @@ class Cost(Enum):
         return member
 
     def of(self, measured: Any) -> float:
-        """This cost of a measured plan (anything with the attribute, e.g. a TrialResult)."""
+        """This cost of a measured plan (anything with the attribute, e.g. a Measurement)."""
         return float(getattr(measured, self.attribute))
 
     @property

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..evaluate.cost import Cost
+from ..measure import Measurement
 from ..quantize.plan import QuantPlan
-from .objective import TrialResult
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class ScoredPlan:
     number: int  # Optuna trial number
     label: str  # warm-start name, or "" for sampled plans
     plan: QuantPlan
-    result: TrialResult
+    result: Measurement
 
 
 def pareto_front(points: list[ScoredPlan], objective: Cost) -> list[ScoredPlan]:

@@ -19,10 +19,11 @@ from optuna.trial import TrialState
 from ..config import Experiment, SearchConfig
 from ..errors import ConfigError, first_line
 from ..evaluate.cost import Cost
+from ..measure import Measurement
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
-from .objective import PlanScorer, TrialFailed, TrialResult
+from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
 from .sensitivity import LayerSensitivity, most_sensitive
 from .space import SearchSpace
@@ -167,7 +168,7 @@ class Objective:
 
     def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: Cost):
         self.space, self.scorer, self.objective = space, scorer, objective
-        self.known: dict[str, tuple[int, TrialResult]] = {}
+        self.known: dict[str, tuple[int, Measurement]] = {}
         self.seen: set[int] = set()
         self.evaluated = 0
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import optuna
 
+from ..measure import Measurement
 from ..quantize.plan import QuantPlan
-from .objective import TrialResult
 
 
 class TrialKey:
     PLAN = "plan"  # the plan's spec (QuantPlan.to_spec)
-    RESULT = "result"  # TrialResult as a dict of floats
+    RESULT = "result"  # Measurement as a dict of floats
     LABEL = "label"  # the warm start's name, for enqueued trials
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
@@ -38,9 +38,9 @@ def plan_spec(trial: Trial) -> dict | None:
     return trial.user_attrs.get(TrialKey.PLAN)
 
 
-def result(trial: Trial) -> TrialResult | None:
+def result(trial: Trial) -> Measurement | None:
     raw = trial.user_attrs.get(TrialKey.RESULT)
-    return TrialResult(**raw) if raw is not None else None
+    return Measurement(**raw) if raw is not None else None
 
 
 def label(trial: Trial) -> str:
@@ -59,7 +59,7 @@ def set_plan(trial: optuna.Trial, value: QuantPlan) -> None:
     trial.set_user_attr(TrialKey.PLAN, value.to_spec())
 
 
-def set_result(trial: optuna.Trial, value: TrialResult) -> None:
+def set_result(trial: optuna.Trial, value: Measurement) -> None:
     trial.set_user_attr(TrialKey.RESULT, value.to_dict())
 
 

@@ -1,0 +1,95 @@
+"""One measurement path: a model — built from a plan, exported, deployed, or any ONNX file — scored on
+the experiment's eval data against its FP32 reference. The search's trials, `quantize`, the export,
+`evaluate` and `reoptimize` all measure through here, so their figures mean the same thing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import ModelError
+from .evaluate.cost import bitops_fraction
+from .evaluate.executed import count_disagreement, disagreements, executed_layers
+from .quantize.plan import QuantPlan
+from .workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Measurement:
+    accuracy: float  # the experiment's metric on the eval split
+    accuracy_drop: float  # FP32 minus this, in the metric's points
+    bitops_fraction: float  # of all-FP32 (NaN for a model measured without its plan)
+    latency_ms: float  # median per batch of eval.latency_batch_size
+    latency_ratio: float  # to FP32: timed in the same interleaved rounds when paired, else to the study's FP32 figure
+    size_bytes: int
+    output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+class ExecutedMismatch(ModelError):
+    """onnxruntime would not run a plan as written (e.g. it re-quantizes a float layer)."""
+
+
+class Meter:
+    """Measures models against one workspace: the FP32 session and its latency are made once."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self._tmp = tempfile.TemporaryDirectory(prefix="autoquant-measure-")
+        self._optimized = Path(self._tmp.name) / "optimized.onnx"
+
+    @functools.cached_property
+    def fp32_session(self):
+        return self.ws.evaluator.session(self.ws.model)
+
+    @functools.cached_property
+    def fp32_latency_ms(self) -> float:
+        (ms,) = self.ws.evaluator.latency_ms(self.fp32_session)
+        return ms
+
+    @functools.cached_property
+    def _reference_power(self) -> float:
+        return float(np.square(self.ws.reference.outputs).mean()) or 1.0
+
+    def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, paired: bool = False) -> Measurement:
+        """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
+        integer kernel per INT8 layer, one float kernel per other one). `paired` times the model and FP32
+        interleaved in the same rounds; otherwise the ratio is to FP32's latency measured once."""
+        ws, ev = self.ws, self.ws.evaluator
+        sess = ev.session(model, self._optimized if plan is not None else None)
+        if plan is not None:
+            check_executed(plan, model, onnx.load(str(self._optimized)))
+        scored = ev.score(sess)
+        if paired:
+            ms, fp32_ms = ev.latency_ms(sess, self.fp32_session)
+        else:
+            (ms,), fp32_ms = ev.latency_ms(sess), self.fp32_latency_ms
+        mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
+        bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
+        return Measurement(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops, ms, ms / fp32_ms,
+                           model.ByteSize(), mse)  # fmt: skip
+
+
+def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.ModelProto) -> None:
+    """Refuse a model onnxruntime would not run as the plan says: its figures would describe a model that
+    does not run. The cheap count runs on the graph the measuring session optimized anyway; only a
+    mismatch traces the layers to name them."""
+    if count_disagreement(plan.weight_bits(), optimized) is None:
+        return
+    lines = disagreements(plan.weight_bits(), executed_layers(model)) or [count_disagreement(plan.weight_bits(), optimized)]
+    more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+    hint = ("autoquant's float-layer construction failed on this onnxruntime: please report it"
+            if "meant to run float" in lines[0] else
+            "onnxruntime has no integer kernel for it in this graph: keep it float in the plan, or try "
+            "quantization.activation_type uint8")  # fmt: skip
+    raise ExecutedMismatch(f"onnxruntime {ort.__version__} would not run this plan as written: {lines[0]}{more}; {hint}")
