@@ -56,7 +56,8 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
                   "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes}  # fmt: skip
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
-                         source_model=str(ws.prepared.source), executed=executed)  # fmt: skip
+                         source_model=str(ws.prepared.source), executed=executed,
+                         weight_range=ws.weight_range)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
     atomic_write_files({model_path: qmodel.SerializeToString(), record_path: record.to_json().encode()})
@@ -84,6 +85,7 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
     model = prepared.load()
     graph = analyze(model)
     validate_record(record, model, graph, str(record_path))
-    qmodel = build_qdq(model, graph, record.plan(), record.activation_params(), record.activation_type)
+    qmodel = build_qdq(model, graph, record.plan(), record.activation_params(), record.activation_type,
+                       record.weight_range)
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())
 

@@ -117,6 +117,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .evaluate.executed import disagreements, executed_layers, weight_bits
+    from .quantize.weight_range import saturating_layers, uint8_kernels_saturate
     from .graph.ingest import load_onnx
     from .record import Record
 
@@ -144,6 +145,11 @@ def cmd_inspect(args) -> int:
               + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items())))  # fmt: skip
     for line in wrong:
         _log(f"autoquant: {line}")
+    saturating = saturating_layers(model) if uint8_kernels_saturate() else []
+    if saturating:
+        _log(f"autoquant: warning: this CPU's uint8 x int8 kernels saturate (no VNNI) and {len(saturating)} layer(s) "
+             f"(e.g. {saturating[0]}) have weights beyond ±64: they compute wrong sums here; rebuild with "
+             "quantization.weight_range: reduced (or auto) for this CPU")  # fmt: skip
     if wrong:
         _log(f"autoquant: {len(wrong)} layer(s) do not run as {'the record' if args.record else 'the file'} states")
         return 1

@@ -83,9 +83,13 @@ class QuantizationConfig:
     activation_type: str = "uint8"  # measured faster than int8 on this x86 CPU (see README)
     percentile: float = 99.99
     calibration_batch_size: int = bounded(32, 1)
+    # auto: 7-bit weights where this CPU's uint8 x int8 kernels saturate (quantize/weight_range.py), else 8
+    weight_range: str = "auto"
 
     def __post_init__(self):
         check_fields(self, "quantization")
+        if self.weight_range not in ("auto", "full", "reduced"):
+            raise ConfigError(f"quantization.weight_range '{self.weight_range}' is unknown: use auto, full or reduced")
         if self.activation_type not in ("uint8", "int8"):
             raise ConfigError(f"quantization.activation_type '{self.activation_type}' is unknown: use uint8 or int8")
         if not 50.0 < self.percentile <= 100.0:

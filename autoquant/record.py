@@ -64,6 +64,7 @@ class Record:
     activations: dict[str, dict[str, Any]]
     objectives: dict[str, float] = field(default_factory=dict)
     source_model: str = ""  # where the FP32 model was when the record was made: `apply` needs it
+    weight_range: str = "full"  # "reduced": 8-bit weights kept in [-64, 64] (quantize/weight_range.py)
     format_version: int = FORMAT_VERSION
     autoquant_version: str = ""
     onnxruntime_version: str = ""
@@ -129,6 +130,8 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
     that still loads and runs."""
     if record.activation_type not in ("uint8", "int8"):
         raise PlanError(f"{where}: activation_type {record.activation_type!r} must be uint8 or int8")
+    if record.weight_range not in ("full", "reduced"):
+        raise PlanError(f"{where}: weight_range {record.weight_range!r} must be full or reduced")
     if [lr.name for lr in record.layers] != list(graph.names):
         raise PlanError(f"{where} lists layers that do not match the model's quantizable layers")
     for lr, info in zip(record.layers, graph.layers):
@@ -185,6 +188,7 @@ def make_record(
     objectives: dict[str, float] | None = None,
     source_model: str = "",
     executed: list[ExecutedLayer] = (),
+    weight_range: str = "full",
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
     kernels = {e.name: e.kernel for e in executed}
@@ -206,4 +210,5 @@ def make_record(
         layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data,
                                   kernels.get(info.name, "")))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
-    return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, **versions())
+    return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
+                  **versions())

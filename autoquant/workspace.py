@@ -30,6 +30,7 @@ from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, analyze
 from .quantize.build import ActivationParams, build_qdq, params_from_range, tensor_algorithms
 from .quantize.plan import QuantPlan
+from .quantize.weight_range import resolve as resolve_weight_range
 from .sources import load_splits, model_path
 
 STATS_VERSION = 1
@@ -141,7 +142,17 @@ class Workspace:
         algorithms = tensor_algorithms(self.model, self.graph, plan)
         return {t: self.range_params(t, a) for t, a in algorithms.items()}, algorithms
 
+    @functools.cached_property
+    def weight_range(self) -> str:
+        """"full" or "reduced": quantization.weight_range with `auto` resolved for this CPU."""
+        q = self.exp.quantization
+        resolved = resolve_weight_range(q.weight_range, q.activation_type)
+        if q.weight_range == "auto" and resolved == "reduced":
+            log.info("this CPU's uint8 x int8 kernels saturate (no VNNI): weights use 7 bits "
+                     "(quantization.weight_range: full overrides)")  # fmt: skip
+        return resolved
+
     def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None) -> onnx.ModelProto:
         """The plan's QDQ model; `params` are the plan's activations() when the caller already has them."""
         params = params if params is not None else self.activations(plan)[0]
-        return build_qdq(self.model, self.graph, plan, params, self.exp.quantization.activation_type)
+        return build_qdq(self.model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range)

@@ -96,8 +96,10 @@ def build_qdq(
     plan: QuantPlan,
     activations: dict[str, ActivationParams],
     activation_type: str,
+    weight_range: str = "full",
 ) -> onnx.ModelProto:
-    """Compile the plan into TensorQuantOverrides and let QDQQuantizer insert the Q/DQ nodes."""
+    """Compile the plan into TensorQuantOverrides and let QDQQuantizer insert the Q/DQ nodes. `weight_range`
+    "reduced" keeps 8-bit weights in [-64, 64] (see weight_range.py: CPUs whose kernels saturate)."""
     qtype = activation_qtype(activation_type)
     np_type = onnx.helper.tensor_dtype_to_np_dtype(qtype.tensor_type)
     qmin, qmax = get_qmin_qmax_for_qType(qtype.tensor_type)
@@ -114,7 +116,8 @@ def build_qdq(
         choice = plan[layer.name]
         if not choice.quantize:
             continue
-        w = {"quant_type": WEIGHT_TYPES[choice.weight_bits]}
+        w = {"quant_type": WEIGHT_TYPES[choice.weight_bits],
+             "reduce_range": weight_range == "reduced" and choice.weight_bits == 8}
         if choice.weight_granularity == "per_channel":
             w["axis"] = layer.channel_axis
         overrides[layer.weight] = [w]

@@ -52,7 +52,7 @@ def layer_sensitivity(ws: Workspace, scorer: PlanScorer | None = None, progress=
         return {"drop": np.array(drops), "mse": np.array(mses)}
 
     ev = ws.splits.eval
-    key = f"sensitivity-v2:{ws.sha}:{ws.splits.calibration.sha256()}:{ev.sha256()}:{ws.exp.quantization}"
+    key = f"sensitivity-v2:{ws.sha}:{ws.splits.calibration.sha256()}:{ev.sha256()}:{ws.exp.quantization}:{ws.weight_range}:{ws.exp.eval.metric}"
     path = ws.exp.cache / "sensitivity" / f"{ws.sha[:16]}-{ev.sha256()[:16]}.npz"
     arrays = cached_arrays(path, key, build)
     return [LayerSensitivity(n, float(d), float(m)) for n, d, m in zip(ws.graph.names, arrays["drop"], arrays["mse"])]

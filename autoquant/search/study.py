@@ -30,6 +30,7 @@ from .space import SearchSpace
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
 MAX_CONSECUTIVE_FAILURES = 20
+STORAGE_CREATE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -78,16 +79,26 @@ def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
 
 
 def make_storage(url: str) -> RDBStorage:
-    try:
-        # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
-        # and retry them, instead of counting them as forever in flight.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))  # fmt: skip
-    except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
-        raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; "
-                          "check search.storage") from exc  # fmt: skip
+    storage = None
+    for attempt in range(STORAGE_CREATE_ATTEMPTS):
+        try:
+            # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
+            # and retry them, instead of counting them as forever in flight.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))  # fmt: skip
+            break
+        except sqlalchemy.exc.IntegrityError:
+            # Two processes opening a new storage at once (a worker, a monitoring script) both create its
+            # tables; the loser's stamp of the schema version collides. The tables exist now: open again.
+            if attempt == STORAGE_CREATE_ATTEMPTS - 1:
+                raise ConfigError(f"cannot open study storage {url}: another process keeps re-creating its tables; "
+                                  "check search.storage") from None  # fmt: skip
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
+            raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; "
+                              "check search.storage") from exc  # fmt: skip
     if url.startswith("sqlite"):
         # Optuna commits once per suggested parameter; with SQLite's default rollback journal and full
         # sync that is ~2.5 ms each, a visible share of a trial. WAL with synchronous=NORMAL survives a
@@ -108,7 +119,7 @@ def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
     """What every trial of a study must share to be comparable: model, data, metric, objective."""
     return {"model_sha256": ws.sha, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
             "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
-            "activation_type": exp.quantization.activation_type}  # fmt: skip
+            "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}  # fmt: skip
 
 
 def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]) -> optuna.Study:

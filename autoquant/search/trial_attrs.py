@@ -23,7 +23,7 @@ class TrialKey:
 class StudyKey:
     PARENT_RUN = "mlflow_parent_run_id"
     # The study's fingerprint (study.study_fingerprint) is stored under its own names: model_sha256,
-    # objective, metric, calibration_sha256, eval_sha256, activation_type.
+    # objective, metric, calibration_sha256, eval_sha256, activation_type, weight_range.
 
 
 Trial = optuna.Trial | optuna.trial.FrozenTrial
