@@ -1,91 +1,53 @@
-"""Python API for the PTQ engine: quantize a model with a plan, evaluate any model, re-apply a record."""
+"""The public Python API, in one place (re-exported by `autoquant`): what the command line does, as functions.
+
+Engine (one model at a time):   quantize, evaluate, apply_record, preset_plan, layer_sensitivity
+Jobs (a study and after it):    search, export_from_run, register, reoptimize
+Types a caller builds or reads: Experiment / load_experiment, Workspace, QuantPlan, LayerChoice, Measurement,
+                                QuantizeResult, SearchResult, Record, Cost, and the errors.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
-from .config import Experiment
-from .errors import PlanError
-from .evaluate.executed import ExecutedLayer, executed_layers
-from .fileio import atomic_write_bytes, atomic_write_files
-from .graph.ingest import load_onnx, prepare
-from .graph.layers import analyze
-from .measure import Measurement, Meter
-from .quantize.build import build_qdq
+from .config import Experiment, load_experiment
+from .engine import PRESETS, QuantizeResult, apply_record, evaluate, preset_plan, quantize
+from .errors import AutoquantError, ConfigError, DataError, ModelError, PlanError
+from .evaluate.cost import Cost
+from .graph.ingest import export_torch
+from .jobs.reoptimize import ReoptimizeResult, reoptimize
+from .jobs.search import SearchResult, export_from_run, register, search
+from .measure import Measurement
 from .quantize.plan import LayerChoice, QuantPlan
-from .record import Record, make_record, validate_record
+from .record import Record
+from .search.sensitivity import LayerSensitivity, layer_sensitivity
 from .workspace import Workspace
 
-PRESETS = {
-    "int8-per-channel": "per_channel",
-    "int8-per-tensor": "per_tensor",
-}
-
-
-@dataclass(frozen=True)
-class QuantizeResult(Measurement):
-    """The measurement of a written INT8 model (paired with FP32), its FP32 baseline and where it is."""
-
-    fp32_accuracy: float
-    fp32_latency_ms: float
-    fp32_size_bytes: int
-    model_path: Path
-    record_path: Path
-    executed: tuple[ExecutedLayer, ...] = ()  # per layer, the kernel a default onnxruntime session runs
-
-
-def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantPlan:
-    """`int8-per-channel` / `int8-per-tensor`: every layer INT8 with one activation algorithm."""
-    if preset not in PRESETS:
-        raise PlanError(f"unknown plan '{preset}': use {', '.join(PRESETS)} or a plan YAML file")
-    return QuantPlan.uniform(ws.graph.names, LayerChoice(True, PRESETS[preset], algorithm))
-
-
-def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
-    """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
-    write model + record. A plan onnxruntime would not run as written is refused before anything is written."""
-    acts, algorithms = ws.activations(plan)
-    qmodel = ws.build(plan, acts)
-    meter = Meter(ws)
-    measured = meter(qmodel, plan, paired=True)
-    executed = executed_layers(qmodel)
-    fp32_ms = measured.latency_ms / measured.latency_ratio
-    objectives = {"accuracy": measured.accuracy, "fp32_accuracy": ws.reference.accuracy,
-                  "accuracy_drop": measured.accuracy_drop, "bitops_fraction": measured.bitops_fraction,
-                  "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes}  # fmt: skip
-    record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
-                         activation_type=ws.exp.quantization.activation_type, objectives=objectives,
-                         source_model=str(ws.prepared.source), executed=executed,
-                         weight_range=ws.weight_range)  # fmt: skip
-    out_dir = Path(out_dir)
-    model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
-    atomic_write_files({model_path: qmodel.SerializeToString(), record_path: record.to_json().encode()})
-    return QuantizeResult(**asdict(measured), fp32_accuracy=ws.reference.accuracy, fp32_latency_ms=fp32_ms,
-                          fp32_size_bytes=ws.prepared.source.stat().st_size, model_path=model_path,
-                          record_path=record_path, executed=tuple(executed))  # fmt: skip
-
-
-def evaluate(model_path: Path, experiment: Workspace | Experiment) -> Measurement:
-    """Accuracy of any ONNX model on the experiment's eval data, and its latency timed interleaved with the
-    experiment's FP32 model (bitops are unknown without its plan: NaN)."""
-    ws = experiment if isinstance(experiment, Workspace) else Workspace(experiment)
-    return Meter(ws)(load_onnx(model_path), paired=True)
-
-
-def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path) -> Path:
-    """Rebuild the INT8 model a record describes from its FP32 source, without data or calibration."""
-    record = Record.load(record_path)
-    prepared = prepare(model_path, cache_dir)
-    if prepared.sha256 != record.model_sha256:
-        raise PlanError(
-            f"{model_path} (sha256 {prepared.sha256[:12]}…) is not the model the record was made for "
-            f"({record.model_sha256[:12]}…): give the original FP32 model, or re-run the search on this one"
-        )
-    model = prepared.load()
-    graph = analyze(model)
-    validate_record(record, model, graph, str(record_path))
-    qmodel = build_qdq(model, graph, record.plan(), record.activation_params(), record.activation_type,
-                       record.weight_range)
-    return atomic_write_bytes(Path(out), qmodel.SerializeToString())
-
+__all__ = [
+    "PRESETS",
+    "AutoquantError",
+    "ConfigError",
+    "Cost",
+    "DataError",
+    "Experiment",
+    "LayerChoice",
+    "LayerSensitivity",
+    "Measurement",
+    "ModelError",
+    "PlanError",
+    "QuantPlan",
+    "QuantizeResult",
+    "Record",
+    "ReoptimizeResult",
+    "SearchResult",
+    "Workspace",
+    "apply_record",
+    "evaluate",
+    "export_from_run",
+    "export_torch",
+    "layer_sensitivity",
+    "load_experiment",
+    "preset_plan",
+    "quantize",
+    "register",
+    "reoptimize",
+    "search",
+]

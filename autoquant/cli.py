@@ -69,8 +69,8 @@ def cmd_layers(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .api import PRESETS, preset_plan, quantize
     from .config import load_yaml
+    from .engine import PRESETS, preset_plan, quantize
     from .quantize.plan import QuantPlan
 
     ws = _workspace(args.experiment)
@@ -101,7 +101,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .api import evaluate
+    from .engine import evaluate
 
     ws = _workspace(args.experiment)
     r = evaluate(args.model, ws)
@@ -117,8 +117,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .evaluate.executed import disagreements, executed_layers, weight_bits
-    from .quantize.weight_range import saturating_layers, uint8_kernels_saturate
     from .graph.ingest import load_onnx
+    from .quantize.weight_range import saturating_layers, uint8_kernels_saturate
     from .record import Record
 
     model = load_onnx(args.model)
@@ -157,17 +157,38 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from .api import apply_record
     from .config import default_cache_dir
+    from .engine import apply_record
 
     out = apply_record(args.model, args.record, args.out, args.cache_dir or default_cache_dir())
     print(f"wrote {out}")
     return 0
 
 
-def _report_search(result, objective: Cost, args) -> int:
-    from .service import EXIT_NO_PLAN, result_json, summary_table
+def summary_table(result, objective: Cost) -> str:
+    lines = [f"{'trial':>5}  {'accuracy':>8}  {'drop':>6}  {'bitops':>7}  {'latency':>8}  {'size KB':>8}  int8 layers  plan"]
+    for p in result.front:
+        r = p.result
+        mark = " <- export" if result.chosen is not None and p.number == result.chosen.number and result.met else ""
+        lines.append(f"{p.number:5d}  {r.accuracy:8.2f}  {r.accuracy_drop:+6.2f}  {r.bitops_fraction:7.4f}  "
+                     f"{r.latency_ratio:7.2f}x  {r.size_bytes / 1024:8.1f}  {len(p.plan.quantized):>4}/{len(p.plan.names):<6} "
+                     f"{p.label}{mark}")  # fmt: skip
+    return "\n".join(lines)
 
+
+def result_json(result) -> dict:
+    chosen = result.chosen
+    return {"completed": result.completed, "met": result.met, "fp32_accuracy": result.fp32_accuracy,
+            "chosen_trial": chosen.number if chosen else None,
+            "chosen": asdict(chosen.result) if chosen else None,
+            "export": str(result.export.model_path) if result.export else None}  # fmt: skip
+
+
+EXIT_NO_PLAN = 3
+
+
+def _report_search(result, objective: Cost, args) -> int:
+    """Print a search's outcome (table or JSON); exit 3 when no quantized plan met the constraint."""
     if result.tracking_error:
         _log(f"autoquant: warning: {result.tracking_error}")
     if args.json:
@@ -185,12 +206,6 @@ def _report_search(result, objective: Cost, args) -> int:
             print(f"autoquant: no quantized plan meets the accuracy constraint; closest: trial {c.number} with a drop "
                   f"of {c.result.accuracy_drop:.2f} pt. Raise max_accuracy_drop or run more trials", file=sys.stderr)  # fmt: skip
         return EXIT_NO_PLAN
-    if getattr(args, "register", None):
-        from .service import register
-
-        version = register(result, args.register, args.alias)
-        alias = f", alias '{args.alias}'" if args.alias else ""
-        print(f"registered {args.register} version {version}{alias} in {result.tracking_uri}")
     if not args.json:
         e = result.export
         print(f"\nexported trial {result.chosen.number}: accuracy {e.accuracy:.2f} % (drop {e.accuracy_drop:+.2f} pt), "
@@ -199,9 +214,18 @@ def _report_search(result, objective: Cost, args) -> int:
     return 0
 
 
+def _register_if_asked(result, args) -> None:
+    if args.register and result.met:
+        from .api import register
+
+        version = register(result, args.register, args.alias)
+        alias = f", alias '{args.alias}'" if args.alias else ""
+        print(f"registered {args.register} version {version}{alias} in {result.tracking_uri}")
+
+
 def cmd_search(args) -> int:
+    from .api import search
     from .config import load_experiment
-    from .service import search
 
     exp = load_experiment(args.experiment)
     if args.max_accuracy_drop is not None:
@@ -216,12 +240,13 @@ def cmd_search(args) -> int:
     if log:
         log(f"autoquant: {result.evaluated} plans evaluated in {result.seconds:.1f} s this run; "
             f"MLflow: mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}")  # fmt: skip
+    _register_if_asked(result, args)
     return _report_search(result, exp.search.objective, args)
 
 
 def cmd_worker(args) -> int:
     from .config import load_experiment
-    from .service import die_with_parent, work
+    from .jobs.workers import die_with_parent, work
 
     if args.parent_pid:
         die_with_parent(args.parent_pid)
@@ -233,15 +258,16 @@ def cmd_worker(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .service import export_from_run
+    from .api import export_from_run
 
     result = export_from_run(args.run_dir, args.out, max_drop=args.max_accuracy_drop, objective=args.objective)
+    _register_if_asked(result, args)
     return _report_search(result, args.objective or result.objective, args)
 
 
 def cmd_reoptimize(args) -> int:
+    from .api import reoptimize
     from .config import load_experiment
-    from .reoptimize import reoptimize
 
     exp = load_experiment(args.experiment)
     out = args.out or Path("runs") / f"{exp.name}-reopt-{time.strftime('%Y%m%d-%H%M%S')}"

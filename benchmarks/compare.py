@@ -32,13 +32,13 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, ort_quantize_static, write_result
 
+from autoquant.api import search
 from autoquant.calibrate.ranges import ALGORITHMS
 from autoquant.config import load_experiment
 from autoquant.evaluate.cost import Cost, bitops_fraction
 from autoquant.quantize.plan import LayerChoice, QuantPlan
 from autoquant.search.pareto import choose
 from autoquant.search.study import scored_points
-from autoquant.service import search
 from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,10 +24,10 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, ort_quantize_static, write_result
 
+from autoquant.api import search
 from autoquant.config import load_experiment
 from autoquant.evaluate import evaluator as evaluator_mod
 from autoquant.search import study as study_mod
-from autoquant.service import search
 from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_result
 
+from autoquant.api import search
 from autoquant.config import load_experiment
-from autoquant.service import search
 from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from conftest import write_experiment
 from optuna.trial import TrialState
 
 from autoquant import load_experiment
+from autoquant.api import search
 from autoquant.fileio import recover_dir
-from autoquant.service import search
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def paused_swap(new, target):
         open(sys.argv[3] + "/.paused", "w").close(); time.sleep(60)
     fio.os.replace = paused_replace
     return real_swap(new, target)
-import autoquant.export
-autoquant.export.replace_dir = paused_swap
+import autoquant.jobs.export
+autoquant.jobs.export.replace_dir = paused_swap
 from autoquant.cli import main
 sys.exit(main(["export", sys.argv[2], "--max-accuracy-drop", "50", "--objective", "size", "--out", sys.argv[2] + "/best"]))
 """

@@ -166,7 +166,7 @@ def test_hung_trial_times_out_and_the_study_goes_on(tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
     from autoquant import load_experiment
-    from autoquant.service import search
+    from autoquant.api import search
 
     exp_path = write_experiment(
         tmp_path / "t.yaml", name="digits_timeout", model={"builtin": "digits_cnn"},

@@ -15,8 +15,8 @@ from conftest import write_experiment
 from optuna.trial import TrialState
 
 from autoquant import load_experiment
+from autoquant.api import search
 from autoquant.cli import main
-from autoquant.service import search
 
 
 def _free_port() -> int:

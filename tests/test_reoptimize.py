@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from onnx import numpy_helper
 
 from autoquant import Workspace, load_experiment
+from autoquant.api import reoptimize
 from autoquant.cli import main
-from autoquant.reoptimize import reoptimize
 
 
 def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):

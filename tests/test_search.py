@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from autoquant import evaluate, load_experiment
+from autoquant.api import export_from_run, search
 from autoquant.cli import main
 from autoquant.evaluate.cost import Cost
 from autoquant.search.objective import TrialFailed
-from autoquant.service import export_from_run, search
 
 
 @pytest.fixture(scope="module")

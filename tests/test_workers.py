@@ -5,7 +5,7 @@ from conftest import write_experiment
 from optuna.trial import TrialState
 
 from autoquant import load_experiment
-from autoquant.service import search
+from autoquant.api import search
 
 
 def test_two_workers_reach_the_target_together_without_evaluating_a_plan_twice(tmp_path):

@@ -15,9 +15,11 @@ from pathlib import Path
 import optuna
 import yaml
 
+from ..config import Experiment
 from ..errors import ConfigError, first_line
 from ..quantize.plan import QuantPlan
 from ..search import trial_attrs as attrs
+from ..workspace import Workspace
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
@@ -30,6 +32,14 @@ def plan_summary(plan: QuantPlan) -> dict[str, str]:
               "weight_4bit": sum(c.weight_bits == 4 for c in q)}  # fmt: skip
     counts.update({f"algo_{a}": n for a, n in Counter(c.activation_algorithm for c in q).items()})
     return {k: str(v) for k, v in counts.items()} | {"plan_key": plan.key()}
+
+
+def study_params(exp: Experiment, ws: Workspace) -> dict[str, str]:
+    """The parent run's params: what a reader compares studies by in the MLflow UI."""
+    return {"model_sha256": ws.sha, "objective": exp.search.objective.value, "sampler": exp.search.sampler,
+            "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
+            "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration)),
+            "weight_range": ws.weight_range}  # fmt: skip
 
 
 def follow_moved_run_dir(tracking_uri: str, experiment_name: str, artifact_dir: Path) -> None:

@@ -8,14 +8,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import Experiment
-from .errors import ConfigError
-from .evaluate.cost import Cost, bitops_fraction
-from .fileio import atomic_write_bytes
-from .graph.ingest import load_onnx
-from .measure import Measurement, Meter
-from .service import SearchResult, register, search
-from .track.registry import Registry
+from ..config import Experiment
+from ..errors import ConfigError
+from ..evaluate.cost import Cost, bitops_fraction
+from ..fileio import atomic_write_bytes
+from ..graph.ingest import load_onnx
+from ..measure import Measurement, Meter
+from ..track.registry import Registry
+from .search import SearchResult, register, search
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import os
 import shutil
 from pathlib import Path
 
-from .api import QuantizeResult, quantize
-from .errors import AutoquantError, ConfigError
-from .fileio import atomic_write_bytes, replace_dir
-from .search.pareto import ScoredPlan
-from .workspace import Workspace
+from ..engine import QuantizeResult, quantize
+from ..errors import AutoquantError, ConfigError
+from ..fileio import atomic_write_bytes, replace_dir
+from ..search.pareto import ScoredPlan
+from ..workspace import Workspace
 
 MARKER = ".autoquant-export"
 OWNED = frozenset({"model.int8.onnx", "record.json", MARKER})

@@ -1,41 +1,37 @@
-"""The product's jobs: search (ending with an export), and export from a finished study."""
+"""The search job: run (or resume) a study, track it, export the best plan within the constraint; and
+re-choosing the export from a finished study."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
-import subprocess
-import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 
-from .api import QuantizeResult
-from .config import Experiment, load_experiment
-from .errors import ConfigError, first_line
-from .evaluate.cost import Cost
-from .export import check_export_target, export_plan
-from .fileio import atomic_write_bytes, file_lock, recover_dir
-from .search import trial_attrs as attrs
-from .search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
-from .search.sensitivity import write_sensitivity_report
-from .search.study import (
+from ..config import Experiment, load_experiment
+from ..engine import QuantizeResult
+from ..errors import ConfigError, first_line
+from ..evaluate.cost import Cost
+from ..fileio import atomic_write_bytes, file_lock, recover_dir
+from ..record import Record
+from ..search import trial_attrs as attrs
+from ..search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
+from ..search.sensitivity import write_sensitivity_report
+from ..search.study import (
     RunPaths,
-    complete_count,
     make_storage,
     optimize,
     scored_points,
     setup_study,
     study_fingerprint,
 )
-from .workspace import Workspace
-
-EXIT_NO_PLAN = 3
+from ..workspace import Workspace
+from .export import check_export_target, export_plan
+from .workers import spawn_worker, with_threads
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
 
 def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, log, workers: int,
             prior_plans: dict | None) -> SearchResult:  # fmt: skip
-    from .track.tracker import Tracker
+    from ..track.tracker import Tracker, study_params
 
     recover_dir(paths.root / "best")
     atomic_write_bytes(paths.run_file, json.dumps({"experiment": str(exp.source_file)}).encode())
@@ -99,11 +95,8 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
                       own_store=not exp.search.tracking_uri)  # fmt: skip
     setup = setup_study(exp, paths, log=log, prior_plans=prior_plans)
     ws = setup.workspace
-    params = {"model_sha256": ws.sha, "objective": exp.search.objective.value, "sampler": exp.search.sampler,
-              "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
-              "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration))}  # fmt: skip
     try:
-        tracker.start_parent(setup.study, params, [p for p in (exp.source_file, setup.space_file) if p])
+        tracker.start_parent(setup.study, study_params(exp, ws), [p for p in (exp.source_file, setup.space_file) if p])
         tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
     except Exception as exc:  # MLflow raises its own and its stores' error types; no trial has run yet
         raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
@@ -135,42 +128,6 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
                                               f"study and {paths.root / 'best'} are complete: rerun the same command "
                                               "with a working store to back-fill MLflow")  # fmt: skip
     return result
-
-
-def with_threads(exp: Experiment, threads: int) -> Experiment:
-    return replace(exp, eval=replace(exp.eval, threads=threads))
-
-
-def spawn_worker(exp: Experiment, storage_url: str, target: int, index: int) -> subprocess.Popen:
-    """A local worker process on the same study (the same thing `autoquant worker` runs elsewhere)."""
-    cmd = [sys.executable, "-m", "autoquant.cli", "worker", str(exp.source_file), "--storage", storage_url,
-           "--trials", str(target), "--threads", str(exp.eval.threads), "--seed-offset", str(index), "--quiet",
-           "--parent-pid", str(os.getpid())]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel for SIGTERM when our parent dies, even by SIGKILL, so a killed `search --workers N`
-    leaves no worker writing trials (Linux prctl PR_SET_PDEATHSIG). Set by the worker itself rather than
-    in a preexec_fn, which is unsafe in a parent with threads; a parent already gone is caught by
-    comparing the parent pid afterwards."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        raise SystemExit(1)
-
-
-def work(exp: Experiment, storage_url: str, *, trials: int | None = None, threads: int = 0, seed_offset: int = 0,
-         quiet: bool = False, log=None) -> tuple[int, int]:  # fmt: skip
-    """Join a study as a worker: run trials until the study has `trials` complete ones.
-    Returns (plans this worker evaluated, trials complete in the study). No export, no MLflow logging:
-    the process that runs `search` logs every worker's trials when it finishes."""
-    exp = replace(exp, search=replace(exp.search, seed=exp.search.seed + seed_offset))
-    if threads:
-        exp = with_threads(exp, threads)
-    setup = setup_study(exp, RunPaths(Path(".")), log=log, storage_url=storage_url)
-    _, evaluated = optimize(setup, exp, trials or exp.search.trials, quiet=quiet, log=log)
-    return evaluated, complete_count(setup.study)
 
 
 def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,
@@ -220,36 +177,16 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
 def register(result: SearchResult, name: str, alias: str | None = None) -> str:
     """Register the result's export as a new version of `name` in the model registry of the study's
     tracking store, tagged with its metrics, source model and study; move `alias` to it if given."""
-    from .track.registry import Registry
+    from ..track.registry import Registry
 
     if result.export is None or result.chosen is None:
         raise ConfigError("nothing was exported, so nothing can be registered")
     if not result.parent_run_id:
         raise ConfigError(f"the study in {result.out_dir} has no MLflow run to attach the model to")
     r, e = result.chosen.result, result.export
-    record = json.loads(e.record_path.read_text())
-    tags = {"autoquant.model_sha256": record["model_sha256"], "autoquant.study": result.study_name,
+    tags = {"autoquant.model_sha256": Record.load(e.record_path).model_sha256, "autoquant.study": result.study_name,
             "autoquant.run_dir": str(result.out_dir.resolve()), "autoquant.trial": str(result.chosen.number),
             "autoquant.plan_key": result.chosen.plan.key(), "accuracy": f"{e.accuracy:.4f}",
             "accuracy_drop": f"{e.accuracy_drop:.4f}", "bitops_fraction": f"{r.bitops_fraction:.6f}",
             "latency_ratio": f"{e.latency_ratio:.4f}", "size_bytes": str(e.size_bytes)}  # fmt: skip
     return Registry(result.tracking_uri).register(name, result.parent_run_id, e.model_path.parent, tags, alias)
-
-
-def summary_table(result: SearchResult, objective: Cost) -> str:
-    lines = [f"{'trial':>5}  {'accuracy':>8}  {'drop':>6}  {'bitops':>7}  {'latency':>8}  {'size KB':>8}  int8 layers  plan"]
-    for p in result.front:
-        r = p.result
-        mark = " <- export" if result.chosen is not None and p.number == result.chosen.number and result.met else ""
-        lines.append(f"{p.number:5d}  {r.accuracy:8.2f}  {r.accuracy_drop:+6.2f}  {r.bitops_fraction:7.4f}  "
-                     f"{r.latency_ratio:7.2f}x  {r.size_bytes / 1024:8.1f}  {len(p.plan.quantized):>4}/{len(p.plan.names):<6} "
-                     f"{p.label}{mark}")  # fmt: skip
-    return "\n".join(lines)
-
-
-def result_json(result: SearchResult) -> dict:
-    chosen = result.chosen
-    return {"completed": result.completed, "met": result.met, "fp32_accuracy": result.fp32_accuracy,
-            "chosen_trial": chosen.number if chosen else None,
-            "chosen": asdict(chosen.result) if chosen else None,
-            "export": str(result.export.model_path) if result.export else None}  # fmt: skip
