@@ -43,28 +43,78 @@ def check_fields(section: Any, prefix: str) -> None:
 
 
 BUILTIN_MODELS = ("digits_cnn", "cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet56", "cifar10_mobilenet")
-DATA_SOURCES = ("digits", "cifar10", "npz")
+INPUT_DTYPES = ("float32", "int64", "int32", "bool")
+
+
+@dataclass(frozen=True)
+class TorchInput:
+    shape: list  # an example shape, batch first (e.g. [2, 16]); exported with `dynamic` axes left free
+    dtype: str = "float32"
+    dynamic: list = field(default_factory=lambda: [0])  # axes that vary (0: the batch)
+
+    def __post_init__(self):
+        if not self.shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in self.shape):
+            raise ConfigError(f"model.inputs: shape {self.shape} must be a list of positive integers (an example shape)")
+        if self.dtype not in INPUT_DTYPES:
+            raise ConfigError(f"model.inputs: dtype '{self.dtype}' is unknown: use one of {', '.join(INPUT_DTYPES)}")
+        if not all(isinstance(a, int) and 0 <= a < len(self.shape) for a in self.dynamic):
+            raise ConfigError(f"model.inputs: dynamic {self.dynamic} must list axes of the shape {self.shape}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     builtin: str | None = None  # one of BUILTIN_MODELS
     onnx: Path | None = None  # or a user's FP32 ONNX file
-    checkpoint: Path | None = None  # weights for builtins that load them (the CIFAR ResNets)
+    torch: str | None = None  # or "file.py:factory" / "package.module:factory" returning a torch.nn.Module
+    checkpoint: Path | None = None  # weights: for the CIFAR ResNets, or a state_dict for `torch`
+    inputs: dict[str, TorchInput] = field(default_factory=dict)  # `torch`: {input name: {shape, dtype, dynamic}}
+    output: str = "output"  # `torch`: the name of the exported (first) output
 
     def __post_init__(self):
-        if (self.builtin is None) == (self.onnx is None):
-            raise ConfigError("model: give exactly one of 'builtin' or 'onnx'")
+        given = [k for k in ("builtin", "onnx", "torch") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError("model: give exactly one of 'builtin', 'onnx' or 'torch'")
         if self.builtin is not None and self.builtin not in BUILTIN_MODELS:
             raise ConfigError(f"model.builtin '{self.builtin}' is unknown: use one of {', '.join(BUILTIN_MODELS)}")
+        if self.torch is not None and not self.inputs:
+            raise ConfigError("model.inputs is required with model.torch: {name: {shape: [...], dtype: ...}} per input")
+        for name, spec in self.inputs.items():
+            if not isinstance(name, str) or not isinstance(spec, TorchInput):
+                raise ConfigError(f"model.inputs.{name} must map an input name to {{shape, dtype, dynamic}}")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """How an image folder's files become model input (Pillow): RGB, shorter side resized to `resize`,
+    centre crop `size`, divided by `scale`, minus `mean`, over `std`, in `layout`."""
+
+    size: int = bounded(224, 1)
+    resize: int | None = bounded(None, 1)  # default: `size` (no crop margin)
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    scale: float = bounded(255.0, 0, above=True)
+    layout: str = "NCHW"
+
+    def __post_init__(self):
+        check_fields(self, "data.image")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ConfigError(f"data.image.layout '{self.layout}' is unknown: use NCHW or NHWC")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) != 3 or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise ConfigError(f"data.image.{key} must be three finite numbers (R, G, B), got {values}")
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"data.image.std must be positive, got {self.std}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "digits"
-    path: Path | None = None
-    x_key: str = "x"
-    y_key: str = "y"
+    source: str = "digits"  # digits | cifar10 | npz | folder | python (autoquant/sources/data/)
+    path: Path | None = None  # the .npz file or image folder
+    loader: str | None = None  # source python: "file.py:function" returning an iterable of batches
+    x_key: str = "x"  # npz: the input array of a single-input model (several inputs: one array per input name)
+    y_key: str | None = "y"  # the labels (any shape); none when the array is absent or this is null
+    image: ImageConfig = field(default_factory=ImageConfig)
     calibration_size: int = bounded(300, 1)
     eval_size: int = bounded(500, 1)
     train_size: int = bounded(0, 0)  # samples reserved for training a built-in model; never calibrated or evaluated on
@@ -72,10 +122,6 @@ class DataConfig:
 
     def __post_init__(self):
         check_fields(self, "data")
-        if self.source not in DATA_SOURCES:
-            raise ConfigError(f"data.source '{self.source}' is unknown: use one of {', '.join(DATA_SOURCES)}")
-        if self.source != "digits" and self.path is None:
-            raise ConfigError(f"data.path is required for data.source '{self.source}'")
 
 
 @dataclass(frozen=True)
@@ -98,16 +144,21 @@ class QuantizationConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    metric: str = "top1"  # or "package.module:function" taking (outputs, labels) -> float (higher is better)
+    metric: str = "top1"  # top1 | top5 | agreement | cosine | "file.py:function" | "module:function"
+    output: str | None = None  # the model output that is scored (default: the first)
+    output_batch_axis: int = bounded(0, 0)  # where the batch is in that output (1 for time-major sequences)
     batch_size: int = bounded(100, 1)
     latency_batch_size: int = bounded(32, 1)
     latency_repeats: int = bounded(15, 1)
     threads: int = bounded(0, 0)  # onnxruntime intra-op threads; 0 = one per core
 
     def __post_init__(self):
+        from .evaluate.metrics import BUILTIN
+
         check_fields(self, "eval")
-        if self.metric != "top1" and ":" not in self.metric:
-            raise ConfigError(f"eval.metric '{self.metric}' must be 'top1' or 'module:function'")
+        if self.metric not in BUILTIN and ":" not in self.metric:
+            raise ConfigError(f"eval.metric '{self.metric}' must be one of {', '.join(BUILTIN)}, or "
+                              "'file.py:function' / 'module:function'")  # fmt: skip
 
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -182,6 +233,11 @@ def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
             raise ConfigError(f"{where} must be a path string, got {value!r}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where} must map names to settings, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {k: _convert(item, v, f"{where}.{k}", base) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")

@@ -1,52 +1,69 @@
-"""Datasets as plain arrays: loaders for digits (shipped by scikit-learn), CIFAR-10 .npz and user .npz files.
-
-A Dataset is NCHW float32 inputs plus int64 labels; every split is fixed and disjoint.
-"""
+"""Datasets: one array per model input (by name, batch on axis 0) and optional labels of any shape, with
+fixed disjoint splits. Sources (autoquant/sources/data/) produce them; the engine only reads them."""
 
 from __future__ import annotations
 
 import hashlib
-import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
 
-# The shared CIFAR ResNets were trained with ImageNet statistics (shared/data/PROVENANCE.md).
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+SINGLE_INPUT_KEY = "x"  # what a source names the input of a single-input model when it cannot know its name
 
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray
-    y: np.ndarray
+    inputs: dict[str, np.ndarray]
+    y: np.ndarray | None = None  # labels: any shape and dtype with one row per sample, or none
 
     def __post_init__(self):
-        if len(self.x) == 0:
+        if not self.inputs:
+            raise DataError("the data set has no input arrays: give one array per model input")
+        lengths = {k: len(v) for k, v in self.inputs.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"the input arrays hold different numbers of samples ({lengths}): give one row per "
+                            "sample in each")  # fmt: skip
+        if len(self) == 0:
             raise DataError("the data set is empty: give at least one sample (check the split sizes)")
-        if self.y is not None and len(self.y) != len(self.x):
-            raise DataError(f"{len(self.x)} inputs but {len(self.y)} labels: the label array must have one per input")
+        if self.y is not None and len(self.y) != len(self):
+            raise DataError(f"{len(self)} inputs but {len(self.y)} labels: the label array must have one per input")
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def x(self) -> np.ndarray:
+        """The one input array of a single-input data set (built-in models train on it)."""
+        if len(self.inputs) != 1:
+            raise DataError(f"this data set has {len(self.inputs)} inputs ({', '.join(self.inputs)}), not one")
+        return next(iter(self.inputs.values()))
 
     def subset(self, idx: np.ndarray) -> Dataset:
-        return Dataset(self.x[idx], None if self.y is None else self.y[idx])
+        return Dataset({k: v[idx] for k, v in self.inputs.items()}, None if self.y is None else self.y[idx])
+
+    def head(self, n: int) -> dict[str, np.ndarray]:
+        return {k: v[:n] for k, v in self.inputs.items()}
 
     def sha256(self) -> str:
         h = hashlib.sha256()
-        h.update(str(self.x.shape).encode() + str(self.x.dtype).encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
+        for name in sorted(self.inputs):
+            v = self.inputs[name]
+            h.update(f"{name}:{v.shape}:{v.dtype}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
         if self.y is not None:
+            h.update(f"y:{self.y.shape}:{self.y.dtype}".encode())
             h.update(np.ascontiguousarray(self.y).tobytes())
         return h.hexdigest()
 
-    def batches(self, batch_size: int):
-        for start in range(0, len(self.x), batch_size):
-            yield self.x[start : start + batch_size]
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self), batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.inputs.items()}
+
+    def renamed(self, names: dict[str, str]) -> Dataset:
+        return Dataset({names.get(k, k): v for k, v in self.inputs.items()}, self.y)
 
 
 @dataclass(frozen=True)
@@ -56,48 +73,6 @@ class Splits:
     calibration: Dataset
     eval: Dataset
     train: Dataset | None = None
-
-
-def load_digits() -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    return Dataset((d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64))
-
-
-def load_cifar10(path: Path) -> Dataset:
-    """The CIFAR-10 test file of shared/data: uint8 NHWC images → normalized float32 NCHW."""
-    raw = _load_npz(path, "images", "labels")
-    images, labels = raw
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise DataError(f"{path}: 'images' has shape {images.shape}, expected (N, 32, 32, 3) uint8 RGB")
-    x = (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return Dataset(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), labels.astype(np.int64))
-
-
-def load_npz(path: Path, x_key: str = "x", y_key: str = "y") -> Dataset:
-    """A user's own data: an .npz with float inputs (already preprocessed, model layout) and int labels."""
-    x, y = _load_npz(path, x_key, y_key)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(
-            f"{path}: '{x_key}' is {x.dtype}; save the inputs as float32, already preprocessed the way the model expects"
-        )
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: '{y_key}' must be a 1-D integer label array, got {y.dtype} {y.shape}")
-    return Dataset(x.astype(np.float32, copy=False), y.astype(np.int64))
-
-
-def _load_npz(path: Path, *keys: str) -> tuple[np.ndarray, ...]:
-    if not path.is_file():
-        raise DataError(f"data file {path} not found: set data.path in the experiment file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in keys if k not in f.files]
-            if missing:
-                raise DataError(f"{path} has arrays {f.files}, not {missing}: set data.x_key / data.y_key")
-            return tuple(f[k] for k in keys)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
 
 
 def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: int = 0) -> Splits:

@@ -65,6 +65,7 @@ class Record:
     objectives: dict[str, float] = field(default_factory=dict)
     source_model: str = ""  # where the FP32 model was when the record was made: `apply` needs it
     weight_range: str = "full"  # "reduced": 8-bit weights kept in [-64, 64] (quantize/weight_range.py)
+    unquantized_flops: int = 0  # compute the engine leaves float (attention MatMuls, LSTM, …), for bitops
     format_version: int = FORMAT_VERSION
     autoquant_version: str = ""
     onnxruntime_version: str = ""
@@ -130,6 +131,8 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
     that still loads and runs."""
     if record.activation_type not in ("uint8", "int8"):
         raise PlanError(f"{where}: activation_type {record.activation_type!r} must be uint8 or int8")
+    if isinstance(record.unquantized_flops, bool) or not isinstance(record.unquantized_flops, int) or record.unquantized_flops < 0:
+        raise PlanError(f"{where}: unquantized_flops must be a non-negative integer, got {record.unquantized_flops!r}")
     if record.weight_range not in ("full", "reduced"):
         raise PlanError(f"{where}: weight_range {record.weight_range!r} must be full or reduced")
     if [lr.name for lr in record.layers] != list(graph.names):
@@ -211,4 +214,4 @@ def make_record(
                                   kernels.get(info.name, "")))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
-                  **versions())
+                  graph.unquantized_flops, **versions())

@@ -7,6 +7,7 @@ needed. Building a plan's model from here never runs calibration data through a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -18,22 +19,24 @@ import numpy as np
 import onnx
 
 from .calibrate.cache import cached_arrays
-from .calibrate.collect import collect_stats
+from .calibrate.collect import collect_stats, observed_shapes
 from .calibrate.ranges import ALGORITHMS
 from .calibrate.stats import NUM_BINS, TensorStats, stats_from_arrays, stats_to_arrays
 from .config import Experiment
 from .data import Splits
-from .errors import DataError
+from .errors import DataError, PlanError
 from .evaluate.evaluator import EvalResult, Evaluator
 from .evaluate.metrics import resolve_metric
 from .graph.ingest import PreparedModel, prepare
-from .graph.layers import GraphInfo, analyze
+from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import ActivationParams, build_qdq, params_from_range, tensor_algorithms
 from .quantize.plan import QuantPlan
 from .quantize.weight_range import resolve as resolve_weight_range
-from .sources import load_splits, model_path
+from .sources import bind_inputs, experiment_dir, load_splits, model_path
+from .sources import check as check_sources
 
 STATS_VERSION = 1
+MAX_QUANTIZABLE = 1e30  # beyond it float32 scale arithmetic overflows
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +54,7 @@ class Workspace:
     what it needs (`autoquant layers` loads no data for an ONNX model and never scores FP32)."""
 
     def __init__(self, exp: Experiment):
+        check_sources(exp)  # an unknown model or data source fails before any work
         self.exp = exp
         self._seconds: dict[str, float] = {}
 
@@ -59,13 +63,20 @@ class Workspace:
         return Timings(*(self._seconds.get(k, 0.0) for k in ("prepare", "calibration", "reference")))
 
     @functools.cached_property
-    def splits(self) -> Splits:
+    def source_splits(self) -> Splits:
+        """The splits as the data source gives them (built-in models train on these)."""
         return load_splits(self.exp)
+
+    @functools.cached_property
+    def splits(self) -> Splits:
+        """The splits bound to the model's inputs: one array per input, named and typed as it declares."""
+        s, inputs = self.source_splits, self.prepared.inputs
+        return Splits(bind_inputs(s.calibration, inputs, "calibration"), bind_inputs(s.eval, inputs, "eval"), s.train)
 
     @functools.cached_property
     def prepared(self) -> PreparedModel:
         t0 = time.perf_counter()
-        prepared = prepare(model_path(self.exp, lambda: self.splits), self.exp.cache)
+        prepared = prepare(model_path(self.exp, lambda: self.source_splits), self.exp.cache)
         self._seconds["prepare"] = time.perf_counter() - t0
         return prepared
 
@@ -75,11 +86,22 @@ class Workspace:
 
     @functools.cached_property
     def graph(self) -> GraphInfo:
-        return analyze(self.model)
+        try:
+            return analyze(self.model)
+        except ShapesUnknown as exc:
+            # Shapes computed from the data (dynamic height/width, sequence length): one real batch says.
+            batch = min(len(self.splits.calibration), self.exp.quantization.calibration_batch_size)
+            threads = self.exp.eval.threads or os.cpu_count() or 1
+            log.info("shape inference could not size %d tensor(s) (e.g. %s); using the shapes of a calibration "
+                     "batch of %d", len(exc.tensors), exc.tensors[0], batch)  # fmt: skip
+            seen = observed_shapes(self.model, self.splits.calibration.head(batch), threads)
+            return analyze(self.model, seen, batch)
 
     @functools.cached_property
     def evaluator(self) -> Evaluator:
-        return Evaluator(self.splits.eval, resolve_metric(self.exp.eval.metric), self.prepared.input, self.exp.eval)
+        metric = resolve_metric(self.exp.eval.metric, experiment_dir(self.exp))
+        return Evaluator(self.splits.eval, metric, self.prepared.inputs, self.prepared.outputs, self.exp.eval,
+                         lambda: self.reference.outputs)  # fmt: skip
 
     @property
     def sha(self) -> str:
@@ -92,9 +114,10 @@ class Workspace:
 
         def build():
             t0 = time.perf_counter()
-            stats = collect_stats(self.model, self.prepared.input, self.graph.float_tensors, calib,
+            stats = collect_stats(self.model, self.prepared.inputs, self.graph.float_tensors, calib,
                                   batch_size=self.exp.quantization.calibration_batch_size, threads=threads)  # fmt: skip
-            empty = [t for t, s in stats.items() if s.total == 0 or not np.isfinite([s.min, s.max]).all()]
+            inputs = {layer.input for layer in self.graph.layers}
+            empty = [t for t, s in stats.items() if t in inputs and (s.total == 0 or not np.isfinite([s.min, s.max]).all())]
             if empty:  # never cache statistics that would quantize every later run wrongly
                 raise DataError(f"calibration saw no finite values for {len(empty)} tensor(s) (e.g. {empty[0]}): "
                                 "check data.calibration_size and quantization.calibration_batch_size")  # fmt: skip
@@ -114,12 +137,14 @@ class Workspace:
 
         def build():
             t0 = time.perf_counter()
-            res = self.evaluator.score(self.evaluator.session(self.model))
+            outputs = self.evaluator.outputs(self.evaluator.session(self.model))
+            accuracy = self.evaluator.metric(outputs, ev.y, outputs)  # against itself: agreement 100 %
             self._seconds["reference"] = time.perf_counter() - t0
-            return {"accuracy": np.array(res.accuracy), "outputs": res.outputs}
+            return {"accuracy": np.array(accuracy), "outputs": outputs}
 
-        key = f"reference:{self.sha}:{ev.sha256()}:{self.exp.eval.metric}"
-        metric = hashlib.sha256(self.exp.eval.metric.encode()).hexdigest()[:8]
+        e = self.exp.eval
+        key = f"reference:{self.sha}:{ev.sha256()}:{e.metric}:{e.output}:{e.output_batch_axis}"
+        metric = hashlib.sha256(key.encode()).hexdigest()[:8]
         path = self.exp.cache / "reference" / f"{self.sha[:16]}-{ev.sha256()[:16]}-{metric}.npz"
         arrays = cached_arrays(path, key, build)
         return EvalResult(float(arrays["accuracy"]), arrays["outputs"])
@@ -129,13 +154,19 @@ class Workspace:
         q = self.exp.quantization
         extra = {"pct": q.percentile} if algorithm == "percentile" else {}
         lo, hi = ALGORITHMS[algorithm](self.stats[tensor], 255, **extra)
+        if not (abs(lo) < MAX_QUANTIZABLE and abs(hi) < MAX_QUANTIZABLE):
+            # e.g. an attention mask's -3.4e38 "minus infinity": no 8-bit grid spans it usefully
+            raise PlanError(f"tensor {tensor} holds values up to {max(abs(lo), abs(hi)):.3g}: it cannot be quantized; "
+                            "keep the layers that read it float")  # fmt: skip
         return params_from_range(lo, hi, q.activation_type)
 
     def precompute_ranges(self, algorithms) -> None:
-        """Compute every tensor's range for each algorithm up front, so trials only look them up."""
+        """Compute every tensor's range for each algorithm up front, so trials only look them up (a tensor
+        that cannot be quantized is left to fail the trial that quantizes it)."""
         for algorithm in algorithms:
             for tensor in self.graph.float_tensors:
-                self.range_params(tensor, algorithm)
+                with contextlib.suppress(PlanError):
+                    self.range_params(tensor, algorithm)
 
     def activations(self, plan: QuantPlan) -> tuple[dict[str, ActivationParams], dict[str, str]]:
         """(scale, zero point) and the algorithm that set it, for every activation tensor the plan quantizes."""

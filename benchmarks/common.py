@@ -46,7 +46,7 @@ def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax") -> onn
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
-        quantize_static(str(ws.prepared.preprocessed), str(out), data_reader(calib, ws.prepared.input.name, batch), quant_format=QuantFormat.QDQ,
+        quantize_static(str(ws.prepared.preprocessed), str(out), data_reader(calib, ws.prepared.inputs[0].name, batch), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
         return onnx.load(str(out))
 

@@ -27,8 +27,8 @@ def tiny(tmp_path_factory):
     prepared = prepare(tmp / "m.onnx", tmp / "cache")
     model = prepared.load()
     graph = analyze(model)
-    data = Dataset(rng.normal(size=(64, 3, 8, 8)).astype(np.float32), np.zeros(64, np.int64))
-    stats = collect_stats(model, prepared.input, graph.float_tensors, data, batch_size=16, threads=1)
+    data = Dataset({"input": rng.normal(size=(64, 3, 8, 8)).astype(np.float32)}, np.zeros(64, np.int64))
+    stats = collect_stats(model, prepared.inputs, graph.float_tensors, data, batch_size=16, threads=1)
     return model, graph, stats, data, w0.astype(np.float32)
 
 

@@ -87,7 +87,7 @@ BAD_INPUTS = {
                             [], "not a valid ONNX model"),
     "data shape does not match": (lambda t: _bad_npz(t, "s.npz", np.zeros((40, 3, 16, 16), np.float32)), [],
                                   "expects (3, 8, 8)"),
-    "data dtype is not float": (lambda t: _bad_npz(t, "d.npz", np.zeros((40, 3, 8, 8), np.uint8)), [], "save the inputs as float32"),
+    "data dtype is not float": (lambda t: _bad_npz(t, "d.npz", np.zeros((40, 3, 8, 8), np.uint8)), [], "is uint8 but the model input is float32: save it as float32"),
     "empty calibration set": (lambda t: {"data": {"calibration_size": 0}}, [], "data.calibration_size must be at least 1"),
     "NaN in calibration data": (lambda t: _bad_npz(t, "n.npz", np.full((40, 3, 8, 8), np.nan, np.float32)), [], "NaN or Inf"),
     "unknown algorithm": (lambda t: {}, ["--algorithm", "kl"], "activation algorithm 'kl' is unknown"),
@@ -137,4 +137,4 @@ def test_sensitivity_and_layers_commands(digits_yaml, tmp_path, capsys):
     rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
     assert rows[0].startswith("layer,") and len(rows) == 7
     code, out, _ = run_cli(capsys, "layers", digits_yaml)
-    assert code == 0 and "depthwise" in out and "yes" in out and "FLOPs = 2 x MACs" in out
+    assert code == 0 and "quantizable, depthwise" in out and "FLOPs = 2 x MACs" in out

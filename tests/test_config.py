@@ -22,7 +22,6 @@ def test_relative_paths_resolve_against_the_yaml_file(tmp_path):
         ({"name": "x", "model": {"builtin": "digits_cnn"}, "data": {"eval_size": "many"}}, "must be int"),
         ({"name": "x", "model": {"builtin": "resnet9000"}}, "model.builtin 'resnet9000' is unknown"),
         ({"name": "x", "model": {}}, "exactly one of"),
-        ({"name": "x", "model": {"builtin": "digits_cnn"}, "data": {"source": "npz"}}, "data.path is required"),
         ({"name": "x", "model": {"builtin": "digits_cnn"}, "quantization": {"activation_type": "int4"}}, "activation_type"),
         ({"model": {"builtin": "digits_cnn"}}, "name"),
     ],

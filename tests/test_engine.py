@@ -12,15 +12,21 @@ from conftest import write_experiment
 
 import autoquant.workspace
 from autoquant import LayerChoice, QuantPlan, Workspace, apply_record, preset_plan, quantize
-from autoquant.data import load_cifar10
 from autoquant.errors import ModelError
 from autoquant.evaluate.metrics import top1
 from autoquant.graph.ingest import export_torch
+from autoquant.sources.data.cifar10 import load as load_cifar10_source
 from autoquant.zoo import MobileNetCifar
 
 
+def load_cifar10(shared_data):
+    from autoquant.config import DataConfig
+
+    return load_cifar10_source(DataConfig(source="cifar10", path=shared_data / "cifar10_test.npz"), None, None)
+
+
 def test_resnet20_fp32_matches_the_provenance_accuracy_on_the_full_test_file(resnet20_ws, shared_data):
-    full = load_cifar10(shared_data / "cifar10_test.npz")
+    full = load_cifar10(shared_data)
     sess = resnet20_ws.evaluator.session(resnet20_ws.model)
     logits = np.concatenate([sess.run(None, {"input": full.x[i : i + 500]})[0] for i in range(0, len(full), 500)])
     assert top1(logits, full.y) == pytest.approx(81.03, abs=0.1)
@@ -77,7 +83,7 @@ def mobilenet_exp(shared_data, tmp_path_factory):
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.copy_(10 ** (torch.rand(m.num_features, generator=gen) * 4 - 2))
-    full = load_cifar10(shared_data / "cifar10_test.npz")
+    full = load_cifar10(shared_data)
     idx = np.random.default_rng(0).permutation(len(full))[:600]
     np.savez(tmp / "cifar_subset.npz", x=full.x[idx], y=full.y[idx])
     export_torch(net, full.x[:1], tmp / "mobilenet.onnx")

@@ -62,7 +62,7 @@ def test_preprocessing_runs_once_per_model_hash(tmp_path):
     stamp = first.preprocessed.stat().st_mtime_ns
     second = prepare(path, tmp_path / "cache")
     assert second.preprocessed == first.preprocessed and second.preprocessed.stat().st_mtime_ns == stamp
-    assert first.input.shape == ("batch", 3, 8, 8)
+    assert [(i.name, i.shape) for i in first.inputs] == [("input", ("batch", 3, 8, 8))]
 
 
 def test_resnet20_layers_and_flops(resnet20_ws):

@@ -66,21 +66,6 @@ def test_unsupported_op_in_a_quantizable_position(tmp_path, capsys):
     assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "com.example.Mystery")
 
 
-def test_model_with_several_inputs(tmp_path, capsys):
-    y = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4, 8, 8])
-    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["c", "other"], ["output"], name="add")]  # fmt: skip
-    exp = user_experiment(tmp_path, _graph(nodes, [X, y], [W]))
-    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "has 2 inputs")
-
-
-def test_dynamic_spatial_shapes(tmp_path, capsys):
-    dyn = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "h", "w"])
-    nodes = [helper.make_node("Conv", ["input", "w"], ["output"], name="conv", pads=[1, 1, 1, 1])]
-    exp = user_experiment(tmp_path, _graph(nodes, [dyn], [W], out_shape=("batch", 4, "h", "w")))
-    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "static non-batch input")
-
-
 def test_model_with_no_quantizable_layer(tmp_path, capsys):
     exp = user_experiment(tmp_path, _graph([helper.make_node("Relu", ["input"], ["output"], name="r")], [X],
                                                 out_shape=("batch", 3, 8, 8)))

@@ -479,6 +479,6 @@ def test_layers_needs_no_labels_and_no_fp32_pass(tmp_path, capsys, cache_dir):
     references = set((cache_dir / "reference").glob("*"))
     code = main(["layers", str(exp)])
     out = capsys.readouterr().out
-    assert code == 0 and "/features/features.7/Conv" in out and "6 layers" in out
+    assert code == 0 and "/features/features.7/Conv" in out and "6 quantizable layers" in out
     assert set((cache_dir / "reference").glob("*")) == references
     one_line(*run(capsys, "quantize", exp, "--out", tmp_path / "q"), 2, "60 inputs but 7 labels")

@@ -25,21 +25,24 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
-def check_input(x: np.ndarray, model_input: ModelInput, what: str) -> None:
-    """Raise a DataError naming the mismatch if `x` cannot be fed to the model."""
-    want = model_input.shape[1:]
-    if x.ndim != len(model_input.shape) or any(
-        isinstance(w, int) and w > 0 and w != g for w, g in zip(want, x.shape[1:])
-    ):
-        raise DataError(
-            f"{what} samples have shape {tuple(x.shape[1:])} but the model input '{model_input.name}' "
-            f"expects {tuple(want)}: fix the data layout or point the experiment at the right model"
-        )
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{what} data is {x.dtype}, the model expects float32: convert it before saving")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
-        raise DataError(f"{what} data has NaN or Inf in {bad} sample(s): clean or drop them")
+def check_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> None:
+    """Raise a DataError naming the mismatch if `data` cannot be fed to a model with these inputs."""
+    missing = [i.name for i in inputs if i.name not in data.inputs]
+    if missing:
+        raise DataError(f"{what} data has no array for the model input '{missing[0]}' (it has "
+                        f"{', '.join(data.inputs)}): name one array after each model input")  # fmt: skip
+    for spec in inputs:
+        x = data.inputs[spec.name]
+        want = spec.shape[1:]
+        if x.ndim != len(spec.shape) or any(isinstance(w, int) and w > 0 and w != g for w, g in zip(want, x.shape[1:])):
+            raise DataError(f"{what} samples of '{spec.name}' have shape {tuple(x.shape[1:])} but the model expects "
+                            f"{tuple(want)}: fix the data layout or point the experiment at the right model")  # fmt: skip
+        if x.dtype != spec.dtype:
+            raise DataError(f"{what} data '{spec.name}' is {x.dtype}, the model input is {spec.dtype}: convert it "
+                            "before saving (or let the source do it)")  # fmt: skip
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+            raise DataError(f"{what} data '{spec.name}' has NaN or Inf in {bad} sample(s): clean or drop them")
 
 
 def _augment(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProto:
@@ -48,30 +51,40 @@ def _augment(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProt
     have = {o.name for o in aug.graph.output}
     for t in tensors:
         if t not in have:
-            aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+            # untyped: onnxruntime takes the producer's type (a float declaration on an int tensor fails to load)
+            aug.graph.output.append(onnx.ValueInfoProto(name=t))
     return aug
 
 
 def collect_stats(
     model: onnx.ModelProto,
-    model_input: ModelInput,
+    inputs: tuple[ModelInput, ...],
     tensors: tuple[str, ...],
     data: Dataset,
     *,
     batch_size: int,
     threads: int,
 ) -> dict[str, TensorStats]:
-    check_input(data.x, model_input, "calibration")
-    sess = ort.InferenceSession(
-        _augment(model, tuple(t for t in tensors if t != model_input.name)).SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
-    )
+    check_inputs(data, inputs, "calibration")
+    fed = {i.name for i in inputs}
+    fetched = [t for t in tensors if t not in fed]  # graph inputs are read from the batch itself
+    sess = ort.InferenceSession(_augment(model, tuple(fetched)).SerializeToString(), session_options(threads),
+                                providers=["CPUExecutionProvider"])  # fmt: skip
     stats = {t: TensorStats() for t in tensors}
-    fetched = [t for t in tensors if t != model_input.name]  # the graph input is read from the batch itself
-    for xb in data.batches(batch_size):
-        xb = xb.astype(np.float32, copy=False)
-        if model_input.name in stats:
-            stats[model_input.name].update(xb)
+    for feed in data.batches(batch_size):
+        for name in fed & stats.keys():
+            stats[name].update(feed[name])
         # One batch at a time: only the current batch's activations are ever held in memory.
-        for name, value in zip(fetched, sess.run(fetched, {model_input.name: xb})):
+        for name, value in zip(fetched, sess.run(fetched, feed)):
             stats[name].update(value)
     return stats
+
+
+def observed_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every float tensor on one real batch: what shape inference could not say of a model
+    whose shapes depend on its input (dynamic height/width, sequence length)."""
+    produced = [o for n in model.graph.node for o in n.output if o]
+    sess = ort.InferenceSession(_augment(model, tuple(produced)).SerializeToString(), session_options(threads),
+                                providers=["CPUExecutionProvider"])  # fmt: skip
+    names = [o.name for o in sess.get_outputs()]
+    return {n: tuple(v.shape) for n, v in zip(names, sess.run(names, feed)) if isinstance(v, np.ndarray)}

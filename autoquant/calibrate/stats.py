@@ -38,6 +38,8 @@ class TensorStats:
 
     def update(self, values: np.ndarray) -> None:
         v = values.reshape(-1)
+        # ±inf (an attention mask's "minus infinity") has no place on any grid; ranges describe the rest
+        v = v[np.isfinite(v)] if not np.isfinite(v).all() else v
         if v.size == 0:
             return
         lo, hi = float(v.min()), float(v.max())

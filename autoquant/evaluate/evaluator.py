@@ -1,8 +1,9 @@
-"""Evaluator: runs a model on the eval subset with onnxruntime and scores it."""
+"""Evaluator: runs a model on the eval subset with onnxruntime and scores the chosen output."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..calibrate.collect import check_input, session_options
+from ..calibrate.collect import check_inputs, session_options
 from ..config import EvalConfig
 from ..data import Dataset
-from ..errors import DataError, ModelError, first_line
+from ..errors import ConfigError, DataError, ModelError, first_line
 from ..graph.ingest import ModelInput
 from .latency import interleaved_latency_ms
 from .metrics import Metric
@@ -22,13 +23,19 @@ from .metrics import Metric
 @dataclass(frozen=True)
 class EvalResult:
     accuracy: float  # the experiment's metric (top-1 in percent by default)
-    outputs: np.ndarray  # first model output over the whole eval subset
+    outputs: np.ndarray  # the scored output over the whole eval subset, batch on axis 0
 
 
 class Evaluator:
-    def __init__(self, data: Dataset, metric: Metric, model_input: ModelInput, cfg: EvalConfig):
-        check_input(data.x, model_input, "eval")
-        self.data, self.metric, self.model_input, self.cfg = data, metric, model_input, cfg
+    def __init__(self, data: Dataset, metric: Metric, inputs: tuple[ModelInput, ...], outputs: tuple[str, ...],
+                 cfg: EvalConfig, reference: Callable[[], np.ndarray]):  # fmt: skip
+        check_inputs(data, inputs, "eval")
+        if cfg.output is not None and cfg.output not in outputs:
+            raise ConfigError(f"eval.output '{cfg.output}' is not an output of the model: use one of {', '.join(outputs)}")
+        self.data, self.metric, self.cfg = data, metric, cfg
+        self.reference = reference  # the FP32 model's outputs on this data, computed (or read) when first needed
+        self.feed_names = [i.name for i in inputs]
+        self.output = cfg.output or outputs[0]
         self.threads = cfg.threads or os.cpu_count() or 1
 
     def session(self, model: onnx.ModelProto, optimized_path: Path | None = None) -> ort.InferenceSession:
@@ -41,15 +48,36 @@ class Evaluator:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             raise ModelError(f"onnxruntime cannot load the model: {first_line(exc, 200)}") from exc
 
-    def score(self, sess: ort.InferenceSession) -> EvalResult:
-        name = sess.get_inputs()[0].name
-        outputs = np.concatenate(
-            [sess.run(None, {name: xb.astype(np.float32, copy=False)})[0] for xb in self.data.batches(self.cfg.batch_size)]
-        )
-        if not np.isfinite(outputs).all():
+    def _feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: batch[n] for n in self.feed_names}
+
+    def outputs(self, sess: ort.InferenceSession) -> np.ndarray:
+        """The scored output over the eval data, batch moved to axis 0."""
+        axis = self.cfg.output_batch_axis
+        parts = []
+        for batch in self.data.batches(self.cfg.batch_size):
+            (out,) = sess.run([self.output], self._feed(batch))
+            if out.ndim <= axis:
+                raise ConfigError(f"eval.output_batch_axis {axis} does not exist: output '{self.output}' has shape "
+                                  f"{out.shape}")  # fmt: skip
+            parts.append(np.moveaxis(out, axis, 0))
+        shapes = {p.shape[1:] for p in parts}
+        if len(shapes) > 1:
+            raise DataError(f"output '{self.output}' has different shapes across eval batches ({sorted(shapes)[:2]}): "
+                            "give inputs of one size (e.g. pad sequences to one length)")  # fmt: skip
+        outputs = np.concatenate(parts)
+        if len(outputs) != len(self.data):
+            raise ConfigError(f"output '{self.output}' has {len(outputs)} rows on axis {axis} for {len(self.data)} "
+                              "samples: set eval.output_batch_axis to the output's batch axis")  # fmt: skip
+        if np.issubdtype(outputs.dtype, np.floating) and not np.isfinite(outputs).all():
             raise DataError("the model produced NaN or Inf on the eval data")
-        return EvalResult(float(self.metric(outputs, self.data.y)), outputs)
+        return outputs
+
+    def score(self, sess: ort.InferenceSession) -> EvalResult:
+        """The metric of the session's outputs, against the labels and the FP32 model's outputs."""
+        outputs = self.outputs(sess)
+        return EvalResult(self.metric(outputs, self.data.y, self.reference()), outputs)
 
     def latency_ms(self, *sessions: ort.InferenceSession) -> list[float]:
-        batch = self.data.x[: self.cfg.latency_batch_size].astype(np.float32, copy=False)
-        return interleaved_latency_ms(list(sessions), batch, repeats=self.cfg.latency_repeats)
+        feed = self._feed(self.data.head(self.cfg.latency_batch_size))
+        return interleaved_latency_ms(list(sessions), feed, repeats=self.cfg.latency_repeats)

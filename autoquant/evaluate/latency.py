@@ -10,17 +10,18 @@ import onnxruntime as ort
 
 
 def interleaved_latency_ms(
-    sessions: list[ort.InferenceSession], batch: np.ndarray, *, repeats: int, warmup: int = 5
+    sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray] | np.ndarray, *, repeats: int, warmup: int = 5
 ) -> list[float]:
-    """Median milliseconds per run of `batch` for each session, runs alternating between sessions."""
-    feeds = [{s.get_inputs()[0].name: batch} for s in sessions]
+    """Median milliseconds per run of `feed` (inputs by name, or the one input's array) for each session,
+    runs alternating between sessions."""
+    feeds = [feed if isinstance(feed, dict) else {s.get_inputs()[0].name: feed} for s in sessions]
     for _ in range(warmup):
-        for s, feed in zip(sessions, feeds):
-            s.run(None, feed)
+        for s, f in zip(sessions, feeds):
+            s.run(None, f)
     times = [[] for _ in sessions]
     for _ in range(repeats):
-        for i, (s, feed) in enumerate(zip(sessions, feeds)):
+        for i, (s, f) in enumerate(zip(sessions, feeds)):
             t0 = time.perf_counter()
-            s.run(None, feed)
+            s.run(None, f)
             times[i].append((time.perf_counter() - t0) * 1000.0)
     return [float(np.median(t)) for t in times]

@@ -1,36 +1,92 @@
-"""Metrics: higher is better, computed from the model's first output and the labels."""
+"""Metrics: higher is better, computed from the scored output over the eval set, the labels (any shape, or
+none) and the FP32 model's outputs on the same data (`reference`).
+
+Built-in metrics are registered by name; a user's is `file.py:function` or `module:function`, found
+relative to the experiment file (no PYTHONPATH needed), taking (outputs, labels) or
+(outputs, labels, reference) and returning a number.
+"""
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError, first_line
+from ..usercode import load_callable
 
-Metric = Callable[[np.ndarray, np.ndarray], float]
+Metric = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], float]
+BUILTIN: dict[str, Metric] = {}
 
 
-def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
+def builtin(name: str):
+    def register(fn: Metric) -> Metric:
+        BUILTIN[name] = fn
+        return fn
+
+    return register
+
+
+def _class_ids(outputs: np.ndarray, labels: np.ndarray | None, metric: str) -> None:
+    if labels is None:
+        raise DataError(f"{metric} needs class-id labels and the data has none: set data.y_key, or use eval.metric "
+                        "agreement (top-1 agreement with the FP32 model) on unlabeled data")  # fmt: skip
     classes = int(np.prod(outputs.shape[1:]))
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"top1 needs one integer class id per sample; the labels are {labels.dtype} of shape "
-                        f"{labels.shape}: use a custom eval.metric for other labels")  # fmt: skip
+        raise DataError(f"{metric} needs one integer class id per sample; the labels are {labels.dtype} of shape "
+                        f"{labels.shape}: use eval.metric agreement or cosine, or a custom metric, for other labels")  # fmt: skip
     if len(labels) and (labels.min() < 0 or labels.max() >= classes):
         raise DataError(f"labels run from {labels.min()} to {labels.max()} but the model has {classes} outputs per "
-                        "sample: top1 needs class ids in [0, outputs); check data.y_key and the label encoding")  # fmt: skip
+                        f"sample: {metric} needs class ids in [0, outputs); check data.y_key and the label encoding")  # fmt: skip
+
+
+@builtin("top1")
+def top1(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> float:
+    """Top-1 accuracy in percent."""
+    _class_ids(outputs, labels, "top1")
     return float((outputs.reshape(len(outputs), -1).argmax(axis=1) == labels).mean() * 100.0)
 
 
+@builtin("top5")
+def top5(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> float:
+    """Top-5 accuracy in percent."""
+    _class_ids(outputs, labels, "top5")
+    flat = outputs.reshape(len(outputs), -1)
+    best = np.argpartition(-flat, min(5, flat.shape[1]) - 1, axis=1)[:, :5]
+    return float((best == labels[:, None]).any(axis=1).mean() * 100.0)
+
+
+@builtin("agreement")
+def agreement(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Top-1 agreement with the FP32 model, in percent (the arg-max over the last axis, at every position:
+    per sample for a classifier, per time step for a sequence output). Needs no labels."""
+    return float((outputs.argmax(axis=-1) == reference.argmax(axis=-1)).mean() * 100.0)
+
+
+@builtin("cosine")
+def cosine(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Mean cosine similarity of each sample's output to the FP32 one, × 100 (embeddings, dense maps)."""
+    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    same = (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0)
+    return float(np.where(norms > 0, same, 1.0).mean() * 100.0)
+
+
 def _checked(spec: str, fn: Callable) -> Metric:
-    def metric(outputs: np.ndarray, labels: np.ndarray) -> float:
+    try:
+        takes_reference = len(inspect.signature(fn).parameters) >= 3
+    except (TypeError, ValueError):  # builtins without a signature
+        takes_reference = False
+
+    def metric(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
         try:
-            value = float(fn(outputs, labels))
+            value = float(fn(outputs, labels, reference) if takes_reference else fn(outputs, labels))
         except Exception as exc:  # the user's function: any error is theirs to fix, said in one line
             raise DataError(f"eval.metric '{spec}' failed on the model's outputs ({exc.__class__.__name__}: "
-                            f"{str(exc)[:120]}): it must take (outputs, labels) and return a number") from exc  # fmt: skip
+                            f"{first_line(exc, 120)}): it must take (outputs, labels[, reference]) and return a number") from exc  # fmt: skip
         if not np.isfinite(value):
             raise DataError(f"eval.metric '{spec}' returned {value}: it must return a finite number")
         return value
@@ -38,15 +94,8 @@ def _checked(spec: str, fn: Callable) -> Metric:
     return metric
 
 
-def resolve_metric(spec: str) -> Metric:
-    """'top1' or 'package.module:function' taking (outputs, labels) and returning a float."""
-    if spec == "top1":
-        return top1
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"metric '{spec}' cannot be imported ({exc}): make the module importable") from exc
-    if not callable(fn):
-        raise ConfigError(f"metric '{spec}' is not callable")
-    return _checked(spec, fn)
+def resolve_metric(spec: str, base: Path | None = None) -> Metric:
+    """A built-in metric by name, or the user's `file.py:function` / `module:function`."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    return _checked(spec, load_callable(spec, base, "eval.metric"))

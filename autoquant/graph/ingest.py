@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 from ..errors import ModelError, first_line
 from ..fileio import file_lock
 
 OPSET = 17
+MIN_OPSET = 13
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class PreparedModel:
     source: Path
     sha256: str
     preprocessed: Path
-    input: ModelInput
+    inputs: tuple[ModelInput, ...]
     outputs: tuple[str, ...]
 
     def load(self) -> onnx.ModelProto:
@@ -62,10 +64,15 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     return model
 
 
-def export_torch(module, example: np.ndarray, path: Path) -> Path:
-    """Export a torch module to ONNX once (opset 17, dynamic batch), atomically."""
+def export_torch(module, example: np.ndarray | dict[str, np.ndarray], path: Path,
+                 dynamic: dict[str, list[int]] | None = None, output_name: str = "logits") -> Path:  # fmt: skip
+    """Export a torch module to ONNX once (opset 17), atomically. `example` is one array (the input is then
+    named "input") or one per input name; `dynamic` lists each input's dynamic axes (default: the batch)."""
     import torch
 
+    examples = example if isinstance(example, dict) else {"input": example}
+    dynamic = dynamic or {}
+    axes = {name: {a: ("batch" if a == 0 else f"{name}_dim{a}") for a in dynamic.get(name, [0])} for name in examples}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
     module.eval()
@@ -75,12 +82,12 @@ def export_torch(module, example: np.ndarray, path: Path) -> Path:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (torch.from_numpy(example),),
+            tuple(torch.from_numpy(v) for v in examples.values()),
             str(tmp),
-            input_names=["input"],
-            output_names=["logits"],
+            input_names=list(examples),
+            output_names=[output_name],
             opset_version=OPSET,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={**axes, output_name: {0: "batch"}},
             dynamo=False,
         )
     tmp.replace(path)
@@ -100,17 +107,28 @@ def check_ops(model: onnx.ModelProto) -> None:
             )
 
 
-def model_input(model: onnx.ModelProto) -> ModelInput:
+# Input types the engine feeds as they are: float inputs are activations (calibrated, quantizable), the
+# others (token ids, masks, lengths) are fed and never quantized.
+INPUT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64,
+               onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}  # fmt: skip
+
+
+def model_inputs(model: onnx.ModelProto) -> tuple[ModelInput, ...]:
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        raise ModelError(f"the model has {len(inputs)} inputs ({names}); autoquant handles single-input models only")
-    tt = inputs[0].type.tensor_type
-    if tt.elem_type != onnx.TensorProto.FLOAT:
-        raise ModelError(f"input '{inputs[0].name}' is not float32: autoquant quantizes float32 models")
-    dims = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim)
-    return ModelInput(inputs[0].name, dims, np.dtype(np.float32))
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if tt.elem_type not in INPUT_TYPES:
+            kind = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else "untyped"
+            raise ModelError(f"input '{vi.name}' is {kind}: autoquant feeds float32, int64, int32 and bool inputs; "
+                             "export the model with one of those")  # fmt: skip
+        dims = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim)
+        out.append(ModelInput(vi.name, dims, np.dtype(INPUT_TYPES[tt.elem_type])))
+    if not out:
+        raise ModelError("the model has no inputs to feed: export it with its inputs as graph inputs")
+    return tuple(out)
 
 
 def prepare(source: Path, cache_dir: Path) -> PreparedModel:
@@ -118,12 +136,12 @@ def prepare(source: Path, cache_dir: Path) -> PreparedModel:
     source = Path(source)
     model = load_onnx(source)
     check_ops(model)
-    model_input_ = model_input(model)
+    inputs = model_inputs(model)
     sha = file_sha256(source)
     pre = (Path(cache_dir) / "models" / sha[:16] / "preprocessed.onnx").resolve()
     with file_lock(pre.with_suffix(".lock")):
         _preprocess(model, source, pre)
-    return PreparedModel(source, sha, pre, model_input_, tuple(o.name for o in model.graph.output))
+    return PreparedModel(source, sha, pre, inputs, tuple(o.name for o in model.graph.output))
 
 
 def _usable(pre: Path) -> bool:
@@ -140,15 +158,40 @@ def _usable(pre: Path) -> bool:
 def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
     from onnxruntime.quantization import quant_pre_process
 
-    if not _usable(pre):
-        pre.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pre.with_suffix(".tmp.onnx")
+    if _usable(pre):
+        return
+    pre.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pre.with_suffix(".tmp.onnx")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    if opset < MIN_OPSET:
+        # Per-channel DequantizeLinear (the axis attribute) exists from opset 13; onnxruntime's quantizer
+        # would write it into an opset-11 graph, which then fails to load as INVALID_GRAPH.
+        log.info("upgrading %s from opset %d to %d (per-channel weights need it)", source.name, opset, MIN_OPSET)
         try:
-            # Its symbolic shape inference drops a debug file into the working directory when it
-            # fails; run it from the cache directory so that file never lands in the user's tree.
-            with contextlib.chdir(pre.parent):
-                quant_pre_process(model, str(tmp), skip_symbolic_shape=False)
-        except Exception as exc:
-            raise ModelError(f"onnxruntime could not pre-process {source}: {first_line(exc, 200)}") from exc
-        tmp.replace(pre)
-
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors naming the op it cannot convert
+            raise ModelError(f"cannot upgrade {source} from opset {opset} to {MIN_OPSET} ({first_line(exc)}): "
+                             f"export it with opset {MIN_OPSET} or newer") from exc  # fmt: skip
+    # Given a path rather than the proto: given a proto, onnxruntime round-trips it through external
+    # data and then fails to read initializers (Resize scales) back. Run from the cache directory: its
+    # failed symbolic inference drops a debug file into the working directory.
+    staged = pre.with_suffix(".source.onnx")
+    onnx.save(model, str(staged))
+    with contextlib.chdir(pre.parent):
+        try:
+            quant_pre_process(str(staged), str(tmp), skip_symbolic_shape=False)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare Exceptions for incomplete inference
+            # Symbolic inference gives up on shapes computed from data (dynamic height/width through
+            # Resize, Shape → Slice chains); ONNX's own inference still runs, and the shapes it cannot
+            # know are taken from a calibration batch later (Workspace.graph).
+            log.info("symbolic shape inference failed on %s (%s); pre-processing without it", source.name,
+                     first_line(exc, 120))  # fmt: skip
+            try:
+                quant_pre_process(str(staged), str(tmp), skip_symbolic_shape=True)
+            except Exception as exc2:
+                raise ModelError(f"onnxruntime could not pre-process {source}: {first_line(exc2, 200)}") from exc2
+        finally:
+            staged.unlink(missing_ok=True)
+            for debug in pre.parent.glob("sym_shape_infer_temp.onnx*"):
+                debug.unlink()
+    tmp.replace(pre)

@@ -1,49 +1,29 @@
-"""From an experiment's model and data sections to an FP32 ONNX file and fixed data splits.
-
-Built-in models are exported to ONNX once and cached; those without a checkpoint (digits CNN,
-MobileNet-CIFAR) are trained once, seeded, on the data's train split and cached.
-"""
+"""Built-in models: exported to ONNX once and cached. The CIFAR ResNets load a checkpoint; the digits CNN
+and the MobileNet-style net are trained once, seeded, on the data's train split."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from . import data as datasets
-from .config import Experiment
-from .errors import ConfigError, ModelError
-from .fileio import file_lock
-from .graph.ingest import export_torch, file_sha256
+from ...errors import ConfigError, ModelError
+from ...fileio import file_lock
+from ...graph.ingest import export_torch, file_sha256
+from . import MODEL_SOURCES
 
 _CHECKPOINT_DEPTH = {"cifar10_resnet20": 20, "cifar10_resnet32": 32, "cifar10_resnet56": 56}
 
 
-def load_splits(exp: Experiment) -> datasets.Splits:
-    d = exp.data
-    if d.source == "digits":
-        full = datasets.load_digits()
-    elif d.source == "cifar10":
-        full = datasets.load_cifar10(d.path)
-    else:
-        full = datasets.load_npz(d.path, d.x_key, d.y_key)
-    return datasets.split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed)
-
-
-def model_path(exp: Experiment, splits: Callable[[], datasets.Splits]) -> Path:
-    """The FP32 ONNX file the experiment quantizes (exported and cached for built-in models). `splits`
-    is asked for only by built-in models trained here: an ONNX model needs no data to be listed."""
-    m = exp.model
-    if m.onnx is not None:
-        return m.onnx
+@MODEL_SOURCES.register("builtin")
+def resolve(exp, splits) -> Path:
     cache = exp.cache / "builtin"
     with file_lock(cache / ".lock"):  # parallel workers: one exports (or trains), the others wait
-        return _builtin_path(exp, splits, cache)
+        return _path(exp, splits, cache)
 
 
-def _builtin_path(exp: Experiment, get_splits: Callable[[], datasets.Splits], cache: Path) -> Path:
-    from . import zoo
+def _path(exp, get_splits, cache: Path) -> Path:
+    from ... import zoo
 
     m = exp.model
     if m.builtin in _CHECKPOINT_DEPTH:

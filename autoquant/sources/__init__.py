@@ -1,0 +1,79 @@
+"""From an experiment's model and data sections to an FP32 ONNX file and fixed data splits, through the
+registries of model sources (sources/models/) and data sources (sources/data/)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Experiment
+from ..data import SINGLE_INPUT_KEY, Dataset, Splits, split
+from ..errors import ConfigError, DataError
+from ..graph.ingest import ModelInput
+from .data import DATA_SOURCES
+from .models import MODEL_SOURCES
+
+
+def experiment_dir(exp: Experiment) -> Path:
+    """Where relative code references (metrics, loaders, factories) are resolved from."""
+    return exp.source_file.parent if exp.source_file else Path.cwd()
+
+
+def model_kind(exp: Experiment) -> str:
+    return next(k for k in ("builtin", "onnx", "torch") if getattr(exp.model, k) is not None)
+
+
+def check(exp: Experiment) -> None:
+    """Unknown source names and missing required settings are errors before any work starts."""
+    missing = [k for k in DATA_SOURCES.get(exp.data.source).requires if getattr(exp.data, k) is None]
+    if missing:
+        raise ConfigError(f"data.{missing[0]} is required for data.source '{exp.data.source}'")
+    MODEL_SOURCES.get(model_kind(exp))
+
+
+def load_splits(exp: Experiment) -> Splits:
+    d = exp.data
+    full = DATA_SOURCES.get(d.source)(d, experiment_dir(exp), exp.cache)
+    return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed)
+
+
+def model_path(exp: Experiment, splits: Callable[[], Splits]) -> Path:
+    """The FP32 ONNX file the experiment quantizes (exported and cached for built-in and torch models).
+    `splits` is asked for only by built-in models trained here: an ONNX model needs no data to be listed."""
+    return MODEL_SOURCES.get(model_kind(exp))(exp, splits)
+
+
+def bind_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> Dataset:
+    """Name and type the source's arrays as the model's inputs: a single-input model takes the one array
+    (or the `x` array) whatever its name; several inputs are matched by name. Conversions that lose
+    nothing are made (float64 → float32, int32 ↔ int64 in range, 0/1 → bool); others are errors."""
+    arrays = dict(data.inputs)
+    names = [i.name for i in inputs]
+    if len(names) == 1 and names[0] not in arrays:
+        if len(arrays) == 1:
+            arrays = {names[0]: next(iter(arrays.values()))}
+        elif SINGLE_INPUT_KEY in arrays:
+            arrays = {names[0]: arrays[SINGLE_INPUT_KEY]}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(f"the {what} data has no array for the model input '{missing[0]}' (it has "
+                        f"{', '.join(sorted(arrays))}): name one array after each model input")  # fmt: skip
+    return Dataset({i.name: _convert(arrays[i.name], i, what) for i in inputs}, data.y)
+
+
+def _convert(x: np.ndarray, spec: ModelInput, what: str) -> np.ndarray:
+    if x.dtype == spec.dtype:
+        return x
+    want = spec.dtype
+    if np.issubdtype(want, np.floating) and np.issubdtype(x.dtype, np.floating):
+        return x.astype(want)
+    if np.issubdtype(want, np.integer) and (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+        info = np.iinfo(want)
+        if x.size == 0 or (x.min() >= info.min and x.max() <= info.max):
+            return x.astype(want)
+    if want == np.bool_ and np.issubdtype(x.dtype, np.integer) and np.isin(x, (0, 1)).all():
+        return x.astype(np.bool_)
+    raise DataError(f"the {what} data '{spec.name}' is {x.dtype} but the model input is {want}: save it as {want} "
+                    "(already preprocessed the way the model expects)")  # fmt: skip

@@ -1,0 +1,30 @@
+"""The CIFAR-10 test file of shared/data: uint8 NHWC images → ImageNet-normalized float32 NCHW, labels 0-9."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...data import SINGLE_INPUT_KEY, Dataset
+from ...errors import DataError
+from . import DATA_SOURCES
+from .npz_file import read_npz
+
+# The shared CIFAR ResNets were trained with ImageNet statistics (shared/data/PROVENANCE.md).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@DATA_SOURCES.register("cifar10", requires=("path",))
+def load(cfg, base, cache) -> Dataset:
+    raw = read_npz(cfg.path)
+    if "images" not in raw or "labels" not in raw:
+        raise DataError(f"{cfg.path} has arrays {sorted(raw)}, not images and labels: point data.path at cifar10_test.npz")
+    images, labels = raw["images"], raw["labels"]
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DataError(f"{cfg.path}: 'images' has shape {images.shape}, expected (N, 32, 32, 3) uint8 RGB")
+    return Dataset({SINGLE_INPUT_KEY: normalize_cifar(images)}, labels.astype(np.int64))
+
+
+def normalize_cifar(images: np.ndarray) -> np.ndarray:
+    x = (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
