@@ -115,6 +115,9 @@ class DataConfig:
     x_key: str = "x"  # npz: the input array of a single-input model (several inputs: one array per input name)
     y_key: str | None = "y"  # the labels (any shape); none when the array is absent or this is null
     image: ImageConfig = field(default_factory=ImageConfig)
+    # separate calibration data (source, path, loader, keys, image; its own split sizes are not used):
+    # calibration samples come from it, eval (and train) samples from this section's data
+    calibration: DataConfig | None = None
     calibration_size: int = bounded(300, 1)
     eval_size: int = bounded(500, 1)
     train_size: int = bounded(0, 0)  # samples reserved for training a built-in model; never calibrated or evaluated on

@@ -16,8 +16,12 @@ SINGLE_INPUT_KEY = "x"  # what a source names the input of a single-input model 
 
 @dataclass(frozen=True)
 class Dataset:
+    """Arrays may be memory-mapped (an image folder's cache): a subset keeps the rows it selects, not a
+    copy, and batches read only their rows — a split never has to fit in memory at once."""
+
     inputs: dict[str, np.ndarray]
     y: np.ndarray | None = None  # labels: any shape and dtype with one row per sample, or none
+    rows: np.ndarray | None = None  # the selected rows of `inputs` (all when None); `y` is already selected
 
     def __post_init__(self):
         if not self.inputs:
@@ -32,27 +36,40 @@ class Dataset:
             raise DataError(f"{len(self)} inputs but {len(self.y)} labels: the label array must have one per input")
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return len(self.rows) if self.rows is not None else len(next(iter(self.inputs.values())))
+
+    def _take(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        if self.rows is None:
+            return {k: v[start:stop] for k, v in self.inputs.items()}
+        sel = self.rows[start:stop]
+        return {k: v[sel] for k, v in self.inputs.items()}
+
+    def column(self, name: str) -> np.ndarray:
+        """One input's selected rows, in memory."""
+        return self.inputs[name] if self.rows is None else self.inputs[name][self.rows]
 
     @property
     def x(self) -> np.ndarray:
         """The one input array of a single-input data set (built-in models train on it)."""
         if len(self.inputs) != 1:
             raise DataError(f"this data set has {len(self.inputs)} inputs ({', '.join(self.inputs)}), not one")
-        return next(iter(self.inputs.values()))
+        return self.column(next(iter(self.inputs)))
 
     def subset(self, idx: np.ndarray) -> Dataset:
-        return Dataset({k: v[idx] for k, v in self.inputs.items()}, None if self.y is None else self.y[idx])
+        rows = idx if self.rows is None else self.rows[idx]
+        return Dataset(self.inputs, None if self.y is None else self.y[idx], np.asarray(rows))
 
     def head(self, n: int) -> dict[str, np.ndarray]:
-        return {k: v[:n] for k, v in self.inputs.items()}
+        return self._take(0, n)
 
     def sha256(self) -> str:
         h = hashlib.sha256()
         for name in sorted(self.inputs):
             v = self.inputs[name]
-            h.update(f"{name}:{v.shape}:{v.dtype}".encode())
-            h.update(np.ascontiguousarray(v).tobytes())
+            h.update(f"{name}:{(len(self), *v.shape[1:])}:{v.dtype}".encode())
+        for batch in self.batches(256):
+            for name in sorted(batch):
+                h.update(np.ascontiguousarray(batch[name]).tobytes())
         if self.y is not None:
             h.update(f"y:{self.y.shape}:{self.y.dtype}".encode())
             h.update(np.ascontiguousarray(self.y).tobytes())
@@ -60,10 +77,11 @@ class Dataset:
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.inputs.items()}
+            yield self._take(start, start + batch_size)
 
-    def renamed(self, names: dict[str, str]) -> Dataset:
-        return Dataset({names.get(k, k): v for k, v in self.inputs.items()}, self.y)
+    def with_inputs(self, inputs: dict[str, np.ndarray]) -> Dataset:
+        """The same rows of other arrays (renamed or converted inputs)."""
+        return Dataset(inputs, self.y, self.rows)
 
 
 @dataclass(frozen=True)
@@ -75,21 +93,31 @@ class Splits:
     train: Dataset | None = None
 
 
-def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: int = 0) -> Splits:
-    """Fixed, disjoint split from one seeded permutation: [train | calibration | eval]."""
-    need = train + calibration + eval
+def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: int = 0,
+          calibration_data: Dataset | None = None) -> Splits:  # fmt: skip
+    """Fixed, disjoint split from one seeded permutation: [train | calibration | eval] — or, when the user
+    has separate calibration data, [train | eval] of `data` and the calibration samples from that."""
     if calibration <= 0:
         raise DataError("the calibration set is empty: set data.calibration_size to at least 1")
     if eval <= 0:
         raise DataError("the eval set is empty: set data.eval_size to at least 1")
+    own_calibration = 0 if calibration_data is not None else calibration
+    need = train + own_calibration + eval
     if need > len(data):
         raise DataError(
-            f"the splits need {need} samples (train {train} + calibration {calibration} + eval {eval}) "
+            f"the splits need {need} samples (train {train} + calibration {own_calibration} + eval {eval}) "
             f"but the data has {len(data)}: lower data.calibration_size or data.eval_size"
         )
+    if calibration_data is not None and calibration > len(calibration_data):
+        raise DataError(f"data.calibration_size is {calibration} but the calibration data has {len(calibration_data)} "
+                        "samples: lower data.calibration_size")  # fmt: skip
     perm = np.random.default_rng(seed).permutation(len(data))
+    if calibration_data is None:
+        calib = data.subset(np.sort(perm[train : train + calibration]))
+    else:
+        calib = calibration_data.subset(np.sort(np.random.default_rng(seed).permutation(len(calibration_data))[:calibration]))
     return Splits(
-        calibration=data.subset(np.sort(perm[train : train + calibration])),
-        eval=data.subset(np.sort(perm[train + calibration : need])),
+        calibration=calib,
+        eval=data.subset(np.sort(perm[train + own_calibration : need])),
         train=data.subset(perm[:train]) if train else None,
     )

@@ -16,16 +16,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    return {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(), **versions()}
+    from autoquant.quantize.weight_range import uint8_kernels_saturate
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    return {"cores": os.cpu_count(), "cpu": model or platform.processor() or platform.machine(),
+            "vnni": "vnni" in cpuinfo, "uint8_kernels_saturate": uint8_kernels_saturate(), **versions()}
 
 
-def data_reader(data, input_name: str, batch: int):
-    """onnxruntime's CalibrationDataReader over a Dataset, in batches of `batch`."""
+def data_reader(data, batch: int):
+    """onnxruntime's CalibrationDataReader over a Dataset (inputs by name), in batches of `batch`."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter({input_name: xb} for xb in data.batches(batch))
+            self.it = iter(data.batches(batch))
 
         def get_next(self):
             return next(self.it, None)
@@ -33,11 +38,12 @@ def data_reader(data, input_name: str, batch: int):
     return Reader()
 
 
-def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax") -> onnx.ModelProto:
+def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax", activation_type: str = "QInt8") -> onnx.ModelProto:
     """What a user gets today: quant_pre_process'd model → quantize_static (QDQ) with its defaults."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
+        QuantType,
         quantize_static,
     )
 
@@ -46,8 +52,9 @@ def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax") -> onn
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
-        quantize_static(str(ws.prepared.preprocessed), str(out), data_reader(calib, ws.prepared.inputs[0].name, batch), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
+        quantize_static(str(ws.prepared.preprocessed), str(out), data_reader(calib, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method),
+                        activation_type=getattr(QuantType, activation_type))  # fmt: skip
         return onnx.load(str(out))
 
 

@@ -71,7 +71,7 @@ def child_calibrate(experiment: Path, method: str, calibration_size: int | None 
             cal = create_calibrator(prepared.preprocessed, ["Conv", "Gemm", "MatMul"],
                                     augmented_model_path=f"{tmp}/aug.onnx",
                                     calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
-            cal.collect_data(data_reader(calib, prepared.inputs[0].name, bs))
+            cal.collect_data(data_reader(calib, bs))
             cal.compute_data()
     return {"method": method, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
             "rss_before_mb": base, "samples": len(calib)}  # fmt: skip

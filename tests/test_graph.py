@@ -70,3 +70,31 @@ def test_resnet20_layers_and_flops(resnet20_ws):
     assert len(g.layers) == 20 and [layer.op_type for layer in g.layers].count("Conv") == 19
     assert g.layers[-1].op_type == "Gemm"
     assert g.total_flops == pytest.approx(2 * 40.55e6, rel=0.01)  # ResNet-20: 40.55 M MACs on 32×32
+
+
+def test_recurrent_and_activation_matmuls_are_listed_as_float_compute_and_costed():
+    """An LSTM (batch-first) and a MatMul between two activations are compute the engine leaves float: listed
+    with their FLOPs and counted 32 × 32 in bitops, next to the quantizable MatMul."""
+    from autoquant.evaluate.cost import bitops_fraction
+    from autoquant.quantize.plan import LayerChoice, QuantPlan
+
+    rng = np.random.default_rng(0)
+    t, i, h = 5, 4, 6
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * h, i)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 4 * h, h)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(size=(h, 3)).astype(np.float32), "proj"),
+             numpy_helper.from_array(np.array([2], np.int64), "axes")]  # fmt: skip
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=h, layout=1),
+             helper.make_node("Squeeze", ["y", "axes"], ["seq"], name="squeeze"),
+             helper.make_node("MatMul", ["seq", "proj"], ["p"], name="proj_matmul"),
+             helper.make_node("Transpose", ["p"], ["pt"], name="t", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["pt", "p"], ["out"], name="gram")]  # fmt: skip
+    graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", t, i])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 3])], inits)  # fmt: skip
+    g = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [(layer.name, layer.flops) for layer in g.layers] == [("proj_matmul", 2 * t * h * 3)]
+    assert [(op.name, op.op_type, op.flops) for op in g.float_ops] == [
+        ("lstm", "LSTM", 2 * t * 4 * h * (i + h)), ("gram", "MatMul", 2 * 3 * 3 * t)]
+    int8 = QuantPlan.uniform(g.names, LayerChoice())
+    quantizable, floating = 2 * t * h * 3, 2 * t * 4 * h * (i + h) + 2 * 3 * 3 * t
+    assert bitops_fraction(g, int8) == pytest.approx((quantizable * 64 + floating * 1024) / ((quantizable + floating) * 1024))

@@ -302,8 +302,10 @@ def test_image_folder_with_class_subfolders_and_a_torch_module(tmp_path, capsys)
                                  "calibration_size": 8, "eval_size": 16},
                            eval={"metric": "agreement", "latency_repeats": 2})  # fmt: skip
     ws = Workspace(load_experiment(exp))
-    x = ws.splits.eval.inputs["image"]
+    x = ws.splits.eval.column("image")
     assert x.shape == (16, 3, 16, 16) and x.dtype == np.float32 and sorted(set(ws.splits.eval.y)) == [0, 1]
+    # the split selects rows of the decoded cache (memory-mapped), it does not copy the folder into memory
+    assert isinstance(ws.splits.eval.inputs["image"], np.memmap) and len(ws.splits.eval.rows) == 16
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
     assert code == 0 and json.loads(out)["fp32_accuracy"] == 100.0, err
     (tmp_path / "images" / "cats" / "0.jpg").write_bytes(b"not an image")
@@ -324,3 +326,26 @@ def test_label_free_and_top5_metrics():
     assert cosine(ref, None, ref) == pytest.approx(100.0) and cosine(-ref, None, ref) == pytest.approx(-100.0)
     logits = np.arange(20, dtype=np.float32).reshape(2, 10)
     assert top5(logits, np.array([9, 0]), None) == 50.0
+
+
+def test_separate_calibration_data(tmp_path, capsys):
+    """The user's calibration file and eval file: calibration samples come only from the first."""
+    onnx.save(two_input_model(), str(tmp_path / "two.onnx"))
+    rng = np.random.default_rng(2)
+    for name, n, scale in (("eval", 50, 1.0), ("calib", 20, 3.0)):
+        np.savez(tmp_path / f"{name}.npz", input=(scale * rng.normal(size=(n, 3, 8, 8))).astype(np.float32),
+                 other=(scale * rng.normal(size=(n, 4, 8, 8))).astype(np.float32))  # fmt: skip
+    exp = write_experiment(tmp_path / "sep.yaml", name="sep", model={"onnx": "two.onnx"},
+                           data={"source": "npz", "path": "eval.npz", "calibration": {"source": "npz", "path": "calib.npz"},
+                                 "calibration_size": 20, "eval_size": 50},
+                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+    ws = Workspace(load_experiment(exp))
+    calib = np.load(tmp_path / "calib.npz")["input"]
+    assert np.array_equal(np.sort(ws.splits.calibration.column("input").ravel()), np.sort(calib.ravel()))
+    assert len(ws.splits.eval) == 50
+    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
+    assert code == 0 and json.loads(out)["accuracy"] > 95.0, err
+    too_many = exp.read_text().replace("calibration_size: 20", "calibration_size: 30").replace("name: sep", "name: sep2")
+    (tmp_path / "many.yaml").write_text(too_many)
+    one_line_error(capsys, ["quantize", tmp_path / "many.yaml", "--out", tmp_path / "o"],
+                   "data.calibration_size is 30 but the calibration data has 20 samples")

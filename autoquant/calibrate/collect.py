@@ -3,6 +3,8 @@ of every float activation tensor at once (all range algorithms read the same sta
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -40,9 +42,14 @@ def check_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> No
         if x.dtype != spec.dtype:
             raise DataError(f"{what} data '{spec.name}' is {x.dtype}, the model input is {spec.dtype}: convert it "
                             "before saving (or let the source do it)")  # fmt: skip
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
-            raise DataError(f"{what} data '{spec.name}' has NaN or Inf in {bad} sample(s): clean or drop them")
+    floats = [i.name for i in inputs if np.issubdtype(i.dtype, np.floating)]
+    bad = collections.Counter()
+    for batch in data.batches(256):  # batch by batch: a memory-mapped split is never read whole
+        for name in floats:
+            bad[name] += int((~np.isfinite(batch[name])).reshape(len(batch[name]), -1).any(axis=1).sum())
+    for name, count in bad.items():
+        if count:
+            raise DataError(f"{what} data '{name}' has NaN or Inf in {count} sample(s): clean or drop them")
 
 
 def _augment(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProto:

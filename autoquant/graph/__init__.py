@@ -1,0 +1,1 @@
+"""The model graph: ingestion and pre-processing, compute ops with shapes and FLOPs."""

@@ -1,0 +1,1 @@
+"""Quantization: plans, the QDQ build through onnxruntime, float-layer isolation, the CPU's weight range."""

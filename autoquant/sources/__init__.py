@@ -27,16 +27,22 @@ def model_kind(exp: Experiment) -> str:
 
 def check(exp: Experiment) -> None:
     """Unknown source names and missing required settings are errors before any work starts."""
-    missing = [k for k in DATA_SOURCES.get(exp.data.source).requires if getattr(exp.data, k) is None]
-    if missing:
-        raise ConfigError(f"data.{missing[0]} is required for data.source '{exp.data.source}'")
+    for section, d in (("data", exp.data), ("data.calibration", exp.data.calibration)):
+        if d is None:
+            continue
+        missing = [k for k in DATA_SOURCES.get(d.source).requires if getattr(d, k) is None]
+        if missing:
+            raise ConfigError(f"{section}.{missing[0]} is required for data.source '{d.source}'")
     MODEL_SOURCES.get(model_kind(exp))
 
 
 def load_splits(exp: Experiment) -> Splits:
     d = exp.data
-    full = DATA_SOURCES.get(d.source)(d, experiment_dir(exp), exp.cache)
-    return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed)
+    base = experiment_dir(exp)
+    full = DATA_SOURCES.get(d.source)(d, base, exp.cache)
+    calib = DATA_SOURCES.get(d.calibration.source)(d.calibration, base, exp.cache) if d.calibration else None
+    return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed,
+                 calibration_data=calib)  # fmt: skip
 
 
 def model_path(exp: Experiment, splits: Callable[[], Splits]) -> Path:
@@ -60,7 +66,7 @@ def bind_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> Dat
     if missing:
         raise DataError(f"the {what} data has no array for the model input '{missing[0]}' (it has "
                         f"{', '.join(sorted(arrays))}): name one array after each model input")  # fmt: skip
-    return Dataset({i.name: _convert(arrays[i.name], i, what) for i in inputs}, data.y)
+    return data.with_inputs({i.name: _convert(arrays[i.name], i, what) for i in inputs})
 
 
 def _convert(x: np.ndarray, spec: ModelInput, what: str) -> np.ndarray:
