@@ -294,15 +294,30 @@ def cmd_report(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from .search.sensitivity import layer_sensitivity, write_sensitivity_report
+    from .search import sensitivity as sens
+    from .search.layer_errors import layer_errors
+    from .search.space import SearchSpace
+    from .search.study import space_path
 
     ws = _workspace(args.experiment)
-    rows = layer_sensitivity(ws, progress=lambda i, n, name: _log(f"sensitivity {i}/{n}: {name}"))
     out = args.out or Path("runs") / ws.exp.name
-    csv_path, png_path = write_sensitivity_report(rows, out)
-    print(f"{'layer':48s} {'drop pt':>8s} {'rel. output MSE':>16s}")
-    for r in sorted(rows, key=lambda r: r.output_mse, reverse=True):
-        print(f"{r.layer:48s} {r.accuracy_drop:8.2f} {r.output_mse:16.3g}")
+    if args.full:
+        rows = sens.layer_sensitivity(ws, progress=lambda i, n, name: _log(f"sensitivity {i}/{n}: {name}"))
+        csv_path, png_path = sens.write_sensitivity_report(rows, out)
+        print(f"{'layer':48s} {'drop pt':>8s} {'rel. output MSE':>16s}")
+        for r in sorted(rows, key=lambda r: r.output_mse, reverse=True):
+            print(f"{r.layer:48s} {r.accuracy_drop:8.2f} {r.output_mse:16.3g}")
+    else:
+        space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
+        errors = layer_errors(ws, space)
+        csv_path, png_path = sens.write_layer_errors_report(errors, out)
+        print(f"{'layer':48s} {'least-error choice':24s} {'its error':>10s} {'per_channel:minmax':>19s}")
+        for layer in space.layers:
+            if not any(o != "float" for o in layer.options):
+                continue
+            best = errors.best(layer.name, layer.options)
+            default = errors.of(layer.name, "per_channel:minmax") if "per_channel:minmax" in errors.options else float("nan")
+            print(f"{layer.name:48s} {best:24s} {errors.of(layer.name, best):10.3g} {default:19.3g}")
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
@@ -408,8 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--quiet", action="store_true")
     ro.set_defaults(fn=cmd_reoptimize)
 
-    sn = sub.add_parser("sensitivity", help="per-layer sensitivity table and bar plot")
+    sn = sub.add_parser("sensitivity", help="per layer and choice, the error it adds (table and heat map); --full: "
+                        "accuracy with one layer INT8 at a time")  # fmt: skip
     sn.add_argument("experiment", type=Path)
+    sn.add_argument("--full", action="store_true", help="one full evaluation per layer (slow; exact accuracy drops)")
     sn.add_argument("--out", type=Path, help="directory for sensitivity.csv/png (default: runs/EXPERIMENT_NAME)")
     sn.set_defaults(fn=cmd_sensitivity)
 

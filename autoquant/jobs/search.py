@@ -20,7 +20,7 @@ from ..fileio import atomic_write_bytes, file_lock, recover_dir
 from ..record import Record
 from ..search import trial_attrs as attrs
 from ..search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
-from ..search.sensitivity import write_sensitivity_report
+from ..search.sensitivity import write_layer_errors_report
 from ..search.study import (
     RunPaths,
     make_storage,
@@ -112,7 +112,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
                 proc.terminate()
     result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated),
                      tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws)  # fmt: skip
-    write_sensitivity_report(setup.sensitivity, paths.root)
+    write_layer_errors_report(setup.errors, paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,

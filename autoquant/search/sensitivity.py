@@ -1,7 +1,7 @@
-"""Per-layer sensitivity: quantize one layer at a time (INT8, per-channel, minmax), the rest float.
-
-Computed once per model / data / activation type and cached; it ranks layers for the warm-start
-plans and is a report of its own (`autoquant sensitivity`).
+"""Sensitivity reports. The full table (`autoquant sensitivity --full`) quantizes one layer at a time (INT8,
+per-channel, minmax), the rest float, and evaluates the whole eval set for each: exact, and one full
+evaluation per layer, so studies use the cheap per-layer, per-choice errors instead (layer_errors.py),
+which `autoquant sensitivity` and every search report as a table and a heat map.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 from ..calibrate.cache import cached_arrays
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
+from .layer_errors import LayerErrors
 from .objective import PlanScorer, TrialFailed
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,37 @@ def most_sensitive(rows: list[LayerSensitivity], k: int) -> list[str]:
     return [r.layer for r in sorted(rows, key=lambda r: (r.output_mse, r.accuracy_drop), reverse=True)[:k]]
 
 
+def write_layer_errors_report(errors: LayerErrors, out_dir: Path) -> tuple[Path, Path]:
+    """sensitivity.csv (layer × option error) and sensitivity.png (the same as a heat map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "sensitivity.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", *errors.options])
+        for name, row in zip(errors.layers, errors.table):
+            w.writerow([name, *("" if np.isnan(v) else f"{v:.6g}" for v in row)])
+    quantized = [j for j, o in enumerate(errors.options) if o != "float"]
+    shown = np.log10(np.clip(errors.table[:, quantized], 1e-8, None))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(quantized) + 3), max(3.0, 0.25 * len(errors.layers) + 1.5)))
+    image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap="magma_r")
+    ax.set_xticks(range(len(quantized)), [errors.options[j] for j in quantized], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(errors.layers)), errors.layers, fontsize=6)
+    fig.colorbar(image, ax=ax, label="log10 relative error at the layer's output")
+    ax.set_title("Error each choice adds at its layer (blank: not in the search space)")
+    fig.tight_layout()
+    png_path = out_dir / "sensitivity.png"
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return csv_path, png_path
+
+
 def write_sensitivity_report(rows: list[LayerSensitivity], out_dir: Path) -> tuple[Path, Path]:
-    """sensitivity.csv and a bar plot, most sensitive layer first."""
+    """sensitivity_full.csv and a bar plot, most sensitive layer first (the full one-layer-at-a-time table)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +101,7 @@ def write_sensitivity_report(rows: list[LayerSensitivity], out_dir: Path) -> tup
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ranked = sorted(rows, key=lambda r: r.output_mse, reverse=True)
-    csv_path = out_dir / "sensitivity.csv"
+    csv_path = out_dir / "sensitivity_full.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["layer", "accuracy_drop_pt", "relative_output_mse"])
@@ -87,7 +117,7 @@ def write_sensitivity_report(rows: list[LayerSensitivity], out_dir: Path) -> tup
     fig.suptitle("Per-layer sensitivity: only this layer INT8 (per-channel, minmax)")
     axes[0].tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    png_path = out_dir / "sensitivity.png"
+    png_path = out_dir / "sensitivity_full.png"
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return csv_path, png_path

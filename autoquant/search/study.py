@@ -23,14 +23,16 @@ from ..measure import Measurement
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
+from .guided import guided_plans, sensitive_layers
+from .layer_errors import LayerErrors, layer_errors
 from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
-from .sensitivity import LayerSensitivity, most_sensitive
 from .space import SearchSpace
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
 MAX_CONSECUTIVE_FAILURES = 20
 STORAGE_CREATE_ATTEMPTS = 5
+ACCURACY_CONSTRAINT = "accuracy_drop_over_limit"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ def space_path(cfg: SearchConfig) -> Path:
 
 
 def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    # NSGA-II and TPE rank trials with a violated constraint (Objective sets it: points lost beyond
+    # max_accuracy_drop) behind those that keep it.
     if cfg.sampler == "nsga2":
         return NSGAIISampler(population_size=cfg.population_size, seed=cfg.seed)
     if cfg.sampler == "tpe":
@@ -137,11 +141,11 @@ def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]
     return study
 
 
-def warm_starts(ws: Workspace, sensitivity: list[LayerSensitivity], ks: list[int],
-                algorithms: list[str]) -> list[tuple[str, QuantPlan]]:  # fmt: skip
+def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list[int]) -> list[tuple[str, QuantPlan]]:
     """Baselines first (all float, all INT8 per-channel and per-tensor), then all INT8 per-channel with
     each other activation algorithm of the space — uniform plans a user would try by hand, and often
-    already on the front — then INT8 with the k most sensitive layers left float."""
+    already on the front — then INT8 with the k most sensitive layers left float, then the plans the
+    per-layer error model proposes (guided.py)."""
     names = ws.graph.names
     plans = [
         ("all-float", QuantPlan.uniform(names, FLOAT)),
@@ -149,13 +153,13 @@ def warm_starts(ws: Workspace, sensitivity: list[LayerSensitivity], ks: list[int
         ("int8-per-tensor", QuantPlan.uniform(names, LayerChoice(weight_granularity="per_tensor"))),
     ]
     plans += [(f"int8-per-channel-{a}", QuantPlan.uniform(names, LayerChoice(activation_algorithm=a)))
-              for a in algorithms if a != "minmax"]  # fmt: skip
+              for a in sorted(space.algorithms()) if a != "minmax"]  # fmt: skip
     for k in ks:
         if 0 < k < len(names):
-            keep = set(most_sensitive(sensitivity, k))
+            keep = set(sensitive_layers(ws, errors, k))
             plans.append((f"sensitive-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice())
                                                                    for n in names))))  # fmt: skip
-    return plans
+    return plans + guided_plans(ws, errors, space)
 
 
 def map_plan(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:
@@ -177,8 +181,8 @@ class Objective:
     by another worker on the same storage — is not re-evaluated: its result is reused and the trial
     records which trial it duplicates."""
 
-    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: Cost):
-        self.space, self.scorer, self.objective = space, scorer, objective
+    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: Cost, max_drop: float):
+        self.space, self.scorer, self.objective, self.max_drop = space, scorer, objective, max_drop
         self.known: dict[str, tuple[int, Measurement]] = {}
         self.seen: set[int] = set()
         self.evaluated = 0
@@ -207,6 +211,8 @@ class Objective:
             self.known[key] = (trial.number, result)
             self.evaluated += 1
         attrs.set_result(trial, result)
+        # Optuna's constraint: samplers rank plans that break the accuracy limit behind those that keep it
+        trial.set_constraint(ACCURACY_CONSTRAINT, result.accuracy_drop - self.max_drop)
         return result.accuracy, self.objective.of(result)
 
 
@@ -231,7 +237,7 @@ class StudySetup:
     space: SearchSpace
     space_file: Path
     scorer: PlanScorer
-    sensitivity: list[LayerSensitivity]
+    errors: LayerErrors
     storage_url: str
 
 
@@ -239,10 +245,8 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
                 prior_plans: dict[str, QuantPlan] | None = None) -> StudySetup:  # fmt: skip
     """Open (or create) the study; on creation enqueue `prior_plans` (label → plan, e.g. what is deployed;
     mapped onto this model's layers by name) and the warm-start plans. Heavy per-study work
-    (calibration, FP32 reference, sensitivity) comes from the on-disk cache when another process
+    (calibration, FP32 reference, per-layer errors) comes from the on-disk cache when another process
     built it; with parallel workers one builds it and the others wait on its lock."""
-    from .sensitivity import layer_sensitivity
-
     say = log or (lambda msg: None)
     cfg = exp.search
     space_file = space_path(cfg)
@@ -251,18 +255,19 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     url = storage_url or cfg.storage or paths.storage
     paths.check_storage_file(url)
     study = open_study(exp, make_storage(url), study_fingerprint(exp, ws))
-    ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: warm starts and sensitivity
+    ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
     scorer = PlanScorer(ws, cfg.trial_timeout_seconds)
-    sensitivity = layer_sensitivity(ws, scorer, progress=lambda i, n, name: say(f"sensitivity {i}/{n}: {name}"))
+    t0 = time.perf_counter()
+    errors = layer_errors(ws, space)
+    say(f"autoquant: per-layer errors of {len(space.layers)} layers x their options in {time.perf_counter() - t0:.1f} s")
     if not study.trials:
         priors = [(label, map_plan(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
-        for label, plan in priors + (warm_starts(ws, sensitivity, cfg.sensitivity_k, sorted(space.algorithms()))
-                                 if cfg.warm_start else []):
+        for label, plan in priors + (warm_starts(ws, errors, space, cfg.sensitivity_k) if cfg.warm_start else []):
             study.enqueue_trial(space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return StudySetup(study, ws, space, space_file, scorer, sensitivity, url)
+    return StudySetup(study, ws, space, space_file, scorer, errors, url)
 
 
 def complete_count(study: optuna.Study) -> int:
@@ -280,7 +285,7 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, ca
     if done < target and log:
         log(f"{done} of {target} trials already complete; searching {setup.space.size():.3g} plans with {cfg.sampler}")
     progress = Progress(target, min(done, target), cfg.max_accuracy_drop, cfg.objective, quiet)
-    objective = Objective(setup.space, setup.scorer, cfg.objective)
+    objective = Objective(setup.space, setup.scorer, cfg.objective, cfg.max_accuracy_drop)
     t0 = time.perf_counter()
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None

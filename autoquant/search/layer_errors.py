@@ -1,0 +1,189 @@
+"""Cheap sensitivity: per layer and per choice the search space allows, the error that choice adds to the
+model's output (relative MSE against FP32), estimated on a small fixed subset of the eval data.
+
+Each layer runs alone (a one-node float model whose weight is an input), fed its FP32 input and weights
+fake-quantized exactly as the built QDQ model quantizes them (the activation parameters of the range
+algorithm; symmetric weights per tensor or per channel, 8 or 4 bits, the CPU's weight range), and its
+output is compared with the FP32 one: NMSE = Σ(y − y_fp)² / Σ y_fp². One pass over the subset serves every
+layer and choice without rebuilding anything through onnxruntime's quantizer. How much of a layer's
+error reaches the model's output is then measured once per layer (the real QDQ model with only that
+layer INT8, on the same subset) and scales its row. One model build and a 64-sample run per layer,
+where the full table runs the whole eval set per layer. Cached on disk by model, data, space and
+quantization settings.
+
+Why not onnxruntime's own tooling: its QDQ debugger (`qdq_loss_debug`) compares whole quantized models
+tensor by tensor, one model per plan — exactly the per-choice rebuilds this avoids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from ..calibrate.cache import cached_arrays
+from ..calibrate.collect import session_options
+from ..errors import AutoquantError, PlanError
+from ..graph.layers import LayerInfo
+from ..quantize.build import ActivationParams
+from ..quantize.plan import FLOAT, QuantPlan
+from ..quantize.weight_range import REDUCED_MAX
+from ..workspace import Workspace
+from .space import SearchSpace, decode
+
+LAYER_ERRORS_VERSION = 1
+DEFAULT_SAMPLES = 64
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerErrors:
+    """`table[layer, option]`: estimated relative output error of that option alone (NaN: not offered)."""
+
+    layers: tuple[str, ...]
+    options: tuple[str, ...]  # every option of the space, encoded as in SearchSpace
+    table: np.ndarray  # [layers, options]; NaN where the space does not offer the option to the layer
+
+    def of(self, layer: str, option: str) -> float:
+        return float(self.table[self.layers.index(layer), self.options.index(option)])
+
+    def best(self, layer: str, allowed: tuple[str, ...]) -> str:
+        """The quantized option with the least error among `allowed`."""
+        quantized = [o for o in allowed if o != "float"]
+        return min(quantized, key=lambda o: (self.of(layer, o), quantized.index(o)))
+
+
+def _single_layer(model: onnx.ModelProto, layer: LayerInfo) -> onnx.ModelProto:
+    """The layer alone, its weight an input (fed fake-quantized), bias and attributes as in the model."""
+    node = next(n for n in model.graph.node if n.name == layer.name)
+    inits = {i.name: i for i in model.graph.initializer}
+    rest = [numpy_helper.to_array(inits[t]) for t in node.input[2:] if t]
+    inputs = ["x", "w"] + [f"const{i}" for i in range(len(rest))]
+    copy = helper.make_node(node.op_type, inputs, ["y"], name=node.name)
+    copy.attribute.extend(node.attribute)
+    graph = helper.make_graph(
+        [copy], "layer",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, list(layer.weight_shape))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, f"const{i}") for i, a in enumerate(rest)],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+
+
+def fake_quant_activation(x: np.ndarray, p: ActivationParams, activation_type: str) -> np.ndarray:
+    lo, hi = (0, 255) if activation_type == "uint8" else (-128, 127)
+    return ((np.clip(np.round(x / p.scale) + p.zero_point, lo, hi) - p.zero_point) * p.scale).astype(np.float32)
+
+
+def fake_quant_weight(w: np.ndarray, layer: LayerInfo, granularity: str, bits: int, weight_range: str) -> np.ndarray:
+    """Symmetric, as onnxruntime's quantizer does it for the built model (qmax 127, 64 reduced, 7 for int4)."""
+    qmax = 7 if bits == 4 else (REDUCED_MAX if weight_range == "reduced" else 127)
+    if granularity == "per_channel":
+        axes = tuple(a for a in range(w.ndim) if a != layer.channel_axis)
+        absmax = np.abs(w).max(axis=axes, keepdims=True)
+    else:
+        absmax = np.abs(w).max()
+    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
+
+
+def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES) -> LayerErrors:
+    """Per layer and option of the space, cached by model, eval subset, space and quantization settings."""
+    options = tuple(dict.fromkeys(o for layer in space.layers for o in layer.options))
+    subset = ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
+    q = ws.exp.quantization
+    key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.sha}:{subset.sha256()}:{options}:{q}:{ws.weight_range}:"
+           f"{[(layer.name, layer.options) for layer in space.layers]}")  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def build():
+        return {"table": _measure(ws, space, options, subset)}
+
+    arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.sha[:16]}-{digest}.npz", key, build)
+    return LayerErrors(ws.graph.names, options, arrays["table"])
+
+
+def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset) -> np.ndarray:
+    model, graph, q = ws.model, ws.graph, ws.exp.quantization
+    layers = graph.layers
+    allowed = {layer.name: layer.options for layer in space.layers}
+    threads = ws.exp.eval.threads or os.cpu_count() or 1
+    opts = session_options(threads)
+    wanted = list(dict.fromkeys(t for layer in layers for t in (layer.input, layer.output)))
+    fed = {i.name for i in ws.prepared.inputs}
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    for t in wanted:
+        if t not in fed and t not in {o.name for o in aug.graph.output}:
+            aug.graph.output.append(onnx.ValueInfoProto(name=t))
+    fetch = [t for t in wanted if t not in fed]
+    full = ort.InferenceSession(aug.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    singles = [ort.InferenceSession(_single_layer(model, layer).SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"]) for layer in layers]  # fmt: skip
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = [numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers]
+    fq_weights = {}
+    for i, layer in enumerate(layers):
+        for o in allowed[layer.name]:
+            if o != "float":
+                c = decode(o)
+                fq_weights.setdefault((i, c.weight_granularity, c.weight_bits),
+                                      fake_quant_weight(weights[i], layer, c.weight_granularity, c.weight_bits, ws.weight_range))  # fmt: skip
+    num = np.zeros((len(layers), len(options)))
+    den = np.zeros(len(layers))
+    for batch in subset.batches(16):
+        values = dict(zip(fetch, full.run(fetch, batch)))
+        values.update({k: v for k, v in batch.items() if k in fed})
+        for i, layer in enumerate(layers):
+            x, y_fp = values[layer.input], values[layer.output]
+            den[i] += float(np.square(y_fp, dtype=np.float64).sum())
+            for j, o in enumerate(options):
+                if o not in allowed[layer.name] or o == "float":
+                    continue
+                c = decode(o)
+                try:
+                    p = ws.range_params(layer.input, c.activation_algorithm)
+                except PlanError:  # a tensor that cannot be quantized (mask constants): the worst option
+                    num[i, j] = np.inf
+                    continue
+                xq = fake_quant_activation(x, p, q.activation_type)
+                (y,) = singles[i].run(None, {"x": xq, "w": fq_weights[(i, c.weight_granularity, c.weight_bits)]})
+                num[i, j] += float(np.square(y - y_fp, dtype=np.float64).sum())
+    table = num / np.maximum(den, 1e-30)[:, None]
+    for i, layer in enumerate(layers):
+        for j, o in enumerate(options):
+            if o not in allowed[layer.name]:
+                table[i, j] = np.nan
+    return table * _gains(ws, table, options, allowed, subset)[:, None]
+
+
+def _gains(ws: Workspace, local: np.ndarray, options: tuple[str, ...], allowed, subset) -> np.ndarray:
+    """How much of a layer's own error reaches the model's output: for each layer, the real model with only
+    that layer INT8 (its least-error option) is run on the subset once, and the ratio of its output NMSE
+    against FP32 to the layer's local error scales the layer's whole row. A local error alone ranks a
+    classifier's last Gemm as harmless; its error reaches the logits undiminished."""
+    ev = ws.evaluator
+    reference = ws.reference.outputs[: len(subset)]
+    power = float(np.square(reference, dtype=np.float64).mean()) or 1.0
+    gains = np.ones(len(ws.graph.layers))
+    for i, layer in enumerate(ws.graph.layers):
+        row = {o: local[i, options.index(o)] for o in allowed[layer.name] if o != "float"}
+        finite = {o: e for o, e in row.items() if np.isfinite(e) and e > 0}
+        if not finite:
+            continue
+        option = min(finite, key=finite.get)
+        plan = QuantPlan(tuple((n, decode(option) if n == layer.name else FLOAT) for n in ws.graph.names))
+        try:
+            out = ev.outputs(ev.session(ws.build(plan)), subset)
+        except AutoquantError as exc:  # a plan that cannot be built or run alone: leave the local figure
+            log.warning("per-layer error of %s: %s", layer.name, exc)
+            continue
+        gains[i] = float(np.square(out - reference, dtype=np.float64).mean()) / power / finite[option]
+    return gains
