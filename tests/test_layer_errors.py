@@ -78,3 +78,24 @@ def test_guided_plans_follow_the_table(resnet20_ws, space20):
     options = {s.name: s.options for s in space20.layers}
     ratio = [errors.of(n, errors.best(n, options[n])) / flops[n] for n in order]
     assert ratio == sorted(ratio, reverse=True)
+
+
+def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, monkeypatch):
+    """Under objective latency a trial's ratio comes from rounds that alternate the plan's session with FP32's
+    (not from an FP32 figure measured once at study start); the all-float plan then reads about 1."""
+    from autoquant.quantize.plan import FLOAT
+    from autoquant.search.objective import PlanScorer
+
+    exp = resnet20_ws.exp
+    ws = Workspace(dataclasses.replace(exp, eval=dataclasses.replace(exp.eval, latency_repeats=15)))
+    timed = []
+    real = type(ws.evaluator).latency_ms
+
+    def spy(self, *sessions):
+        timed.append(len(sessions))
+        return real(self, *sessions)
+
+    monkeypatch.setattr(type(ws.evaluator), "latency_ms", spy)
+    result = PlanScorer(ws, paired=True)(QuantPlan.uniform(ws.graph.names, FLOAT))
+    assert timed == [2]  # the plan and FP32, in the same rounds
+    assert 0.7 < result.latency_ratio < 1.3

@@ -70,8 +70,19 @@ def test_bad_spaces_name_the_problem(raw, message):
         SearchSpace.from_dict(raw, GRAPH)
 
 
-def test_rule_matching_nothing_warns(tmp_path):
+def test_rule_whose_name_pattern_matches_nothing_warns(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"rules": [{"match": {"name": "re:/decoder/.*"}, "choices": {"quantize": [False]}}]}))
+    with pytest.warns(UserWarning, match="matches no layer"):
+        SearchSpace.from_yaml(path, GRAPH)
+
+
+def test_generic_rule_that_does_not_apply_is_silent(tmp_path):
+    """The shipped space's depthwise rule on a model without depthwise convs is not a mistake."""
+    import warnings
+
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"rules": [{"match": {"op_type": "MatMul"}, "choices": {"quantize": [False]}}]}))
-    with pytest.warns(UserWarning, match="matches no layer"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         SearchSpace.from_yaml(path, GRAPH)

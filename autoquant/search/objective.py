@@ -40,15 +40,18 @@ class PlanScorer:
     """Builds a plan's model from the workspace cache and measures it, within the trial's deadline: any
     failure is the plan's (TrialFailed), so the study goes on."""
 
-    def __init__(self, ws: Workspace, timeout: float | None = None):
-        self.ws, self.timeout = ws, timeout
+    def __init__(self, ws: Workspace, timeout: float | None = None, paired: bool = False):
+        """`paired`: time every trial interleaved with FP32 in the same rounds (when latency is what the
+        study minimises: a ratio to an FP32 figure measured once drifts with the machine's load)."""
+        self.ws, self.timeout, self.paired = ws, timeout, paired
         self.meter = Meter(ws)
-        self.meter.fp32_latency_ms  # noqa: B018 - measured once per study, before any trial competes with it
+        if not paired:
+            self.meter.fp32_latency_ms  # noqa: B018 - measured once per study, before any trial competes with it
 
     def __call__(self, plan: QuantPlan) -> Measurement:
         try:
             with deadline(self.timeout):
-                return self.meter(self.ws.build(plan), plan)
+                return self.meter(self.ws.build(plan), plan, paired=self.paired)
         except TrialFailed:
             raise
         except AutoquantError as exc:

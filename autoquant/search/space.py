@@ -88,7 +88,9 @@ class SearchSpace:
             if not isinstance(rule, Mapping) or set(rule) - {"match", "choices"} or "match" not in rule:
                 raise ConfigError(f"{rwhere} must have 'match' and 'choices' only")
             hits = [layer for layer in graph.layers if _matches(layer, rule["match"], rwhere)]
-            if not hits:
+            if not hits and "name" in rule["match"]:
+                # a name pattern that matches nothing is likely a typo; a rule by op type or depthwise-ness
+                # (the shipped spaces have them) simply does not apply to every model
                 warnings.warn(f"{rwhere} matches no layer", stacklevel=2)
             for layer in hits:
                 per_layer[layer.name] = _choices(rule.get("choices") or {}, rwhere, per_layer[layer.name])

@@ -256,7 +256,7 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     paths.check_storage_file(url)
     study = open_study(exp, make_storage(url), study_fingerprint(exp, ws))
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
-    scorer = PlanScorer(ws, cfg.trial_timeout_seconds)
+    scorer = PlanScorer(ws, cfg.trial_timeout_seconds, paired=cfg.objective is Cost.LATENCY)
     t0 = time.perf_counter()
     errors = layer_errors(ws, space)
     say(f"autoquant: per-layer errors of {len(space.layers)} layers x their options in {time.perf_counter() - t0:.1f} s")
