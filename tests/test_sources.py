@@ -349,3 +349,25 @@ def test_separate_calibration_data(tmp_path, capsys):
     (tmp_path / "many.yaml").write_text(too_many)
     one_line_error(capsys, ["quantize", tmp_path / "many.yaml", "--out", tmp_path / "o"],
                    "data.calibration_size is 30 but the calibration data has 20 samples")
+
+
+def test_conv_transpose_stays_float_and_does_not_count_against_the_plan(tmp_path, capsys):
+    """A detector's upsampling ConvTranspose is float compute: all-INT8 and mixed plans of its Convs build
+    and pass the executed-kernel check, and it is costed 32 × 32."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 2, 2, 2)).astype(np.float32), "wt")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "wt"], ["output"], name="up", strides=[2, 2])]  # fmt: skip
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2, 16, 16])], inits)  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "det.onnx"))
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3, 8, 8)).astype(np.float32))
+    exp = write_experiment(tmp_path / "det.yaml", name="det", model={"onnx": "det.onnx"},
+                           data={"source": "npz", "path": "d.npz", "calibration_size": 20, "eval_size": 20},
+                           eval={"metric": "cosine", "latency_repeats": 2}, search={"trials": 4, "sensitivity_k": []})  # fmt: skip
+    ws = Workspace(load_experiment(exp))
+    assert [(op.name, op.op_type, op.flops) for op in ws.graph.float_ops] == [("up", "ConvTranspose", 2 * 4 * 64 * 2 * 4)]
+    code, out, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet", "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["met"], err

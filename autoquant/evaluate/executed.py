@@ -28,6 +28,9 @@ INTEGER_KERNELS = frozenset(
 )  # fmt: skip
 FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# What a plan's layers can become: ConvTranspose is compute autoquant never quantizes (listed and costed as
+# float), so it is not counted against the plan's layers.
+LAYER_FLOAT_KERNELS = FLOAT_KERNELS - {"ConvTranspose"}
 LAYOUT_ONLY = ["NchwcTransformer"]
 
 
@@ -130,7 +133,7 @@ def kernel_counts(optimized: onnx.ModelProto) -> collections.Counter:
     for node in optimized.graph.node:
         if node.op_type in INTEGER_KERNELS and any(constant(t) for t in node.input[1:]):
             counts["integer"] += 1
-        elif node.op_type in FLOAT_KERNELS and len(node.input) > 1 and constant(node.input[1]):
+        elif node.op_type in LAYER_FLOAT_KERNELS and len(node.input) > 1 and constant(node.input[1]):
             counts["float"] += 1
     return counts
 
