@@ -7,6 +7,7 @@ import collections
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -45,6 +46,8 @@ def _configure_logging() -> None:
         own.addHandler(handler)
     own.setLevel(logging.INFO)
     own.propagate = False
+    # MLflow sets its logger's level from this variable when it is imported (lazily, after this runs)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.ERROR)
 

@@ -32,7 +32,7 @@ class Progress:
             self.best_acc = max(self.best_acc or r.accuracy, r.accuracy)
             self.best_cost = min(self.best_cost or self.objective.of(r), self.objective.of(r))
         post = {"best acc ok": f"{self.best_acc:.2f}" if self.best_acc is not None else "-",
-                f"lowest {self.objective} ok": f"{self.best_cost:.4g}" if self.best_cost is not None else "-"}  # fmt: skip
+                f"lowest {self.objective.value} ok": f"{self.best_cost:.4g}" if self.best_cost is not None else "-"}  # fmt: skip
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 
