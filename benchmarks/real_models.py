@@ -58,11 +58,44 @@ def row(method: str, m, seconds: float) -> dict:
             "latency_ms": m.latency_ms, "size_bytes": m.size_bytes, "seconds": seconds}  # fmt: skip
 
 
+def plot(results: dict) -> Path:
+    """Fidelity against paired latency per model, one marker per method, the constraint drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, (name, m) in zip(axes[0], models.items()):
+        for r in m["rows"]:
+            kind = "FP32" if r["method"] == "FP32" else ("autoquant" if r["method"].startswith("autoquant") else "ORT")
+            style = {"FP32": ("k", "o"), "autoquant": ("tab:orange", "*"), "ORT": ("tab:blue", "s")}[kind]
+            ax.scatter(r["latency_ratio"], r["fidelity"], c=style[0], marker=style[1], s=160 if kind == "autoquant" else 60)
+            ax.annotate(r["method"].replace("ORT quantize_static ", "quantize_static\n"), (r["latency_ratio"], r["fidelity"]),
+                        fontsize=7, xytext=(5, -4), textcoords="offset points")  # fmt: skip
+        ax.axhline(100 - 3.0, ls="--", c="tab:red", lw=1, label="constraint: 3 points")
+        ax.set_xlabel("latency / FP32 (interleaved)")
+        ax.set_ylabel("fidelity: cosine to FP32 x 100")
+        ax.set_title(f"{name} ({m['eval_samples']} eval samples)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = RESULTS / "real_models.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--only", help="run one model (its name as in the table); the others' results are kept")
+    p.add_argument("--replot", action="store_true", help="only redraw real_models.png from real_models.json")
     args = p.parse_args()
+    if args.replot:
+        print(f"wrote {plot(json.loads((RESULTS / 'real_models.json').read_text()))}")
+        return
     sys.path.insert(0, str(REAL))
     previous = RESULTS / "real_models.json"
     kept = json.loads(previous.read_text())["models"] if args.only and previous.is_file() else {}
@@ -105,7 +138,7 @@ def main() -> None:
             for r in rows:
                 print(f"| {r['method']} | {r['fidelity']:.2f} | {r['drop']:+.2f} | {r['latency_ratio']:.2f} | "
                       f"{r['size_bytes'] / 1e6:.1f} | {r['seconds']:.0f} |")  # fmt: skip
-    print(f"\nwrote {write_result('real_models', results)}")
+    print(f"\nwrote {write_result('real_models', results)} and {plot(results)}")
 
 
 if __name__ == "__main__":
