@@ -3,6 +3,7 @@ fixed disjoint splits. Sources (autoquant/sources/data/) produce them; the engin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ class Dataset:
         return self._take(0, n)
 
     def sha256(self) -> str:
+        """Content hash (cache keys, study fingerprints); computed once: a study asks for it several times."""
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> str:
         h = hashlib.sha256()
         for name in sorted(self.inputs):
             v = self.inputs[name]

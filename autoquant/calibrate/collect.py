@@ -52,7 +52,8 @@ def check_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> No
             raise DataError(f"{what} data '{name}' has NaN or Inf in {count} sample(s): clean or drop them")
 
 
-def _augment(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProto:
+def augment(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs `tensors` (inner activations to read)."""
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
     have = {o.name for o in aug.graph.output}
@@ -75,7 +76,7 @@ def collect_stats(
     check_inputs(data, inputs, "calibration")
     fed = {i.name for i in inputs}
     fetched = [t for t in tensors if t not in fed]  # graph inputs are read from the batch itself
-    sess = ort.InferenceSession(_augment(model, tuple(fetched)).SerializeToString(), session_options(threads),
+    sess = ort.InferenceSession(augment(model, tuple(fetched)).SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])  # fmt: skip
     stats = {t: TensorStats() for t in tensors}
     for feed in data.batches(batch_size):
@@ -91,7 +92,7 @@ def observed_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads
     """The shape of every float tensor on one real batch: what shape inference could not say of a model
     whose shapes depend on its input (dynamic height/width, sequence length)."""
     produced = [o for n in model.graph.node for o in n.output if o]
-    sess = ort.InferenceSession(_augment(model, tuple(produced)).SerializeToString(), session_options(threads),
+    sess = ort.InferenceSession(augment(model, tuple(produced)).SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])  # fmt: skip
     names = [o.name for o in sess.get_outputs()]
     return {n: tuple(v.shape) for n, v in zip(names, sess.run(names, feed)) if isinstance(v, np.ndarray)}

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..calibrate.cache import cached_arrays
-from ..calibrate.collect import session_options
+from ..calibrate.collect import augment, session_options
 from ..errors import AutoquantError, PlanError
 from ..graph.layers import LayerInfo
 from ..quantize.build import ActivationParams
@@ -118,13 +118,8 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
     opts = session_options(threads)
     wanted = list(dict.fromkeys(t for layer in layers for t in (layer.input, layer.output)))
     fed = {i.name for i in ws.prepared.inputs}
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    for t in wanted:
-        if t not in fed and t not in {o.name for o in aug.graph.output}:
-            aug.graph.output.append(onnx.ValueInfoProto(name=t))
     fetch = [t for t in wanted if t not in fed]
-    full = ort.InferenceSession(aug.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    full = ort.InferenceSession(augment(model, tuple(fetch)).SerializeToString(), opts, providers=["CPUExecutionProvider"])
     singles = [ort.InferenceSession(_single_layer(model, layer).SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"]) for layer in layers]  # fmt: skip
     inits = {i.name: i for i in model.graph.initializer}
@@ -144,16 +139,19 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
         for i, layer in enumerate(layers):
             x, y_fp = values[layer.input], values[layer.output]
             den[i] += float(np.square(y_fp, dtype=np.float64).sum())
+            fq_inputs: dict[str, np.ndarray] = {}  # per range algorithm: shared by both granularities and bit widths
             for j, o in enumerate(options):
                 if o not in allowed[layer.name] or o == "float":
                     continue
                 c = decode(o)
-                try:
-                    p = ws.range_params(layer.input, c.activation_algorithm)
-                except PlanError:  # a tensor that cannot be quantized (mask constants): the worst option
-                    num[i, j] = np.inf
-                    continue
-                xq = fake_quant_activation(x, p, q.activation_type)
+                if c.activation_algorithm not in fq_inputs:
+                    try:
+                        p = ws.range_params(layer.input, c.activation_algorithm)
+                    except PlanError:  # a tensor that cannot be quantized (mask constants): the worst option
+                        num[i, j] = np.inf
+                        continue
+                    fq_inputs[c.activation_algorithm] = fake_quant_activation(x, p, q.activation_type)
+                xq = fq_inputs[c.activation_algorithm]
                 (y,) = singles[i].run(None, {"x": xq, "w": fq_weights[(i, c.weight_granularity, c.weight_bits)]})
                 num[i, j] += float(np.square(y - y_fp, dtype=np.float64).sum())
     table = num / np.maximum(den, 1e-30)[:, None]
