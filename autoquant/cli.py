@@ -125,30 +125,32 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .evaluate.executed import disagreements, executed_layers, weight_bits
+    from .evaluate.executed import disagreements, executed_layers, intended
     from .graph.ingest import load_onnx
     from .quantize.weight_range import saturating_layers, uint8_kernels_saturate
     from .record import Record
 
     model = load_onnx(args.model)
-    stored = weight_bits(model)
+    stored = intended(model)
     if not stored:
         raise AutoquantError(f"{args.model} has no Conv, Gemm or MatMul with constant weights: nothing to inspect")
-    intended = dict(stored)
+    labels = {name: layer.label for name, layer in stored.items()}
+    runs = {name: layer.runs for name, layer in stored.items()}
     if args.record:
-        intended = {lr.name: (lr.weight.bits if lr.quantized and lr.weight else 32) for lr in Record.load(args.record).layers}
-        if set(intended) != set(stored):
+        plan = Record.load(args.record).plan()
+        if set(plan.names) != set(stored):
             raise AutoquantError(f"{args.record} describes other layers than {args.model}: give the record made with it")
+        labels = {n: c.label for n, c in plan.choices}
+        runs = plan.runs()
     executed = executed_layers(model)
-    wrong = disagreements(intended, executed)
+    wrong = disagreements(runs, executed)
     if args.json:
-        print(json.dumps({"layers": [{"name": e.name, "intended_weight_bits": intended[e.name], "kernel": e.kernel,
-                                      "runs": e.mode} for e in executed], "disagreements": wrong}))  # fmt: skip
+        print(json.dumps({"layers": [{"name": e.name, "intended": labels[e.name], "kernel": e.kernel, "runs": e.mode}
+                                     for e in executed], "disagreements": wrong}))  # fmt: skip
     else:
-        print(f"{'layer':56s} {'intended':>8s}  {'kernel':14s} runs")
+        print(f"{'layer':56s} {'intended':>8s}  {'kernel':20s} runs")
         for e in executed:
-            bits = intended[e.name]
-            print(f"{e.name:56s} {'float' if bits == 32 else f'int{bits}':>8s}  {e.kernel or '-':14s} {e.mode}")
+            print(f"{e.name:56s} {labels[e.name]:>8s}  {e.kernel or '-':20s} {e.mode}")
         modes = collections.Counter(e.mode for e in executed)
         print(f"{len(executed)} layers in a default onnxruntime session: "
               + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items())))  # fmt: skip

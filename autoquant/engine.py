@@ -12,7 +12,7 @@ from .fileio import atomic_write_bytes, atomic_write_files
 from .graph.ingest import load_onnx, prepare
 from .graph.layers import analyze
 from .measure import Measurement, Meter
-from .quantize.build import build_qdq
+from .quantize.build import build_model
 from .quantize.plan import LayerChoice, QuantPlan
 from .record import Record, make_record, validate_record
 from .workspace import Workspace
@@ -85,7 +85,7 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
     model = prepared.load()
     graph = analyze(model)
     validate_record(record, model, graph, str(record_path))
-    qmodel = build_qdq(model, graph, record.plan(), record.activation_params(), record.activation_type,
+    qmodel = build_model(model, graph, record.plan(), record.activation_params(), record.activation_type,
                        record.weight_range)
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())
 

@@ -84,9 +84,9 @@ def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.Mode
     """Refuse a model onnxruntime would not run as the plan says: its figures would describe a model that
     does not run. The cheap count runs on the graph the measuring session optimized anyway; only a
     mismatch traces the layers to name them."""
-    if count_disagreement(plan.weight_bits(), optimized) is None:
+    if count_disagreement(plan.runs(), optimized) is None:
         return
-    lines = disagreements(plan.weight_bits(), executed_layers(model)) or [count_disagreement(plan.weight_bits(), optimized)]
+    lines = disagreements(plan.runs(), executed_layers(model)) or [count_disagreement(plan.runs(), optimized)]
     more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
     hint = ("autoquant's float-layer construction failed on this onnxruntime: please report it"
             if "meant to run float" in lines[0] else

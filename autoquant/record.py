@@ -20,7 +20,8 @@ from .errors import PlanError
 from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
 from .graph.layers import GraphInfo
-from .quantize.build import ActivationParams, tensor_algorithms
+from .quantize.build import ActivationParams
+from .quantize.modes.static import tensor_algorithms
 from .quantize.plan import LayerChoice, QuantPlan
 from .versions import versions
 

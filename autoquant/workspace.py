@@ -29,7 +29,8 @@ from .evaluate.evaluator import EvalResult, Evaluator
 from .evaluate.metrics import resolve_metric
 from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, ShapesUnknown, analyze
-from .quantize.build import ActivationParams, build_qdq, params_from_range, tensor_algorithms
+from .quantize.build import ActivationParams, build_model, params_from_range
+from .quantize.modes.static import tensor_algorithms
 from .quantize.plan import QuantPlan
 from .quantize.weight_range import resolve as resolve_weight_range
 from .sources import bind_inputs, experiment_dir, load_splits, model_path
@@ -186,4 +187,4 @@ class Workspace:
     def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None) -> onnx.ModelProto:
         """The plan's QDQ model; `params` are the plan's activations() when the caller already has them."""
         params = params if params is not None else self.activations(plan)[0]
-        return build_qdq(self.model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range)
+        return build_model(self.model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range)

@@ -12,7 +12,8 @@ from autoquant.calibrate.collect import collect_stats
 from autoquant.data import Dataset
 from autoquant.graph.ingest import prepare
 from autoquant.graph.layers import analyze
-from autoquant.quantize.build import build_qdq, params_from_range, tensor_algorithms
+from autoquant.quantize.build import build_model, params_from_range
+from autoquant.quantize.modes.static import tensor_algorithms
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.record import make_record
 
@@ -36,7 +37,7 @@ def build(tiny, plan):
     model, graph, stats, _, _ = tiny
     algos = tensor_algorithms(model, graph, plan)
     acts = {t: params_from_range(stats[t].min, stats[t].max, "uint8") for t in algos}
-    return build_qdq(model, graph, plan, acts, "uint8"), acts, algos
+    return build_model(model, graph, plan, acts, "uint8"), acts, algos
 
 
 def run(model, x):
@@ -100,5 +101,5 @@ def test_int8_activations_build_and_run(tiny):
     model, graph, stats, data, _ = tiny
     plan = QuantPlan.uniform(graph.names, LayerChoice())
     acts = {t: params_from_range(stats[t].min, stats[t].max, "int8") for t in tensor_algorithms(model, graph, plan)}
-    q = build_qdq(model, graph, plan, acts, "int8")
+    q = build_model(model, graph, plan, acts, "int8")
     assert np.abs(run(q, data.x) - run(model, data.x)).mean() < 0.05 * np.abs(run(model, data.x)).mean()

@@ -123,7 +123,7 @@ def test_plan_onnxruntime_would_not_run_as_int8_is_refused(resnet20_ws, tmp_path
     as float Convs on dequantized weights: quantize says so instead of writing a model that claims INT8."""
     exp = replace(resnet20_ws.exp, quantization=replace(resnet20_ws.exp.quantization, activation_type="int8"))
     ws = Workspace(exp)
-    with pytest.raises(ModelError, match=r"would not run this plan as written: /conv1/Conv: meant to run INT8, "
+    with pytest.raises(ModelError, match=r"would not run this plan as written: /conv1/Conv: meant to run an integer kernel, "
                                          r"runs Conv \(float \(dequantized weights\)\) \(\+9 more\)"):
         quantize(ws, preset_plan(ws, "int8-per-channel"), tmp_path)
     assert not any(tmp_path.iterdir())

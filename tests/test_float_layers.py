@@ -44,7 +44,7 @@ def assert_runs_as_planned(model: onnx.ModelProto, plan: QuantPlan) -> None:
             assert e.integer and e.kernel in INTEGER_KERNELS, (name, e)
         else:
             assert not e.integer and e.float_weights and e.kernel in FLOAT_KERNELS, (name, e)
-    assert disagreements(plan.weight_bits(), list(executed.values())) == []
+    assert disagreements(plan.runs(), list(executed.values())) == []
 
 
 @pytest.mark.parametrize("which", ["first float", "middle float", "classifier float", "every other float",
@@ -73,7 +73,7 @@ def test_without_the_construction_onnxruntime_requantizes_the_float_layer(resnet
     plan makes onnxruntime run the "float" conv as QLinearConv (its WeightBiasQuantization pass)."""
     middle = "/layer2/layer2.0/conv1/Conv"
     plan = plans(resnet20_ws.graph.names, middle)["middle float"]
-    assert disagreements(plan.weight_bits(), executed_layers(resnet20_ws.build(plan))) == [
+    assert disagreements(plan.runs(), executed_layers(resnet20_ws.build(plan))) == [
         f"{middle}: meant to run float, runs QLinearConv (integer)"
     ]
 

@@ -36,12 +36,18 @@ LAYOUT_ONLY = ["NchwcTransformer"]
 
 @dataclass(frozen=True)
 class BuiltLayer:
-    """A Conv/Gemm/MatMul of a (QDQ) model with constant weights, as the file states it."""
+    """A Conv/Gemm/MatMul of a built model with constant weights, as the file states it."""
 
     name: str
     op_type: str
-    weight: str  # the initializer holding the weights (the quantized one when they go through a DQ)
+    weight: str  # the initializer holding the weights (the quantized one when they are quantized)
     weight_bits: int  # 32 for float weights
+    runs: str = ""  # the kernel kind the file asks for: "integer", "float" or "dequantized"
+    label: str = ""  # how the layer is quantized, as `autoquant inspect` names it (LayerChoice.label)
+
+
+# Integer nodes that onnxruntime's dynamic and n-bit quantizers write: the layer is their constant input 1.
+RUNTIME_QUANTIZED = {"MatMulInteger": "dynamic", "MatMulNBits": "int4"}
 
 
 @dataclass(frozen=True)
@@ -65,16 +71,25 @@ def built_layers(model: onnx.ModelProto) -> list[BuiltLayer]:
     producers = {o: n for n in model.graph.node for o in n.output}
     layers = []
     for node in model.graph.node:
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+        if len(node.input) < 2:
             continue
         w = node.input[1]
+        if node.op_type in RUNTIME_QUANTIZED and w in inits:
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 8)
+            layers.append(BuiltLayer(node.name, "MatMul", w, bits, "integer", RUNTIME_QUANTIZED[node.op_type]))
+            continue
+        if node.op_type not in WEIGHTED_OPS:
+            continue
         dq = producers.get(w)
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-            bits = onnx.helper.tensor_dtype_to_np_dtype(inits[dq.input[0]].data_type).itemsize * 8
-            bits = 4 if inits[dq.input[0]].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else bits
-            layers.append(BuiltLayer(node.name, node.op_type, dq.input[0], bits))
+            data_type = inits[dq.input[0]].data_type
+            if data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+                layers.append(BuiltLayer(node.name, node.op_type, dq.input[0], 4, "dequantized", "int4-qdq"))
+            else:
+                bits = onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
+                layers.append(BuiltLayer(node.name, node.op_type, dq.input[0], bits, "integer", f"int{bits}"))
         elif w in inits:
-            layers.append(BuiltLayer(node.name, node.op_type, w, 32))
+            layers.append(BuiltLayer(node.name, node.op_type, w, 32, "float", "float"))
     return layers
 
 
@@ -138,15 +153,15 @@ def kernel_counts(optimized: onnx.ModelProto) -> collections.Counter:
     return counts
 
 
-def count_disagreement(intended: dict[str, int], optimized: onnx.ModelProto) -> str | None:
-    """The cheap check for every trial, on the graph its own session optimized: one integer kernel per
-    INT8 layer and one float kernel per other layer, or a sentence saying what differs."""
-    want = collections.Counter("integer" if bits == 8 else "float" for bits in intended.values())
+def count_disagreement(intended: dict[str, str], optimized: onnx.ModelProto) -> str | None:
+    """The cheap check for every trial, on the graph its own session optimized: one integer kernel per layer
+    meant to run integer and one float kernel per other layer, or a sentence saying what differs."""
+    want = collections.Counter("integer" if runs == "integer" else "float" for runs in intended.values())
     got = kernel_counts(optimized)
     if got["integer"] == want["integer"] and got["float"] == want["float"]:
         return None
     return (f"onnxruntime runs {got['integer']} integer and {got['float']} float kernels for a plan with "
-            f"{want['integer']} INT8 and {want['float']} other layers")
+            f"{want['integer']} integer and {want['float']} other layers")
 
 
 def executed_layers(model: onnx.ModelProto) -> list[ExecutedLayer]:
@@ -161,21 +176,21 @@ def executed_layers(model: onnx.ModelProto) -> list[ExecutedLayer]:
     return traced
 
 
-def disagreements(intended: dict[str, int], executed: list[ExecutedLayer]) -> list[str]:
-    """One line per layer whose executed kernel contradicts its intended weight bits (32 = float)."""
+def disagreements(intended: dict[str, str], executed: list[ExecutedLayer]) -> list[str]:
+    """One line per layer whose executed kernel contradicts the kernel kind it is meant to run
+    (LayerChoice.runs: integer, float, or float on dequantized weights)."""
     lines = []
     for e in executed:
-        bits = intended.get(e.name)
-        if bits is None:
-            continue
-        if bits == 32 and not (e.kernel and not e.integer and e.float_weights):
+        runs = intended.get(e.name)
+        if runs == "float" and not (e.kernel and not e.integer and e.float_weights):
             lines.append(f"{e.name}: meant to run float, runs {e.kernel or 'nothing traceable'} ({e.mode})")
-        elif bits == 8 and not e.integer:
-            lines.append(f"{e.name}: meant to run INT8, runs {e.kernel or 'nothing traceable'} ({e.mode})")
+        elif runs == "integer" and not e.integer:
+            lines.append(f"{e.name}: meant to run an integer kernel, runs {e.kernel or 'nothing traceable'} ({e.mode})")
+        elif runs == "dequantized" and (e.integer or not e.kernel):
+            lines.append(f"{e.name}: meant to run float on dequantized weights, runs {e.kernel or 'nothing traceable'}")
     return lines
 
 
-def weight_bits(model: onnx.ModelProto) -> dict[str, int]:
-    """What the file itself says of each layer's weights: 32 (float), 8 or 4 bits."""
-    return {layer.name: layer.weight_bits for layer in built_layers(model)}
-
+def intended(model: onnx.ModelProto) -> dict[str, BuiltLayer]:
+    """What the file itself says of each layer, by name."""
+    return {layer.name: layer for layer in built_layers(model)}

@@ -15,6 +15,20 @@ from ..errors import ConfigError, PlanError
 
 GRANULARITIES = ("per_tensor", "per_channel")
 WEIGHT_BITS = (8, 4)
+# How a quantized layer runs (quantize/modes/ builds each): `static` INT8 through Q/DQ with calibrated
+# activation scales; `dynamic` INT8 with activations quantized at run time from their own min/max
+# (MatMulInteger); `int4` blockwise 4-bit weights, activations left float (MatMulNBits).
+MODES = ("static", "dynamic", "int4")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# MatMulNBits' compute precision: 4 multiplies in int8 (its fast CPU kernels), 1 in float32.
+ACCURACY_LEVELS = (4, 1)
+# What each mode fixes of the other fields, so `{mode: int4}` needs no more keys than that.
+MODE_FIELDS = {
+    "static": {"block_size": 0, "accuracy_level": 0},
+    "dynamic": {"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0},
+    "int4": {"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4,
+             "block_size": 32, "accuracy_level": 4},
+}  # fmt: skip
 PLAN_FORMAT_VERSION = 1
 
 
@@ -37,8 +51,16 @@ class LayerChoice:
     activation_algorithm: str = "minmax"
     weight_bits: int = 8
     activation_bits: int = 8
+    mode: str = "static"
+    block_size: int = 0  # int4: weights share a scale per block of this many input channels
+    accuracy_level: int = 0  # int4: MatMulNBits compute precision (ACCURACY_LEVELS)
 
     def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode '{self.mode}' is unknown: use one of {', '.join(MODES)}")
+        if self.quantize and self.mode != "static":
+            self._check_mode()
+            return
         if self.weight_granularity not in GRANULARITIES:
             raise ConfigError(
                 f"weight_granularity '{self.weight_granularity}' is unknown: use one of {', '.join(GRANULARITIES)}"
@@ -53,6 +75,33 @@ class LayerChoice:
             raise ConfigError(f"activation_bits {self.activation_bits} is not supported: use 8")
         if self.weight_bits == 4 and self.weight_granularity != "per_channel":
             raise ConfigError("4-bit weights need weight_granularity: per_channel")
+        if self.quantize and (self.block_size or self.accuracy_level):
+            raise ConfigError("block_size and accuracy_level belong to mode int4")
+
+    def _check_mode(self):
+        fixed = {k: v for k, v in MODE_FIELDS[self.mode].items() if k not in ("block_size", "accuracy_level")}
+        if self.mode == "dynamic":
+            if self.weight_granularity not in GRANULARITIES:
+                raise ConfigError(f"mode dynamic takes weight_granularity {' or '.join(GRANULARITIES)}")
+        elif self.block_size not in BLOCK_SIZES or self.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(f"mode int4 needs block_size in {list(BLOCK_SIZES)} and accuracy_level in "
+                              f"{list(ACCURACY_LEVELS)}, got {self.block_size} / {self.accuracy_level}")  # fmt: skip
+        for key, value in fixed.items():
+            if getattr(self, key) != value:
+                raise ConfigError(f"mode {self.mode} fixes {key} to {value!r} (got {getattr(self, key)!r}): "
+                                  "leave it out")  # fmt: skip
+        if self.activation_bits != 8:
+            raise ConfigError(f"activation_bits {self.activation_bits} is not supported: use 8")
+        if self.mode == "dynamic" and (self.block_size or self.accuracy_level):
+            raise ConfigError("block_size and accuracy_level belong to mode int4")
+
+    @classmethod
+    def dynamic(cls, granularity: str = "per_channel") -> LayerChoice:
+        return cls(True, granularity, mode="dynamic")
+
+    @classmethod
+    def int4(cls, block_size: int = 32, accuracy_level: int = 4) -> LayerChoice:
+        return cls(True, "per_block", "minmax", 4, mode="int4", block_size=block_size, accuracy_level=accuracy_level)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str, base: LayerChoice | None = None) -> LayerChoice:
@@ -62,16 +111,46 @@ class LayerChoice:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        merged = {**asdict(base or cls()), **raw}
-        for key, typ in (("quantize", bool), ("weight_bits", int), ("activation_bits", int)):
+        base = base or cls()
+        if "mode" in raw and raw["mode"] != base.mode:  # another mode: its fields start from the defaults
+            base = cls(quantize=base.quantize)
+        merged = {**asdict(base), **raw}
+        if merged["mode"] in MODE_FIELDS:  # fields the mode fixes follow it unless given here
+            merged.update({k: v for k, v in MODE_FIELDS[merged["mode"]].items() if k not in raw})
+        for key, typ in (("quantize", bool), ("weight_bits", int), ("activation_bits", int), ("block_size", int),
+                         ("accuracy_level", int)):
             if not isinstance(merged[key], typ) or (typ is int and isinstance(merged[key], bool)):
                 raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {merged[key]!r}")
+        if not merged["quantize"]:
+            return cls(quantize=False)  # float is float, whatever else the base had set
         return cls(**merged)
 
     @property
     def cost_bits(self) -> tuple[int, int]:
-        """(activation bits, weight bits) for the bitops model; float layers count 32 × 32."""
-        return (self.activation_bits, self.weight_bits) if self.quantize else (32, 32)
+        """(activation bits, weight bits) for the bitops model; float layers count 32 × 32. int4 multiplies
+        in int8 at accuracy level 4 (8 × 4) and in float at level 1 (32 × 4)."""
+        if not self.quantize:
+            return 32, 32
+        if self.mode == "int4":
+            return (8 if self.accuracy_level == 4 else 32), 4
+        return self.activation_bits, self.weight_bits
+
+    @property
+    def label(self) -> str:
+        """Short name of how the layer runs: float, int8 / int4-qdq (static), dynamic, int4 (MatMulNBits)."""
+        if not self.quantize:
+            return "float"
+        if self.mode == "static":
+            return "int8" if self.weight_bits == 8 else "int4-qdq"
+        return self.mode
+
+    @property
+    def runs(self) -> str:
+        """The kernel kind onnxruntime is meant to run: "integer", "float", or "dequantized" (float on
+        dequantized weights: 4-bit Q/DQ weights, which have no CPU integer kernel)."""
+        if not self.quantize:
+            return "float"
+        return "dequantized" if self.mode == "static" and self.weight_bits == 4 else "integer"
 
 
 FLOAT = LayerChoice(quantize=False)
@@ -138,9 +217,16 @@ class QuantPlan:
     def quantized(self) -> tuple[str, ...]:
         return tuple(n for n, c in self.choices if c.quantize)
 
-    def weight_bits(self) -> dict[str, int]:
-        """Bits each layer's weights are meant to have at run time (32: the layer runs float)."""
-        return {n: c.cost_bits[1] for n, c in self.choices}
+    def in_mode(self, mode: str) -> tuple[str, ...]:
+        """The quantized layers built in `mode`, in graph order."""
+        return tuple(n for n, c in self.choices if c.quantize and c.mode == mode)
+
+    def runs(self) -> dict[str, str]:
+        """The kernel kind each layer is meant to run (LayerChoice.runs)."""
+        return {n: c.runs for n, c in self.choices}
+
+    def modes(self) -> set[str]:
+        return {c.mode for c in self.choices if c.quantize}
 
     def key(self) -> str:
         """Stable identity of the plan, for de-duplicating trials and naming caches."""

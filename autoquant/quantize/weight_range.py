@@ -72,6 +72,11 @@ def saturating_layers(model: onnx.ModelProto) -> list[str]:
 
     out = []
     for node in model.graph.node:
+        if node.op_type == "MatMulInteger" and node.input[1] in inits:  # dynamic mode: its input is always uint8
+            w = inits[node.input[1]]
+            if w.data_type == TensorProto.INT8 and int(np.abs(numpy_helper.to_array(w).astype(np.int16)).max()) > REDUCED_MAX:
+                out.append(node.name)
+            continue
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         w, x_zero = dequantized_from(node.input[1]), dequantized_from(node.input[0])

@@ -1,0 +1,114 @@
+"""Static INT8 (and 4-bit Q/DQ weights): the plan's static layers and the glue between them get Q/DQ pairs
+whose activation scales come from calibration, through onnxruntime's QDQQuantizer.
+
+No data flows through a network here: activation scales and zero points are given explicitly
+(TensorQuantOverrides), so the same inputs always produce the same model, whether they come from a
+trial or from a record file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.version_converter
+from onnxruntime.quantization import QuantType
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+from ...graph.layers import GraphInfo
+from ..plan import QuantPlan
+
+WEIGHT_TYPES = {8: QuantType.QInt8, 4: QuantType.QInt4}
+# Ops that run in the integer domain when everything feeding them is already quantized; quantizing them
+# lets onnxruntime fuse QLinearAdd / QLinearGlobalAveragePool and drop Relu into the zero point instead
+# of bouncing through float between every pair of layers.
+GLUE_OPS = frozenset(
+    {"Relu", "Clip", "Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
+     "Concat", "Pad", "Slice", "Transpose", "Squeeze", "Unsqueeze"}
+)  # fmt: skip
+
+
+def quantized_nodes(model: onnx.ModelProto, plan: QuantPlan) -> list[onnx.NodeProto]:
+    """The plan's static layers, plus glue ops whose float inputs all come from quantized nodes."""
+    layers = set(plan.in_mode("static"))
+    inits = {i.name for i in model.graph.initializer}
+    quantized_tensors: set[str] = set()
+    chosen = []
+    for node in model.graph.node:  # ONNX node order is topological
+        data_inputs = [t for t in node.input if t and t not in inits]
+        is_glue = node.op_type in GLUE_OPS and data_inputs and all(t in quantized_tensors for t in data_inputs)
+        if node.name in layers or is_glue:
+            chosen.append(node)
+            quantized_tensors.update(node.output)
+    return chosen
+
+
+def tensor_algorithms(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan) -> dict[str, str]:
+    """Which range algorithm sets each quantized activation tensor.
+
+    A static layer's choice governs its input; tensors that feed no static layer inherit from their producer.
+    """
+    algo: dict[str, str] = {}
+    static = set(plan.in_mode("static"))
+    for layer in graph.layers:
+        if layer.name in static:
+            algo.setdefault(layer.input, plan[layer.name].activation_algorithm)
+    inits = {i.name for i in model.graph.initializer}
+    for node in quantized_nodes(model, plan):
+        if node.name in static:
+            source = plan[node.name].activation_algorithm
+        else:
+            source = next((algo[t] for t in node.input if t in algo), "minmax")
+        for t in list(node.input) + list(node.output):
+            if t and t not in inits:
+                algo.setdefault(t, source)
+    return algo
+
+
+def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations: dict, qtype: QuantType,
+          weight_range: str) -> onnx.ModelProto:  # fmt: skip
+    """A copy of `model` with Q/DQ pairs for the plan's static layers and glue; `activations` maps tensors
+    to ActivationParams."""
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(qtype.tensor_type)
+    qmin, qmax = get_qmin_qmax_for_qType(qtype.tensor_type)
+    overrides: dict[str, list[dict]] = {}
+    ranges = {}
+    for tensor, p in activations.items():
+        scale, zp = np.array(p.scale, np.float32), np.array(p.zero_point, np_type)
+        overrides[tensor] = [{"scale": scale, "zero_point": zp}]
+        ranges[tensor] = TensorData(
+            lowest=np.array(p.scale * (int(qmin) - p.zero_point), np.float32),
+            highest=np.array(p.scale * (int(qmax) - p.zero_point), np.float32),
+        )
+    static = [layer for layer in graph.layers if layer.name in set(plan.in_mode("static"))]
+    for layer in static:
+        choice = plan[layer.name]
+        w = {"quant_type": WEIGHT_TYPES[choice.weight_bits],
+             "reduce_range": weight_range == "reduced" and choice.weight_bits == 8}  # fmt: skip
+        if choice.weight_granularity == "per_channel":
+            w["axis"] = layer.channel_axis
+        overrides[layer.weight] = [w]
+    nodes = quantized_nodes(model, plan)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if not nodes:
+        return copy
+    if any(plan[layer.name].weight_bits == 4 for layer in static):
+        # int4 tensors exist from opset 21; onnxruntime's update_opset_version only bumps for int16.
+        copy = onnx.version_converter.convert_version(copy, max(21, copy.opset_import[0].version))
+    quantizer = QDQQuantizer(
+        copy,
+        False,  # per_channel: decided per weight through the overrides above
+        False,  # reduce_range: decided per weight through the overrides above (weight_range)
+        QuantType.QInt8,
+        qtype,
+        TensorsData(CalibrationMethod.MinMax, ranges),
+        [n.name for n in nodes],
+        [],
+        sorted({n.op_type for n in nodes}),
+        {"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides},
+    )
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # the quantizer appends Q/DQ nodes out of order; ONNX requires order
+    return quantizer.model.model
