@@ -134,9 +134,15 @@ class QuantizationConfig:
     calibration_batch_size: int = bounded(32, 1)
     # auto: 7-bit weights where this CPU's uint8 x int8 kernels saturate (quantize/weight_range.py), else 8
     weight_range: str = "auto"
+    # SmoothQuant migration strength α in (0, 1] for every MatMul/Gemm input (quantize/smoothing.py); off if unset
+    smoothquant_alpha: float | None = None
 
     def __post_init__(self):
         check_fields(self, "quantization")
+        alpha = self.smoothquant_alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1):
+            raise ConfigError(f"quantization.smoothquant_alpha {alpha!r} must be a number in (0, 1] (0.5 is usual), or "
+                              "left out to turn smoothing off")  # fmt: skip
         if self.weight_range not in ("auto", "full", "reduced"):
             raise ConfigError(f"quantization.weight_range '{self.weight_range}' is unknown: use auto, full or reduced")
         if self.activation_type not in ("uint8", "int8"):

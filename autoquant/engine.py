@@ -14,7 +14,8 @@ from .graph.layers import analyze
 from .measure import Measurement, Meter
 from .quantize.build import build_model
 from .quantize.plan import LayerChoice, QuantPlan
-from .record import Record, make_record, validate_record
+from .quantize.smoothing import smooth
+from .record import Record, make_record, validate_record, validate_smoothing
 from .workspace import Workspace
 
 PRESETS = {
@@ -57,7 +58,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,
-                         weight_range=ws.weight_range)  # fmt: skip
+                         weight_range=ws.weight_range, smoothing=ws.smoothing)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
     atomic_write_files({model_path: qmodel.SerializeToString(), record_path: record.to_json().encode()})
@@ -83,7 +84,11 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
             f"({record.model_sha256[:12]}…): give the original FP32 model, or re-run the search on this one"
         )
     model = prepared.load()
-    graph = analyze(model)
+    graph = analyze(model, sized=False)
+    if record.smoothing:
+        validate_smoothing(record, graph, str(record_path))
+        model, _ = smooth(model, graph, record.smoothing, record.smoothquant_alpha)
+        graph = analyze(model, sized=False)
     validate_record(record, model, graph, str(record_path))
     qmodel = build_model(model, graph, record.plan(), record.activation_params(), record.activation_type,
                        record.weight_range)

@@ -50,7 +50,7 @@ class Meter:
 
     @functools.cached_property
     def fp32_session(self):
-        return self.ws.evaluator.session(self.ws.model)
+        return self.ws.evaluator.session(self.ws.fp32_model)
 
     @functools.cached_property
     def fp32_latency_ms(self) -> float:

@@ -16,24 +16,28 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import PlanError
+from .errors import ConfigError, PlanError
 from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
 from .graph.layers import GraphInfo
 from .quantize.build import ActivationParams
+from .quantize.modes import allowed_modes
 from .quantize.modes.static import tensor_algorithms
 from .quantize.plan import LayerChoice, QuantPlan
+from .quantize.smoothing import Smoothing, smoothable
 from .versions import versions
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # 2 added the layer's mode and int4 blocks; a version-1 record is all static
 
 
 @dataclass(frozen=True)
 class WeightRecord:
     bits: int
-    granularity: str
-    scale_w: list[float]  # one per output channel, or one
+    granularity: str  # per_tensor, per_channel, or per_block (int4)
+    scale_w: list[float]  # one, one per output channel, or per block: [output channel][block] flattened
     offset_w: list[int]
+    block_size: int = 0  # per_block: input channels per block
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,22 @@ class LayerRecord:
     depthwise: bool
     flops: int
     weight: WeightRecord | None = None
-    data: DataRecord | None = None
+    data: DataRecord | None = None  # None for the dynamic and int4 modes: activations are quantized at run time
     kernel: str = ""  # what onnxruntime ran for the layer when the record was made (e.g. QLinearConv, Conv)
+    mode: str = "static"  # quantize/plan.py MODES
+    accuracy_level: int = 0  # int4: MatMulNBits compute precision
+
+
+    def choice(self) -> LayerChoice:
+        if not (self.quantized and self.weight):
+            return LayerChoice(quantize=False)
+        if self.mode == "dynamic":
+            return LayerChoice.dynamic(self.weight.granularity)
+        if self.mode == "int4":
+            return LayerChoice.int4(self.weight.block_size, self.accuracy_level)
+        if self.data is None:
+            raise PlanError(f"layer {self.name} is static but has no data entry")
+        return LayerChoice(True, self.weight.granularity, self.data.algorithm, self.weight.bits, self.data.bits)
 
 
 @dataclass(frozen=True)
@@ -67,20 +85,16 @@ class Record:
     source_model: str = ""  # where the FP32 model was when the record was made: `apply` needs it
     weight_range: str = "full"  # "reduced": 8-bit weights kept in [-64, 64] (quantize/weight_range.py)
     unquantized_flops: int = 0  # compute the engine leaves float (attention MatMuls, LSTM, …), for bitops
+    # SmoothQuant: per smoothed tensor of the FP32 model, its per-channel divisors (quantize/smoothing.py)
+    smoothquant_alpha: float = 0.0
+    smoothing: dict[str, list[float]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     autoquant_version: str = ""
     onnxruntime_version: str = ""
     onnx_version: str = ""
 
     def plan(self) -> QuantPlan:
-        choices = []
-        for layer in self.layers:
-            if layer.quantized and layer.weight and layer.data:
-                choices.append((layer.name, LayerChoice(True, layer.weight.granularity, layer.data.algorithm,
-                                                        layer.weight.bits, layer.data.bits)))  # fmt: skip
-            else:
-                choices.append((layer.name, LayerChoice(quantize=False)))
-        return QuantPlan(tuple(choices))
+        return QuantPlan(tuple((layer.name, layer.choice()) for layer in self.layers))
 
     def activation_params(self) -> dict[str, ActivationParams]:
         return {t: ActivationParams(float(a["scale"]), int(a["zero_point"])) for t, a in self.activations.items()}
@@ -98,10 +112,9 @@ class Record:
             raise PlanError(f"record file {path} not found")
         try:
             raw = json.loads(path.read_text())
-            if raw.get("format_version") != FORMAT_VERSION:
-                raise PlanError(
-                    f"{path} has record format {raw.get('format_version')}; this autoquant reads {FORMAT_VERSION}"
-                )
+            if raw.get("format_version") not in READS:
+                raise PlanError(f"{path} has record format {raw.get('format_version')}; this autoquant reads "
+                                f"{' and '.join(map(str, READS))}")  # fmt: skip
             layers = [
                 LayerRecord(**{**lr, "weight": lr["weight"] and WeightRecord(**lr["weight"]),
                                "data": lr["data"] and DataRecord(**lr["data"])})
@@ -126,6 +139,24 @@ def _zero_point(value: Any, where: str, qtype: str) -> None:
         raise PlanError(f"{where} {value} is outside the {qtype} range [{lo}, {hi}]")
 
 
+def validate_smoothing(record: Record, graph: GraphInfo, where: str) -> None:
+    """Check the record's SmoothQuant divisors against the FP32 model's layers, before they are applied."""
+    if not isinstance(record.smoothing, dict):
+        raise PlanError(f"{where}: smoothing must map tensors to per-channel divisors")
+    if record.smoothing:
+        _number(record.smoothquant_alpha, f"{where}: smoothquant_alpha", positive=True)
+    groups = smoothable(graph)
+    for tensor, divisors in record.smoothing.items():
+        if tensor not in groups:
+            raise PlanError(f"{where}: smoothing names {tensor!r}, which no MatMul/Gemm layer of the model reads")
+        layer = groups[tensor][0]
+        channels = layer.weight_shape[1 - layer.channel_axis]
+        if not isinstance(divisors, list) or len(divisors) != channels:
+            raise PlanError(f"{where}: smoothing of {tensor!r} needs {channels} divisors")
+        for i, v in enumerate(divisors):
+            _number(v, f"{where}: smoothing[{tensor!r}][{i}]", positive=True)
+
+
 def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, where: str) -> None:
     """Check a record completely against the model before anything is built from it: a record with a
     zero or negative scale, a wrong number of channel scales or a missing tensor builds a broken model
@@ -144,20 +175,29 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
             raise PlanError(f"{at}: 'quantized' must be true or false, got {lr.quantized!r}")
         if not lr.quantized:
             continue
-        if not isinstance(lr.weight, WeightRecord) or not isinstance(lr.data, DataRecord):
+        if lr.mode not in allowed_modes(info):
+            raise PlanError(f"{at}: mode {lr.mode!r} must be one of {', '.join(allowed_modes(info))} for a {info.op_type}")
+        static = lr.mode == "static"
+        if not isinstance(lr.weight, WeightRecord) or (static and not isinstance(lr.data, DataRecord)):
             raise PlanError(f"{at} is quantized but has no {'weight' if not isinstance(lr.weight, WeightRecord) else 'data'} entry")
+        try:
+            lr.choice()  # bits, granularity, block size and accuracy level fit the mode
+        except ConfigError as exc:
+            raise PlanError(f"{at}: {exc}") from None
         w = lr.weight
-        if w.bits not in (8, 4) or w.granularity not in ("per_tensor", "per_channel"):
-            raise PlanError(f"{at}: weight bits {w.bits!r} / granularity {w.granularity!r} are not 8|4 / per_tensor|per_channel")
-        count = info.out_channels if w.granularity == "per_channel" else 1
+        count = {"per_channel": info.out_channels, "per_tensor": 1}.get(w.granularity, 0)
+        if w.granularity == "per_block":
+            inputs = int(np.prod(info.weight_shape)) // info.out_channels
+            count = info.out_channels * -(-inputs // w.block_size)
         if not isinstance(w.scale_w, list) or len(w.scale_w) != count or not isinstance(w.offset_w, list) \
                 or len(w.offset_w) != count:
             raise PlanError(f"{at}: {w.granularity} weights need {count} scale_w and offset_w values")
         for i, (s, z) in enumerate(zip(w.scale_w, w.offset_w)):
             _number(s, f"{at}: scale_w[{i}]", positive=True)
             _number(z, f"{at}: offset_w[{i}]", integer=True)
-        _number(lr.data.scale_d, f"{at}: scale_d", positive=True)
-        _zero_point(lr.data.offset_d, f"{at}: offset_d", record.activation_type)
+        if static:
+            _number(lr.data.scale_d, f"{at}: scale_d", positive=True)
+            _zero_point(lr.data.offset_d, f"{at}: offset_d", record.activation_type)
     if not isinstance(record.activations, dict):
         raise PlanError(f"{where}: 'activations' must map tensor names to scale and zero_point")
     missing = sorted(set(tensor_algorithms(model, graph, record.plan())) - set(record.activations))
@@ -180,6 +220,29 @@ def _qparams(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarr
     return None
 
 
+def _runtime_weights(qmodel: onnx.ModelProto, node: onnx.NodeProto | None, choice: LayerChoice) -> WeightRecord:
+    """Weight scales and zero points of a dynamic (MatMulInteger) or int4 (MatMulNBits) layer."""
+    want = "MatMulInteger" if choice.mode == "dynamic" else "MatMulNBits"
+    if node is None or node.op_type != want:
+        raise PlanError(f"layer {node.name if node else '?'} was not built as {want}; cannot record it")
+    inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+    if choice.mode == "dynamic":
+        # The weight scale is the initializer multiplied with DynamicQuantizeLinear's run-time scale.
+        x_scale = next(n.output[1] for n in qmodel.graph.node if n.op_type == "DynamicQuantizeLinear"
+                       and n.output[0] == node.input[0])  # fmt: skip
+        mul = next(n for n in qmodel.graph.node if n.op_type == "Mul" and x_scale in n.input)
+        scale = inits[next(t for t in mul.input if t != x_scale)]
+        zero = inits[node.input[3]]
+        return WeightRecord(8, choice.weight_granularity, np.atleast_1d(scale).astype(float).tolist(),
+                            np.atleast_1d(zero).astype(int).tolist())  # fmt: skip
+    attrs = {a.name: a.i for a in node.attribute}
+    blocks = -(-attrs["K"] // attrs["block_size"])
+    packed = inits[node.input[3]].reshape(attrs["N"], -1)  # two 4-bit zero points per byte, low nibble first
+    zero = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(attrs["N"], -1)[:, :blocks]
+    return WeightRecord(4, "per_block", inits[node.input[2]].astype(float).reshape(-1).tolist(),
+                        zero.astype(int).reshape(-1).tolist(), attrs["block_size"])  # fmt: skip
+
+
 def make_record(
     qmodel: onnx.ModelProto,
     graph: GraphInfo,
@@ -193,6 +256,7 @@ def make_record(
     source_model: str = "",
     executed: list[ExecutedLayer] = (),
     weight_range: str = "full",
+    smoothing: Smoothing | None = None,
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
     kernels = {e.name: e.kernel for e in executed}
@@ -200,7 +264,7 @@ def make_record(
     for info in graph.layers:
         choice = plan[info.name]
         weight = data = None
-        if choice.quantize:
+        if choice.quantize and choice.mode == "static":
             node = nodes[info.name]
             w = _qparams(qmodel, node.input[1])
             d = _qparams(qmodel, node.input[0])
@@ -211,8 +275,11 @@ def make_record(
                                   np.atleast_1d(w[1]).astype(int).tolist())  # fmt: skip
             data = DataRecord(choice.activation_bits, choice.activation_algorithm,
                               float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
+        elif choice.quantize:
+            weight = _runtime_weights(qmodel, nodes.get(info.name), choice)
         layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data,
-                                  kernels.get(info.name, "")))  # fmt: skip
+                                  kernels.get(info.name, ""), choice.mode, choice.accuracy_level))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
-                  graph.unquantized_flops, **versions())
+                  graph.unquantized_flops, smoothing.alpha if smoothing else 0.0,
+                  dict(smoothing.scales) if smoothing else {}, **versions())  # fmt: skip

@@ -32,6 +32,7 @@ from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import ActivationParams, build_model, params_from_range
 from .quantize.modes.static import tensor_algorithms
 from .quantize.plan import QuantPlan
+from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
 from .quantize.weight_range import resolve as resolve_weight_range
 from .sources import bind_inputs, experiment_dir, load_splits, model_path
 from .sources import check as check_sources
@@ -82,21 +83,61 @@ class Workspace:
         return prepared
 
     @functools.cached_property
-    def model(self) -> onnx.ModelProto:
+    def fp32_model(self) -> onnx.ModelProto:
+        """The pre-processed FP32 model: the reference every plan is measured against."""
         return self.prepared.load()
 
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The model plans are built from: the FP32 model, smoothed when quantization.smoothquant_alpha is set."""
+        return self._smoothed[0] if self.exp.quantization.smoothquant_alpha else self.fp32_model
+
+    @property
+    def smoothing(self) -> Smoothing | None:
+        return self._smoothed[1] if self.exp.quantization.smoothquant_alpha else None
+
     @functools.cached_property
-    def graph(self) -> GraphInfo:
+    def model_key(self) -> str:
+        """Identity of `model` for caches of what depends on it (statistics, per-layer errors)."""
+        if not self.exp.quantization.smoothquant_alpha:
+            return self.sha
+        return hashlib.sha256(self.sha.encode() + self.model.SerializeToString(deterministic=True)).hexdigest()
+
+    @functools.cached_property
+    def _smoothed(self) -> tuple[onnx.ModelProto, Smoothing]:
+        graph = self._analyze(self.fp32_model)
+        tensors = sorted(smoothable(graph))
+        calib = self.splits.calibration
+        batch = self.exp.quantization.calibration_batch_size
+        key = f"channel-absmax:{self.sha}:{calib.sha256()}:{tensors}"
+        path = self.exp.cache / "smoothing" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
+        absmax = cached_arrays(path, key, lambda: {f"t{i}": v for i, v in enumerate(
+            channel_absmax(self.fp32_model, tensors, calib, batch, self._threads).values())})  # fmt: skip
+        absmax = {t: absmax[f"t{i}"] for i, t in enumerate(tensors)}
+        alpha = float(self.exp.quantization.smoothquant_alpha)
+        model, report = smooth(self.fp32_model, graph, smoothing_scales(self.fp32_model, graph, absmax, alpha), alpha)
+        log.info("SmoothQuant (alpha %.2f): %d input(s) smoothed, %d folded into their LayerNorm, %d through an "
+                 "inserted Mul", alpha, len(report.scales), len(report.folded), len(report.inserted))  # fmt: skip
+        return model, report
+
+    @property
+    def _threads(self) -> int:
+        return self.exp.eval.threads or os.cpu_count() or 1
+
+    def _analyze(self, model: onnx.ModelProto) -> GraphInfo:
         try:
-            return analyze(self.model)
+            return analyze(model)
         except ShapesUnknown as exc:
             # Shapes computed from the data (dynamic height/width, sequence length): one real batch says.
             batch = min(len(self.splits.calibration), self.exp.quantization.calibration_batch_size)
-            threads = self.exp.eval.threads or os.cpu_count() or 1
             log.info("shape inference could not size %d tensor(s) (e.g. %s); using the shapes of a calibration "
                      "batch of %d", len(exc.tensors), exc.tensors[0], batch)  # fmt: skip
-            seen = observed_shapes(self.model, self.splits.calibration.head(batch), threads)
-            return analyze(self.model, seen, batch)
+            seen = observed_shapes(model, self.splits.calibration.head(batch), self._threads)
+            return analyze(model, seen, batch)
+
+    @functools.cached_property
+    def graph(self) -> GraphInfo:
+        return self._analyze(self.model)
 
     @functools.cached_property
     def evaluator(self) -> Evaluator:
@@ -111,7 +152,7 @@ class Workspace:
     @functools.cached_property
     def stats(self) -> dict[str, TensorStats]:
         calib = self.splits.calibration
-        threads = self.exp.eval.threads or os.cpu_count() or 1
+        threads = self._threads
 
         def build():
             t0 = time.perf_counter()
@@ -128,8 +169,8 @@ class Workspace:
             return stats_to_arrays(stats)
 
         batch = self.exp.quantization.calibration_batch_size
-        key = f"stats-v{STATS_VERSION}:{self.sha}:{calib.sha256()}:{NUM_BINS}:batch{batch}"
-        path = self.exp.cache / "stats" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
+        key = f"stats-v{STATS_VERSION}:{self.model_key}:{calib.sha256()}:{NUM_BINS}:batch{batch}"
+        path = self.exp.cache / "stats" / f"{self.model_key[:16]}-{calib.sha256()[:16]}.npz"
         return stats_from_arrays(cached_arrays(path, key, build))
 
     @functools.cached_property
@@ -138,7 +179,7 @@ class Workspace:
 
         def build():
             t0 = time.perf_counter()
-            outputs = self.evaluator.outputs(self.evaluator.session(self.model))
+            outputs = self.evaluator.outputs(self.evaluator.session(self.fp32_model))
             accuracy = self.evaluator.metric(outputs, ev.y, outputs)  # against itself: agreement 100 %
             self._seconds["reference"] = time.perf_counter() - t0
             return {"accuracy": np.array(accuracy), "outputs": outputs}

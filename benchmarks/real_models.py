@@ -111,7 +111,7 @@ def main() -> None:
             search_s = time.perf_counter() - t0
             ws = result.workspace
             meter = Meter(ws)
-            fp32 = meter(ws.model, paired=True)
+            fp32 = meter(ws.fp32_model, paired=True)
             rows = [row("FP32", fp32, 0.0)]
             if result.export is not None:
                 rows.append(row(f"autoquant search ({result.completed} trials), export", result.export, search_s))

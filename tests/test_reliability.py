@@ -227,8 +227,11 @@ RECORD_CASES = {
     "negative scale_w": (lambda r: _first_quantized(r)["weight"]["scale_w"].__setitem__(0, -1.0), "scale_w[0]"),
     "weight null": (_set("layer.weight", None), "has no weight entry"),
     "quantized not a bool": (_set("layer.quantized", "no"), "'quantized' must be true or false"),
-    "weight bits 3": (lambda r: _first_quantized(r)["weight"].update(bits=3), "are not 8|4"),
+    "weight bits 3": (lambda r: _first_quantized(r)["weight"].update(bits=3), "weight_bits 3 is not supported: use 8 or 4"),
     "scale_d negative": (lambda r: _first_quantized(r)["data"].update(scale_d=-2.0), "scale_d"),
+    "int4 mode on a conv": (lambda r: _first_quantized(r).update(mode="int4"), "mode 'int4' must be one of static for a Conv"),
+    "unknown smoothing tensor": (lambda r: r.update(smoothquant_alpha=0.5, smoothing={"nope": [1.0]}),
+                                 "smoothing names 'nope', which no MatMul/Gemm layer of the model reads"),
 }
 
 

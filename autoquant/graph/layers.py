@@ -125,8 +125,11 @@ class _Sizer:
         return float("nan"), ()
 
 
-def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None = None, batch: int = 1) -> GraphInfo:
-    """Find the compute ops; quantizable layers are Conv/Gemm/MatMul nodes with a constant weight."""
+def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None = None, batch: int = 1,
+            sized: bool = True) -> GraphInfo:  # fmt: skip
+    """Find the compute ops; quantizable layers are Conv/Gemm/MatMul nodes with a constant weight. With
+    `sized` False, FLOPs that shapes cannot tell are left unknown instead of refused (rebuilding from a
+    record needs the layers, not their cost)."""
     inits = {i.name: i for i in model.graph.initializer}
     shapes = _shapes(model)
     graph_inputs = [i for i in model.graph.input if i.name not in inits]
@@ -156,7 +159,7 @@ def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None 
                                     out_shape, axis, depthwise, _flops(per_out * k)))  # fmt: skip
         else:
             float_ops.append(ComputeOp(node.name, node.op_type, _float_op_flops(node, per_out, shapes, inits, sizer)))
-    if sizer.unknown:
+    if sizer.unknown and sized:
         raise ShapesUnknown(sorted(set(sizer.unknown)), next(iter(sizer.unknown)))
     if not layers:
         raise ModelError("the model has no quantizable layer (Conv, Gemm or MatMul with constant weights)")

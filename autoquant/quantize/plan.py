@@ -226,7 +226,7 @@ class QuantPlan:
         return {n: c.runs for n, c in self.choices}
 
     def modes(self) -> set[str]:
-        return {c.mode for c in self.choices if c.quantize}
+        return {c.mode for _, c in self.choices if c.quantize}
 
     def key(self) -> str:
         """Stable identity of the plan, for de-duplicating trials and naming caches."""

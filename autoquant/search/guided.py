@@ -5,7 +5,10 @@ across the cost range, enqueued before the sampler starts.
 - every layer at the quantized option that adds the least error ("guided-int8"), and
 - that plan with the k layers float whose error per FLOP is highest — the greedy answer to "which
   float layers buy the most accuracy for the fewest bitops" (a knapsack over bitops, solved greedily:
-  a float layer costs FLOPs × (32·32 − 8·8) bitops and saves its error).
+  a float layer costs FLOPs × (32·32 − 8·8) bitops and saves its error), and
+- across the cost range, the plans that minimise error + λ · bitops layer by layer for a sweep of λ
+  (the Lagrangian relaxation of "least error within a bitops budget"): with several modes and bit widths
+  per layer, the cheap options (int4) enter where their error is small for their savings.
 """
 
 from __future__ import annotations
@@ -36,6 +39,26 @@ def float_order(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list[
                                            / flops[s.name])]  # fmt: skip
 
 
+def budget_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace, count: int = 8) -> list[tuple[str, QuantPlan]]:
+    """Per layer the option minimising error + λ · bitops share, for λ spread (log scale) between "any saving
+    is worth its error" and "no error is worth a saving"; distinct plans only, cheapest last."""
+    flops = {layer.name: max(layer.flops, 1) for layer in ws.graph.layers}
+    total = sum(flops.values()) * 32 * 32
+    cost = {(s.name, o): flops[s.name] * np.prod(decode(o).cost_bits) / total for s in space.layers for o in s.options}
+    err = {(s.name, o): float(np.nan_to_num(errors.of(s.name, o), nan=np.inf)) if o != "float" else 0.0
+           for s in space.layers for o in s.options}  # fmt: skip
+    finite = [e for e in err.values() if 0 < e < np.inf]
+    if not finite:
+        return []
+    plans: dict[str, tuple[str, QuantPlan]] = {}
+    for i, lam in enumerate(np.geomspace(min(finite) / 10, max(finite) * 1e3, count)):
+        plan = QuantPlan(tuple((s.name, decode(min(s.options, key=lambda o: (err[s.name, o] + lam * cost[s.name, o],
+                                                                              s.options.index(o)))))
+                               for s in space.layers))  # fmt: skip
+        plans.setdefault(plan.key(), (f"guided-budget-{i}", plan))
+    return list(plans.values())
+
+
 def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
     base = least_error_plan(ws, errors, space)
     order = float_order(ws, errors, space)
@@ -44,7 +67,8 @@ def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list
         if k < len(order):
             keep = set(order[:k])
             plans.append((f"guided-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else c) for n, c in base.choices))))
-    return plans
+    known = {p.key() for _, p in plans}
+    return plans + [(label, p) for label, p in budget_plans(ws, errors, space) if p.key() not in known]
 
 
 def sensitive_layers(ws: Workspace, errors: LayerErrors, k: int, option: str = "per_channel:minmax") -> list[str]:

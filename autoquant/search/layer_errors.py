@@ -2,13 +2,14 @@
 model's output (relative MSE against FP32), estimated on a small fixed subset of the eval data.
 
 Each layer runs alone (a one-node float model whose weight is an input), fed its FP32 input and weights
-fake-quantized exactly as the built QDQ model quantizes them (the activation parameters of the range
-algorithm; symmetric weights per tensor or per channel, 8 or 4 bits, the CPU's weight range), and its
-output is compared with the FP32 one: NMSE = Σ(y − y_fp)² / Σ y_fp². One pass over the subset serves every
-layer and choice without rebuilding anything through onnxruntime's quantizer. How much of a layer's
-error reaches the model's output is then measured once per layer (the real QDQ model with only that
-layer INT8, on the same subset) and scales its row. One model build and a 64-sample run per layer,
-where the full table runs the whole eval set per layer. Cached on disk by model, data, space and
+fake-quantized as the built model quantizes them (static: the activation parameters of the range
+algorithm, symmetric weights per tensor or per channel, 8 or 4 bits, the CPU's weight range; dynamic:
+the batch's own input range; int4: asymmetric 4-bit weight blocks and, at accuracy level 4, int8 input
+blocks), and its output is compared with the FP32 one: NMSE = Σ(y − y_fp)² / Σ y_fp². One pass over the
+subset serves every layer and choice without rebuilding anything through onnxruntime's quantizers. How
+much of a layer's error reaches the model's output is then measured once per layer and mode (the real
+model with only that layer quantized, on the same subset) and scales those options. One model build and
+a 64-sample run per layer and mode, where the full table runs the whole eval set per layer. Cached on disk by model, data, space and
 quantization settings.
 
 Why not onnxruntime's own tooling: its QDQ debugger (`qdq_loss_debug`) compares whole quantized models
@@ -32,12 +33,12 @@ from ..calibrate.collect import augment, session_options
 from ..errors import AutoquantError, PlanError
 from ..graph.layers import LayerInfo
 from ..quantize.build import ActivationParams
-from ..quantize.plan import FLOAT, QuantPlan
+from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..quantize.weight_range import REDUCED_MAX
 from ..workspace import Workspace
 from .space import SearchSpace, decode
 
-LAYER_ERRORS_VERSION = 1
+LAYER_ERRORS_VERSION = 3
 DEFAULT_SAMPLES = 64
 log = logging.getLogger(__name__)
 
@@ -94,19 +95,71 @@ def fake_quant_weight(w: np.ndarray, layer: LayerInfo, granularity: str, bits: i
     return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
 
 
+def _weight_key(c: LayerChoice) -> tuple:
+    return ("int4", c.block_size) if c.mode == "int4" else (c.weight_granularity, c.weight_bits)
+
+
+def _input_key(c: LayerChoice) -> tuple:
+    if c.mode == "static":
+        return ("static", c.activation_algorithm)
+    return ("dynamic",) if c.mode == "dynamic" else ("int4", c.block_size, c.accuracy_level)
+
+
+def _fake_quant_weight(w: np.ndarray, layer: LayerInfo, key: tuple, weight_range: str) -> np.ndarray:
+    if key[0] == "int4":
+        return fake_quant_blockwise(w, 1 - layer.channel_axis, key[1])
+    return fake_quant_weight(w, layer, key[0], key[1], weight_range)
+
+
+def _fake_quant_input(ws: Workspace, layer: LayerInfo, x: np.ndarray, key: tuple, activation_type: str) -> np.ndarray:
+    """The layer input as the mode feeds it to the kernel: static scales from calibration; dynamic from the
+    batch's own min/max (DynamicQuantizeLinear: uint8, range widened to 0); int4 at accuracy level 4
+    symmetric int8 per block of input channels (MatMulNBits' int8 compute), float at level 1."""
+    if key[0] == "static":
+        return fake_quant_activation(x, ws.range_params(layer.input, key[1]), activation_type)
+    if key[0] == "dynamic":
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        scale = (hi - lo) / 255 or 1.0
+        return fake_quant_activation(x, ActivationParams(scale, round(-lo / scale)), "uint8")
+    _, block, level = key
+    if level != 4:
+        return x
+    k = x.shape[-1]
+    pad = -k % block
+    blocks = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], -1, block)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127
+    scale = np.where(scale > 0, scale, 1.0)
+    return (np.round(blocks / scale) * scale).reshape(*x.shape[:-1], -1)[..., :k].astype(np.float32)
+
+
+def fake_quant_blockwise(w: np.ndarray, axis: int, block: int) -> np.ndarray:
+    """Asymmetric 4-bit weights with one scale and zero point per block of `block` entries along `axis`
+    (the input channels), as MatMulNBitsQuantizer quantizes them."""
+    moved = np.moveaxis(w, axis, -1)
+    k = moved.shape[-1]
+    blocks = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -k % block)]).reshape(*moved.shape[:-1], -1, block)
+    lo = np.minimum(blocks.min(axis=-1, keepdims=True), 0)
+    hi = np.maximum(blocks.max(axis=-1, keepdims=True), 0)
+    scale = np.where(hi > lo, (hi - lo) / 15, 1.0)
+    zero = np.round(-lo / scale)
+    q = np.clip(np.round(blocks / scale) + zero, 0, 15)
+    out = ((q - zero) * scale).reshape(*moved.shape[:-1], -1)[..., :k]
+    return np.moveaxis(out, -1, axis).astype(np.float32)
+
+
 def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES) -> LayerErrors:
     """Per layer and option of the space, cached by model, eval subset, space and quantization settings."""
     options = tuple(dict.fromkeys(o for layer in space.layers for o in layer.options))
     subset = ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
     q = ws.exp.quantization
-    key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.sha}:{subset.sha256()}:{options}:{q}:{ws.weight_range}:"
+    key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.model_key}:{subset.sha256()}:{options}:{q}:{ws.weight_range}:"
            f"{[(layer.name, layer.options) for layer in space.layers]}")  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build():
         return {"table": _measure(ws, space, options, subset)}
 
-    arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.sha[:16]}-{digest}.npz", key, build)
+    arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.model_key[:16]}-{digest}.npz", key, build)
     return LayerErrors(ws.graph.names, options, arrays["table"])
 
 
@@ -124,13 +177,13 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
                                     providers=["CPUExecutionProvider"]) for layer in layers]  # fmt: skip
     inits = {i.name: i for i in model.graph.initializer}
     weights = [numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers]
-    fq_weights = {}
+    fq_weights: dict[tuple, np.ndarray] = {}
     for i, layer in enumerate(layers):
         for o in allowed[layer.name]:
             if o != "float":
-                c = decode(o)
-                fq_weights.setdefault((i, c.weight_granularity, c.weight_bits),
-                                      fake_quant_weight(weights[i], layer, c.weight_granularity, c.weight_bits, ws.weight_range))  # fmt: skip
+                key = _weight_key(decode(o))
+                if (i, key) not in fq_weights:
+                    fq_weights[i, key] = _fake_quant_weight(weights[i], layer, key, ws.weight_range)
     num = np.zeros((len(layers), len(options)))
     den = np.zeros(len(layers))
     for batch in subset.batches(16):
@@ -139,49 +192,52 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
         for i, layer in enumerate(layers):
             x, y_fp = values[layer.input], values[layer.output]
             den[i] += float(np.square(y_fp, dtype=np.float64).sum())
-            fq_inputs: dict[str, np.ndarray] = {}  # per range algorithm: shared by both granularities and bit widths
+            fq_inputs: dict[tuple, np.ndarray] = {}  # per input treatment: shared by the options that have it
             for j, o in enumerate(options):
                 if o not in allowed[layer.name] or o == "float":
                     continue
                 c = decode(o)
-                if c.activation_algorithm not in fq_inputs:
+                key = _input_key(c)
+                if key not in fq_inputs:
                     try:
-                        p = ws.range_params(layer.input, c.activation_algorithm)
+                        fq_inputs[key] = _fake_quant_input(ws, layer, x, key, q.activation_type)
                     except PlanError:  # a tensor that cannot be quantized (mask constants): the worst option
                         num[i, j] = np.inf
                         continue
-                    fq_inputs[c.activation_algorithm] = fake_quant_activation(x, p, q.activation_type)
-                xq = fq_inputs[c.activation_algorithm]
-                (y,) = singles[i].run(None, {"x": xq, "w": fq_weights[(i, c.weight_granularity, c.weight_bits)]})
+                (y,) = singles[i].run(None, {"x": fq_inputs[key], "w": fq_weights[i, _weight_key(c)]})
                 num[i, j] += float(np.square(y - y_fp, dtype=np.float64).sum())
     table = num / np.maximum(den, 1e-30)[:, None]
     for i, layer in enumerate(layers):
         for j, o in enumerate(options):
             if o not in allowed[layer.name]:
                 table[i, j] = np.nan
-    return table * _gains(ws, table, options, allowed, subset)[:, None]
+    return table * _gains(ws, table, options, allowed, subset)
 
 
 def _gains(ws: Workspace, local: np.ndarray, options: tuple[str, ...], allowed, subset) -> np.ndarray:
-    """How much of a layer's own error reaches the model's output: for each layer, the real model with only
-    that layer INT8 (its least-error option) is run on the subset once, and the ratio of its output NMSE
-    against FP32 to the layer's local error scales the layer's whole row. A local error alone ranks a
-    classifier's last Gemm as harmless; its error reaches the logits undiminished."""
+    """How much of a layer's own error reaches the model's output: for each layer and mode, the real model
+    with only that layer quantized (the mode's least-error option) is run on the subset once, and the ratio
+    of its output NMSE against FP32 to the layer's local error scales the options of that mode. A local
+    error alone ranks a classifier's last Gemm as harmless; its error reaches the logits undiminished. Per
+    mode, because a static layer also quantizes the glue around it, which the others do not."""
     ev = ws.evaluator
     reference = ws.reference.outputs[: len(subset)]
     power = float(np.square(reference, dtype=np.float64).mean()) or 1.0
-    gains = np.ones(len(ws.graph.layers))
+    gains = np.ones_like(local)
+    modes = [decode(o).mode if o != "float" else "" for o in options]
     for i, layer in enumerate(ws.graph.layers):
-        row = {o: local[i, options.index(o)] for o in allowed[layer.name] if o != "float"}
-        finite = {o: e for o, e in row.items() if np.isfinite(e) and e > 0}
-        if not finite:
-            continue
-        option = min(finite, key=finite.get)
-        plan = QuantPlan(tuple((n, decode(option) if n == layer.name else FLOAT) for n in ws.graph.names))
-        try:
-            out = ev.outputs(ev.session(ws.build(plan)), subset)
-        except AutoquantError as exc:  # a plan that cannot be built or run alone: leave the local figure
-            log.warning("per-layer error of %s: %s", layer.name, exc)
-            continue
-        gains[i] = float(np.square(out - reference, dtype=np.float64).mean()) / power / finite[option]
+        for mode in sorted({m for o, m in zip(options, modes) if m and o in allowed[layer.name]}):
+            row = {o: local[i, j] for j, o in enumerate(options) if modes[j] == mode and o in allowed[layer.name]}
+            finite = {o: e for o, e in row.items() if np.isfinite(e) and e > 0}
+            if not finite:
+                continue
+            option = min(finite, key=finite.get)
+            plan = QuantPlan(tuple((n, decode(option) if n == layer.name else FLOAT) for n in ws.graph.names))
+            try:
+                out = ev.outputs(ev.session(ws.build(plan)), subset)
+            except AutoquantError as exc:  # a plan that cannot be built or run alone: leave the local figure
+                log.warning("per-layer error of %s: %s", layer.name, exc)
+                continue
+            gain = float(np.square(out - reference, dtype=np.float64).mean()) / power / finite[option]
+            gains[i, [j for j, m in enumerate(modes) if m == mode]] = gain
     return gains

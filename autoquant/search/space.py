@@ -1,10 +1,12 @@
 """Search space: which LayerChoice values each layer may take, from YAML; trial → plan; plan → params.
 
-    choices: {quantize: [...], weight_granularity: [...], activation_algorithm: [...], weight_bits: [...]}
+    choices: {quantize: [...], mode: [static, dynamic, int4], weight_granularity: [...],
+              activation_algorithm: [...], weight_bits: [...], block_size: [...], accuracy_level: [...]}
     rules:   [{match: {op_type: Conv, depthwise: true, name: "re:..."}, choices: {...}}, ...]
     pinned:  {"layer name or re:pattern": {quantize: false, ...}}
 
-Rules apply in order (later wins); pinned values are fixed and not searched.
+Rules apply in order (later wins); pinned values are fixed and not searched. The dynamic and int4 modes
+apply to MatMul/Gemm layers with 2-D weights only (quantize/modes): other layers take the static options.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import numpy as np
 from ..config import load_yaml
 from ..errors import ConfigError
 from ..graph.layers import GraphInfo, LayerInfo
+from ..quantize.modes import allowed_modes
 from ..quantize.plan import LayerChoice, QuantPlan, name_pattern
 
-PARAMS = ("quantize", "weight_bits", "weight_granularity", "activation_algorithm")
+PARAMS = ("quantize", "mode", "weight_bits", "weight_granularity", "activation_algorithm", "block_size", "accuracy_level")
 _MATCH_KEYS = ("op_type", "depthwise", "name")
 
 
@@ -39,6 +42,10 @@ class LayerSpace:
 def encode(choice: LayerChoice) -> str:
     if not choice.quantize:
         return "float"
+    if choice.mode == "dynamic":
+        return f"dynamic:{choice.weight_granularity}"
+    if choice.mode == "int4":
+        return f"int4:b{choice.block_size}" + (f":a{choice.accuracy_level}" if choice.accuracy_level != 4 else "")
     bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
     return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}"
 
@@ -46,22 +53,33 @@ def encode(choice: LayerChoice) -> str:
 def decode(value: str) -> LayerChoice:
     if value == "float":
         return LayerChoice(quantize=False)
-    granularity, algorithm, *bits = value.split(":")
-    return LayerChoice(True, granularity, algorithm, int(bits[0][1:]) if bits else 8)
+    head, *rest = value.split(":")
+    if head == "dynamic":
+        return LayerChoice.dynamic(rest[0])
+    if head == "int4":
+        return LayerChoice.int4(int(rest[0][1:]), int(rest[1][1:]) if len(rest) > 1 else 4)
+    algorithm, *bits = rest
+    return LayerChoice(True, head, algorithm, int(bits[0][1:]) if bits else 8)
 
 
-def _options(allowed: dict[str, tuple]) -> tuple[str, ...]:
+def _options(allowed: dict[str, tuple], modes: tuple[str, ...]) -> tuple[str, ...]:
     options = []
     for q in allowed["quantize"]:
         if not q:
             options.append("float")
             continue
-        for bits in allowed["weight_bits"]:
-            grans = ("per_channel",) if bits == 4 else allowed["weight_granularity"]
-            if bits == 4 and "per_channel" not in allowed["weight_granularity"]:
-                continue  # 4-bit weights exist only per channel
-            for g in grans:
-                options += [encode(LayerChoice(True, g, a, bits)) for a in allowed["activation_algorithm"]]
+        for mode in (m for m in allowed["mode"] if m in modes):
+            if mode == "dynamic":
+                options += [encode(LayerChoice.dynamic(g)) for g in allowed["weight_granularity"]]
+            elif mode == "int4":
+                options += [encode(LayerChoice.int4(b, a)) for b in allowed["block_size"] for a in allowed["accuracy_level"]]
+            else:
+                for bits in allowed["weight_bits"]:
+                    if bits == 4 and "per_channel" not in allowed["weight_granularity"]:
+                        continue  # 4-bit Q/DQ weights exist only per channel
+                    grans = ("per_channel",) if bits == 4 else allowed["weight_granularity"]
+                    for g in grans:
+                        options += [encode(LayerChoice(True, g, a, bits)) for a in allowed["activation_algorithm"]]
     return tuple(dict.fromkeys(options))
 
 
@@ -81,7 +99,8 @@ class SearchSpace:
         unknown = sorted(set(raw) - {"choices", "rules", "pinned"})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: choices, rules, pinned")
-        base = _choices(raw.get("choices") or {}, f"{where}: choices", {p: (getattr(LayerChoice(), p),) for p in PARAMS})
+        defaults = {**{p: (getattr(LayerChoice(), p),) for p in PARAMS}, "block_size": (32,), "accuracy_level": (4,)}
+        base = _choices(raw.get("choices") or {}, f"{where}: choices", defaults)
         per_layer = {layer.name: dict(base) for layer in graph.layers}
         for i, rule in enumerate(raw.get("rules") or []):
             rwhere = f"{where}: rules[{i}]"
@@ -101,18 +120,22 @@ class SearchSpace:
             pwhere = f"{where}: pinned.{key}"
             hits = _select(graph, key, f"{where}: pinned")
             LayerChoice.from_dict(fixed, pwhere)  # validates keys and values
+            fixed = {**({"mode": "static"} if fixed.get("quantize", True) and "mode" not in fixed else {}), **fixed}
             for name in hits:
                 per_layer[name] = {**per_layer[name], **{k: (v,) for k, v in fixed.items()}}
         layers = []
-        for name in graph.names:
-            options = _options(per_layer[name])
+        for layer in graph.layers:
+            name = layer.name
+            options = _options(per_layer[name], allowed_modes(layer))
             if not options:
-                raise ConfigError(f"{where}: layer {name} has no valid choice left (4-bit weights need per_channel)")
+                raise ConfigError(f"{where}: layer {name} ({layer.op_type}) has no valid choice left (4-bit Q/DQ weights "
+                                  "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")  # fmt: skip
             layers.append(LayerSpace(name, options))
         return cls(tuple(layers))
 
     def algorithms(self) -> set[str]:
-        return {decode(o).activation_algorithm for layer in self.layers for o in layer.options if o != "float"}
+        return {c.activation_algorithm for layer in self.layers for o in layer.options if o != "float"
+                for c in [decode(o)] if c.mode == "static"}  # fmt: skip
 
     def size(self) -> int:
         return int(np.prod([len(layer.options) for layer in self.layers], dtype=float))
@@ -137,8 +160,9 @@ class SearchSpace:
             value = encode(want)
             if value not in layer.options:
                 same_q = [o for o in layer.options if (o == "float") == (not want.quantize)] or list(layer.options)
-                same_algo = [o for o in same_q if o != "float" and decode(o).activation_algorithm == want.activation_algorithm]
-                value = (same_algo or same_q)[0]
+                same_mode = [o for o in same_q if o != "float" and decode(o).mode == want.mode] or same_q
+                same_algo = [o for o in same_mode if o != "float" and decode(o).activation_algorithm == want.activation_algorithm]
+                value = (same_algo or same_mode)[0]
             params[layer.name] = value
         return params
 
@@ -153,10 +177,18 @@ def _choices(raw: Any, where: str, base: dict[str, tuple]) -> dict[str, tuple]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of values")
         for v in values:
-            LayerChoice.from_dict({key: v, **({"weight_granularity": "per_channel"} if key == "weight_bits" else {})},
-                                  f"{where}: {key}")  # fmt: skip
+            LayerChoice.from_dict(_probe(key, v), f"{where}: {key}")
         out[key] = tuple(dict.fromkeys(values))
     return out
+
+
+def _probe(key: str, value: Any) -> dict[str, Any]:
+    """One option value as a complete choice, to validate it."""
+    if key in ("block_size", "accuracy_level"):
+        return {"mode": "int4", key: value}
+    if key == "weight_bits":
+        return {key: value, "weight_granularity": "per_channel"}
+    return {key: value}
 
 
 def _matches(layer: LayerInfo, match: Any, where: str) -> bool:

@@ -27,7 +27,7 @@ from .guided import guided_plans, sensitive_layers
 from .layer_errors import LayerErrors, layer_errors
 from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
-from .space import SearchSpace
+from .space import SearchSpace, decode
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
 MAX_CONSECUTIVE_FAILURES = 20
@@ -66,9 +66,14 @@ class RunPaths:
 
 
 def space_path(cfg: SearchConfig) -> Path:
-    path = cfg.space or Path(str(importlib.resources.files("autoquant.search_spaces") / DEFAULT_SPACE))
+    """The experiment's search space file; a bare name (`transformer`) names one shipped with autoquant."""
+    shipped = Path(str(importlib.resources.files("autoquant.search_spaces")))
+    path = cfg.space or shipped / DEFAULT_SPACE
+    if not path.is_file() and path.suffix in ("", ".yaml") and (shipped / f"{path.stem}.yaml").is_file():
+        path = shipped / f"{path.stem}.yaml"
     if not path.is_file():
-        raise ConfigError(f"search space {path} not found: set search.space in the experiment file")
+        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+        raise ConfigError(f"search space {path} not found: set search.space to a YAML file or to one of {names}")
     return path
 
 
@@ -120,8 +125,8 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
 
 
 def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
-    """What every trial of a study must share to be comparable: model, data, metric, objective."""
-    return {"model_sha256": ws.sha, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
+    """What every trial of a study must share to be comparable: model (smoothed or not), data, metric, objective."""
+    return {"model_sha256": ws.model_key, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
             "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
             "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}  # fmt: skip
 
@@ -154,12 +159,26 @@ def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list
     ]
     plans += [(f"int8-per-channel-{a}", QuantPlan.uniform(names, LayerChoice(activation_algorithm=a)))
               for a in sorted(space.algorithms()) if a != "minmax"]  # fmt: skip
+    plans += mode_plans(ws, space)
     for k in ks:
         if 0 < k < len(names):
             keep = set(sensitive_layers(ws, errors, k))
             plans.append((f"sensitive-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice())
                                                                    for n in names))))  # fmt: skip
     return plans + guided_plans(ws, errors, space)
+
+
+def mode_plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
+    """For each non-static mode the space offers (dynamic, int4), every layer that may take it in that mode
+    and the others INT8 per channel: `quantize_dynamic`'s plan and the all-int4 one."""
+    offered = {layer.name: [decode(o) for o in layer.options if o != "float"] for layer in space.layers}
+    plans = []
+    for mode in ("dynamic", "int4"):
+        firsts = {n: next((c for c in cs if c.mode == mode), None) for n, cs in offered.items()}
+        if any(firsts.values()):
+            label = "all-dynamic" if mode == "dynamic" else f"all-int4-b{next(c for c in firsts.values() if c).block_size}"
+            plans.append((label, QuantPlan(tuple((n, firsts[n] or LayerChoice()) for n in ws.graph.names))))
+    return plans
 
 
 def map_plan(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:

@@ -15,7 +15,6 @@ from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
 from ..plan import QuantPlan
 
-
 HIDDEN_DOMAIN = "autoquant.hidden"
 
 
