@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from .errors import ModelError
 from .evaluate.cost import bitops_fraction
+from .evaluate.early_stop import EarlyStop
 from .evaluate.executed import count_disagreement, disagreements, executed_layers
 from .quantize.plan import QuantPlan
 from .workspace import Workspace
@@ -61,14 +62,18 @@ class Meter:
     def _reference_power(self) -> float:
         return float(np.square(self.ws.reference.outputs).mean()) or 1.0
 
-    def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, paired: bool = False) -> Measurement:
+    def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, paired: bool = False,
+                 screen: EarlyStop | None = None) -> Measurement:  # fmt: skip
         """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
         integer kernel per INT8 layer, one float kernel per other one). `paired` times the model and FP32
-        interleaved in the same rounds; otherwise the ratio is to FP32's latency measured once."""
+        interleaved in the same rounds; otherwise the ratio is to FP32's latency measured once. `screen` first
+        scores a prefix of the eval set and raises Hopeless when it shows the plan cannot meet the constraint."""
         ws, ev = self.ws, self.ws.evaluator
         sess = ev.session(model, self._optimized if plan is not None else None)
         if plan is not None:
             check_executed(plan, model, onnx.load(str(self._optimized)))
+        if screen is not None:
+            screen.check(ev.outputs(sess, screen.prefix))
         scored = ev.score(sess)
         if paired:
             ms, fp32_ms = ev.latency_ms(sess, self.fp32_session)

@@ -42,20 +42,41 @@ def _class_ids(outputs: np.ndarray, labels: np.ndarray | None, metric: str) -> N
                         f"sample: {metric} needs class ids in [0, outputs); check data.y_key and the label encoding")  # fmt: skip
 
 
+# Per-sample hits (1: the sample scores, 0: it does not) of the metrics that are the percentage of samples
+# scoring: early stopping bounds them with a binomial (evaluate/early_stop.py).
+HITS: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray | None]] = {}
+
+
+def _top1_hits(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> np.ndarray:
+    _class_ids(outputs, labels, "top1")
+    return outputs.reshape(len(outputs), -1).argmax(axis=1) == labels
+
+
+def _top5_hits(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> np.ndarray:
+    _class_ids(outputs, labels, "top5")
+    flat = outputs.reshape(len(outputs), -1)
+    best = np.argpartition(-flat, min(5, flat.shape[1]) - 1, axis=1)[:, :5]
+    return (best == labels[:, None]).any(axis=1)
+
+
+def _agreement_hits(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> np.ndarray | None:
+    """Per sample only for one prediction per sample; a sequence's share of agreeing steps is not 0 or 1."""
+    return outputs.argmax(axis=-1) == reference.argmax(axis=-1) if outputs.ndim == 2 else None
+
+
+HITS.update(top1=_top1_hits, top5=_top5_hits, agreement=_agreement_hits)
+
+
 @builtin("top1")
 def top1(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> float:
     """Top-1 accuracy in percent."""
-    _class_ids(outputs, labels, "top1")
-    return float((outputs.reshape(len(outputs), -1).argmax(axis=1) == labels).mean() * 100.0)
+    return float(_top1_hits(outputs, labels).mean() * 100.0)
 
 
 @builtin("top5")
 def top5(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> float:
     """Top-5 accuracy in percent."""
-    _class_ids(outputs, labels, "top5")
-    flat = outputs.reshape(len(outputs), -1)
-    best = np.argpartition(-flat, min(5, flat.shape[1]) - 1, axis=1)[:, :5]
-    return float((best == labels[:, None]).any(axis=1).mean() * 100.0)
+    return float(_top5_hits(outputs, labels).mean() * 100.0)
 
 
 @builtin("agreement")

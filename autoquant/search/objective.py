@@ -7,6 +7,8 @@ import signal
 import threading
 
 from ..errors import AutoquantError, first_line
+from ..evaluate.early_stop import EarlyStop, Hopeless
+from ..evaluate.metrics import HITS
 from ..measure import Measurement, Meter
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
@@ -40,19 +42,24 @@ class PlanScorer:
     """Builds a plan's model from the workspace cache and measures it, within the trial's deadline: any
     failure is the plan's (TrialFailed), so the study goes on."""
 
-    def __init__(self, ws: Workspace, timeout: float | None = None, paired: bool = False):
+    def __init__(self, ws: Workspace, timeout: float | None = None, paired: bool = False,
+                 max_drop: float | None = None):  # fmt: skip
         """`paired`: time every trial interleaved with FP32 in the same rounds (when latency is what the
-        study minimises: a ratio to an FP32 figure measured once drifts with the machine's load)."""
+        study minimises: a ratio to an FP32 figure measured once drifts with the machine's load).
+        `max_drop`: stop plans a prefix of the eval set shows cannot meet it (evaluate/early_stop.py)."""
         self.ws, self.timeout, self.paired = ws, timeout, paired
         self.meter = Meter(ws)
+        self.screen = None
+        if max_drop is not None:
+            self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop)
         if not paired:
             self.meter.fp32_latency_ms  # noqa: B018 - measured once per study, before any trial competes with it
 
     def __call__(self, plan: QuantPlan) -> Measurement:
         try:
             with deadline(self.timeout):
-                return self.meter(self.ws.build(plan), plan, paired=self.paired)
-        except TrialFailed:
+                return self.meter(self.ws.build(plan), plan, paired=self.paired, screen=self.screen)
+        except (TrialFailed, Hopeless):
             raise
         except AutoquantError as exc:
             raise TrialFailed(str(exc)) from exc

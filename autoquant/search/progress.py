@@ -20,19 +20,24 @@ class Progress:
                         disable=quiet, dynamic_ncols=True)  # fmt: skip
         self.best_acc: float | None = None
         self.best_cost: float | None = None
+        self.pruned = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.FAIL:
             self.bar.write(f"trial {trial.number} failed: {attrs.fail_reason(trial) or 'unknown reason'}")
             return
-        if trial.state != optuna.trial.TrialState.COMPLETE:
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            self.pruned += 1
+        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            r = attrs.result(trial)
+            if r.accuracy_drop <= self.max_drop:
+                self.best_acc = max(self.best_acc or r.accuracy, r.accuracy)
+                self.best_cost = min(self.best_cost or self.objective.of(r), self.objective.of(r))
+        else:
             return
-        r = attrs.result(trial)
-        if r.accuracy_drop <= self.max_drop:
-            self.best_acc = max(self.best_acc or r.accuracy, r.accuracy)
-            self.best_cost = min(self.best_cost or self.objective.of(r), self.objective.of(r))
         post = {"best acc ok": f"{self.best_acc:.2f}" if self.best_acc is not None else "-",
-                f"lowest {self.objective.value} ok": f"{self.best_cost:.4g}" if self.best_cost is not None else "-"}  # fmt: skip
+                f"lowest {self.objective.value} ok": f"{self.best_cost:.4g}" if self.best_cost is not None else "-",
+                "stopped early": self.pruned}  # fmt: skip
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from ..config import Experiment, SearchConfig
 from ..errors import ConfigError, first_line
 from ..evaluate.cost import Cost
+from ..evaluate.early_stop import Hopeless
 from ..measure import Measurement
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
@@ -227,6 +228,10 @@ class Objective:
             except TrialFailed as exc:
                 attrs.set_failure(trial, str(exc))
                 raise
+            except Hopeless as exc:
+                self.evaluated += 1
+                attrs.set_pruned(trial, exc.prefix_accuracy, exc.samples, str(exc))
+                raise optuna.TrialPruned(str(exc)) from None
             self.known[key] = (trial.number, result)
             self.evaluated += 1
         attrs.set_result(trial, result)
@@ -275,7 +280,8 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     paths.check_storage_file(url)
     study = open_study(exp, make_storage(url), study_fingerprint(exp, ws))
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
-    scorer = PlanScorer(ws, cfg.trial_timeout_seconds, paired=cfg.objective is Cost.LATENCY)
+    scorer = PlanScorer(ws, cfg.trial_timeout_seconds, paired=cfg.objective is Cost.LATENCY,
+                        max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
     t0 = time.perf_counter()
     errors = layer_errors(ws, space)
     say(f"autoquant: per-layer errors of {len(space.layers)} layers x their options in {time.perf_counter() - t0:.1f} s")
@@ -289,8 +295,16 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     return StudySetup(study, ws, space, space_file, scorer, errors, url)
 
 
+# A pruned trial (stopped early: it could not meet the constraint) is a trial done, like a complete one.
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
 def complete_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def done_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE))
 
 
 def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, callbacks=(), log=None) -> tuple[float, int]:
@@ -300,16 +314,16 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, ca
 
     cfg = exp.search
     study = setup.study
-    done = complete_count(study)
+    done = done_count(study)
     if done < target and log:
-        log(f"{done} of {target} trials already complete; searching {setup.space.size():.3g} plans with {cfg.sampler}")
+        log(f"{done} of {target} trials already done; searching {setup.space.size():.3g} plans with {cfg.sampler}")
     progress = Progress(target, min(done, target), cfg.max_accuracy_drop, cfg.objective, quiet)
     objective = Objective(setup.space, setup.scorer, cfg.objective, cfg.max_accuracy_drop)
     t0 = time.perf_counter()
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
-                       callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), FailureGuard(),
+                       callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(),
                                   *callbacks, progress])  # fmt: skip
     progress.close()
     return time.perf_counter() - t0, objective.evaluated

@@ -18,6 +18,7 @@ class TrialKey:
     LABEL = "label"  # the warm start's name, for enqueued trials
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
+    PRUNED = "pruned"  # stopped early: {"prefix_accuracy", "prefix_samples", "reason"}
 
 
 class StudyKey:
@@ -65,6 +66,14 @@ def set_result(trial: optuna.Trial, value: Measurement) -> None:
 
 def set_failure(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(TrialKey.FAIL_REASON, reason)
+
+
+def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason: str) -> None:
+    trial.set_user_attr(TrialKey.PRUNED, {"prefix_accuracy": prefix_accuracy, "prefix_samples": samples, "reason": reason})
+
+
+def pruned(trial: Trial) -> dict | None:
+    return trial.user_attrs.get(TrialKey.PRUNED)
 
 
 def set_duplicate_of(trial: optuna.Trial, number: int) -> None:

@@ -21,7 +21,8 @@ from ..quantize.plan import QuantPlan
 from ..search import trial_attrs as attrs
 from ..workspace import Workspace
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 def plan_summary(plan: QuantPlan) -> dict[str, str]:
@@ -150,6 +151,7 @@ class Tracker:
         tags = {"mlflow.parentRunId": self.parent_id, "autoquant.state": trial.state.name,
                 "autoquant.fail_reason": attrs.fail_reason(trial)[:4000],
                 "autoquant.duplicate_of": "" if duplicate is None else str(duplicate), "autoquant.label": attrs.label(trial),
+                "autoquant.stopped_early": (attrs.pruned(trial) or {}).get("reason", "")[:4000],
                 "autoquant.trial": str(trial.number)}  # fmt: skip
         run = self.client.create_run(self.experiment_id, run_name=f"trial {trial.number}", tags=tags)
         rid, now = run.info.run_id, int(time.time() * 1000)
@@ -160,8 +162,10 @@ class Tracker:
             self.client.log_text(rid, yaml.safe_dump(spec, sort_keys=False), "plan.yaml")
         if result is not None:
             metrics = [Metric(k, v, now, trial.number) for k, v in result.to_dict().items()]
+        elif attrs.pruned(trial):  # the prefix figure, under a name no full-set metric has
+            metrics = [Metric("prefix_accuracy", attrs.pruned(trial)["prefix_accuracy"], now, trial.number)]
         self.client.log_batch(rid, metrics=metrics, params=params)
-        self.client.set_terminated(rid, status="FINISHED" if trial.state.name == "COMPLETE" else "FAILED")
+        self.client.set_terminated(rid, status=RUN_STATUS[trial.state.name])
 
     def finish(self, study: optuna.Study, artifacts: list[tuple[Path, str | None]], metrics: dict[str, float]) -> None:
         self.flush()

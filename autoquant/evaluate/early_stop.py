@@ -1,0 +1,82 @@
+"""Stop hopeless trials early: score a plan on a random prefix of the eval set first, and stop it when even
+an optimistic bound on its full-set drop breaks the constraint.
+
+For metrics that are the percentage of samples scoring (top1, top5, per-sample agreement), the FP32
+model's figure over the whole eval set is known. The prefix (n samples drawn at random, once per study)
+shows the plan's hits h on it exactly; for the N − n others its hit rate is at most the Clopper-Pearson
+upper bound from the prefix at confidence 1 − δ. So its full-set drop is at least
+FP32 − 100 · (h + (N − n) · upper(h)) / N, and when that exceeds the constraint the full set would break it
+with probability at least 1 − δ: the trial is stopped, recorded as pruned with the prefix figures and the reason. Any figure that is reported, compared or exported comes
+from a full-set evaluation; a trial that passes the screen is evaluated on the whole eval set as usual
+(the prefix is re-run in place, so batches — which dynamic quantization depends on — are exactly those
+of an `evaluate` run).
+
+Metrics without per-sample hits (cosine, sequence agreement, the user's own) are not screened: a bound on
+an average of unbounded-variance scores needs far more samples than a prefix saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import betaincinv
+
+from ..data import Dataset
+from ..errors import AutoquantError
+
+MIN_EVAL = 400  # below it the prefix would be most of the set, and its bound too wide to stop anything
+DELTA = 0.01  # chance that a plan whose full-set drop meets the constraint is stopped
+
+
+class Hopeless(AutoquantError):
+    """A plan whose prefix shows it cannot meet the constraint."""
+
+    def __init__(self, prefix_accuracy: float, drop_bound: float, samples: int, max_drop: float):
+        self.prefix_accuracy, self.drop_bound, self.samples = prefix_accuracy, drop_bound, samples
+        super().__init__(f"stopped after {samples} eval samples: accuracy there {prefix_accuracy:.2f}; its full-set "
+                         f"drop is at least {drop_bound:.2f} pt with {100 * (1 - DELTA):.0f} % confidence, over the "
+                         f"{max_drop:g} pt limit")  # fmt: skip
+
+
+def prefix_size(n: int) -> int:
+    return min(max(n // 5, 100), 500)
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    prefix: Dataset  # the random prefix of the eval set, in its own order
+    fp32_accuracy: float  # FP32's figure on the whole eval set
+    labels: np.ndarray | None
+    reference: np.ndarray  # FP32's outputs on the prefix
+    hits: object  # metrics.HITS entry: (outputs, labels, reference) -> per-sample bools or None
+    total: int  # eval samples
+    max_drop: float
+
+    @classmethod
+    def make(cls, eval_data: Dataset, reference: np.ndarray, hits, max_drop: float, seed: int = 0) -> EarlyStop | None:
+        """None when the metric has no per-sample hits or the eval set is too small to gain from a prefix."""
+        if hits is None or len(eval_data) < MIN_EVAL:
+            return None
+        idx = np.sort(np.random.default_rng(seed).permutation(len(eval_data))[: prefix_size(len(eval_data))])
+        labels = None if eval_data.y is None else eval_data.y[idx]
+        fp32 = hits(reference, eval_data.y, reference)
+        if fp32 is None:
+            return None
+        return cls(eval_data.subset(idx), float(np.mean(fp32) * 100.0), labels, reference[idx], hits, len(eval_data),
+                   max_drop)  # fmt: skip
+
+    def drop_lower_bound(self, plan_hits: np.ndarray) -> float:
+        n, h = len(plan_hits), int(plan_hits.sum())
+        upper = betaincinv(h + 1, n - h, 1 - DELTA) if h < n else 1.0
+        return self.fp32_accuracy - 100.0 * (h + (self.total - n) * upper) / self.total
+
+    def check(self, prefix_outputs: np.ndarray) -> None:
+        """Raise Hopeless when the prefix outputs show the plan cannot meet the constraint."""
+        plan_hits = self.hits(prefix_outputs, self.labels, self.reference)
+        if plan_hits is None:
+            return
+        plan_hits = np.asarray(plan_hits, bool)
+        bound = self.drop_lower_bound(plan_hits)
+        if bound > self.max_drop:
+            raise Hopeless(float(plan_hits.mean() * 100.0), bound, len(plan_hits), self.max_drop)
