@@ -49,7 +49,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
     acts, algorithms = ws.activations(plan)
     qmodel = ws.build(plan, acts)
     meter = Meter(ws)
-    measured = meter(qmodel, plan, paired=True)
+    measured = meter(qmodel, plan, timed=True)
     executed = executed_layers(qmodel)
     fp32_ms = measured.latency_ms / measured.latency_ratio
     objectives = {"accuracy": measured.accuracy, "fp32_accuracy": ws.reference.accuracy,
@@ -71,7 +71,7 @@ def evaluate(model_path: Path, experiment: Workspace | Experiment) -> Measuremen
     """Accuracy of any ONNX model on the experiment's eval data, and its latency timed interleaved with the
     experiment's FP32 model (bitops are unknown without its plan: NaN)."""
     ws = experiment if isinstance(experiment, Workspace) else Workspace(experiment)
-    return Meter(ws)(load_onnx(model_path), paired=True)
+    return Meter(ws)(load_onnx(model_path), timed=True)
 
 
 def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path) -> Path:

@@ -28,8 +28,8 @@ class Measurement:
     accuracy: float  # the experiment's metric on the eval split
     accuracy_drop: float  # FP32 minus this, in the metric's points
     bitops_fraction: float  # of all-FP32 (NaN for a model measured without its plan)
-    latency_ms: float  # median per batch of eval.latency_batch_size
-    latency_ratio: float  # to FP32: timed in the same interleaved rounds when paired, else to the study's FP32 figure
+    latency_ms: float  # median per batch of eval.latency_batch_size (NaN: not timed)
+    latency_ratio: float  # to FP32, timed in the same interleaved rounds (NaN: not timed)
     size_bytes: int
     output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
 
@@ -53,21 +53,22 @@ class Meter:
     def fp32_session(self):
         return self.ws.evaluator.session(self.ws.fp32_model)
 
-    @functools.cached_property
-    def fp32_latency_ms(self) -> float:
-        (ms,) = self.ws.evaluator.latency_ms(self.fp32_session)
-        return ms
+    def latency(self, sess) -> tuple[float, float]:
+        """(ms per batch, ratio to FP32), the two timed interleaved in the same rounds."""
+        ms, fp32_ms = self.ws.evaluator.latency_ms(sess, self.fp32_session)
+        return ms, ms / fp32_ms
 
     @functools.cached_property
     def _reference_power(self) -> float:
         return float(np.square(self.ws.reference.outputs).mean()) or 1.0
 
-    def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, paired: bool = False,
+    def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, timed: bool = False,
                  screen: EarlyStop | None = None) -> Measurement:  # fmt: skip
         """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
-        integer kernel per INT8 layer, one float kernel per other one). `paired` times the model and FP32
-        interleaved in the same rounds; otherwise the ratio is to FP32's latency measured once. `screen` first
-        scores a prefix of the eval set and raises Hopeless when it shows the plan cannot meet the constraint."""
+        integer kernel per INT8 layer, one float kernel per other one). `timed` times the model and FP32
+        interleaved in the same rounds (latency NaN otherwise: a ratio to an FP32 figure measured at another
+        time drifts with the machine's load). `screen` first scores a prefix of the eval set and raises
+        Hopeless when it shows the plan cannot meet the constraint."""
         ws, ev = self.ws, self.ws.evaluator
         sess = ev.session(model, self._optimized if plan is not None else None)
         if plan is not None:
@@ -75,13 +76,10 @@ class Meter:
         if screen is not None:
             screen.check(ev.outputs(sess, screen.prefix))
         scored = ev.score(sess)
-        if paired:
-            ms, fp32_ms = ev.latency_ms(sess, self.fp32_session)
-        else:
-            (ms,), fp32_ms = ev.latency_ms(sess), self.fp32_latency_ms
+        ms, ratio = self.latency(sess) if timed else (math.nan, math.nan)
         mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
-        return Measurement(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops, ms, ms / fp32_ms,
+        return Measurement(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops, ms, ratio,
                            model.ByteSize(), mse)  # fmt: skip
 
 

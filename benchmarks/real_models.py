@@ -111,12 +111,12 @@ def main() -> None:
             search_s = time.perf_counter() - t0
             ws = result.workspace
             meter = Meter(ws)
-            fp32 = meter(ws.fp32_model, paired=True)
+            fp32 = meter(ws.fp32_model, timed=True)
             rows = [row("FP32", fp32, 0.0)]
             if result.export is not None:
                 rows.append(row(f"autoquant search ({result.completed} trials), export", result.export, search_s))
             elif result.chosen is not None:  # nothing met the constraint: show the closest plan, measured the same way
-                closest = meter(ws.build(result.chosen.plan), result.chosen.plan, paired=True)
+                closest = meter(ws.build(result.chosen.plan), result.chosen.plan, timed=True)
                 rows.append(row(f"autoquant search ({result.completed} trials), closest plan: constraint NOT met",
                                 closest, search_s))  # fmt: skip
             for label, kwargs in (("quantize_static defaults (s8/s8 per-tensor)", {"per_channel": False}),
@@ -124,7 +124,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model = ort_quantize_static(ws, **kwargs)
                 secs = time.perf_counter() - t0
-                rows.append(row(f"ORT {label}", meter(model, paired=True), secs))
+                rows.append(row(f"ORT {label}", meter(model, timed=True), secs))
             g = ws.graph
             results["models"][name] = {
                 "layers": len(g.layers), "float_ops": len(g.float_ops), "mflops": g.total_flops / 1e6,

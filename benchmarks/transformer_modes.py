@@ -106,28 +106,28 @@ def main() -> None:
         ws = Workspace(exp)
         meter = Meter(ws)
         names = ws.graph.names
-        rows = [row("FP32", meter(ws.fp32_model, paired=True))]
+        rows = [row("FP32", meter(ws.fp32_model, timed=True))]
         t0 = time.perf_counter()
         dynamic = ort_quantize_dynamic(ws)
-        rows.append(row("ORT quantize_dynamic (defaults)", meter(dynamic, paired=True), time.perf_counter() - t0, dynamic))
+        rows.append(row("ORT quantize_dynamic (defaults)", meter(dynamic, timed=True), time.perf_counter() - t0, dynamic))
         for label, kwargs in (("quantize_static defaults (s8/s8 per-tensor)", {"per_channel": False}),
                               ("quantize_static per-channel, u8 activations", {"per_channel": True, "activation_type": "QUInt8"})):  # fmt: skip
             t0 = time.perf_counter()
             model = ort_quantize_static(ws, **kwargs)
-            rows.append(row(f"ORT {label}", meter(model, paired=True), time.perf_counter() - t0, model))
+            rows.append(row(f"ORT {label}", meter(model, timed=True), time.perf_counter() - t0, model))
         uniform = {"static INT8 per-channel": LayerChoice(), "dynamic per-channel": LayerChoice.dynamic(),
                    "dynamic per-tensor": LayerChoice.dynamic("per_tensor"), "int4 blocks of 32": LayerChoice.int4(32),
                    "int4 blocks of 128": LayerChoice.int4(128)}  # fmt: skip
         for label, choice in uniform.items():
             plan = QuantPlan.uniform(names, choice)
             model = ws.build(plan)
-            rows.append(row(f"autoquant all {label}", meter(model, plan, paired=True), model=model))
+            rows.append(row(f"autoquant all {label}", meter(model, plan, timed=True), model=model))
         smoothed = Workspace(dataclasses.replace(exp, quantization=dataclasses.replace(exp.quantization, smoothquant_alpha=0.5)))
         sq_meter = Meter(smoothed)
         for label in ("static INT8 per-channel", "dynamic per-channel"):
             plan = QuantPlan.uniform(smoothed.graph.names, uniform[label])
             model = smoothed.build(plan)
-            rows.append(row(f"autoquant all {label} + SmoothQuant 0.5", sq_meter(model, plan, paired=True), model=model,
+            rows.append(row(f"autoquant all {label} + SmoothQuant 0.5", sq_meter(model, plan, timed=True), model=model,
                             smoothing={"folded": len(smoothed.smoothing.folded), "inserted": len(smoothed.smoothing.inserted)}))  # fmt: skip
 
         qd_drop = rows[1]["drop"]
@@ -145,10 +145,10 @@ def main() -> None:
             if chosen.export is None:
                 plan = chosen.chosen.plan
                 model = ws.build(plan)
-                rows.append(row(label + ": constraint NOT met, closest plan", meter(model, plan, paired=True), search_s, model))
+                rows.append(row(label + ": constraint NOT met, closest plan", meter(model, plan, timed=True), search_s, model))
                 continue
             model = onnx.load(str(chosen.export.model_path))
-            measured = meter(model, chosen.chosen.plan, paired=True)
+            measured = meter(model, chosen.chosen.plan, timed=True)
             ms, qd_ms = ws.evaluator.latency_ms(ws.evaluator.session(model), qd_session)
             modes = {}
             for _, ch in chosen.chosen.plan.choices:

@@ -96,6 +96,6 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
         return real(self, *sessions)
 
     monkeypatch.setattr(type(ws.evaluator), "latency_ms", spy)
-    result = PlanScorer(ws, paired=True)(QuantPlan.uniform(ws.graph.names, FLOAT))
+    result = PlanScorer(ws, timed=True)(QuantPlan.uniform(ws.graph.names, FLOAT))
     assert timed == [2]  # the plan and FP32, in the same rounds
     assert 0.7 < result.latency_ratio < 1.3

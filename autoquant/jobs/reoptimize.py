@@ -58,7 +58,7 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     source_changed = ws.sha != deployed.record.model_sha256
     # The deployed model, measured on today's data the way the export was (paired with FP32); its bitops
     # come from its own record, as its layers may differ from today's model.
-    old = replace(Meter(ws)(load_onnx(deployed.model), paired=True),
+    old = replace(Meter(ws)(load_onnx(deployed.model), timed=True),
                   bitops_fraction=bitops_fraction(deployed.record, deployed.record.plan()))  # fmt: skip
     new = result.export if result.met else None
     promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance)

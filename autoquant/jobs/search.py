@@ -28,6 +28,7 @@ from ..search.study import (
     scored_points,
     setup_study,
     study_fingerprint,
+    time_points,
 )
 from ..workspace import Workspace
 from .export import check_export_target, export_plan
@@ -135,6 +136,10 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
     points = scored_points(study)
+    if objective is Cost.LATENCY:  # re-chosen by latency from a study that did not time its trials
+        points = time_points(ws, study, points, points)
+    front = pareto_front(points, objective)
+    points = time_points(ws, study, points, front)
     front = pareto_front(points, objective)
     chosen, met = choose(points, max_drop, objective)
     write_pareto_csv(front, root / "pareto.csv")

@@ -13,12 +13,14 @@ across the cost range, enqueued before the sampler starts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..quantize.plan import FLOAT, QuantPlan
 from ..workspace import Workspace
 from .layer_errors import LayerErrors
-from .space import SearchSpace, decode
+from .space import SearchSpace, decode, encode
 
 FLOAT_COUNTS = (1, 2, 3, 4, 6, 8, 12)
 
@@ -39,24 +41,59 @@ def float_order(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list[
                                            / flops[s.name])]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ErrorModel:
+    """The additive model of a plan: its predicted output error is the sum of its options' errors in the
+    per-layer table, its bitops share the sum of theirs."""
+
+    space: SearchSpace
+    err: dict[tuple[str, str], float]  # (layer, option) → predicted output NMSE it adds (0 for float)
+    cost: dict[tuple[str, str], float]  # (layer, option) → its share of all-FP32 bitops
+
+    @classmethod
+    def build(cls, ws: Workspace, errors: LayerErrors, space: SearchSpace) -> ErrorModel:
+        flops = {layer.name: max(layer.flops, 1) for layer in ws.graph.layers}
+        total = sum(flops.values()) * 32 * 32
+        cost = {(s.name, o): flops[s.name] * float(np.prod(decode(o).cost_bits)) / total
+                for s in space.layers for o in s.options}  # fmt: skip
+        err = {(s.name, o): float(np.nan_to_num(errors.of(s.name, o), nan=np.inf)) if o != "float" else 0.0
+               for s in space.layers for o in s.options}  # fmt: skip
+        return cls(space, err, cost)
+
+    def predict(self, plan: QuantPlan) -> float:
+        """Predicted output NMSE of a plan of this space (inf if it takes an option the space does not offer)."""
+        return sum(self.err.get((s.name, encode(plan[s.name])), np.inf) for s in self.space.layers)
+
+    def at(self, lam: float) -> QuantPlan:
+        """Per layer the option minimising error + λ · bitops share (the Lagrangian relaxation of "least
+        error within a bitops budget")."""
+        return QuantPlan(tuple(
+            (s.name, decode(min(s.options, key=lambda o: (self.err[s.name, o] + lam * self.cost[s.name, o], s.options.index(o)))))
+            for s in self.space.layers
+        ))  # fmt: skip
+
+    def sweep(self, count: int) -> list[QuantPlan]:
+        """Distinct plans for λ spread (log scale) between "any saving is worth its error" and "no error is
+        worth a saving", cheapest last."""
+        finite = [e for e in self.err.values() if 0 < e < np.inf]
+        if not finite:
+            return []
+        plans = {}
+        for lam in np.geomspace(min(finite) / 10, max(finite) * 1e3, count):
+            plan = self.at(lam)
+            plans.setdefault(plan.key(), plan)
+        return list(plans.values())
+
+    def cheapest_within(self, budget: float, count: int = 64) -> QuantPlan | None:
+        """The plan of the λ sweep with the fewest bitops whose predicted error is at most `budget`."""
+        ok = [p for p in self.sweep(count) if self.predict(p) <= budget]
+        return min(ok, key=lambda p: (sum(self.cost[n, encode(c)] for n, c in p.choices), self.predict(p)), default=None)
+
+
 def budget_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace, count: int = 8) -> list[tuple[str, QuantPlan]]:
-    """Per layer the option minimising error + λ · bitops share, for λ spread (log scale) between "any saving
-    is worth its error" and "no error is worth a saving"; distinct plans only, cheapest last."""
-    flops = {layer.name: max(layer.flops, 1) for layer in ws.graph.layers}
-    total = sum(flops.values()) * 32 * 32
-    cost = {(s.name, o): flops[s.name] * np.prod(decode(o).cost_bits) / total for s in space.layers for o in s.options}
-    err = {(s.name, o): float(np.nan_to_num(errors.of(s.name, o), nan=np.inf)) if o != "float" else 0.0
-           for s in space.layers for o in s.options}  # fmt: skip
-    finite = [e for e in err.values() if 0 < e < np.inf]
-    if not finite:
-        return []
-    plans: dict[str, tuple[str, QuantPlan]] = {}
-    for i, lam in enumerate(np.geomspace(min(finite) / 10, max(finite) * 1e3, count)):
-        plan = QuantPlan(tuple((s.name, decode(min(s.options, key=lambda o: (err[s.name, o] + lam * cost[s.name, o],
-                                                                              s.options.index(o)))))
-                               for s in space.layers))  # fmt: skip
-        plans.setdefault(plan.key(), (f"guided-budget-{i}", plan))
-    return list(plans.values())
+    """Plans across the cost range from the error model's λ sweep (with several modes and bit widths per
+    layer, the cheap options, e.g. int4, enter where their error is small for their savings)."""
+    return [(f"guided-budget-{i}", plan) for i, plan in enumerate(ErrorModel.build(ws, errors, space).sweep(count))]
 
 
 def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list[tuple[str, QuantPlan]]:

@@ -42,23 +42,21 @@ class PlanScorer:
     """Builds a plan's model from the workspace cache and measures it, within the trial's deadline: any
     failure is the plan's (TrialFailed), so the study goes on."""
 
-    def __init__(self, ws: Workspace, timeout: float | None = None, paired: bool = False,
+    def __init__(self, ws: Workspace, timeout: float | None = None, timed: bool = False,
                  max_drop: float | None = None):  # fmt: skip
-        """`paired`: time every trial interleaved with FP32 in the same rounds (when latency is what the
-        study minimises: a ratio to an FP32 figure measured once drifts with the machine's load).
-        `max_drop`: stop plans a prefix of the eval set shows cannot meet it (evaluate/early_stop.py)."""
-        self.ws, self.timeout, self.paired = ws, timeout, paired
+        """`timed`: time every trial interleaved with FP32 in the same rounds (when latency is what the study
+        minimises; otherwise only the final front is timed, jobs/search.py). `max_drop`: stop plans a prefix
+        of the eval set shows cannot meet it (evaluate/early_stop.py)."""
+        self.ws, self.timeout, self.timed = ws, timeout, timed
         self.meter = Meter(ws)
         self.screen = None
         if max_drop is not None:
             self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop)
-        if not paired:
-            self.meter.fp32_latency_ms  # noqa: B018 - measured once per study, before any trial competes with it
 
     def __call__(self, plan: QuantPlan) -> Measurement:
         try:
             with deadline(self.timeout):
-                return self.meter(self.ws.build(plan), plan, paired=self.paired, screen=self.screen)
+                return self.meter(self.ws.build(plan), plan, timed=self.timed, screen=self.screen)
         except (TrialFailed, Hopeless):
             raise
         except AutoquantError as exc:

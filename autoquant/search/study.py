@@ -4,9 +4,10 @@ rerunning the same command resumes it; warm-started with baseline and sensitivit
 from __future__ import annotations
 
 import importlib.resources
+import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -20,14 +21,15 @@ from ..config import Experiment, SearchConfig
 from ..errors import ConfigError, first_line
 from ..evaluate.cost import Cost
 from ..evaluate.early_stop import Hopeless
-from ..measure import Measurement
+from ..measure import Measurement, Meter
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
-from .guided import guided_plans, sensitive_layers
+from .guided import ErrorModel, guided_plans, sensitive_layers
 from .layer_errors import LayerErrors, layer_errors
 from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
+from .refine import Refine
 from .space import SearchSpace, decode
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
@@ -190,10 +192,28 @@ def map_plan(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:
 
 
 def scored_points(study: optuna.Study) -> list[ScoredPlan]:
+    """Complete trials with their results; latency timed after the study (time_points) filled in."""
+    timed = attrs.timed_after(study)
     points = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        points.append(ScoredPlan(t.number, attrs.label(t), attrs.plan(t), attrs.result(t)))
+        result = attrs.result(t)
+        if t.number in timed and math.isnan(result.latency_ratio):
+            result = replace(result, latency_ms=timed[t.number][0], latency_ratio=timed[t.number][1])
+        points.append(ScoredPlan(t.number, attrs.label(t), attrs.plan(t), result))
     return points
+
+
+def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
+    """`points` with paired latency (interleaved with FP32) for those of `which` that were not timed as trials
+    (a study that minimises bitops or size times only its front); stored on the study for later exports."""
+    todo = [p for p in which if math.isnan(p.result.latency_ratio)]
+    if not todo:
+        return points
+    meter = Meter(ws)
+    timed = {p.number: meter.latency(ws.evaluator.session(ws.build(p.plan))) for p in todo}
+    attrs.add_timed_after(study, timed)
+    return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1]))
+            if p.number in timed else p for p in points]  # fmt: skip
 
 
 class Objective:
@@ -280,7 +300,7 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     paths.check_storage_file(url)
     study = open_study(exp, make_storage(url), study_fingerprint(exp, ws))
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
-    scorer = PlanScorer(ws, cfg.trial_timeout_seconds, paired=cfg.objective is Cost.LATENCY,
+    scorer = PlanScorer(ws, cfg.trial_timeout_seconds, timed=cfg.objective is Cost.LATENCY,
                         max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
     t0 = time.perf_counter()
     errors = layer_errors(ws, space)
@@ -322,8 +342,10 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, ca
     t0 = time.perf_counter()
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
+        guided = [Refine(ErrorModel.build(setup.workspace, setup.errors, setup.space), cfg.max_accuracy_drop)
+                  ] if cfg.warm_start else []  # fmt: skip
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
-                       callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(),
+                       callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *guided,
                                   *callbacks, progress])  # fmt: skip
     progress.close()
     return time.perf_counter() - t0, objective.evaluated

@@ -23,6 +23,7 @@ class TrialKey:
 
 class StudyKey:
     PARENT_RUN = "mlflow_parent_run_id"
+    TIMED_AFTER = "timed_after"  # {trial number: [latency ms, ratio to FP32]} of points timed after the study
     # The study's fingerprint (study.study_fingerprint) is stored under its own names: model_sha256,
     # objective, metric, calibration_sha256, eval_sha256, activation_type, weight_range.
 
@@ -101,6 +102,15 @@ def stored(study: optuna.Study, key: str) -> str:
 
 def parent_run(study: optuna.Study) -> str | None:
     return study.user_attrs.get(StudyKey.PARENT_RUN)
+
+
+def timed_after(study: optuna.Study) -> dict[int, tuple[float, float]]:
+    return {int(k): (float(v[0]), float(v[1])) for k, v in study.user_attrs.get(StudyKey.TIMED_AFTER, {}).items()}
+
+
+def add_timed_after(study: optuna.Study, timed: dict[int, tuple[float, float]]) -> None:
+    merged = {str(k): list(v) for k, v in {**timed_after(study), **timed}.items()}
+    study.set_user_attr(StudyKey.TIMED_AFTER, merged)
 
 
 def set_parent_run(study: optuna.Study, run_id: str) -> None:

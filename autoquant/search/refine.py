@@ -1,0 +1,79 @@
+"""The error model, calibrated against the trials as they finish, proposes plans at the constraint.
+
+The per-layer table (layer_errors.py) predicts a plan's output NMSE as a sum over its layers; a finished
+trial measures the NMSE (Measurement.output_mse) and the accuracy drop. Each round, once the trials
+enqueued before it have run:
+
+1. calibration: measured ≈ a · predicted, a the geometric mean of their ratio over the quantized trials;
+2. the NMSE the constraint allows, T: the geometric middle between the largest NMSE of a trial that met
+   it and the smallest NMSE of one that broke it above that (twice the largest while none broke it; half
+   the smallest while none met it);
+3. the cheapest plans of the λ sweep whose calibrated prediction is within T · {0.6, 1, 1.6}, enqueued
+   (Optuna's enqueue_trial, skipping plans already tried).
+
+The sampler keeps proposing around them; the rounds narrow T on the model's own boundary between plans that
+meet the constraint and plans that do not, which is where the cheapest feasible plan is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import TrialState
+
+from . import trial_attrs as attrs
+from .guided import ErrorModel
+
+MARGINS = (0.6, 1.0, 1.6)
+
+
+def allowed_error(points: list[tuple[float, float]], max_drop: float) -> float | None:
+    """T from (measured NMSE, drop) of quantized trials."""
+    ok = [mse for mse, drop in points if drop <= max_drop]
+    if not ok:
+        return 0.5 * min(mse for mse, _ in points) if points else None
+    best_ok = max(ok)
+    above = [mse for mse, drop in points if drop > max_drop and mse > best_ok]
+    return math.sqrt(best_ok * min(above)) if above else 2.0 * best_ok
+
+
+class Refine:
+    """Optuna callback: every `every` finished trials (complete or stopped early), one round of calibrated
+    proposals from the complete ones."""
+
+    def __init__(self, model: ErrorModel, max_drop: float, every: int = 8):
+        self.model, self.max_drop, self.every = model, max_drop, every
+        self.next_at = every
+        self.rounds = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(done) < self.next_at or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        self.next_at = len(done) + self.every
+        for i, plan in enumerate(self.proposals([t for t in done if t.state == TrialState.COMPLETE])):
+            study.enqueue_trial(self.model.space.params_for(plan),
+                                user_attrs=attrs.enqueue_attrs(f"refined-{self.rounds}-{i}"), skip_if_exists=True)  # fmt: skip
+        self.rounds += 1
+
+    def proposals(self, trials: list[optuna.trial.FrozenTrial]) -> list:
+        measured, ratios = [], []
+        for t in trials:
+            result, plan = attrs.result(t), attrs.plan(t)
+            if not plan.quantized or not result.output_mse > 0:
+                continue
+            measured.append((result.output_mse, result.accuracy_drop))
+            predicted = self.model.predict(plan)
+            if 0 < predicted < math.inf:
+                ratios.append(result.output_mse / predicted)
+        allowed = allowed_error(measured, self.max_drop)
+        if allowed is None or not ratios:
+            return []
+        scale = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        plans = {}
+        for margin in MARGINS:
+            plan = self.model.cheapest_within(allowed * margin / scale)
+            if plan is not None and plan.quantized:
+                plans.setdefault(plan.key(), plan)
+        return list(plans.values())
