@@ -101,10 +101,10 @@ def cmd_quantize(args) -> int:
         return 0
     n = ws.exp.eval.latency_batch_size
     print(f"FP32  accuracy {r.fp32_accuracy:6.2f} %   latency {r.fp32_latency_ms:7.2f} ms per batch of {n}")
-    print(f"INT8  accuracy {r.accuracy:6.2f} %   latency {r.latency_ms:7.2f} ms ({r.latency_ratio:.2f}x FP32)"
+    print(f"quant accuracy {r.accuracy:6.2f} %   latency {r.latency_ms:7.2f} ms ({r.latency_ratio:.2f}x FP32)"
           f"   drop {r.accuracy_drop:+.2f} pt   bitops {r.bitops_fraction * 100:.2f} % of FP32")  # fmt: skip
     print(f"size  {r.fp32_size_bytes / 1e6:.2f} MB -> {r.size_bytes / 1e6:.2f} MB"
-          f"   ({len(ws.splits.eval)} eval samples, {len(plan.quantized)}/{len(plan.names)} layers INT8)")  # fmt: skip
+          f"   ({len(ws.splits.eval)} eval samples, {len(plan.quantized)}/{len(plan.names)} layers quantized)")  # fmt: skip
     print(f"wrote {r.model_path} and {r.record_path}")
     return 0
 

@@ -63,3 +63,27 @@ def write_result(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=1, default=str))
     return path
+
+
+def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float = 1.0) -> float:
+    """2-D hypervolume (accuracy up, cost down) dominated by `points` and bounded by the reference
+    point. Optuna only has a private N-D implementation; in 2-D a sort and sweep is exact."""
+    pts = sorted((c, a) for a, c in points if a > ref_acc and c < ref_cost)
+    volume, best_acc = 0.0, ref_acc
+    for i, (cost, acc) in enumerate(pts):
+        best_acc = max(best_acc, acc)
+        next_cost = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
+        volume += (next_cost - cost) * (best_acc - ref_acc)
+    return volume
+
+
+def save_figure(fig, name: str) -> Path:
+    """Write a benchmark's figure to benchmarks/results/NAME.png."""
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, ort_quantize_static, write_result
+from common import RESULTS, hypervolume, machine, ort_quantize_static, write_result
 
 from autoquant.api import search
 from autoquant.calibrate.ranges import ALGORITHMS
@@ -43,18 +43,6 @@ from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 HV_REFERENCE_DROP = 10.0  # hypervolume reference point: (FP32 accuracy - 10 pt, bitops fraction 1.0)
-
-
-def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float = 1.0) -> float:
-    """2-D hypervolume (accuracy up, cost down) dominated by `points` and bounded by the reference
-    point. Optuna only has a private N-D implementation; in 2-D a sort and sweep is exact."""
-    pts = sorted((c, a) for a, c in points if a > ref_acc and c < ref_cost)
-    volume, best_acc = 0.0, ref_acc
-    for i, (cost, acc) in enumerate(pts):
-        best_acc = max(best_acc, acc)
-        next_cost = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
-        volume += (next_cost - cost) * (best_acc - ref_acc)
-    return volume
 
 
 def hv_curve(study_points, fp32: float, budget: int) -> list[float]:

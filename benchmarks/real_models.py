@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import RESULTS, machine, ort_quantize_static, write_result
+from common import RESULTS, machine, ort_quantize_static, save_figure, write_result
 
 from autoquant import load_experiment, search
 from autoquant.measure import Meter
@@ -80,11 +80,7 @@ def plot(results: dict) -> Path:
         ax.set_title(f"{name} ({m['eval_samples']} eval samples)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path = RESULTS / "real_models.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, "real_models")
 
 
 def main() -> None:

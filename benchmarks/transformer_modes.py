@@ -27,7 +27,7 @@ from pathlib import Path
 
 import onnx
 import yaml
-from common import RESULTS, machine, ort_quantize_static, write_result
+from common import machine, ort_quantize_static, save_figure, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, export_from_run, load_experiment, search
 from autoquant.evaluate.cost import Cost
@@ -88,11 +88,7 @@ def plot(results: dict) -> Path:
     ax.set_ylabel("fidelity: cosine to FP32 x 100")
     ax.set_title(f"all-MiniLM-L6-v2, {results['eval_samples']} sentences; dashed: the two constraints")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = RESULTS / "transformer_modes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, "transformer_modes")
 
 
 def main() -> None:

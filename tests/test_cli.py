@@ -48,7 +48,7 @@ def test_console_script_prints_a_human_summary(digits_yaml, tmp_path):
                            "int8-per-tensor", "--algorithm", "percentile", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "INT8  accuracy" in proc.stdout and "bitops 6.25 % of FP32" in proc.stdout
+    assert "quant accuracy" in proc.stdout and "bitops 6.25 % of FP32" in proc.stdout
 
 
 def test_plan_file_with_a_float_layer(digits_yaml, tmp_path, capsys):

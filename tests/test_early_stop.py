@@ -8,7 +8,7 @@ import json
 import numpy as np
 import optuna
 import pytest
-from test_sources import TRANSFORMER, cli, token_data, transformer_exp
+from test_sources import cli, encoder_workdir, transformer_exp
 
 from autoquant.data import Dataset
 from autoquant.evaluate.early_stop import DELTA, EarlyStop, Hopeless, prefix_size
@@ -71,10 +71,7 @@ def test_small_eval_sets_and_non_binary_metrics_are_not_screened():
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("early")
-    (d / "encoder.py").write_text(TRANSFORMER)
-    token_data(d / "tokens.npz", n=560)
-    return d
+    return encoder_workdir(tmp_path_factory, "early", n=560)
 
 
 def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_dir, capsys):

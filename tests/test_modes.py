@@ -14,7 +14,7 @@ import onnx
 import pytest
 from conftest import write_experiment
 from onnx import numpy_helper
-from test_sources import TRANSFORMER, cli, one_line_error, token_data, transformer_exp
+from test_sources import cli, encoder_workdir, one_line_error, transformer_exp
 
 from autoquant import Workspace, load_experiment
 from autoquant.config import SearchConfig
@@ -41,10 +41,7 @@ BOUND = {"static": 1e-2, "dynamic": 1e-3, "int4": 3e-2, "mix": 1e-2}
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    d = tmp_path_factory.mktemp("modes")
-    (d / "encoder.py").write_text(TRANSFORMER)
-    token_data(d / "tokens.npz")
-    return Workspace(load_experiment(transformer_exp(d)))
+    return Workspace(load_experiment(transformer_exp(encoder_workdir(tmp_path_factory, "modes"))))
 
 
 def plans(names):

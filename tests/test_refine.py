@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sources import TRANSFORMER, cli, token_data, transformer_exp
+from test_sources import cli, encoder_workdir, transformer_exp
 
 from autoquant import Workspace, load_experiment
 from autoquant.config import SearchConfig
@@ -31,10 +31,7 @@ def test_allowed_error_sits_between_the_plans_that_meet_and_break_the_constraint
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("refine")
-    (d / "encoder.py").write_text(TRANSFORMER)
-    token_data(d / "tokens.npz", n=560)
-    return d
+    return encoder_workdir(tmp_path_factory, "refine", n=560)
 
 
 def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, capsys):

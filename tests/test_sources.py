@@ -86,12 +86,17 @@ def token_data(path, n=96, seq=12, ids_dtype=np.int64, drop=None):
     return path
 
 
+def encoder_workdir(tmp_path_factory, name: str, n: int = 96):
+    """A directory with the test encoder's factory (encoder.py) and n token sequences (tokens.npz)."""
+    d = tmp_path_factory.mktemp(name)
+    (d / "encoder.py").write_text(TRANSFORMER)
+    token_data(d / "tokens.npz", n=n)
+    return d
+
+
 @pytest.fixture(scope="module")
 def transformer_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("transformer")
-    (d / "encoder.py").write_text(TRANSFORMER)
-    token_data(d / "tokens.npz")
-    return d
+    return encoder_workdir(tmp_path_factory, "transformer")
 
 
 def transformer_exp(d, name="encoder", data=None, **sections):

@@ -343,7 +343,7 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, ca
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
         guided = [Refine(ErrorModel.build(setup.workspace, setup.errors, setup.space), cfg.max_accuracy_drop)
-                  ] if cfg.warm_start else []  # fmt: skip
+                  ] if cfg.refine else []  # fmt: skip
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
                        callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *guided,
                                   *callbacks, progress])  # fmt: skip

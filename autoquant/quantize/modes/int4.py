@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import onnx
 from onnxruntime.quantization import QuantFormat
-from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
 from ..plan import QuantPlan
 
 
 def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """`model` with the plan's int4 layers as MatMulNBits, one quantizer pass per (block size, accuracy level)."""
+    # Imported here: importing that module calls logging.basicConfig(level=INFO), configuring the root logger
+    # of whatever program imports autoquant; only a plan with int4 layers pays for it.
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
     groups: dict[tuple[int, int], list[str]] = {}
     for name in plan.in_mode("int4"):
         groups.setdefault((plan[name].block_size, plan[name].accuracy_level), []).append(name)

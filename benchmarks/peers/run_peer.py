@@ -1,0 +1,113 @@
+"""What a user would run instead of autoquant, on the same model, data split and constraint: Intel Neural
+Compressor for ONNX (`onnx-neural-compressor`, accuracy-driven autotune of static QDQ quantization) or
+NNCF (`quantize_with_accuracy_control`). Run by benchmarks/search_at_scale.py with the Python of a
+separate virtual environment (the peers pin other numpy/onnx versions than autoquant's), so it only
+imports numpy, onnx and onnxruntime besides the peer itself.
+
+    python run_peer.py {inc,nncf} WORK_DIR
+
+WORK_DIR holds model.onnx, data.npz (calib_* / eval_* arrays per input, eval_labels or eval_reference,
+fp32_accuracy, max_drop, metric) and receives peer.onnx and peer.json (seconds, notes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def load(work: Path):
+    d = np.load(work / "data.npz")
+    names = [k[len("calib_") :] for k in d.files if k.startswith("calib_")]
+    calib = {n: d[f"calib_{n}"] for n in names}
+    evals = {n: d[f"eval_{n}"] for n in names}
+    return d, names, calib, evals
+
+
+def batches(arrays: dict, size: int):
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, size):
+        yield {k: v[start : start + size] for k, v in arrays.items()}
+
+
+def scorer(d, evals: dict):
+    """The experiment's metric (top1 against labels, or agreement with FP32), in percent."""
+    metric = str(d["metric"])
+
+    def score(model_path: str) -> float:
+        sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        out = np.concatenate([sess.run(None, b)[0] for b in batches(evals, 50)])
+        target = d["eval_labels"] if metric == "top1" else d["eval_reference"].argmax(axis=-1)
+        return float((out.argmax(axis=-1) == target).mean() * 100.0)
+
+    return score
+
+
+def run_inc(work: Path) -> dict:
+    from onnx_neural_compressor.data_reader import CalibrationDataReader
+    from onnx_neural_compressor.quantization import config, tuning
+    from onnxruntime.quantization import QuantFormat
+
+    d, _, calib, evals = load(work)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rewind()
+
+        def get_next(self):
+            return next(self.it, None)
+
+        def rewind(self):
+            self.it = batches(calib, 1)
+
+    score = scorer(d, evals)
+    fp32 = float(d["fp32_accuracy"])
+    configs = config.StaticQuantConfig.get_config_set_for_tuning(quant_format=QuantFormat.QDQ,
+                                                                 reduce_range=bool(d["reduce_range"]))  # fmt: skip
+    tune = tuning.TuningConfig(config_set=configs, tolerable_loss=float(d["max_drop"]) / fp32, max_trials=20)
+    model = tuning.autotune(str(work / "model.onnx"), tune, eval_fn=score, calibration_data_reader=Reader())
+    if model is None:
+        return {"notes": "autotune found no model within the tolerable loss"}
+    import onnx
+
+    onnx.save(model, str(work / "peer.onnx"))
+    return {"notes": "INC autotune, StaticQuantConfig tuning set, QDQ"}
+
+
+def run_nncf(work: Path) -> dict:
+    import nncf
+    import onnx
+
+    d, _, calib, evals = load(work)
+    score = scorer(d, evals)
+    model = onnx.load(str(work / "model.onnx"))
+    calibration = nncf.Dataset(list(batches(calib, 1)))
+    validation = nncf.Dataset(list(batches(evals, 50)))
+
+    def validate(m: onnx.ModelProto, items) -> float:
+        path = work / "candidate.onnx"
+        onnx.save(m, str(path))
+        return score(str(path)) / 100.0
+
+    quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, validate,
+                                                     max_drop=float(d["max_drop"]) / 100.0,
+                                                     drop_type=nncf.DropType.ABSOLUTE)  # fmt: skip
+    onnx.save(quantized, str(work / "peer.onnx"))
+    return {"notes": "NNCF quantize_with_accuracy_control, ONNX backend, absolute drop"}
+
+
+def main() -> None:
+    peer, work = sys.argv[1], Path(sys.argv[2])
+    t0 = time.perf_counter()
+    info = {"inc": run_inc, "nncf": run_nncf}[peer](work)
+    info["seconds"] = time.perf_counter() - t0
+    (work / "peer.json").write_text(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

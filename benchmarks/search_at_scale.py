@@ -1,0 +1,240 @@
+"""The search at real size, side by side in one run per test bed, on the same data split and constraint:
+
+- FP32 and every hand-made plan (all INT8 per-channel / per-tensor with each range algorithm; all INT8 but
+  the k most sensitive layers float, k = 1, 2, 4, 8), each measured on the whole eval set;
+- autoquant's search (default space, objective bitops, 60 trials), its phases timed, its export
+  re-measured by `autoquant evaluate`;
+- Intel Neural Compressor for ONNX (accuracy-driven autotune, static QDQ) and NNCF
+  (`quantize_with_accuracy_control`), run from a separate virtual environment (benchmarks/peers);
+- with `--hypervolume MINUTES`: autoquant, the warm-started NSGA-II it had before (no calibrated proposals,
+  no early stopping) and random search, each given the same wall time, on 3 seeds; hypervolume of the
+  plans that meet the constraint, in (bitops, accuracy) from (1.0, FP32 − limit).
+
+Every latency is a ratio to FP32 timed interleaved in the same rounds. The constraint is chosen from a
+measurement: half the drop of all-INT8 per-channel minmax (rounded to 0.1 point), so all-INT8 fails.
+
+    pip install -e ".[bench]"
+    python -m venv --system-site-packages /tmp/peers && /tmp/peers/bin/pip install onnx-neural-compressor==1.0 nncf==3.4.0
+    python benchmarks/search_at_scale.py --bed efficientnet-lite1 [--peers-python /tmp/peers/bin/python] [--hypervolume 3]
+
+Writes benchmarks/results/search_at_scale.json (one entry per bed, others kept) and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optuna
+import yaml
+from common import RESULTS, hypervolume, machine, write_result
+
+from autoquant import LayerChoice, QuantPlan, Workspace, evaluate, load_experiment, search
+from autoquant.evaluate.executed import executed_layers
+from autoquant.measure import Meter
+from autoquant.quantize.plan import FLOAT
+from autoquant.search.guided import sensitive_layers
+from autoquant.search.layer_errors import layer_errors
+from autoquant.search.space import SearchSpace
+from autoquant.search.study import space_path
+
+HERE = Path(__file__).resolve().parent
+REAL = HERE / "real"
+SHARED = HERE.parents[1] / "shared" / "data"
+ALGORITHMS = ("minmax", "percentile", "mse", "entropy", "histogram")
+
+
+def bed_experiment(bed: str, tmp: Path) -> dict:
+    if bed == "efficientnet-lite1":
+        exp = yaml.safe_load((REAL / "efficientnet_lite1.yaml").read_text())
+        exp["model"]["torch"] = str(REAL / "efficientnet_lite.py") + ":lite1"
+        exp["data"]["loader"] = str(REAL / "efficientnet_lite.py") + ":cifar_240"
+        return exp
+    depth = {"resnet56": 56, "resnet20": 20}[bed]
+    ckpt = next(SHARED.glob(f"resnet{depth}-*.th"))
+    return {"name": bed, "model": {"builtin": f"cifar10_resnet{depth}", "checkpoint": str(ckpt)},
+            "data": {"source": "cifar10", "path": str(SHARED / "cifar10_test.npz"), "train_size": 5000,
+                     "calibration_size": 500, "eval_size": 1000},
+            "eval": {"metric": "top1", "latency_repeats": 10}, "search": {"trials": 60}}  # fmt: skip
+
+
+def write_exp(exp: dict, tmp: Path, **search) -> Path:
+    exp = json.loads(json.dumps(exp))
+    exp["search"] = {**exp.get("search", {}), **search}
+    path = tmp / f"{exp['name']}-{abs(hash(json.dumps(search, sort_keys=True))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def kernels(model: onnx.ModelProto) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in executed_layers(model):
+        out[e.mode] = out.get(e.mode, 0) + 1
+    return out
+
+
+def row(method: str, m, model: onnx.ModelProto | None = None, seconds: float = 0.0, **extra) -> dict:
+    return {"method": method, "accuracy": m.accuracy, "drop": m.accuracy_drop, "bitops": m.bitops_fraction,
+            "latency_ratio": m.latency_ratio, "size_bytes": m.size_bytes, "seconds": seconds,
+            "kernels": kernels(model) if model is not None else {}, **extra}  # fmt: skip
+
+
+def hand_made(ws: Workspace, meter: Meter) -> list[dict]:
+    names = ws.graph.names
+    rows = []
+    for granularity in ("per_channel", "per_tensor"):
+        for algorithm in ALGORITHMS:
+            plan = QuantPlan.uniform(names, LayerChoice(True, granularity, algorithm))
+            model = ws.build(plan)
+            rows.append(row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model))
+    space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
+    errors = layer_errors(ws, space)
+    for k in (1, 2, 4, 8):
+        keep = set(sensitive_layers(ws, errors, k))
+        plan = QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice()) for n in names))
+        model = ws.build(plan)
+        rows.append(row(f"INT8 but the {k} most sensitive float", meter(model, plan, timed=True), model))
+    return rows
+
+
+def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
+    exp = load_experiment(exp_path)
+    t0 = time.perf_counter()
+    result = search(exp, out, quiet=True)
+    total = time.perf_counter() - t0
+    ws = result.workspace
+    study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{out / 'study.db'}")
+    trials = [t for t in study.trials if t.state.is_finished()]
+    first = min(trials, key=lambda t: t.datetime_start).datetime_start
+    ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["result"]["accuracy_drop"]
+          <= exp.search.max_accuracy_drop and attrs_quantized(t)]  # fmt: skip
+    first_ok = min((t.datetime_complete for t in ok), default=None)
+    phases = dataclasses.asdict(ws.timings)
+    phases["trials"] = result.seconds
+    phases["setup_and_layer_errors"] = total - result.seconds - phases["prepare"] - phases["calibration"] - phases["reference"]
+    setup_end = total - result.seconds  # seconds from the call to the first trial, roughly
+    info = {"seconds": total, "phases": phases, "trials": len(trials),
+            "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+            "first_feasible_s": None if first_ok is None else setup_end + (first_ok - first).total_seconds(),
+            "labels_on_front": [p.label or "sampled" for p in result.front]}  # fmt: skip
+    return info, result
+
+
+def attrs_quantized(t) -> bool:
+    return any(c.get("quantize", True) for c in t.user_attrs["plan"]["layers"].values())
+
+
+def run_peer(peer: str, python: str, ws: Workspace, max_drop: float, tmp: Path) -> tuple[onnx.ModelProto | None, dict]:
+    work = tmp / peer
+    work.mkdir()
+    onnx.save(onnx.load(str(ws.prepared.preprocessed)), str(work / "model.onnx"))
+    calib, ev = ws.splits.calibration, ws.splits.eval
+    arrays = {f"calib_{n}": calib.column(n) for n in calib.inputs} | {f"eval_{n}": ev.column(n) for n in ev.inputs}
+    if ws.exp.eval.metric == "top1":
+        arrays["eval_labels"] = ev.y
+    arrays["eval_reference"] = ws.reference.outputs
+    from autoquant.quantize.weight_range import uint8_kernels_saturate
+
+    np.savez(work / "data.npz", **arrays, metric=ws.exp.eval.metric, fp32_accuracy=ws.reference.accuracy,
+             max_drop=max_drop, reduce_range=uint8_kernels_saturate())  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run([python, str(HERE / "peers" / "run_peer.py"), peer, str(work)], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not (work / "peer.onnx").is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return None, {"failed": " | ".join(tail), "seconds": wall}
+    return onnx.load(str(work / "peer.onnx")), {**json.loads((work / "peer.json").read_text()), "wall_seconds": wall}
+
+
+def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[int, ...]) -> dict:
+    variants = {
+        "autoquant": {},
+        "NSGA-II warm-started (before: no calibrated proposals, no early stop)": {"refine": False, "early_stop": False},
+        "random search": {"sampler": "random", "warm_start": False, "refine": False, "early_stop": False},
+    }
+    out = {}
+    for label, settings in variants.items():
+        out[label] = []
+        for seed in seeds:
+            path = write_exp(exp, tmp, trials=100000, timeout_minutes=minutes, seed=seed, max_accuracy_drop=max_drop,
+                             **settings)  # fmt: skip
+            result = search(load_experiment(path), tmp / f"hv-{abs(hash((label, seed))) % 10**8}", quiet=True)
+            ref = result.fp32_accuracy - max_drop
+            study = optuna.load_study(study_name=exp["name"], storage=f"sqlite:///{result.out_dir / 'study.db'}")
+            pts = [(t.user_attrs["result"]["accuracy"], t.user_attrs["result"]["bitops_fraction"]) for t in study.trials
+                   if t.state == optuna.trial.TrialState.COMPLETE]  # fmt: skip
+            out[label].append({"seed": seed, "hypervolume": hypervolume(pts, ref), "trials": len(study.trials)})
+            print(f"  {label} seed {seed}: HV {out[label][-1]['hypervolume']:.4f} ({len(study.trials)} trials)", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bed", required=True, choices=["efficientnet-lite1", "resnet56", "resnet20"])
+    p.add_argument("--peers-python", default="/tmp/peers/bin/python")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--hypervolume", type=float, default=0.0, help="minutes per study for the hypervolume runs")
+    p.add_argument("--max-drop", type=float, help="default: half the all-INT8 per-channel minmax drop")
+    args = p.parse_args()
+    sys.path.insert(0, str(REAL))
+    previous = RESULTS / "search_at_scale.json"
+    results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
+    results.update(command=" ".join(["python benchmarks/search_at_scale.py", *sys.argv[1:]]), machine=machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        exp = bed_experiment(args.bed, tmp)
+        ws = Workspace(load_experiment(write_exp(exp, tmp)))
+        meter = Meter(ws)
+        rows = [row("FP32", meter(ws.fp32_model, timed=True))]
+        hand = hand_made(ws, meter)
+        all_int8 = hand[0]["drop"]
+        max_drop = args.max_drop if args.max_drop is not None else max(0.1, round(all_int8 / 2, 1))
+        print(f"{args.bed}: {len(ws.graph.layers)} layers, all-INT8 per-channel minmax drops {all_int8:.2f}; "
+              f"constraint {max_drop} pt", flush=True)
+        info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop), tmp / "run")
+        if result.export is not None:
+            model = onnx.load(str(result.export.model_path))
+            again = evaluate(result.export.model_path, ws)
+            rows.append(row(f"autoquant search ({info['trials']} trials, {info['pruned']} stopped early), export",
+                            result.export, model, info["seconds"], trial_latency_ratio=result.chosen.result.latency_ratio,
+                            evaluate_latency_ratio=again.latency_ratio, evaluate_accuracy=again.accuracy))  # fmt: skip
+        rows += hand
+        peers = {}
+        if not args.no_peers:
+            for peer in ("inc", "nncf"):
+                model, peer_info = run_peer(peer, args.peers_python, ws, max_drop, tmp)
+                peers[peer] = peer_info
+                name = {"inc": "INC autotune (QDQ)", "nncf": "NNCF quantize_with_accuracy_control"}[peer]
+                if model is not None:
+                    rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))
+                print(f"  {name}: {peer_info}", flush=True)
+        hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2)) if args.hypervolume else {}
+        results["beds"][args.bed] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
+                                     "calibration_samples": len(ws.splits.calibration), "max_drop": max_drop,
+                                     "fp32_accuracy": ws.reference.accuracy, "search": info, "rows": rows,
+                                     "peers": peers, "hypervolume": hv, "weight_range": ws.weight_range}  # fmt: skip
+    print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +
+          ", ".join(f"{k} {v:.0f} s" for k, v in info["phases"].items()) +
+          f"; first feasible plan after {info['first_feasible_s'] or float('nan'):.0f} s\n")  # fmt: skip
+    print("| method | accuracy | drop | bitops | latency / FP32 | runs as | time s |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for r in rows:
+        runs = ", ".join(f"{n} {k}" for k, n in r["kernels"].items())
+        print(f"| {r['method']} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {r['bitops']:.4f} | {r['latency_ratio']:.2f} | "
+              f"{runs} | {r['seconds']:.0f} |")  # fmt: skip
+    for label, runs in hv.items():
+        print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs))
+    print(f"\nwrote {write_result('search_at_scale', results)}")
+
+
+if __name__ == "__main__":
+    main()
