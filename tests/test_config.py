@@ -24,6 +24,8 @@ def test_relative_paths_resolve_against_the_yaml_file(tmp_path):
         ({"name": "x", "model": {}}, "exactly one of"),
         ({"name": "x", "model": {"builtin": "digits_cnn"}, "quantization": {"activation_type": "int4"}}, "activation_type"),
         ({"model": {"builtin": "digits_cnn"}}, "name"),
+        ({"name": "x", "model": {"builtin": "digits_cnn"}, "search": {"early_stop": "yes"}}, "early_stop must be bool"),
+        ({"name": "x", "model": {"builtin": "digits_cnn"}, "quantization": {"smoothquant_alpha": 2}}, "smoothquant_alpha"),
     ],
 )
 def test_bad_experiment_files_name_the_problem(tmp_path, sections, message):

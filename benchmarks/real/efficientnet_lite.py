@@ -46,3 +46,8 @@ def cifar_images(count: int = COUNT, size: int = SIZE, batch: int = 100):
 
 def cifar_240():
     return cifar_images()
+
+
+def cifar_64():
+    """The CI-sized version of the same path (tests/test_testbed.py): 500 images at 64 × 64."""
+    return cifar_images(count=500, size=64)
