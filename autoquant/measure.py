@@ -65,7 +65,7 @@ class Meter:
     def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, timed: bool = False,
                  screen: EarlyStop | None = None) -> Measurement:  # fmt: skip
         """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
-        integer kernel per INT8 layer, one float kernel per other one). `timed` times the model and FP32
+        integer kernel per quantized layer, one float kernel per other one). `timed` times the model and FP32
         interleaved in the same rounds (latency NaN otherwise: a ratio to an FP32 figure measured at another
         time drifts with the machine's load). `screen` first scores a prefix of the eval set and raises
         Hopeless when it shows the plan cannot meet the constraint."""

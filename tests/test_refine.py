@@ -42,6 +42,7 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
                           search={"trials": 40, "max_accuracy_drop": 1.5, "sensitivity_k": [1, 2, 4]})  # fmt: skip
     code, out, err = cli(capsys, "search", exp, "--out", encoder_dir / "run", "--json")
     assert code == 0, err
+    assert "meets the limit: exported to" in err  # the first feasible plan was exported while the study went on
     result = json.loads(out.strip().splitlines()[-1])
     study = optuna.load_study(study_name="encoder", storage=f"sqlite:///{encoder_dir / 'run' / 'study.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class SearchResult:
     workspace: Workspace | None = None  # the study's per-study state, for callers that measure more
     tracking_error: str = ""  # MLflow failed after the study finished (the results stand)
     objective: Cost = Cost.BITOPS  # the cost the front and the choice were made on
+    first_export_seconds: float | None = None  # from the start of the search to the first plan exported
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
@@ -79,10 +81,33 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
                               "resume") from exc  # fmt: skip
 
 
+class FirstExport:
+    """Optuna callback: the first quantized plan that meets the constraint is exported at once (to the export
+    directory the study's end replaces with its best), so an unattended run has a usable model as soon as
+    one exists."""
+
+    def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float, log=None):
+        self.ws, self.max_drop, self.out, self.t0, self.log = ws, max_drop, out, started, log
+        self.seconds: float | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.seconds is not None or trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        plan, result = attrs.plan(trial), attrs.result(trial)
+        if not plan.quantized or result.accuracy_drop > self.max_drop:
+            return
+        export_plan(self.ws, ScoredPlan(trial.number, attrs.label(trial), plan, result), self.out)
+        self.seconds = time.perf_counter() - self.t0
+        if self.log:
+            self.log(f"autoquant: trial {trial.number} meets the limit: exported to {self.out} after "
+                     f"{self.seconds:.0f} s; the study goes on")  # fmt: skip
+
+
 def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, log, workers: int,
             prior_plans: dict | None) -> SearchResult:  # fmt: skip
     from ..track.tracker import Tracker, study_params
 
+    started = time.perf_counter()
     recover_dir(paths.root / "best")
     atomic_write_bytes(paths.run_file, json.dumps({"experiment": str(exp.source_file)}).encode())
     target = trials or exp.search.trials
@@ -103,8 +128,9 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
         raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
                           "set search.tracking_uri to a writable store") from exc  # fmt: skip
     procs = [spawn_worker(exp, setup.storage_url, target, i) for i in range(1, workers)]
+    first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started, log)
     try:
-        seconds, evaluated = optimize(setup, exp, target, quiet=quiet, callbacks=[tracker], log=log)
+        seconds, evaluated = optimize(setup, exp, target, quiet=quiet, callbacks=[tracker, first], log=log)
         for proc in procs:
             proc.wait()
     finally:
@@ -112,7 +138,8 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
             if proc.poll() is None:
                 proc.terminate()
     result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated),
-                     tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws)  # fmt: skip
+                     tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws,
+                     first_export_seconds=first.seconds)  # fmt: skip
     write_layer_errors_report(setup.errors, paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
