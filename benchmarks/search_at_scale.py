@@ -175,6 +175,7 @@ def main() -> None:
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--hypervolume", type=float, default=0.0, help="minutes per study for the hypervolume runs")
     p.add_argument("--max-drop", type=float, help="default: half the all-INT8 per-channel minmax drop")
+    p.add_argument("--trials", type=int, default=60)
     args = p.parse_args()
     sys.path.insert(0, str(REAL))
     previous = RESULTS / "search_at_scale.json"
@@ -191,7 +192,7 @@ def main() -> None:
         max_drop = args.max_drop if args.max_drop is not None else max(0.1, round(all_int8 / 2, 1))
         print(f"{args.bed}: {len(ws.graph.layers)} layers, all-INT8 per-channel minmax drops {all_int8:.2f}; "
               f"constraint {max_drop} pt", flush=True)
-        info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop), tmp / "run")
+        info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop, trials=args.trials), tmp / "run")
         if result.export is not None:
             model = onnx.load(str(result.export.model_path))
             again = evaluate(result.export.model_path, ws)

@@ -26,13 +26,16 @@ import time
 from pathlib import Path
 
 import onnx
+import optuna
 import yaml
 from common import machine, ort_quantize_static, save_figure, write_result
 
-from autoquant import LayerChoice, QuantPlan, Workspace, export_from_run, load_experiment, search
+from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment, quantize, search
 from autoquant.evaluate.cost import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
+from autoquant.search.pareto import choose
+from autoquant.search.study import scored_points
 
 REAL = Path(__file__).resolve().parent / "real"
 
@@ -134,23 +137,24 @@ def main() -> None:
                         run, quiet=True)  # fmt: skip
         search_s = time.perf_counter() - t0
         qd_session = ws.evaluator.session(dynamic)
+        study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{run / 'study.db'}")
+        points = scored_points(study)  # objective latency: every trial was timed, interleaved with FP32
         for i, c in enumerate(constraints):
-            chosen = export_from_run(run, tmp / f"export{i}", max_drop=c, objective=Cost.LATENCY,
-                                     experiment=exp.source_file) if i else result  # fmt: skip
+            chosen, met = choose(points, c, Cost.LATENCY)
             label = f"autoquant search ({result.completed} trials), export at max drop {c:g}"
-            if chosen.export is None:
-                plan = chosen.chosen.plan
-                model = ws.build(plan)
-                rows.append(row(label + ": constraint NOT met, closest plan", meter(model, plan, timed=True), search_s, model))
+            if not met:
+                model = ws.build(chosen.plan)
+                rows.append(row(label + ": constraint NOT met, closest plan", meter(model, chosen.plan, timed=True),
+                                search_s, model))  # fmt: skip
                 continue
-            model = onnx.load(str(chosen.export.model_path))
-            measured = meter(model, chosen.chosen.plan, timed=True)
+            exported = quantize(ws, chosen.plan, tmp / f"export{i}")  # the export step: model + record, re-measured
+            model = onnx.load(str(exported.model_path))
             ms, qd_ms = ws.evaluator.latency_ms(ws.evaluator.session(model), qd_session)
-            modes = {}
-            for _, ch in chosen.chosen.plan.choices:
+            modes: dict[str, int] = {}
+            for _, ch in chosen.plan.choices:
                 modes[ch.label] = modes.get(ch.label, 0) + 1
-            rows.append(row(label, measured, search_s, model, vs_quantize_dynamic=ms / qd_ms, modes=modes,
-                            trial_latency_ratio=chosen.chosen.result.latency_ratio))  # fmt: skip
+            rows.append(row(label, exported, search_s, model, vs_quantize_dynamic=ms / qd_ms, modes=modes,
+                            trial_latency_ratio=chosen.result.latency_ratio, trial=chosen.number))  # fmt: skip
         results = {"command": " ".join(["python benchmarks/transformer_modes.py", *sys.argv[1:]]), "machine": machine(),
                    "eval_samples": len(ws.splits.eval), "calibration_samples": len(ws.splits.calibration),
                    "layers": len(names), "weight_range": ws.weight_range, "constraints": constraints,

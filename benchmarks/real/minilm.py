@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import pkgutil
 import sys
 import tempfile
 import zipfile
@@ -50,16 +49,21 @@ def encoder():
     return SentenceEncoder()
 
 
+@functools.cache
 def english_sentences(limit: int = 2000) -> list[str]:
+    """The first lines of docstrings of the standard library's modules and of what each defines itself, in
+    name order: the same list in every process (a module's namespace also holds what other imports put
+    there, which depends on import order — only its own definitions are read)."""
     seen, out = set(), []
-    for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name not in sys.stdlib_module_names or info.name in ("antigravity", "this"):
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_") or name in ("antigravity", "this", "idlelib", "turtledemo"):
             continue
         try:
-            module = importlib.import_module(info.name)
+            module = importlib.import_module(name)
         except Exception:  # noqa: BLE001, S112 - platform-specific modules that do not import here
             continue
-        for obj in [module, *vars(module).values()]:
+        own = [v for _, v in sorted(vars(module).items()) if getattr(v, "__module__", None) == name]
+        for obj in [module, *own]:
             doc = getattr(obj, "__doc__", None)
             line = doc.strip().splitlines()[0].strip() if isinstance(doc, str) and doc.strip() else ""
             if len(line.split()) >= 5 and line not in seen:
