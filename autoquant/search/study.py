@@ -197,10 +197,31 @@ def scored_points(study: optuna.Study) -> list[ScoredPlan]:
     points = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         result = attrs.result(t)
-        if t.number in timed and math.isnan(result.latency_ratio):
+        if t.number in timed:  # timed again after the study: the later, side-by-side figure wins
             result = replace(result, latency_ms=timed[t.number][0], latency_ratio=timed[t.number][1])
         points.append(ScoredPlan(t.number, attrs.label(t), attrs.plan(t), result))
     return points
+
+
+RETIME_BAND, RETIME_MAX = 1.25, 8
+
+
+def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], max_drop: float) -> list[ScoredPlan]:
+    """Under objective latency the export is the fastest plan that meets the constraint, but each trial was
+    timed at its own moment, and the least of many noisy figures is biased low. The plans that meet it
+    within RETIME_BAND of the fastest figure are timed again, together and interleaved with FP32 in the
+    same rounds, and those figures replace theirs (stored on the study)."""
+    ok = sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop),
+                key=lambda p: p.result.latency_ratio)  # fmt: skip
+    band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
+    if len(band) < 2:
+        return points
+    ev = ws.evaluator
+    *ms, fp32_ms = ev.latency_ms(*[ev.session(ws.build(p.plan)) for p in band], Meter(ws).fp32_session)
+    timed = {p.number: (m, m / fp32_ms) for p, m in zip(band, ms)}
+    attrs.add_timed_after(study, timed)
+    return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1]))
+            if p.number in timed else p for p in points]  # fmt: skip
 
 
 def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
