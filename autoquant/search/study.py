@@ -218,10 +218,7 @@ def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
         return points
     ev = ws.evaluator
     *ms, fp32_ms = ev.latency_ms(*[ev.session(ws.build(p.plan)) for p in band], Meter(ws).fp32_session)
-    timed = {p.number: (m, m / fp32_ms) for p, m in zip(band, ms)}
-    attrs.add_timed_after(study, timed)
-    return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1]))
-            if p.number in timed else p for p in points]  # fmt: skip
+    return _with_timed(study, points, {p.number: (m, m / fp32_ms) for p, m in zip(band, ms)})
 
 
 def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
@@ -231,7 +228,11 @@ def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], wh
     if not todo:
         return points
     meter = Meter(ws)
-    timed = {p.number: meter.latency(ws.evaluator.session(ws.build(p.plan))) for p in todo}
+    return _with_timed(study, points, {p.number: meter.latency(ws.evaluator.session(ws.build(p.plan))) for p in todo})
+
+
+def _with_timed(study: optuna.Study, points: list[ScoredPlan], timed: dict[int, tuple[float, float]]) -> list[ScoredPlan]:
+    """Store latencies measured after the study and put them into `points`."""
     attrs.add_timed_after(study, timed)
     return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1]))
             if p.number in timed else p for p in points]  # fmt: skip
