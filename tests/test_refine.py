@@ -70,5 +70,5 @@ def test_error_model_predicts_measured_nmse_within_a_calibrated_factor(encoder_d
     sweep = model.sweep(16)
     predicted = [model.predict(p) for p in sweep]
     assert len(sweep) >= 4 and predicted == sorted(predicted)
-    assert model.cheapest_within(predicted[2]) is not None
-    assert model.predict(model.cheapest_within(predicted[2])) <= predicted[2]
+    assert model.cheapest_within(predicted[2], sweep) is not None
+    assert model.predict(model.cheapest_within(predicted[2], sweep)) <= predicted[2]

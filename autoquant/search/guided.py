@@ -84,9 +84,9 @@ class ErrorModel:
             plans.setdefault(plan.key(), plan)
         return list(plans.values())
 
-    def cheapest_within(self, budget: float, count: int = 64) -> QuantPlan | None:
-        """The plan of the λ sweep with the fewest bitops whose predicted error is at most `budget`."""
-        ok = [p for p in self.sweep(count) if self.predict(p) <= budget]
+    def cheapest_within(self, budget: float, plans: list[QuantPlan]) -> QuantPlan | None:
+        """Of `plans` (e.g. a λ sweep), the one with the fewest bitops whose predicted error is at most `budget`."""
+        ok = [p for p in plans if self.predict(p) <= budget]
         return min(ok, key=lambda p: (sum(self.cost[n, encode(c)] for n, c in p.choices), self.predict(p)), default=None)
 
 

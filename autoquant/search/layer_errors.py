@@ -124,27 +124,36 @@ def _fake_quant_input(ws: Workspace, layer: LayerInfo, x: np.ndarray, key: tuple
     _, block, level = key
     if level != 4:
         return x
-    k = x.shape[-1]
-    pad = -k % block
-    blocks = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], -1, block)
-    scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127
-    scale = np.where(scale > 0, scale, 1.0)
-    return (np.round(blocks / scale) * scale).reshape(*x.shape[:-1], -1)[..., :k].astype(np.float32)
+
+    def symmetric_int8(blocks: np.ndarray) -> np.ndarray:
+        scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127
+        scale = np.where(scale > 0, scale, 1.0)
+        return np.round(blocks / scale) * scale
+
+    return in_blocks(x, x.ndim - 1, block, symmetric_int8)
+
+
+def in_blocks(a: np.ndarray, axis: int, block: int, fn) -> np.ndarray:
+    """`fn` applied to `a` cut into blocks of `block` entries along `axis` (zero-padded at the end), as float32."""
+    moved = np.moveaxis(a, axis, -1)
+    k = moved.shape[-1]
+    blocks = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -k % block)]).reshape(*moved.shape[:-1], -1, block)
+    out = fn(blocks).reshape(*moved.shape[:-1], -1)[..., :k]
+    return np.moveaxis(out, -1, axis).astype(np.float32)
 
 
 def fake_quant_blockwise(w: np.ndarray, axis: int, block: int) -> np.ndarray:
     """Asymmetric 4-bit weights with one scale and zero point per block of `block` entries along `axis`
     (the input channels), as MatMulNBitsQuantizer quantizes them."""
-    moved = np.moveaxis(w, axis, -1)
-    k = moved.shape[-1]
-    blocks = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -k % block)]).reshape(*moved.shape[:-1], -1, block)
-    lo = np.minimum(blocks.min(axis=-1, keepdims=True), 0)
-    hi = np.maximum(blocks.max(axis=-1, keepdims=True), 0)
-    scale = np.where(hi > lo, (hi - lo) / 15, 1.0)
-    zero = np.round(-lo / scale)
-    q = np.clip(np.round(blocks / scale) + zero, 0, 15)
-    out = ((q - zero) * scale).reshape(*moved.shape[:-1], -1)[..., :k]
-    return np.moveaxis(out, -1, axis).astype(np.float32)
+
+    def asymmetric_4bit(blocks: np.ndarray) -> np.ndarray:
+        lo = np.minimum(blocks.min(axis=-1, keepdims=True), 0)
+        hi = np.maximum(blocks.max(axis=-1, keepdims=True), 0)
+        scale = np.where(hi > lo, (hi - lo) / 15, 1.0)
+        zero = np.round(-lo / scale)
+        return (np.clip(np.round(blocks / scale) + zero, 0, 15) - zero) * scale
+
+    return in_blocks(w, axis, block, asymmetric_4bit)
 
 
 def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES) -> LayerErrors:

@@ -26,6 +26,7 @@ from . import trial_attrs as attrs
 from .guided import ErrorModel
 
 MARGINS = (0.6, 1.0, 1.6)
+SWEEP = 64  # λ values per round
 
 
 def allowed_error(points: list[tuple[float, float]], max_drop: float) -> float | None:
@@ -71,9 +72,10 @@ class Refine:
         if allowed is None or not ratios:
             return []
         scale = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        sweep = self.model.sweep(SWEEP)
         plans = {}
         for margin in MARGINS:
-            plan = self.model.cheapest_within(allowed * margin / scale)
+            plan = self.model.cheapest_within(allowed * margin / scale, sweep)
             if plan is not None and plan.quantized:
                 plans.setdefault(plan.key(), plan)
         return list(plans.values())
