@@ -9,8 +9,8 @@ blocks), and its output is compared with the FP32 one: NMSE = Σ(y − y_fp)² /
 subset serves every layer and choice without rebuilding anything through onnxruntime's quantizers. How
 much of a layer's error reaches the model's output is then measured once per layer and mode (the real
 model with only that layer quantized, on the same subset) and scales those options. One model build and
-a 64-sample run per layer and mode, where the full table runs the whole eval set per layer. Cached on disk by model, data, space and
-quantization settings.
+a 16-sample run per layer and mode, where the full table runs the whole eval set per layer. Cached on disk
+by model, data, space and quantization settings.
 
 Why not onnxruntime's own tooling: its QDQ debugger (`qdq_loss_debug`) compares whole quantized models
 tensor by tensor, one model per plan — exactly the per-choice rebuilds this avoids.
@@ -38,8 +38,11 @@ from ..quantize.weight_range import REDUCED_MAX
 from ..workspace import Workspace
 from .space import SearchSpace, decode
 
-LAYER_ERRORS_VERSION = 3
-DEFAULT_SAMPLES = 64
+LAYER_ERRORS_VERSION = 4
+# Every sample contributes a whole activation tensor, so few samples pin the figures down: on
+# EfficientNet-Lite1 the table from 16 samples ranks its entries as the one from 64 does (Spearman 0.997,
+# same least-error option for all 65 layers, gains within 9 % at the median) in 38 s instead of 122 s.
+DEFAULT_SAMPLES = 16
 log = logging.getLogger(__name__)
 
 
