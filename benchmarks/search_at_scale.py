@@ -87,21 +87,21 @@ def row(method: str, m, model: onnx.ModelProto | None = None, seconds: float = 0
             "kernels": kernels(model) if model is not None else {}, **extra}  # fmt: skip
 
 
-def hand_made(ws: Workspace, meter: Meter) -> list[dict]:
+def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto]]:
     names = ws.graph.names
     rows = []
     for granularity in ("per_channel", "per_tensor"):
         for algorithm in ALGORITHMS:
             plan = QuantPlan.uniform(names, LayerChoice(True, granularity, algorithm))
             model = ws.build(plan)
-            rows.append(row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model))
+            rows.append((row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model), model))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
     errors = layer_errors(ws, space)
     for k in (1, 2, 4, 8):
         keep = set(sensitive_layers(ws, errors, k))
         plan = QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice()) for n in names))
         model = ws.build(plan)
-        rows.append(row(f"INT8 but the {k} most sensitive float", meter(model, plan, timed=True), model))
+        rows.append((row(f"INT8 but the {k} most sensitive float", meter(model, plan, timed=True), model), model))
     return rows
 
 
@@ -176,6 +176,7 @@ def main() -> None:
     p.add_argument("--hypervolume", type=float, default=0.0, help="minutes per study for the hypervolume runs")
     p.add_argument("--max-drop", type=float, help="default: half the all-INT8 per-channel minmax drop")
     p.add_argument("--trials", type=int, default=60)
+    p.add_argument("--objective", choices=["bitops", "latency"], default="bitops")
     args = p.parse_args()
     sys.path.insert(0, str(REAL))
     previous = RESULTS / "search_at_scale.json"
@@ -187,14 +188,22 @@ def main() -> None:
         ws = Workspace(load_experiment(write_exp(exp, tmp)))
         meter = Meter(ws)
         rows = [row("FP32", meter(ws.fp32_model, timed=True))]
-        hand = hand_made(ws, meter)
+        hand_models = hand_made(ws, meter)
+        hand = [r for r, _ in hand_models]
         all_int8 = hand[0]["drop"]
         max_drop = args.max_drop if args.max_drop is not None else max(0.1, round(all_int8 / 2, 1))
         print(f"{args.bed}: {len(ws.graph.layers)} layers, all-INT8 per-channel minmax drops {all_int8:.2f}; "
               f"constraint {max_drop} pt", flush=True)
-        info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop, trials=args.trials), tmp / "run")
+        info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop, trials=args.trials,
+                                            objective=args.objective), tmp / "run")  # fmt: skip
+        side_by_side = {}
         if result.export is not None:
             model = onnx.load(str(result.export.model_path))
+            # the export and every hand-made plan that meets the limit, timed in the same interleaved rounds
+            rivals = [(r["method"], m) for r, m in hand_models if r["drop"] <= max_drop]
+            sessions = [meter.fp32_session, ws.evaluator.session(model), *(ws.evaluator.session(m) for _, m in rivals)]
+            ms = ws.evaluator.latency_ms(*sessions)
+            side_by_side = {"export": ms[1] / ms[0]} | {name: t / ms[0] for (name, _), t in zip(rivals, ms[2:])}
             again = evaluate(result.export.model_path, ws)
             rows.append(row(f"autoquant search ({info['trials']} trials, {info['pruned']} stopped early), export",
                             result.export, model, info["seconds"], trial_latency_ratio=result.chosen.result.latency_ratio,
@@ -210,10 +219,12 @@ def main() -> None:
                     rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))
                 print(f"  {name}: {peer_info}", flush=True)
         hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2)) if args.hypervolume else {}
-        results["beds"][args.bed] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
+        key = args.bed if args.objective == "bitops" else f"{args.bed} (objective latency)"
+        results["beds"][key] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
                                      "calibration_samples": len(ws.splits.calibration), "max_drop": max_drop,
                                      "fp32_accuracy": ws.reference.accuracy, "search": info, "rows": rows,
-                                     "peers": peers, "hypervolume": hv, "weight_range": ws.weight_range}  # fmt: skip
+                                     "peers": peers, "hypervolume": hv, "weight_range": ws.weight_range,
+                                     "objective": args.objective, "side_by_side_latency": side_by_side}  # fmt: skip
     print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +
           ", ".join(f"{k} {v:.0f} s" for k, v in info["phases"].items()) +
           f"; first feasible plan exported after {info['first_export_s'] or float('nan'):.0f} s\n")  # fmt: skip
@@ -223,6 +234,8 @@ def main() -> None:
         runs = ", ".join(f"{n} {k}" for k, n in r["kernels"].items())
         print(f"| {r['method']} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {r['bitops']:.4f} | {r['latency_ratio']:.2f} | "
               f"{runs} | {r['seconds']:.0f} |")  # fmt: skip
+    if side_by_side:
+        print("latency / FP32 timed side by side: " + ", ".join(f"{k} {v:.2f}" for k, v in side_by_side.items()))
     for label, runs in hv.items():
         print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs))
     print(f"\nwrote {write_result('search_at_scale', results)}")

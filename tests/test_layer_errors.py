@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from scipy.stats import spearmanr
 
 from autoquant import LayerChoice, QuantPlan, Workspace
-from autoquant.search.guided import float_order, guided_plans, least_error_plan
+from autoquant.search.guided import ErrorModel, float_order, guided_plans, least_error_plan
 from autoquant.search.layer_errors import fake_quant_weight, layer_errors
 from autoquant.search.sensitivity import layer_sensitivity
 from autoquant.search.space import SearchSpace
@@ -71,7 +71,7 @@ def test_guided_plans_follow_the_table(resnet20_ws, space20):
         errs = {o: errors.of(layer.name, o) for o in layer.options if o != "float"}
         assert chosen.quantize and errors.of(layer.name, min(errs, key=errs.get)) == min(errs.values())
     plans = dict(guided_plans(resnet20_ws, errors, space20))
-    order = float_order(resnet20_ws, errors, space20)
+    order = float_order(ErrorModel.build(resnet20_ws, errors, space20), errors)
     assert set(plans["guided-2-float"].names) == set(resnet20_ws.graph.names)
     assert {n for n, c in plans["guided-2-float"].choices if not c.quantize} == set(order[:2])
     flops = {layer.name: layer.flops for layer in resnet20_ws.graph.layers}

@@ -79,6 +79,9 @@ class Evaluator:
         outputs = self.outputs(sess)
         return EvalResult(self.metric(outputs, self.data.y, self.reference()), outputs)
 
+    def latency_feed(self) -> dict[str, np.ndarray]:
+        """The batch latency is measured on: the first eval.latency_batch_size samples."""
+        return self._feed(self.data.head(self.cfg.latency_batch_size))
+
     def latency_ms(self, *sessions: ort.InferenceSession) -> list[float]:
-        feed = self._feed(self.data.head(self.cfg.latency_batch_size))
-        return interleaved_latency_ms(list(sessions), feed, repeats=self.cfg.latency_repeats)
+        return interleaved_latency_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..quantize.plan import FLOAT, QuantPlan
 from ..workspace import Workspace
+from .latency_table import LatencyTable
 from .layer_errors import LayerErrors
 from .space import SearchSpace, decode, encode
 
@@ -33,12 +34,17 @@ def least_error_plan(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> 
     ))  # fmt: skip
 
 
-def float_order(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list[str]:
-    """Layers that may stay float, the best buys first: error of their best INT8 option per FLOP."""
-    flops = {layer.name: max(layer.flops, 1) for layer in ws.graph.layers}
-    candidates = [layer for layer in space.layers if "float" in layer.options and len(layer.options) > 1]
-    return [layer.name for layer in sorted(candidates, key=lambda s: -errors.of(s.name, errors.best(s.name, s.options))
-                                           / flops[s.name])]  # fmt: skip
+def float_order(model: ErrorModel, errors: LayerErrors) -> list[str]:
+    """Layers that may stay float, the best buys first: error of their best INT8 option per unit of cost
+    that keeping them float adds (bitops: their FLOPs; latency: their float kernels and transitions)."""
+    candidates = [layer for layer in model.space.layers if "float" in layer.options and len(layer.options) > 1]
+
+    def value(s) -> float:
+        best = errors.best(s.name, s.options)
+        extra = model.cost[s.name, "float"] - model.cost[s.name, best]
+        return errors.of(s.name, best) / max(extra, 1e-12)
+
+    return [layer.name for layer in sorted(candidates, key=lambda s: -value(s))]
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,15 @@ class ErrorModel:
     cost: dict[tuple[str, str], float]  # (layer, option) → its share of all-FP32 bitops
 
     @classmethod
-    def build(cls, ws: Workspace, errors: LayerErrors, space: SearchSpace) -> ErrorModel:
+    def build(cls, ws: Workspace, errors: LayerErrors, space: SearchSpace, latency: LatencyTable | None = None) -> ErrorModel:
+        """Cost in bitops, or with a latency table in its milliseconds (a float layer priced with both its
+        transitions, as between INT8 neighbours), as a share of all-float either way."""
         flops = {layer.name: max(layer.flops, 1) for layer in ws.graph.layers}
         total = sum(flops.values()) * 32 * 32
         cost = {(s.name, o): flops[s.name] * float(np.prod(decode(o).cost_bits)) / total
                 for s in space.layers for o in s.options}  # fmt: skip
+        if latency is not None:
+            cost = {(n, o): latency.share(n, decode(o), fallback=c) for (n, o), c in cost.items()}
         err = {(s.name, o): float(np.nan_to_num(errors.of(s.name, o), nan=np.inf)) if o != "float" else 0.0
                for s in space.layers for o in s.options}  # fmt: skip
         return cls(space, err, cost)
@@ -90,22 +100,21 @@ class ErrorModel:
         return min(ok, key=lambda p: (sum(self.cost[n, encode(c)] for n, c in p.choices), self.predict(p)), default=None)
 
 
-def budget_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace, count: int = 8) -> list[tuple[str, QuantPlan]]:
-    """Plans across the cost range from the error model's λ sweep (with several modes and bit widths per
-    layer, the cheap options, e.g. int4, enter where their error is small for their savings)."""
-    return [(f"guided-budget-{i}", plan) for i, plan in enumerate(ErrorModel.build(ws, errors, space).sweep(count))]
-
-
-def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
+def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace,
+                 latency: LatencyTable | None = None) -> list[tuple[str, QuantPlan]]:  # fmt: skip
+    model = ErrorModel.build(ws, errors, space, latency)
     base = least_error_plan(ws, errors, space)
-    order = float_order(ws, errors, space)
+    order = float_order(model, errors)
     plans = [("guided-int8", base)]
     for k in FLOAT_COUNTS:
         if k < len(order):
             keep = set(order[:k])
             plans.append((f"guided-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else c) for n, c in base.choices))))
     known = {p.key() for _, p in plans}
-    return plans + [(label, p) for label, p in budget_plans(ws, errors, space) if p.key() not in known]
+    # across the cost range, the error model's λ sweep (with several modes and bit widths per layer, the
+    # cheap options, e.g. int4, enter where their error is small for their savings)
+    budget = [(f"guided-budget-{i}", p) for i, p in enumerate(model.sweep(8))]
+    return plans + [(label, p) for label, p in budget if p.key() not in known]
 
 
 def sensitive_layers(ws: Workspace, errors: LayerErrors, k: int, option: str = "per_channel:minmax") -> list[str]:

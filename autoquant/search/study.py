@@ -26,6 +26,7 @@ from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
 from .guided import ErrorModel, guided_plans, sensitive_layers
+from .latency_table import LatencyTable, latency_table
 from .layer_errors import LayerErrors, layer_errors
 from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
@@ -149,7 +150,8 @@ def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]
     return study
 
 
-def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list[int]) -> list[tuple[str, QuantPlan]]:
+def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list[int],
+                latency: LatencyTable | None = None) -> list[tuple[str, QuantPlan]]:  # fmt: skip
     """Baselines first (all float, all INT8 per-channel and per-tensor), then all INT8 per-channel with
     each other activation algorithm of the space — uniform plans a user would try by hand, and often
     already on the front — then INT8 with the k most sensitive layers left float, then the plans the
@@ -168,7 +170,7 @@ def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list
             keep = set(sensitive_layers(ws, errors, k))
             plans.append((f"sensitive-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice())
                                                                    for n in names))))  # fmt: skip
-    return plans + guided_plans(ws, errors, space)
+    return plans + guided_plans(ws, errors, space, latency)
 
 
 def mode_plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
@@ -305,6 +307,7 @@ class StudySetup:
     scorer: PlanScorer
     errors: LayerErrors
     storage_url: str
+    latency: LatencyTable | None = None  # under objective latency: the error model's cost
 
 
 def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str | None = None,
@@ -327,14 +330,19 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
     t0 = time.perf_counter()
     errors = layer_errors(ws, space)
     say(f"autoquant: per-layer errors of {len(space.layers)} layers x their options in {time.perf_counter() - t0:.1f} s")
+    latency = None
+    if cfg.objective is Cost.LATENCY:  # the error model then prices plans in milliseconds, not bitops
+        t0 = time.perf_counter()
+        latency = latency_table(ws, space)
+        say(f"autoquant: per-layer latency of {len(space.layers)} layers profiled in {time.perf_counter() - t0:.1f} s")
     if not study.trials:
         priors = [(label, map_plan(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
-        for label, plan in priors + (warm_starts(ws, errors, space, cfg.sensitivity_k) if cfg.warm_start else []):
+        for label, plan in priors + (warm_starts(ws, errors, space, cfg.sensitivity_k, latency) if cfg.warm_start else []):
             study.enqueue_trial(space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return StudySetup(study, ws, space, space_file, scorer, errors, url)
+    return StudySetup(study, ws, space, space_file, scorer, errors, url, latency)
 
 
 # A pruned trial (stopped early: it could not meet the constraint) is a trial done, like a complete one.
@@ -364,7 +372,7 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, ca
     t0 = time.perf_counter()
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
-        guided = [Refine(ErrorModel.build(setup.workspace, setup.errors, setup.space), cfg.max_accuracy_drop)
+        guided = [Refine(ErrorModel.build(setup.workspace, setup.errors, setup.space, setup.latency), cfg.max_accuracy_drop)
                   ] if cfg.refine else []  # fmt: skip
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
                        callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *guided,
