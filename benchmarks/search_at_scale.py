@@ -2,8 +2,9 @@
 
 - FP32 and every hand-made plan (all INT8 per-channel / per-tensor with each range algorithm; all INT8 but
   the k most sensitive layers float, k = 1, 2, 4, 8), each measured on the whole eval set;
-- autoquant's search (default space, objective bitops, 60 trials), its phases timed, its export
-  re-measured by `autoquant evaluate`;
+- autoquant's search (60 trials; `--space`, default the default space; `--objective` bitops or latency),
+  its phases timed, its export re-measured by `autoquant evaluate` and timed again side by side with every
+  hand-made plan that meets the constraint;
 - Intel Neural Compressor for ONNX (accuracy-driven autotune, static QDQ) and NNCF
   (`quantize_with_accuracy_control`), run from a separate virtual environment (benchmarks/peers);
 - with `--hypervolume MINUTES`: autoquant, the warm-started NSGA-II it had before (no calibrated proposals,
@@ -11,7 +12,8 @@
   plans that meet the constraint, in (bitops, accuracy) from (1.0, FP32 − limit).
 
 Every latency is a ratio to FP32 timed interleaved in the same rounds. The constraint is chosen from a
-measurement: half the drop of all-INT8 per-channel minmax (rounded to 0.1 point), so all-INT8 fails.
+measurement: half the drop of all-INT8 per-channel minmax (with a space that has 4-bit weights, of all
+4-bit weights), rounded to 0.1 point, so the cheapest uniform plan fails.
 
     pip install -e ".[bench]"
     python -m venv --system-site-packages /tmp/peers && /tmp/peers/bin/pip install onnx-neural-compressor==1.0 nncf==3.4.0
@@ -96,6 +98,10 @@ def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto]]
             model = ws.build(plan)
             rows.append((row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model), model))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
+    if any(o.endswith(":w4") for layer in space.layers for o in layer.options):
+        plan = QuantPlan.uniform(names, LayerChoice(weight_bits=4))
+        model = ws.build(plan)
+        rows.append((row("all INT8, 4-bit weights per_channel minmax", meter(model, plan, timed=True), model), model))
     errors = layer_errors(ws, space)
     for k in (1, 2, 4, 8):
         keep = set(sensitive_layers(ws, errors, k))
@@ -116,7 +122,9 @@ def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
     phases = dataclasses.asdict(ws.timings)
     phases["trials"] = result.seconds
     phases["layer_errors_and_setup"] = total - result.seconds - phases["prepare"] - phases["calibration"] - phases["reference"]
+    all_float = next((t for t in trials if t.user_attrs.get("label") == "all-float" and "result" in t.user_attrs), None)
     info = {"seconds": total, "phases": phases, "trials": len(trials),
+            "all_float_trial_latency_ratio": all_float.user_attrs["result"]["latency_ratio"] if all_float else None,
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
             "first_export_s": result.first_export_seconds,
             "labels_on_front": [p.label or "sampled" for p in result.front]}  # fmt: skip
@@ -177,6 +185,7 @@ def main() -> None:
     p.add_argument("--max-drop", type=float, help="default: half the all-INT8 per-channel minmax drop")
     p.add_argument("--trials", type=int, default=60)
     p.add_argument("--objective", choices=["bitops", "latency"], default="bitops")
+    p.add_argument("--space", default="default", help="search space: a shipped name (default, int4_weights) or a file")
     args = p.parse_args()
     sys.path.insert(0, str(REAL))
     previous = RESULTS / "search_at_scale.json"
@@ -185,14 +194,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         exp = bed_experiment(args.bed, tmp)
+        exp["search"] = {**exp.get("search", {}), "space": args.space}
         ws = Workspace(load_experiment(write_exp(exp, tmp)))
         meter = Meter(ws)
         rows = [row("FP32", meter(ws.fp32_model, timed=True))]
         hand_models = hand_made(ws, meter)
         hand = [r for r, _ in hand_models]
-        all_int8 = hand[0]["drop"]
-        max_drop = args.max_drop if args.max_drop is not None else max(0.1, round(all_int8 / 2, 1))
-        print(f"{args.bed}: {len(ws.graph.layers)} layers, all-INT8 per-channel minmax drops {all_int8:.2f}; "
+        # the cheapest uniform plan (4-bit weights where the space has them) must break the limit
+        cheapest = next((r for r in hand if "4-bit" in r["method"]), hand[0])
+        max_drop = args.max_drop if args.max_drop is not None else max(0.1, round(cheapest["drop"] / 2, 1))
+        print(f"{args.bed}: {len(ws.graph.layers)} layers, {cheapest['method']} drops {cheapest['drop']:.2f}; "
               f"constraint {max_drop} pt", flush=True)
         info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop, trials=args.trials,
                                             objective=args.objective), tmp / "run")  # fmt: skip
@@ -219,12 +230,14 @@ def main() -> None:
                     rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))
                 print(f"  {name}: {peer_info}", flush=True)
         hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2)) if args.hypervolume else {}
-        key = args.bed if args.objective == "bitops" else f"{args.bed} (objective latency)"
+        key = " ".join([args.bed, *([f"objective {args.objective}"] if args.objective != "bitops" else []),
+                        *([f"space {args.space}"] if args.space != "default" else [])])  # fmt: skip
         results["beds"][key] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
                                      "calibration_samples": len(ws.splits.calibration), "max_drop": max_drop,
                                      "fp32_accuracy": ws.reference.accuracy, "search": info, "rows": rows,
                                      "peers": peers, "hypervolume": hv, "weight_range": ws.weight_range,
-                                     "objective": args.objective, "side_by_side_latency": side_by_side}  # fmt: skip
+                                     "objective": args.objective, "space": args.space,
+                                     "side_by_side_latency": side_by_side}  # fmt: skip
     print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +
           ", ".join(f"{k} {v:.0f} s" for k, v in info["phases"].items()) +
           f"; first feasible plan exported after {info['first_export_s'] or float('nan'):.0f} s\n")  # fmt: skip

@@ -1,0 +1,107 @@
+"""The per-layer latency table: onnxruntime's profiled node times traced back to layers, a float layer's
+transitions charged only where a neighbour is INT8, the table cached, and the error model pricing plans
+with it under objective latency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from autoquant import LayerChoice, QuantPlan
+from autoquant.calibrate.collect import session_options
+from autoquant.quantize.plan import FLOAT
+from autoquant.search.guided import ErrorModel, float_order
+from autoquant.search.latency_table import COLUMNS, _owners, _plans, latency_table
+from autoquant.search.layer_errors import layer_errors
+from autoquant.search.space import SearchSpace
+from autoquant.search.study import space_path
+
+
+@pytest.fixture(scope="module")
+def space20(resnet20_ws):
+    return SearchSpace.from_yaml(space_path(resnet20_ws.exp.search), resnet20_ws.graph)
+
+
+@pytest.fixture(scope="module")
+def table20(resnet20_ws, space20):
+    resnet20_ws.precompute_ranges({"minmax"})
+    return latency_table(resnet20_ws, space20)
+
+
+def profiled_nodes(model: onnx.ModelProto, feed, tmp_path: Path) -> tuple[onnx.ModelProto, dict[str, float]]:
+    opts = session_options(2)
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "p")
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess.run(None, feed)
+    times: dict[str, float] = {}
+    for e in json.loads(Path(sess.end_profiling()).read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times[e["name"][: -len("_kernel_time")]] = e["dur"]
+    return onnx.load(str(tmp_path / "opt.onnx")), times
+
+
+def test_profiled_time_of_a_mixed_plan_is_traced_to_its_layers(resnet20_ws, space20, tmp_path):
+    # the plan that alternates float and INT8 layers: the one with the most transitions to attribute
+    plan = next(p for k, p in _plans(resnet20_ws, space20) if k == "float")
+    model = resnet20_ws.build(plan)
+    optimized, times = profiled_nodes(model, resnet20_ws.evaluator.latency_feed(), tmp_path)
+    owners = _owners(optimized, model, resnet20_ws.graph.names)
+    assert set(owners.values()) == set(resnet20_ws.graph.names)  # every layer owns its kernels
+    attributed = sum(t for n, t in times.items() if n in owners)
+    assert attributed >= 0.9 * sum(times.values())
+    # a float layer owns the dequantization in front of it
+    float_inputs = {n.name for n in optimized.graph.node if "/float_input" in n.name}
+    assert float_inputs and all(owners[n] == n.split("/float_input")[0] for n in float_inputs)
+
+
+def test_table_charges_a_float_layers_transitions_only_next_to_int8(resnet20_ws, table20):
+    names = resnet20_ws.graph.names
+    assert np.isfinite(table20.ms[:, [COLUMNS.index(c) for c in ("float", "float_in", "float_out", "static")]]).all()
+    assert table20.producer[0] == -1 and table20.consumers[-1] == ()
+    # inside the network, a float layer between INT8 ones pays for dequantizing and re-quantizing
+    assert (table20.ms[1:-1, 1] + table20.ms[1:-1, 2] > 0).mean() > 0.8
+    int8 = QuantPlan.uniform(names, LayerChoice())
+    i = next(i for i in range(1, len(names) - 1) if table20.consumers[i] == (i + 1,) and table20.producer[i + 1] == i)
+
+    def with_float(*idx):
+        return QuantPlan(tuple((n, FLOAT if j in idx else c) for j, (n, c) in enumerate(int8.choices)))
+
+    row_i, row_j = table20.ms[i], table20.ms[i + 1]
+    alone = table20.predict(with_float(i)) - table20.predict(int8)
+    assert alone == pytest.approx(row_i[0] + row_i[1] + row_i[2] - row_i[3])
+    # two neighbours float: the transition between them is not charged
+    pair = table20.predict(with_float(i, i + 1)) - table20.predict(int8)
+    assert pair == pytest.approx(row_i[0] + row_i[1] + row_j[0] + row_j[2] - row_i[3] - row_j[3])
+    assert table20.predict(QuantPlan.uniform(names, FLOAT)) == pytest.approx(table20.ms[:, 0].sum())
+
+
+def test_table_is_cached_and_prices_the_error_model(resnet20_ws, space20, table20, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("autoquant.search.latency_table")
+    monkeypatch.setattr(module, "_profile", lambda *a, **k: pytest.fail("profiled again"))
+    again = latency_table(resnet20_ws, space20)
+    np.testing.assert_array_equal(again.ms, table20.ms)
+    errors = layer_errors(resnet20_ws, space20)
+    by_bitops = ErrorModel.build(resnet20_ws, errors, space20)
+    by_latency = ErrorModel.build(resnet20_ws, errors, space20, table20)
+    name = resnet20_ws.graph.names[3]
+    all_float = table20.ms[:, 0].sum()
+    assert by_latency.cost[name, "float"] == pytest.approx(table20.ms[3, :3].sum() / all_float)
+    assert by_latency.cost[name, "per_channel:minmax"] == pytest.approx(table20.ms[3, 3] / all_float)
+    assert by_bitops.cost[name, "float"] == pytest.approx(resnet20_ws.graph.layers[3].flops / sum(
+        layer.flops for layer in resnet20_ws.graph.layers))
+    # the float order is error per unit of the model's own cost: with latency, a layer whose float kernel and
+    # transitions cost no more than its INT8 kernel comes first whatever its error
+    order = float_order(by_latency, errors)
+    options = {s.name: s.options for s in space20.layers}
+    free = [n for n in order if by_latency.cost[n, "float"] <= by_latency.cost[n, errors.best(n, options[n])]]
+    assert order[: len(free)] == free
+    assert sorted(order) == sorted(s.name for s in space20.layers if "float" in s.options and len(s.options) > 1)
