@@ -185,14 +185,16 @@ def main() -> None:
     p.add_argument("--max-drop", type=float, help="default: half the all-INT8 per-channel minmax drop")
     p.add_argument("--trials", type=int, default=60)
     p.add_argument("--objective", choices=["bitops", "latency"], default="bitops")
+    p.add_argument("--work", help="keep the runs (study, MLflow, exports) in this directory instead of a temporary one")
     p.add_argument("--space", default="default", help="search space: a shipped name (default, int4_weights) or a file")
     args = p.parse_args()
     sys.path.insert(0, str(REAL))
     previous = RESULTS / "search_at_scale.json"
     results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
     results.update(command=" ".join(["python benchmarks/search_at_scale.py", *sys.argv[1:]]), machine=machine())
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.work or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         exp = bed_experiment(args.bed, tmp)
         exp["search"] = {**exp.get("search", {}), "space": args.space}
         ws = Workspace(load_experiment(write_exp(exp, tmp)))

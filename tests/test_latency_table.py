@@ -5,6 +5,7 @@ with it under objective latency."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 from autoquant import LayerChoice, QuantPlan
 from autoquant.calibrate.collect import session_options
 from autoquant.quantize.plan import FLOAT
-from autoquant.search.guided import ErrorModel, float_order
-from autoquant.search.latency_table import COLUMNS, _owners, _plans, latency_table
+from autoquant.search.guided import ErrorModel
+from autoquant.search.latency_table import COLUMNS, LatencyTable, _owners, _plans, latency_table
 from autoquant.search.layer_errors import layer_errors
 from autoquant.search.space import SearchSpace
 from autoquant.search.study import space_path
@@ -98,10 +99,23 @@ def test_table_is_cached_and_prices_the_error_model(resnet20_ws, space20, table2
     assert by_latency.cost[name, "per_channel:minmax"] == pytest.approx(table20.ms[3, 3] / all_float)
     assert by_bitops.cost[name, "float"] == pytest.approx(resnet20_ws.graph.layers[3].flops / sum(
         layer.flops for layer in resnet20_ws.graph.layers))
-    # the float order is error per unit of the model's own cost: with latency, a layer whose float kernel and
-    # transitions cost no more than its INT8 kernel comes first whatever its error
-    order = float_order(by_latency, errors)
-    options = {s.name: s.options for s in space20.layers}
-    free = [n for n in order if by_latency.cost[n, "float"] <= by_latency.cost[n, errors.best(n, options[n])]]
-    assert order[: len(free)] == free
-    assert sorted(order) == sorted(s.name for s in space20.layers if "float" in s.options and len(s.options) > 1)
+
+
+def test_float_path_prices_each_step_against_the_plan_so_far(resnet20_ws, space20, table20):
+    """Transitions dominate (10 ms each side, 1 ms per kernel either way): once layer i is float, its
+    neighbour i+1 costs nothing more (the transition moves), so it is kept float before a layer elsewhere
+    with a larger error; priced alone, it would not be."""
+    names = resnet20_ws.graph.names
+    i = next(i for i in range(1, len(names) - 3) if table20.consumers[i] == (i + 1,) and table20.producer[i + 1] == i)
+    far = len(names) - 2
+    ms = np.zeros_like(table20.ms)
+    ms[:, :4] = [1.0, 10.0, 10.0, 1.0]
+    table = LatencyTable(names, ms, table20.producer, table20.consumers)
+    errors = layer_errors(resnet20_ws, space20)
+    model = ErrorModel.build(resnet20_ws, errors, space20, table)
+    weights = {names[i]: 1.0, names[i + 1]: 0.3, names[far]: 0.5}
+    model = replace(model, err={(n, o): (0.0 if o == "float" else weights.get(n, 1e-6)) for n, o in model.err})
+    first, second = model.float_path(model.least_error(), 2)
+    assert {n for n, c in first.choices if not c.quantize} == {names[i]}
+    assert {n for n, c in second.choices if not c.quantize} == {names[i], names[i + 1]}
+    assert model.plan_cost(second) == pytest.approx(model.plan_cost(first))  # the transition moved, no more

@@ -5,6 +5,7 @@ table, and the plans it proposes."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import onnx
@@ -13,10 +14,10 @@ from onnx import numpy_helper
 from scipy.stats import spearmanr
 
 from autoquant import LayerChoice, QuantPlan, Workspace
-from autoquant.search.guided import ErrorModel, float_order, guided_plans, least_error_plan
+from autoquant.search.guided import ErrorModel, guided_plans
 from autoquant.search.layer_errors import fake_quant_weight, layer_errors
 from autoquant.search.sensitivity import layer_sensitivity
-from autoquant.search.space import SearchSpace
+from autoquant.search.space import SearchSpace, encode
 from autoquant.search.study import space_path
 
 
@@ -65,18 +66,24 @@ def test_table_ranks_layers_as_the_full_pass_does_at_a_fraction_of_its_work(resn
 
 def test_guided_plans_follow_the_table(resnet20_ws, space20):
     errors = layer_errors(resnet20_ws, space20)
-    base = least_error_plan(resnet20_ws, errors, space20)
+    model = ErrorModel.build(resnet20_ws, errors, space20)
+    base = model.least_error()
     for layer in space20.layers:
         chosen = base[layer.name]
         errs = {o: errors.of(layer.name, o) for o in layer.options if o != "float"}
         assert chosen.quantize and errors.of(layer.name, min(errs, key=errs.get)) == min(errs.values())
     plans = dict(guided_plans(resnet20_ws, errors, space20))
-    order = float_order(ErrorModel.build(resnet20_ws, errors, space20), errors)
+    assert plans["guided-int8"] == base
     assert set(plans["guided-2-float"].names) == set(resnet20_ws.graph.names)
-    assert {n for n, c in plans["guided-2-float"].choices if not c.quantize} == set(order[:2])
+    # with bitops a float layer's cost is its own, so the greedy path keeps float the layers in order of
+    # error per FLOP, each step adding one to the previous plan
+    path = model.float_path(base, 4)
+    floats = [{n for n, c in p.choices if not c.quantize} for p in path]
+    assert [len(f) for f in floats] == [1, 2, 3, 4] and all(a < b for a, b in itertools.pairwise(floats))
+    assert floats[1] == {n for n, c in plans["guided-2-float"].choices if not c.quantize}
     flops = {layer.name: layer.flops for layer in resnet20_ws.graph.layers}
-    options = {s.name: s.options for s in space20.layers}
-    ratio = [errors.of(n, errors.best(n, options[n])) / flops[n] for n in order]
+    order = [next(iter(b - a)) for a, b in zip([set()] + floats, floats)]
+    ratio = [errors.of(n, encode(base[n])) / flops[n] for n in order]
     assert ratio == sorted(ratio, reverse=True)
 
 

@@ -3,11 +3,13 @@ model of a plan's error (as HAWQ-V3, AIMET AMP and NNCF's accuracy control use o
 across the cost range, enqueued before the sampler starts.
 
 - every layer at the quantized option that adds the least error ("guided-int8"), and
-- that plan with the k layers float whose error per FLOP is highest — the greedy answer to "which
-  float layers buy the most accuracy for the fewest bitops" (a knapsack over bitops, solved greedily:
-  a float layer costs FLOPs × (32·32 − 8·8) bitops and saves its error), and
-- across the cost range, the plans that minimise error + λ · bitops layer by layer for a sweep of λ
-  (the Lagrangian relaxation of "least error within a bitops budget"): with several modes and bit widths
+- that plan with k layers float, chosen greedily one at a time: each step keeps float the layer whose
+  error saved per unit of cost added is highest — the greedy answer to "which float layers buy the most
+  accuracy for the least cost". With bitops the cost of a float layer is its own (FLOPs × (32·32 − 8·8));
+  with a latency table it depends on its neighbours (a float layer next to a float one pays no transition
+  between them), so each step re-prices the candidates against the plan so far, and
+- across the cost range, the plans that minimise error + λ · cost layer by layer for a sweep of λ
+  (the Lagrangian relaxation of "least error within a budget"): with several modes and bit widths
   per layer, the cheap options (int4) enter where their error is small for their savings.
 """
 
@@ -26,40 +28,19 @@ from .space import SearchSpace, decode, encode
 FLOAT_COUNTS = (1, 2, 3, 4, 6, 8, 12)
 
 
-def least_error_plan(ws: Workspace, errors: LayerErrors, space: SearchSpace) -> QuantPlan:
-    return QuantPlan(tuple(
-        (layer.name, decode(errors.best(layer.name, layer.options)) if any(o != "float" for o in layer.options)
-         else FLOAT)
-        for layer in space.layers
-    ))  # fmt: skip
-
-
-def float_order(model: ErrorModel, errors: LayerErrors) -> list[str]:
-    """Layers that may stay float, the best buys first: error of their best INT8 option per unit of cost
-    that keeping them float adds (bitops: their FLOPs; latency: their float kernels and transitions)."""
-    candidates = [layer for layer in model.space.layers if "float" in layer.options and len(layer.options) > 1]
-
-    def value(s) -> float:
-        best = errors.best(s.name, s.options)
-        extra = model.cost[s.name, "float"] - model.cost[s.name, best]
-        return errors.of(s.name, best) / max(extra, 1e-12)
-
-    return [layer.name for layer in sorted(candidates, key=lambda s: -value(s))]
-
-
 @dataclass(frozen=True)
 class ErrorModel:
     """The additive model of a plan: its predicted output error is the sum of its options' errors in the
-    per-layer table, its bitops share the sum of theirs."""
+    per-layer table; its cost the sum of their bitops shares, or with a latency table the table's
+    prediction for the plan as a share of all-float."""
 
     space: SearchSpace
     err: dict[tuple[str, str], float]  # (layer, option) → predicted output NMSE it adds (0 for float)
-    cost: dict[tuple[str, str], float]  # (layer, option) → its share of all-FP32 bitops
+    cost: dict[tuple[str, str], float]  # (layer, option) → its share of all-float (float: with both transitions)
+    latency: LatencyTable | None = None
 
     @classmethod
     def build(cls, ws: Workspace, errors: LayerErrors, space: SearchSpace, latency: LatencyTable | None = None) -> ErrorModel:
-        """Cost in bitops, or with a latency table in its milliseconds (a float layer priced with both its
-        transitions, as between INT8 neighbours), as a share of all-float either way."""
         flops = {layer.name: max(layer.flops, 1) for layer in ws.graph.layers}
         total = sum(flops.values()) * 32 * 32
         cost = {(s.name, o): flops[s.name] * float(np.prod(decode(o).cost_bits)) / total
@@ -68,15 +49,51 @@ class ErrorModel:
             cost = {(n, o): latency.share(n, decode(o), fallback=c) for (n, o), c in cost.items()}
         err = {(s.name, o): float(np.nan_to_num(errors.of(s.name, o), nan=np.inf)) if o != "float" else 0.0
                for s in space.layers for o in s.options}  # fmt: skip
-        return cls(space, err, cost)
+        return cls(space, err, cost, latency)
 
     def predict(self, plan: QuantPlan) -> float:
         """Predicted output NMSE of a plan of this space (inf if it takes an option the space does not offer)."""
-        return sum(self.err.get((s.name, encode(plan[s.name])), np.inf) for s in self.space.layers)
+        by_name = dict(plan.choices)
+        return sum(self.err.get((s.name, encode(by_name[s.name])), np.inf) for s in self.space.layers)
+
+    def plan_cost(self, plan: QuantPlan) -> float:
+        if self.latency is not None:
+            return self.latency.predict(plan) / self.latency.all_float_ms
+        by_name = dict(plan.choices)
+        return sum(self.cost[s.name, encode(by_name[s.name])] for s in self.space.layers)
+
+    def least_error(self) -> QuantPlan:
+        """Every layer at its quantized option with the least error (float where the space allows nothing else)."""
+        def best(s) -> str:
+            quantized = [o for o in s.options if o != "float"]
+            return min(quantized, key=lambda o: (self.err[s.name, o], quantized.index(o))) if quantized else "float"
+
+        return QuantPlan(tuple((s.name, decode(best(s))) for s in self.space.layers))
+
+    def float_path(self, base: QuantPlan, steps: int) -> list[QuantPlan]:
+        """`base` with 1, 2, … `steps` layers float, one added per step: the layer whose error saved per
+        unit of cost added, priced against the plan so far, is highest (a layer whose float form adds no
+        cost — e.g. next to a float neighbour — first)."""
+        choices = dict(base.choices)
+        candidates = [s.name for s in self.space.layers if "float" in s.options and choices[s.name].quantize]
+        path, current = [], self.plan_cost(base)
+        for _ in range(min(steps, len(candidates))):
+            scored = []
+            for name in candidates:
+                extra = self.plan_cost(QuantPlan(tuple((n, FLOAT if n == name else c) for n, c in choices.items()))) - current
+                saved = self.err[name, encode(choices[name])]
+                scored.append(((saved / extra if extra > 1e-12 else np.inf) if saved > 0 else 0.0, saved, name))
+            pick = max(scored)[2]
+            candidates.remove(pick)
+            choices[pick] = FLOAT
+            plan = QuantPlan(tuple(choices.items()))
+            current = self.plan_cost(plan)
+            path.append(plan)
+        return path
 
     def at(self, lam: float) -> QuantPlan:
-        """Per layer the option minimising error + λ · bitops share (the Lagrangian relaxation of "least
-        error within a bitops budget")."""
+        """Per layer the option minimising error + λ · cost (the Lagrangian relaxation of "least error
+        within a budget")."""
         return QuantPlan(tuple(
             (s.name, decode(min(s.options, key=lambda o: (self.err[s.name, o] + lam * self.cost[s.name, o], s.options.index(o)))))
             for s in self.space.layers
@@ -95,24 +112,18 @@ class ErrorModel:
         return list(plans.values())
 
     def cheapest_within(self, budget: float, plans: list[QuantPlan]) -> QuantPlan | None:
-        """Of `plans` (e.g. a λ sweep), the one with the fewest bitops whose predicted error is at most `budget`."""
+        """Of `plans` (e.g. a λ sweep), the cheapest whose predicted error is at most `budget`."""
         ok = [p for p in plans if self.predict(p) <= budget]
-        return min(ok, key=lambda p: (sum(self.cost[n, encode(c)] for n, c in p.choices), self.predict(p)), default=None)
+        return min(ok, key=lambda p: (self.plan_cost(p), self.predict(p)), default=None)
 
 
 def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace,
                  latency: LatencyTable | None = None) -> list[tuple[str, QuantPlan]]:  # fmt: skip
     model = ErrorModel.build(ws, errors, space, latency)
-    base = least_error_plan(ws, errors, space)
-    order = float_order(model, errors)
-    plans = [("guided-int8", base)]
-    for k in FLOAT_COUNTS:
-        if k < len(order):
-            keep = set(order[:k])
-            plans.append((f"guided-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else c) for n, c in base.choices))))
+    base = model.least_error()
+    path = model.float_path(base, max(FLOAT_COUNTS))
+    plans = [("guided-int8", base)] + [(f"guided-{k}-float", path[k - 1]) for k in FLOAT_COUNTS if k <= len(path)]
     known = {p.key() for _, p in plans}
-    # across the cost range, the error model's λ sweep (with several modes and bit widths per layer, the
-    # cheap options, e.g. int4, enter where their error is small for their savings)
     budget = [(f"guided-budget-{i}", p) for i, p in enumerate(model.sweep(8))]
     return plans + [(label, p) for label, p in budget if p.key() not in known]
 

@@ -82,7 +82,8 @@ class LatencyTable:
         return float(np.nansum(self.ms[:, 0]))
 
     def predict(self, plan: QuantPlan) -> float:
-        choices = [plan[n] for n in self.layers]
+        by_name = dict(plan.choices)
+        choices = [by_name[n] for n in self.layers]
         total = 0.0
         for i, c in enumerate(choices):
             row = self.ms[i]

@@ -8,8 +8,8 @@ enqueued before it have run:
 2. the NMSE the constraint allows, T: the geometric middle between the largest NMSE of a trial that met
    it and the smallest NMSE of one that broke it above that (twice the largest while none broke it; half
    the smallest while none met it);
-3. the cheapest plans of the λ sweep whose calibrated prediction is within T · {0.6, 1, 1.6}, enqueued
-   (Optuna's enqueue_trial, skipping plans already tried).
+3. the cheapest plans of the λ sweep and of the greedy float path (guided.py) whose calibrated prediction
+   is within T · {0.6, 1, 1.6}, enqueued (Optuna's enqueue_trial, skipping plans already tried).
 
 The sampler keeps proposing around them; the rounds narrow T on the model's own boundary between plans that
 meet the constraint and plans that do not, which is where the cheapest feasible plan is.
@@ -27,6 +27,7 @@ from .guided import ErrorModel
 
 MARGINS = (0.6, 1.0, 1.6)
 SWEEP = 64  # λ values per round
+PATH = 24  # float layers added one by one to the least-error plan, as further candidates
 
 
 def allowed_error(points: list[tuple[float, float]], max_drop: float) -> float | None:
@@ -72,7 +73,7 @@ class Refine:
         if allowed is None or not ratios:
             return []
         scale = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        sweep = self.model.sweep(SWEEP)
+        sweep = self.model.sweep(SWEEP) + self.model.float_path(self.model.least_error(), PATH)
         plans = {}
         for margin in MARGINS:
             plan = self.model.cheapest_within(allowed * margin / scale, sweep)
