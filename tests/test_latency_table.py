@@ -95,7 +95,8 @@ def test_table_is_cached_and_prices_the_error_model(resnet20_ws, space20, table2
     by_latency = ErrorModel.build(resnet20_ws, errors, space20, table20)
     name = resnet20_ws.graph.names[3]
     all_float = table20.ms[:, 0].sum()
-    assert by_latency.cost[name, "float"] == pytest.approx(table20.ms[3, :3].sum() / all_float)
+    assert by_latency.cost[name, "float"] == pytest.approx(table20.ms[3, 0] / all_float)  # transitions: per edge
+    assert by_latency.latency.transition_shares(name) == pytest.approx(tuple(table20.ms[3, 1:3] / all_float))
     assert by_latency.cost[name, "per_channel:minmax"] == pytest.approx(table20.ms[3, 3] / all_float)
     assert by_bitops.cost[name, "float"] == pytest.approx(resnet20_ws.graph.layers[3].flops / sum(
         layer.flops for layer in resnet20_ws.graph.layers))
@@ -119,3 +120,24 @@ def test_float_path_prices_each_step_against_the_plan_so_far(resnet20_ws, space2
     assert {n for n, c in first.choices if not c.quantize} == {names[i]}
     assert {n for n, c in second.choices if not c.quantize} == {names[i], names[i + 1]}
     assert model.plan_cost(second) == pytest.approx(model.plan_cost(first))  # the transition moved, no more
+
+
+def test_lagrangian_plan_with_transitions_is_the_exact_minimum(digits_ws):
+    """On a chain of layers the dynamic programme's plan minimises error + λ · predicted latency over every
+    float/INT8 assignment (brute force over all 2^6 of the digits CNN)."""
+    import itertools
+
+    space = SearchSpace.from_yaml(space_path(digits_ws.exp.search), digits_ws.graph)
+    digits_ws.precompute_ranges(space.algorithms())
+    model = ErrorModel.build(digits_ws, layer_errors(digits_ws, space), space, latency_table(digits_ws, space))
+    base = model.least_error()
+    names = digits_ws.graph.names
+    assert model.latency.producer == (-1, *range(len(names) - 1))  # a chain
+    every = [QuantPlan(tuple((n, FLOAT if f else c) for f, (n, c) in zip(mask, base.choices)))
+             for mask in itertools.product((False, True), repeat=len(names))]  # fmt: skip
+    finite = [e for e in model.err.values() if 0 < e < np.inf]
+    def objective(p, lam):
+        return model.predict(p) + lam * model.plan_cost(p)
+
+    for lam in np.geomspace(min(finite), max(finite) * 100, 7):
+        assert objective(model.at(lam), lam) == pytest.approx(min(objective(p, lam) for p in every), rel=1e-9, abs=1e-12)

@@ -36,7 +36,7 @@ class ErrorModel:
 
     space: SearchSpace
     err: dict[tuple[str, str], float]  # (layer, option) → predicted output NMSE it adds (0 for float)
-    cost: dict[tuple[str, str], float]  # (layer, option) → its share of all-float (float: with both transitions)
+    cost: dict[tuple[str, str], float]  # (layer, option) → its share of all-float (its own kernels)
     latency: LatencyTable | None = None
 
     @classmethod
@@ -92,12 +92,55 @@ class ErrorModel:
         return path
 
     def at(self, lam: float) -> QuantPlan:
-        """Per layer the option minimising error + λ · cost (the Lagrangian relaxation of "least error
-        within a budget")."""
-        return QuantPlan(tuple(
-            (s.name, decode(min(s.options, key=lambda o: (self.err[s.name, o] + lam * self.cost[s.name, o], s.options.index(o)))))
-            for s in self.space.layers
-        ))  # fmt: skip
+        """The plan minimising error + λ · cost (the Lagrangian relaxation of "least error within a
+        budget"). With bitops every layer's term is its own: the option minimising it, layer by layer. With
+        a latency table a float layer's transitions depend on its neighbours; the layers form a forest (each
+        reads one producer layer), on which the exact minimum is a dynamic programme: each layer's best
+        total for each of its options, its consumers' best totals included, leaves first."""
+        layers = self.space.layers
+        names = [s.name for s in layers]
+        if self.latency is None:
+            return QuantPlan(tuple(
+                (s.name, decode(min(s.options, key=lambda o: (self.err[s.name, o] + lam * self.cost[s.name, o], s.options.index(o)))))
+                for s in layers
+            ))  # fmt: skip
+        index = {n: i for i, n in enumerate(self.latency.layers)}
+        producer = {n: self.latency.layers[self.latency.producer[index[n]]] if self.latency.producer[index[n]] >= 0 else None
+                    for n in names}  # fmt: skip
+        children: dict[str, list[str]] = {n: [] for n in names}
+        for n in names:
+            if producer[n] in children:
+                children[producer[n]].append(n)
+        shares = {n: self.latency.transition_shares(n) for n in names}
+        options = {s.name: s.options for s in layers}
+
+        def edge(parent: str, po: str, child: str, co: str) -> float:
+            """Transition cost between a layer and one consumer: the consumer's input side when it is float
+            after an INT8 layer; the layer's output side (shared among its consumers) the other way."""
+            if co == "float" and po != "float":
+                return shares[child][0]
+            if po == "float" and co != "float":
+                return shares[parent][1] / len(children[parent])
+            return 0.0
+
+        best: dict[str, dict[str, float]] = {}
+        pick: dict[tuple[str, str, str], str] = {}  # (layer, option, consumer) → the consumer's option
+        for n in reversed(names):  # consumers come after their producer in the graph's order
+            best[n] = {}
+            for o in options[n]:
+                total = self.err[n, o] + lam * self.cost[n, o]
+                for c in children[n]:
+                    co = min(best[c], key=lambda x: best[c][x] + lam * edge(n, o, c, x))
+                    pick[n, o, c] = co
+                    total += best[c][co] + lam * edge(n, o, c, co)
+                best[n][o] = total
+        chosen: dict[str, str] = {}
+        for n in names:  # a root at its best; each consumer as its producer's option decides
+            if n not in chosen:
+                chosen[n] = min(best[n], key=best[n].get)
+            for c in children[n]:
+                chosen[c] = pick[n, chosen[n], c]
+        return QuantPlan(tuple((n, decode(chosen[n])) for n in names))
 
     def sweep(self, count: int) -> list[QuantPlan]:
         """Distinct plans for λ spread (log scale) between "any saving is worth its error" and "no error is
@@ -124,7 +167,7 @@ def guided_plans(ws: Workspace, errors: LayerErrors, space: SearchSpace,
     path = model.float_path(base, max(FLOAT_COUNTS))
     plans = [("guided-int8", base)] + [(f"guided-{k}-float", path[k - 1]) for k in FLOAT_COUNTS if k <= len(path)]
     known = {p.key() for _, p in plans}
-    budget = [(f"guided-budget-{i}", p) for i, p in enumerate(model.sweep(8))]
+    budget = [(f"guided-budget-{i}", p) for i, p in enumerate(model.sweep(16))]
     return plans + [(label, p) for label, p in budget if p.key() not in known]
 
 

@@ -71,11 +71,16 @@ class LatencyTable:
         return cls(layers, ms, producer, consumers)
 
     def share(self, layer: str, choice: LayerChoice, fallback: float) -> float:
-        """The layer's milliseconds in that choice (float: with both transitions) as a share of the all-float
-        model's; `fallback` where the table has no figure (a kind not profiled for that layer)."""
+        """The layer's own kernels in that choice (float: without its transitions) as a share of the
+        all-float model's milliseconds; `fallback` where the table has no figure (a kind not profiled)."""
         row = self.ms[self.layers.index(layer)]
-        value = row[:3].sum() if not choice.quantize else row[COLUMNS.index(choice.mode)]
+        value = row[0] if not choice.quantize else row[COLUMNS.index(choice.mode)]
         return float(value) / self.all_float_ms if np.isfinite(value) and self.all_float_ms > 0 else fallback
+
+    def transition_shares(self, layer: str) -> tuple[float, float]:
+        """(input side, output side) a float layer pays next to INT8 ones, as shares of all-float."""
+        row = self.ms[self.layers.index(layer)]
+        return float(row[1]) / self.all_float_ms, float(row[2]) / self.all_float_ms
 
     @functools.cached_property
     def all_float_ms(self) -> float:
