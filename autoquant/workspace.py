@@ -8,6 +8,7 @@ needed. Building a plan's model from here never runs calibration data through a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -49,6 +50,8 @@ class Timings:
     prepare: float
     calibration: float
     reference: float
+    sensitivity: float = 0.0  # per-layer errors and, under objective latency, the latency table
+    conclusion: float = 0.0  # after the trials: timing the front, choosing and writing the export
 
 
 class Workspace:
@@ -62,7 +65,11 @@ class Workspace:
 
     @property
     def timings(self) -> Timings:
-        return Timings(*(self._seconds.get(k, 0.0) for k in ("prepare", "calibration", "reference")))
+        return Timings(**{f.name: self._seconds.get(f.name, 0.0) for f in dataclasses.fields(Timings)})
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        """Count time a caller spent on a phase of Timings for this workspace (a study's sensitivity pass)."""
+        self._seconds[phase] = self._seconds.get(phase, 0.0) + seconds
 
     @functools.cached_property
     def source_splits(self) -> Splits:

@@ -161,6 +161,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
 
 def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,
               evaluated: int, max_drop: float | None = None, objective: Cost | None = None) -> SearchResult:  # fmt: skip
+    t0 = time.perf_counter()
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
     points = scored_points(study)
@@ -174,6 +175,7 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     plot_pareto(points, front, chosen if met else None, objective, max_drop, ws.reference.accuracy,
                 root / "pareto.png", f"{exp.name}: {len(points)} trials")  # fmt: skip
     exported = export_plan(ws, chosen, out) if met else None
+    ws.add_seconds("conclusion", time.perf_counter() - t0)
     return SearchResult(root, len(points), evaluated, seconds, ws.reference.accuracy, front, chosen, met, exported,
                         study.study_name, objective=objective)  # fmt: skip
 

@@ -329,11 +329,13 @@ def setup_study(exp: Experiment, paths: RunPaths, *, log=None, storage_url: str 
                         max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
     t0 = time.perf_counter()
     errors = layer_errors(ws, space)
+    ws.add_seconds("sensitivity", time.perf_counter() - t0)
     say(f"autoquant: per-layer errors of {len(space.layers)} layers x their options in {time.perf_counter() - t0:.1f} s")
     latency = None
     if cfg.objective is Cost.LATENCY:  # the error model then prices plans in milliseconds, not bitops
         t0 = time.perf_counter()
         latency = latency_table(ws, space)
+        ws.add_seconds("sensitivity", time.perf_counter() - t0)
         say(f"autoquant: per-layer latency of {len(space.layers)} layers profiled in {time.perf_counter() - t0:.1f} s")
     if not study.trials:
         priors = [(label, map_plan(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
