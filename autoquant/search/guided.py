@@ -8,9 +8,11 @@ across the cost range, enqueued before the sampler starts.
   accuracy for the least cost". With bitops the cost of a float layer is its own (FLOPs × (32·32 − 8·8));
   with a latency table it depends on its neighbours (a float layer next to a float one pays no transition
   between them), so each step re-prices the candidates against the plan so far, and
-- across the cost range, the plans that minimise error + λ · cost layer by layer for a sweep of λ
-  (the Lagrangian relaxation of "least error within a budget"): with several modes and bit widths
-  per layer, the cheap options (int4) enter where their error is small for their savings.
+- across the cost range, the plans that minimise error + λ · cost for a sweep of λ (the Lagrangian
+  relaxation of "least error within a budget"; layer by layer with bitops, by dynamic programming over
+  the layer forest with a latency table): with several modes and bit widths per layer, the cheap
+  options (int4) enter where their error is small for their savings; with latency, float layers come in
+  contiguous runs where that saves transitions.
 """
 
 from __future__ import annotations
