@@ -11,9 +11,12 @@ table catches that: per layer, the time of every kernel of the optimized graph t
 How: onnxruntime's profiler (`SessionOptions.enable_profiling`) times each node of the graph it runs;
 nodes are traced back to layers (by the names onnxruntime derives from ours, else by the tensors they
 read). Profiled: one plan per mode with every layer that may take it in it, and two plans that alternate
-float and INT8 layers so that each layer is seen once as a float layer between INT8 neighbours. A plan's
-latency is then predicted as the sum of its layers' entries (additive: a run of float layers is charged a
-transition per layer, an overestimate that keeps the search from scattering float layers).
+float and INT8 layers so that each layer is seen once as a float layer between INT8 neighbours; a float
+layer's time is split into its own kernels and the transitions before and after them. A plan's latency
+is then predicted as the sum of its layers' kernels plus, for each float layer, the input-side transition
+when the layer it reads is INT8 and the output-side one when a layer reading it is INT8: a run of float
+layers pays one transition in and one out. The sum leaves out what no layer owns (the model input's
+quantization, reshapes), so it ranks plans; ratios to FP32 are always measured.
 
 Why our own: onnxruntime's profiler gives node times but knows nothing of layers or plans; the attribution
 and the additive model are the part it lacks.
