@@ -41,7 +41,7 @@ from ..calibrate.cache import cached_arrays
 from ..calibrate.collect import session_options
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
-from .space import SearchSpace, decode
+from .space import SearchSpace
 
 LATENCY_TABLE_VERSION = 2
 # columns: a float layer's own kernels, its input-side and output-side transitions; each INT8 mode's kernels
@@ -150,7 +150,7 @@ def _owners(optimized: onnx.ModelProto, source: onnx.ModelProto, layers: tuple[s
     owners: dict[str, str] = {}
     opt_producer = {o: n for n in optimized.graph.node for o in n.output}
     for node in optimized.graph.node:  # topological: what a node reads is attributed before it
-        owner = by_name(node.name) or next((by_name(o) for o in node.output if by_name(o)), None)
+        owner = next((o for o in map(by_name, [node.name, *node.output]) if o), None)
         if owner is None:
             owner = next((owners[opt_producer[t].name] for t in node.input
                           if t in opt_producer and opt_producer[t].name in owners), None)  # fmt: skip
@@ -194,12 +194,7 @@ def _plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
     """(kind, plan) to profile: per mode, the layers that may take it in it (the others static INT8);
     float: two plans alternating float and static INT8 along the graph."""
     names = ws.graph.names
-    offered = {layer.name: [decode(o) for o in layer.options if o != "float"] for layer in space.layers}
-    plans = []
-    for mode in ("static", "dynamic", "int4"):
-        firsts = {n: next((c for c in offered.get(n, []) if c.mode == mode), None) for n in names}
-        if any(firsts.values()):
-            plans.append((mode, QuantPlan(tuple((n, firsts[n] or LayerChoice()) for n in names))))
+    plans = [(mode, plan) for mode in ("static", "dynamic", "int4") if (plan := space.mode_plan(mode)) is not None]
     for parity in (0, 1):
         plans.append(("float", QuantPlan(tuple((n, FLOAT if i % 2 == parity else LayerChoice())
                                                for i, n in enumerate(names)))))  # fmt: skip

@@ -17,6 +17,7 @@ meet the constraint and plans that do not, which is where the cheapest feasible 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import optuna
@@ -59,6 +60,11 @@ class Refine:
                                 user_attrs=attrs.enqueue_attrs(f"refined-{self.rounds}-{i}"), skip_if_exists=True)  # fmt: skip
         self.rounds += 1
 
+    @functools.cached_property
+    def candidates(self) -> list:
+        """The plans a round chooses from; they depend on the model only, so every round shares them."""
+        return self.model.sweep(SWEEP) + self.model.float_path(self.model.least_error(), PATH)
+
     def proposals(self, trials: list[optuna.trial.FrozenTrial]) -> list:
         measured, ratios = [], []
         for t in trials:
@@ -73,7 +79,7 @@ class Refine:
         if allowed is None or not ratios:
             return []
         scale = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        sweep = self.model.sweep(SWEEP) + self.model.float_path(self.model.least_error(), PATH)
+        sweep = self.candidates
         plans = {}
         for margin in MARGINS:
             plan = self.model.cheapest_within(allowed * margin / scale, sweep)

@@ -133,6 +133,15 @@ class SearchSpace:
             layers.append(LayerSpace(name, options))
         return cls(tuple(layers))
 
+    def mode_plan(self, mode: str) -> QuantPlan | None:
+        """Every layer that may take `mode` in its first option of that mode, the others INT8 per channel
+        (None if no layer may): `quantize_dynamic`'s plan for dynamic, the all-int4 one for int4."""
+        firsts = {layer.name: next((c for c in map(decode, layer.options) if c.quantize and c.mode == mode), None)
+                  for layer in self.layers}  # fmt: skip
+        if not any(firsts.values()):
+            return None
+        return QuantPlan(tuple((n, c or LayerChoice()) for n, c in firsts.items()))
+
     def algorithms(self) -> set[str]:
         return {c.activation_algorithm for layer in self.layers for o in layer.options if o != "float"
                 for c in [decode(o)] if c.mode == "static"}  # fmt: skip

@@ -31,7 +31,7 @@ from .layer_errors import LayerErrors, layer_errors
 from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
 from .refine import Refine
-from .space import SearchSpace, decode
+from .space import SearchSpace
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
 MAX_CONSECUTIVE_FAILURES = 20
@@ -164,7 +164,7 @@ def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list
     ]
     plans += [(f"int8-per-channel-{a}", QuantPlan.uniform(names, LayerChoice(activation_algorithm=a)))
               for a in sorted(space.algorithms()) if a != "minmax"]  # fmt: skip
-    plans += mode_plans(ws, space)
+    plans += mode_plans(space)
     for k in ks:
         if 0 < k < len(names):
             keep = set(sensitive_layers(ws, errors, k))
@@ -173,16 +173,15 @@ def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list
     return plans + guided_plans(ws, errors, space, latency)
 
 
-def mode_plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
+def mode_plans(space: SearchSpace) -> list[tuple[str, QuantPlan]]:
     """For each non-static mode the space offers (dynamic, int4), every layer that may take it in that mode
     and the others INT8 per channel: `quantize_dynamic`'s plan and the all-int4 one."""
-    offered = {layer.name: [decode(o) for o in layer.options if o != "float"] for layer in space.layers}
     plans = []
     for mode in ("dynamic", "int4"):
-        firsts = {n: next((c for c in cs if c.mode == mode), None) for n, cs in offered.items()}
-        if any(firsts.values()):
-            label = "all-dynamic" if mode == "dynamic" else f"all-int4-b{next(c for c in firsts.values() if c).block_size}"
-            plans.append((label, QuantPlan(tuple((n, firsts[n] or LayerChoice()) for n in ws.graph.names))))
+        plan = space.mode_plan(mode)
+        if plan is not None:
+            block = next(c.block_size for _, c in plan.choices if c.mode == mode)
+            plans.append(("all-dynamic" if mode == "dynamic" else f"all-int4-b{block}", plan))
     return plans
 
 
