@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 
+from autoquant.search.pareto import hypervolume as pareto_hypervolume
 from autoquant.versions import versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,15 +67,8 @@ def write_result(name: str, data: dict) -> Path:
 
 
 def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float = 1.0) -> float:
-    """2-D hypervolume (accuracy up, cost down) dominated by `points` and bounded by the reference
-    point. Optuna only has a private N-D implementation; in 2-D a sort and sweep is exact."""
-    pts = sorted((c, a) for a, c in points if a > ref_acc and c < ref_cost)
-    volume, best_acc = 0.0, ref_acc
-    for i, (cost, acc) in enumerate(pts):
-        best_acc = max(best_acc, acc)
-        next_cost = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
-        volume += (next_cost - cost) * (best_acc - ref_acc)
-    return volume
+    """2-D hypervolume of (accuracy, cost) points (accuracy up, cost down) from the reference point."""
+    return pareto_hypervolume([(c, -a) for a, c in points], ref_cost, -ref_acc)
 
 
 def save_figure(fig, name: str) -> Path:

@@ -47,6 +47,7 @@ from autoquant.search.guided import sensitive_layers
 from autoquant.search.layer_errors import layer_errors
 from autoquant.search.space import SearchSpace
 from autoquant.search.study import space_path
+from autoquant.search.trial_attrs import plan as plan_of
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE / "real"
@@ -154,12 +155,38 @@ def run_peer(peer: str, python: str, ws: Workspace, max_drop: float, tmp: Path) 
     return onnx.load(str(work / "peer.onnx")), {**json.loads((work / "peer.json").read_text()), "wall_seconds": wall}
 
 
-def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[int, ...]) -> dict:
-    variants = {
-        "autoquant": {},
-        "NSGA-II warm-started (before: no calibrated proposals, no early stop)": {"refine": False, "early_stop": False},
-        "random search": {"sampler": "random", "warm_start": False, "refine": False, "early_stop": False},
-    }
+class HeldOut:
+    """The CIFAR-10 test images no split uses (after train | calibration | eval). The search keeps the plans
+    that scored best on its eval set; re-scored on images it never saw, a front shows how much of that score
+    was the eval set's noise (on 1,000 images a plan's top-1 moves by about ±0.5 point by chance)."""
+
+    def __init__(self, exp: dict, tmp: Path):
+        d = exp["data"]
+        total = len(np.load(d["path"])["labels"])
+        start = d.get("train_size", 0) + d["calibration_size"]
+        wide = json.loads(json.dumps(exp)) | {"name": f"{exp['name']}-heldout"}
+        wide["data"]["eval_size"] = total - start  # the same permutation: the eval images and every unused one
+        self.ws = Workspace(load_experiment(write_exp(wide, tmp)))
+        perm = np.random.default_rng(d.get("seed", 0)).permutation(total)
+        self.unseen = ~np.isin(np.sort(perm[start:]), perm[start : start + d["eval_size"]])
+        self.fp32 = self.accuracy(self.ws.fp32_model)
+
+    def accuracy(self, model: onnx.ModelProto) -> float:
+        out = self.ws.evaluator.outputs(self.ws.evaluator.session(model))
+        return 100.0 * float(np.mean(out[self.unseen].argmax(1) == self.ws.splits.eval.y[self.unseen]))
+
+
+VARIANTS = {
+    "autoquant": {},
+    "NSGA-II warm-started (before: no calibrated proposals, no early stop)": {"refine": False, "early_stop": False},
+    "random search": {"sampler": "random", "warm_start": False, "refine": False, "early_stop": False},
+}
+
+
+def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[int, ...],
+            only: list[str] | None = None) -> dict:  # fmt: skip
+    variants = {label: v for label, v in VARIANTS.items() if not only or label.split()[0].lower() in only}
+    held = HeldOut(exp, tmp) if exp["data"].get("source") == "cifar10" else None
     out = {}
     for label, settings in variants.items():
         out[label] = []
@@ -169,10 +196,25 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
             result = search(load_experiment(path), tmp / f"hv-{abs(hash((label, seed))) % 10**8}", quiet=True)
             ref = result.fp32_accuracy - max_drop
             study = optuna.load_study(study_name=exp["name"], storage=f"sqlite:///{result.out_dir / 'study.db'}")
-            pts = [(t.user_attrs["result"]["accuracy"], t.user_attrs["result"]["bitops_fraction"]) for t in study.trials
-                   if t.state == optuna.trial.TrialState.COMPLETE]  # fmt: skip
-            out[label].append({"seed": seed, "hypervolume": hypervolume(pts, ref), "trials": len(study.trials)})
-            print(f"  {label} seed {seed}: HV {out[label][-1]['hypervolume']:.4f} ({len(study.trials)} trials)", flush=True)
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            pts = [(t.user_attrs["result"]["accuracy"], t.user_attrs["result"]["bitops_fraction"]) for t in done]
+            front = {}  # (bitops, accuracy) → a trial, for the non-dominated plans within the limit
+            for t, (a, c) in zip(done, pts):
+                if a > ref and not any(a2 >= a and c2 <= c and (a2, c2) != (a, c) for a2, c2 in pts):
+                    front.setdefault((c, a), t)
+            run = {"seed": seed, "hypervolume": hypervolume(pts, ref), "trials": len(study.trials),
+                   "front": [{"bitops": c, "accuracy": a} for c, a in sorted(front)]}  # fmt: skip
+            if held is not None:
+                for point, (c, a) in zip(run["front"], sorted(front)):
+                    point["accuracy_unseen"] = held.accuracy(held.ws.build(plan_of(front[c, a])))
+                unseen = [(p["accuracy_unseen"], p["bitops"]) for p in run["front"]]
+                run["hypervolume_unseen"] = hypervolume(unseen, held.fp32 - max_drop)
+            out[label].append(run)
+            print(f"  {label} seed {seed}: HV {run['hypervolume']:.4f}"
+                  + (f", on unseen images {run['hypervolume_unseen']:.4f}" if held else "")
+                  + f" ({len(study.trials)} trials)", flush=True)  # fmt: skip
+    if held is not None:
+        out["unseen images"] = {"count": int(held.unseen.sum()), "fp32_accuracy": held.fp32}
     return out
 
 
@@ -182,6 +224,10 @@ def main() -> None:
     p.add_argument("--peers-python", default="/tmp/peers/bin/python")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--hypervolume", type=float, default=0.0, help="minutes per study for the hypervolume runs")
+    p.add_argument("--hypervolume-only", action="store_true",
+                   help="only the hypervolume runs, added to the bed's stored entry (its constraint unless --max-drop)")
+    p.add_argument("--variants", nargs="+", choices=["autoquant", "nsga-ii", "random"],
+                   help="with --hypervolume-only: run these, keep the stored runs of the others")
     p.add_argument("--max-drop", type=float, help="default: half the all-INT8 per-channel minmax drop")
     p.add_argument("--trials", type=int, default=60)
     p.add_argument("--objective", choices=["bitops", "latency"], default="bitops")
@@ -192,11 +238,25 @@ def main() -> None:
     previous = RESULTS / "search_at_scale.json"
     results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
     results.update(command=" ".join(["python benchmarks/search_at_scale.py", *sys.argv[1:]]), machine=machine())
+    key = " ".join([args.bed, *([f"objective {args.objective}"] if args.objective != "bitops" else []),
+                    *([f"space {args.space}"] if args.space != "default" else [])])  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(args.work or scratch)
         tmp.mkdir(parents=True, exist_ok=True)
         exp = bed_experiment(args.bed, tmp)
         exp["search"] = {**exp.get("search", {}), "space": args.space}
+        if args.hypervolume_only:
+            entry = results["beds"].get(key)
+            if entry is None or not args.hypervolume:
+                sys.exit(f"--hypervolume-only needs --hypervolume MINUTES and a stored run of '{key}'")
+            max_drop = args.max_drop if args.max_drop is not None else entry["max_drop"]
+            entry["hypervolume"] = entry.get("hypervolume", {}) | hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2),
+                                                                         args.variants)  # fmt: skip
+            entry["hypervolume_minutes"] = args.hypervolume
+            for label, runs in entry["hypervolume"].items():
+                print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs))
+            print(f"wrote {write_result('search_at_scale', results)}")
+            return
         ws = Workspace(load_experiment(write_exp(exp, tmp)))
         meter = Meter(ws)
         rows = [row("FP32", meter(ws.fp32_model, timed=True))]
@@ -236,12 +296,11 @@ def main() -> None:
                     rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))
                 print(f"  {name}: {peer_info}", flush=True)
         hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2)) if args.hypervolume else {}
-        key = " ".join([args.bed, *([f"objective {args.objective}"] if args.objective != "bitops" else []),
-                        *([f"space {args.space}"] if args.space != "default" else [])])  # fmt: skip
         results["beds"][key] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
                                      "calibration_samples": len(ws.splits.calibration), "max_drop": max_drop,
                                      "fp32_accuracy": ws.reference.accuracy, "search": info, "rows": rows,
-                                     "peers": peers, "hypervolume": hv, "weight_range": ws.weight_range,
+                                     "peers": peers, "hypervolume": hv,
+                                "hypervolume_minutes": args.hypervolume, "weight_range": ws.weight_range,
                                      "objective": args.objective, "space": args.space,
                                      "side_by_side_latency": side_by_side}  # fmt: skip
     print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +

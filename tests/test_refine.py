@@ -16,9 +16,12 @@ from autoquant import Workspace, load_experiment
 from autoquant.config import SearchConfig
 from autoquant.search.guided import ErrorModel
 from autoquant.search.layer_errors import layer_errors
+from autoquant.search.pareto import hypervolume
 from autoquant.search.refine import Refine, allowed_error
 from autoquant.search.space import SearchSpace
 from autoquant.search.study import space_path
+from autoquant.search.trial_attrs import plan as plan_of
+from autoquant.search.trial_attrs import plan_spec
 
 
 def test_allowed_error_sits_between_the_plans_that_meet_and_break_the_constraint():
@@ -61,8 +64,23 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     ws = Workspace(load_experiment(exp))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
     model = ErrorModel.build(ws, layer_errors(ws, space), space)
-    proposals = Refine(model, 1.5).proposals(done)
+    refine = Refine(model, 1.5)
+    proposals = refine.proposals(done)
     assert proposals and all(p.quantized for p in proposals)
+    # the front's gaps: measured only below 0.4 of the cost, a round proposes untried plans predicted within
+    # the limit (the dearer ones the study measured here); once every candidate is tried, none
+    cheap = [t for t in done if model.plan_cost(plan_of(t)) < 0.4]
+    gaps = refine.front_gaps(cheap, {plan_of(t).key() for t in cheap})
+    assert 1 <= len(gaps) <= 2 and len({g.key() for g in gaps}) == len(gaps)
+    assert all(g.quantized and model.plan_cost(g) >= 0.4 for g in gaps), [model.plan_cost(g) for g in gaps]
+    assert refine.front_gaps(done, {plan_of(t).key() for t in study.trials if plan_spec(t)}) == []
+
+def test_hypervolume_of_a_front_in_cost_and_drop():
+    # (cost, drop) points, reference (1.0, limit 2.0): the area each point adds up to the next cheaper-cost step
+    front = [(0.5, 1.0), (0.2, 1.5), (0.8, 0.0), (0.9, 3.0)]  # the last breaks the limit: no area
+    assert hypervolume(front, 1.0, 2.0) == pytest.approx(0.3 * 0.5 + 0.3 * 1.0 + 0.2 * 2.0)
+    assert hypervolume([(0.2, 1.5), (0.3, 1.6)], 1.0, 2.0) == pytest.approx(0.8 * 0.5)  # dominated adds nothing
+    assert hypervolume([], 1.0, 2.0) == 0.0
 
 
 def test_error_model_sweep_runs_from_least_error_to_cheapest(encoder_dir):

@@ -35,6 +35,17 @@ def pareto_front(points: list[ScoredPlan], objective: Cost) -> list[ScoredPlan]:
     return sorted(unique.values(), key=lambda p: objective.of(p.result))
 
 
+def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_drop: float) -> float:
+    """Area dominated by (cost, accuracy drop) points, both minimised, up to the reference point. Optuna's
+    hypervolume is private and N-dimensional; in 2-D a sort and one sweep is exact."""
+    pts = sorted((c, d) for c, d in points if c < ref_cost and d < ref_drop)
+    area, best = 0.0, ref_drop
+    for i, (cost, drop) in enumerate(pts):
+        best = min(best, drop)
+        area += ((pts[i + 1][0] if i + 1 < len(pts) else ref_cost) - cost) * (ref_drop - best)
+    return area
+
+
 def choose(points: list[ScoredPlan], max_drop: float, objective: Cost) -> tuple[ScoredPlan | None, bool]:
     """The cheapest quantized plan within `max_drop`; if none qualifies, (the quantized plan with the
     smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx."""

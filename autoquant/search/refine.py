@@ -9,10 +9,14 @@ enqueued before it have run:
    it and the smallest NMSE of one that broke it above that (twice the largest while none broke it; half
    the smallest while none met it);
 3. the cheapest plans of the λ sweep and of the greedy float path (guided.py) whose calibrated prediction
-   is within T · {0.6, 1, 1.6}, enqueued (Optuna's enqueue_trial, skipping plans already tried).
+   is within T · {0.6, 1, 1.6}, enqueued (Optuna's enqueue_trial, skipping plans already tried);
+4. the front's gaps: of the same candidates, the ones predicted to add the most hypervolume to the front of
+   the trials that meet the constraint (cost from the model; drop from the calibrated NMSE through a
+   monotone fit of measured drop on measured NMSE), chosen one at a time so two do not fill one gap.
 
 The sampler keeps proposing around them; the rounds narrow T on the model's own boundary between plans that
-meet the constraint and plans that do not, which is where the cheapest feasible plan is.
+meet the constraint and plans that do not, which is where the cheapest feasible plan is, while step 4 puts
+the plans a user compares against the export (more accurate for more cost) on the front.
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
+from sklearn.isotonic import IsotonicRegression
 
+from ..quantize.plan import QuantPlan
 from . import trial_attrs as attrs
 from .guided import ErrorModel
+from .pareto import hypervolume
 
 MARGINS = (0.6, 1.0, 1.6)
 SWEEP = 64  # λ values per round
 PATH = 24  # float layers added one by one to the least-error plan, as further candidates
+FRONT = 2  # plans per round chosen for the hypervolume they are predicted to add
 
 
 def allowed_error(points: list[tuple[float, float]], max_drop: float) -> float | None:
@@ -55,9 +64,14 @@ class Refine:
         if len(done) < self.next_at or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
         self.next_at = len(done) + self.every
-        for i, plan in enumerate(self.proposals([t for t in done if t.state == TrialState.COMPLETE])):
-            study.enqueue_trial(self.model.space.params_for(plan),
-                                user_attrs=attrs.enqueue_attrs(f"refined-{self.rounds}-{i}"), skip_if_exists=True)  # fmt: skip
+        complete = [t for t in done if t.state == TrialState.COMPLETE]
+        boundary = self.proposals(complete)
+        tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
+        gaps = self.front_gaps(complete, tried | {p.key() for p in boundary})
+        for kind, plans in (("refined", boundary), ("front", gaps)):
+            for i, plan in enumerate(plans):
+                study.enqueue_trial(self.model.space.params_for(plan),
+                                    user_attrs=attrs.enqueue_attrs(f"{kind}-{self.rounds}-{i}"), skip_if_exists=True)  # fmt: skip
         self.rounds += 1
 
     @functools.cached_property
@@ -65,20 +79,25 @@ class Refine:
         """The plans a round chooses from; they depend on the model only, so every round shares them."""
         return self.model.sweep(SWEEP) + self.model.float_path(self.model.least_error(), PATH)
 
-    def proposals(self, trials: list[optuna.trial.FrozenTrial]) -> list:
+    def calibrated(self, trials: list[optuna.trial.FrozenTrial]) -> tuple[list[tuple[QuantPlan, float, float]], float | None]:
+        """(plan, measured NMSE, drop) of the quantized trials, and the scale a (measured ≈ a · predicted)."""
         measured, ratios = [], []
         for t in trials:
             result, plan = attrs.result(t), attrs.plan(t)
             if not plan.quantized or not result.output_mse > 0:
                 continue
-            measured.append((result.output_mse, result.accuracy_drop))
+            measured.append((plan, result.output_mse, result.accuracy_drop))
             predicted = self.model.predict(plan)
             if 0 < predicted < math.inf:
                 ratios.append(result.output_mse / predicted)
-        allowed = allowed_error(measured, self.max_drop)
-        if allowed is None or not ratios:
+        return measured, math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+
+    def proposals(self, trials: list[optuna.trial.FrozenTrial]) -> list:
+        """The cheapest candidates whose calibrated prediction is within the NMSE the constraint allows."""
+        measured, scale = self.calibrated(trials)
+        allowed = allowed_error([(mse, drop) for _, mse, drop in measured], self.max_drop)
+        if allowed is None or scale is None:
             return []
-        scale = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         sweep = self.candidates
         plans = {}
         for margin in MARGINS:
@@ -86,3 +105,32 @@ class Refine:
             if plan is not None and plan.quantized:
                 plans.setdefault(plan.key(), plan)
         return list(plans.values())
+
+    def front_gaps(self, trials: list[optuna.trial.FrozenTrial], tried: set[str]) -> list[QuantPlan]:
+        """Up to FRONT untried candidates predicted to meet the constraint and to add the most hypervolume
+        (cost, drop; reference: all-float cost, the limit) to the front of the trials that meet it."""
+        measured, scale = self.calibrated(trials)
+        if scale is None or len(measured) < 3:
+            return []
+        # Drop rises with NMSE, but through the eval set's noise: a monotone fit, not a line
+        fit = IsotonicRegression(increasing=True, out_of_bounds="clip")
+        fit.fit(np.log([mse for _, mse, _ in measured]), [drop for _, _, drop in measured])
+        front = [(self.model.plan_cost(plan), drop) for plan, _, drop in measured if drop <= self.max_drop]
+        pool = {}
+        for plan in self.candidates:
+            predicted = self.model.predict(plan) * scale
+            if plan.quantized and plan.key() not in tried and 0 < predicted < math.inf:
+                drop = float(fit.predict(np.log([predicted]))[0])
+                if drop <= self.max_drop:
+                    pool[plan.key()] = (plan, (self.model.plan_cost(plan), drop))
+        picks = []
+        for _ in range(FRONT):
+            base = hypervolume(front, 1.0, self.max_drop)
+            gain = {k: hypervolume(front + [point], 1.0, self.max_drop) - base for k, (_, point) in pool.items()}
+            best = max(gain, key=gain.get, default=None)
+            if best is None or gain[best] <= 0:
+                break
+            plan, point = pool.pop(best)
+            picks.append(plan)
+            front.append(point)
+        return picks
