@@ -9,7 +9,9 @@
   (`quantize_with_accuracy_control`), run from a separate virtual environment (benchmarks/peers);
 - with `--hypervolume MINUTES`: autoquant, the warm-started NSGA-II it had before (no calibrated proposals,
   no early stopping) and random search, each given the same wall time, on 3 seeds; hypervolume of the
-  plans that meet the constraint, in (bitops, accuracy) from (1.0, FP32 − limit).
+  plans that meet the constraint, in (bitops, accuracy) from (1.0, FP32 − limit); on CIFAR-10 beds each
+  front is also re-scored on the test images no split uses, and its hypervolume computed there.
+  `--hypervolume-only [--variants ...]` runs only these studies and adds them to the bed's stored entry.
 
 Every latency is a ratio to FP32 timed interleaved in the same rounds. The constraint is chosen from a
 measurement: half the drop of all-INT8 per-channel minmax (with a space that has 4-bit weights, of all
@@ -208,13 +210,12 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
                 for point, (c, a) in zip(run["front"], sorted(front)):
                     point["accuracy_unseen"] = held.accuracy(held.ws.build(plan_of(front[c, a])))
                 unseen = [(p["accuracy_unseen"], p["bitops"]) for p in run["front"]]
-                run["hypervolume_unseen"] = hypervolume(unseen, held.fp32 - max_drop)
+                run |= {"hypervolume_unseen": hypervolume(unseen, held.fp32 - max_drop),
+                        "unseen_images": int(held.unseen.sum()), "unseen_fp32_accuracy": held.fp32}  # fmt: skip
             out[label].append(run)
             print(f"  {label} seed {seed}: HV {run['hypervolume']:.4f}"
                   + (f", on unseen images {run['hypervolume_unseen']:.4f}" if held else "")
                   + f" ({len(study.trials)} trials)", flush=True)  # fmt: skip
-    if held is not None:
-        out["unseen images"] = {"count": int(held.unseen.sum()), "fp32_accuracy": held.fp32}
     return out
 
 
