@@ -42,14 +42,15 @@ import yaml
 from common import RESULTS, hypervolume, machine, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, evaluate, load_experiment, search
+from autoquant.evaluate.cost import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT
 from autoquant.search.guided import sensitive_layers
 from autoquant.search.layer_errors import layer_errors
+from autoquant.search.pareto import pareto_front
 from autoquant.search.space import SearchSpace
-from autoquant.search.study import space_path
-from autoquant.search.trial_attrs import plan as plan_of
+from autoquant.search.study import scored_points, space_path
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE / "real"
@@ -198,17 +199,14 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
             result = search(load_experiment(path), tmp / f"hv-{abs(hash((label, seed))) % 10**8}", quiet=True)
             ref = result.fp32_accuracy - max_drop
             study = optuna.load_study(study_name=exp["name"], storage=f"sqlite:///{result.out_dir / 'study.db'}")
-            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            pts = [(t.user_attrs["result"]["accuracy"], t.user_attrs["result"]["bitops_fraction"]) for t in done]
-            front = {}  # (bitops, accuracy) → a trial, for the non-dominated plans within the limit
-            for t, (a, c) in zip(done, pts):
-                if a > ref and not any(a2 >= a and c2 <= c and (a2, c2) != (a, c) for a2, c2 in pts):
-                    front.setdefault((c, a), t)
-            run = {"seed": seed, "hypervolume": hypervolume(pts, ref), "trials": len(study.trials),
-                   "front": [{"bitops": c, "accuracy": a} for c, a in sorted(front)]}  # fmt: skip
+            points = scored_points(study)
+            front = [p for p in pareto_front(points, Cost.BITOPS) if p.result.accuracy > ref]
+            run = {"seed": seed, "trials": len(study.trials),
+                   "hypervolume": hypervolume([(p.result.accuracy, p.result.bitops_fraction) for p in points], ref),
+                   "front": [{"bitops": p.result.bitops_fraction, "accuracy": p.result.accuracy} for p in front]}  # fmt: skip
             if held is not None:
-                for point, (c, a) in zip(run["front"], sorted(front)):
-                    point["accuracy_unseen"] = held.accuracy(held.ws.build(plan_of(front[c, a])))
+                for point, p in zip(run["front"], front):
+                    point["accuracy_unseen"] = held.accuracy(held.ws.build(p.plan))
                 unseen = [(p["accuracy_unseen"], p["bitops"]) for p in run["front"]]
                 run |= {"hypervolume_unseen": hypervolume(unseen, held.fp32 - max_drop),
                         "unseen_images": int(held.unseen.sum()), "unseen_fp32_accuracy": held.fp32}  # fmt: skip
@@ -217,6 +215,10 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
                   + (f", on unseen images {run['hypervolume_unseen']:.4f}" if held else "")
                   + f" ({len(study.trials)} trials)", flush=True)  # fmt: skip
     return out
+
+
+def print_hypervolumes(hv: dict) -> None:
+    print_hypervolumes(hv)
 
 
 def main() -> None:
@@ -254,8 +256,7 @@ def main() -> None:
             entry["hypervolume"] = entry.get("hypervolume", {}) | hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2),
                                                                          args.variants)  # fmt: skip
             entry["hypervolume_minutes"] = args.hypervolume
-            for label, runs in entry["hypervolume"].items():
-                print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs))
+            print_hypervolumes(entry["hypervolume"])
             print(f"wrote {write_result('search_at_scale', results)}")
             return
         ws = Workspace(load_experiment(write_exp(exp, tmp)))
@@ -315,8 +316,7 @@ def main() -> None:
               f"{runs} | {r['seconds']:.0f} |")  # fmt: skip
     if side_by_side:
         print("latency / FP32 timed side by side: " + ", ".join(f"{k} {v:.2f}" for k, v in side_by_side.items()))
-    for label, runs in hv.items():
-        print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs))
+    print_hypervolumes(hv)
     print(f"\nwrote {write_result('search_at_scale', results)}")
 
 
