@@ -31,7 +31,7 @@ from .evaluate.metrics import resolve_metric
 from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import ActivationParams, build_model, params_from_range
-from .quantize.modes.static import tensor_algorithms
+from .quantize.modes.static import WeightParams, tensor_algorithms
 from .quantize.plan import QuantPlan
 from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
 from .quantize.weight_range import resolve as resolve_weight_range
@@ -232,7 +232,12 @@ class Workspace:
                      "(quantization.weight_range: full overrides)")  # fmt: skip
         return resolved
 
+    @functools.cached_property
+    def weight_params(self) -> WeightParams:
+        return WeightParams(self.model)
+
     def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None) -> onnx.ModelProto:
         """The plan's QDQ model; `params` are the plan's activations() when the caller already has them."""
         params = params if params is not None else self.activations(plan)[0]
-        return build_model(self.model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range)
+        return build_model(self.model, self.graph, plan, params, self.exp.quantization.activation_type,
+                           self.weight_range, self.weight_params)  # fmt: skip

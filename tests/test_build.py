@@ -13,7 +13,7 @@ from autoquant.data import Dataset
 from autoquant.graph.ingest import prepare
 from autoquant.graph.layers import analyze
 from autoquant.quantize.build import build_model, params_from_range
-from autoquant.quantize.modes.static import tensor_algorithms
+from autoquant.quantize.modes.static import WeightParams, tensor_algorithms
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.record import make_record
 
@@ -33,11 +33,11 @@ def tiny(tmp_path_factory):
     return model, graph, stats, data, w0.astype(np.float32)
 
 
-def build(tiny, plan):
+def build(tiny, plan, weight_range="full", weights=None):
     model, graph, stats, _, _ = tiny
     algos = tensor_algorithms(model, graph, plan)
     acts = {t: params_from_range(stats[t].min, stats[t].max, "uint8") for t in algos}
-    return build_model(model, graph, plan, acts, "uint8"), acts, algos
+    return build_model(model, graph, plan, acts, "uint8", weight_range, weights), acts, algos
 
 
 def run(model, x):
@@ -85,6 +85,19 @@ def test_weight_scales_round_trip_into_the_record(tiny, granularity):
     # The activation scale recorded for the layer input is the one the model actually uses.
     assert rec.layers[0].data.scale_d == pytest.approx(acts["input"].scale)
     assert rec.layers[0].data.offset_d == acts["input"].zero_point
+
+
+def test_weight_parameters_kept_across_builds_give_the_same_bytes_as_a_fresh_build(tiny):
+    _, graph, _, _, _ = tiny
+    choices = [LayerChoice(), LayerChoice(weight_granularity="per_tensor"), LayerChoice(weight_bits=4)]
+    cases = [(QuantPlan.uniform(graph.names, c), r) for c in choices for r in ("full", "reduced")]
+    cases.append((QuantPlan((("conv0", LayerChoice(weight_bits=4)), ("conv1", FLOAT))), "full"))
+    shared = WeightParams(tiny[0])
+    for _ in range(2):  # the second pass reads every layer's parameters from the cache
+        for plan, weight_range in cases:
+            fresh, kept = build(tiny, plan, weight_range)[0], build(tiny, plan, weight_range, shared)[0]
+            assert kept.SerializeToString() == fresh.SerializeToString()
+    assert len(shared._memo) == 2 * 5  # two weights × (per-channel, per-tensor) × (full, reduced) + 4-bit
 
 
 def test_per_channel_beats_per_tensor_when_channel_ranges_differ(tiny):

@@ -49,12 +49,14 @@ def build_model(
     activations: dict[str, ActivationParams],
     activation_type: str,
     weight_range: str = "full",
+    weights: static.WeightParams | None = None,
 ) -> onnx.ModelProto:
     """Compile the plan into one model. `activations` holds the static layers' (and glue's) activation
     parameters; `weight_range` "reduced" keeps 8-bit weights in [-64, 64] (see weight_range.py: CPUs
-    whose kernels saturate)."""
+    whose kernels saturate); `weights` keeps weight parameters across builds of the same model."""
     check_plan(graph.layers, plan)
-    qmodel = static.apply(model, graph, plan, activations, activation_qtype(activation_type), weight_range)
+    qtype = activation_qtype(activation_type)
+    qmodel = static.apply(model, graph, plan, activations, qtype, weight_range, weights)
     matmul_layers = {n for mode in MATMUL_MODES for n in plan.in_mode(mode)}
     if matmul_layers:
         matmul_form.as_matmul(qmodel, matmul_layers)
