@@ -124,6 +124,8 @@ def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: i
         calib = calibration_data.subset(np.sort(np.random.default_rng(seed).permutation(len(calibration_data))[:calibration]))
     return Splits(
         calibration=calib,
-        eval=data.subset(np.sort(perm[train + own_calibration : need])),
+        # In the permutation's order, not the source's: any run of whole batches from the start is then a
+        # simple random sample, which the early-stop screen scores first and a passing trial keeps.
+        eval=data.subset(perm[train + own_calibration : need]),
         train=data.subset(perm[:train]) if train else None,
     )

@@ -73,9 +73,11 @@ class Meter:
         sess = ev.session(model, self._optimized if plan is not None else None)
         if plan is not None:
             check_executed(plan, model, onnx.load(str(self._optimized)))
+        head = None
         if screen is not None:
-            screen.check(ev.outputs(sess, screen.prefix))
-        scored = ev.score(sess)
+            head = ev.outputs(sess, rows=screen.size)
+            screen.check(head)
+        scored = ev.score(sess, head)
         ms, ratio = self.latency(sess) if timed else (math.nan, math.nan)
         mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan

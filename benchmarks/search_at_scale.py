@@ -221,11 +221,15 @@ def print_hypervolumes(hv: dict) -> None:
     print_hypervolumes(hv)
 
 
+PEER_NAMES = {"inc": "INC autotune (QDQ)", "nncf": "NNCF quantize_with_accuracy_control"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bed", required=True, choices=["efficientnet-lite1", "resnet56", "resnet20"])
     p.add_argument("--peers-python", default="/tmp/peers/bin/python")
-    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--no-peers", action="store_true",
+                   help="do not run INC and NNCF; keep the bed's stored peer runs when the constraint is the same")
     p.add_argument("--hypervolume", type=float, default=0.0, help="minutes per study for the hypervolume runs")
     p.add_argument("--hypervolume-only", action="store_true",
                    help="only the hypervolume runs, added to the bed's stored entry (its constraint unless --max-drop)")
@@ -289,15 +293,22 @@ def main() -> None:
                             evaluate_latency_ratio=again.latency_ratio, evaluate_accuracy=again.accuracy))  # fmt: skip
         rows += hand
         peers = {}
-        if not args.no_peers:
-            for peer in ("inc", "nncf"):
+        stored = results["beds"].get(key, {})
+        if args.no_peers and stored.get("peers") and stored.get("max_drop") == max_drop:
+            # the peers' runs do not depend on autoquant's code: keep the stored ones, marked as such
+            peers = {k: v | {"from_stored_run": True} for k, v in stored["peers"].items()}
+            rows += [r | {"from_stored_run": True} for r in stored["rows"] if r["method"] in PEER_NAMES.values()]
+        elif not args.no_peers:
+            for peer, name in PEER_NAMES.items():
                 model, peer_info = run_peer(peer, args.peers_python, ws, max_drop, tmp)
                 peers[peer] = peer_info
-                name = {"inc": "INC autotune (QDQ)", "nncf": "NNCF quantize_with_accuracy_control"}[peer]
                 if model is not None:
                     rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))
                 print(f"  {name}: {peer_info}", flush=True)
         hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2)) if args.hypervolume else {}
+        if not hv and stored.get("hypervolume") and stored.get("max_drop") == max_drop:
+            hv = stored["hypervolume"]
+            args.hypervolume = stored.get("hypervolume_minutes", 0.0)
         results["beds"][key] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
                                      "calibration_samples": len(ws.splits.calibration), "max_drop": max_drop,
                                      "fp32_accuracy": ws.reference.accuracy, "search": info, "rows": rows,

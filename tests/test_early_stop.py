@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
 import optuna
 import pytest
 from test_sources import cli, encoder_workdir, transformer_exp
 
+from autoquant import Workspace, load_experiment
 from autoquant.data import Dataset
 from autoquant.evaluate.early_stop import DELTA, EarlyStop, Hopeless, prefix_size
 from autoquant.evaluate.metrics import HITS
+from autoquant.measure import Meter
+from autoquant.quantize.plan import LayerChoice, QuantPlan
 
 
 def population(n: int, fp32_acc: float, losses: int, gains: int, seed: int = 1):
@@ -35,11 +39,11 @@ def population(n: int, fp32_acc: float, losses: int, gains: int, seed: int = 1):
 def prune_rate(n, losses, gains, max_drop, draws=300):
     data, fp32, plan = population(n, 0.8, losses, gains)
     stopped = 0
-    for seed in range(draws):
-        stop = EarlyStop.make(data, fp32, HITS["top1"], max_drop, seed=seed)
-        rows = stop.prefix.rows
+    for seed in range(draws):  # each draw: the eval split in another random order (data.split)
+        order = np.random.default_rng(seed).permutation(n)
+        stop = EarlyStop.make(data.subset(order), fp32[order], HITS["top1"], max_drop, batch_size=32)
         try:
-            stop.check(plan[rows])
+            stop.check(plan[order][: stop.size])
         except Hopeless:
             stopped += 1
     return stopped / draws
@@ -55,7 +59,7 @@ def test_a_plan_that_meets_the_constraint_is_almost_never_stopped():
 def test_a_hopeless_plan_is_stopped_on_the_prefix():
     # limit 1 point, 1,000 samples, 200-sample prefix: a 12-point drop is stopped in most prefixes (measured
     # 94 %), a 15-point drop nearly always
-    assert prefix_size(1000) == 200
+    assert prefix_size(1000) == 200 and prefix_size(1000, 32) == 224
     assert prune_rate(1000, 140, 20, max_drop=1.0) >= 0.85
     assert prune_rate(1000, 170, 20, max_drop=1.0) >= 0.97
 
@@ -75,7 +79,8 @@ def encoder_dir(tmp_path_factory):
 
 
 def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_dir, capsys):
-    # int4 weights cost this encoder about 10 points of agreement; the limit is 2: those plans are hopeless
+    # int4 weights cost this encoder about 10 points of agreement; the limit is 2: those plans are hopeless.
+    # The prefix: 100 samples (eval 480) rounded up to whole batches of 32
     exp = transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480},
                           search={"trials": 16, "space": "transformer", "max_accuracy_drop": 2.0, "sensitivity_k": [1]})  # fmt: skip
     code, out, err = cli(capsys, "search", exp, "--out", encoder_dir / "run", "--json")
@@ -86,7 +91,7 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     assert any(t.user_attrs.get("label") == "all-int4-b32" for t in pruned)
     for t in pruned:
         info = t.user_attrs["pruned"]
-        assert info["prefix_samples"] == 100 and "over the 2 pt limit" in info["reason"]
+        assert info["prefix_samples"] == 128 and "over the 2 pt limit" in info["reason"]
         assert "result" not in t.user_attrs and t.values is None  # no figure from a prefix is kept as a result
     assert "stopped early" in err
     # pruned trials count toward the trials asked for; the front and the export are full-set figures
@@ -96,3 +101,24 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     result = json.loads(out.strip().splitlines()[-1])
     code, out, err = cli(capsys, "evaluate", encoder_dir / "run" / "best" / "model.int8.onnx", exp, "--json")
     assert code == 0 and json.loads(out)["accuracy"] == pytest.approx(result["chosen"]["accuracy"]), err
+
+
+def test_a_passing_trial_keeps_the_prefix_outputs_and_equals_a_run_without_screen(encoder_dir):
+    # dynamic layers quantize each batch by its own range: the kept prefix must be exactly evaluate's batches
+    ws = Workspace(load_experiment(transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480})))
+    plan = QuantPlan.uniform(ws.graph.names, LayerChoice(mode="dynamic"))
+    screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS["agreement"], 50.0, ws.exp.eval.batch_size)
+    runs = []
+    meter = Meter(ws)
+    real_run = ort.InferenceSession.run
+
+    def counted(sess, *args, **kwargs):
+        runs.append(len(next(iter(args[1].values()))))
+        return real_run(sess, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ort.InferenceSession, "run", counted)
+        screened = meter(ws.build(plan), plan, screen=screen)
+    assert screen.size == 128 and sum(runs) == 480  # every eval sample run once: the prefix is not re-run
+    plain = meter(ws.build(plan), plan)
+    assert screened == plain and 50 < plain.accuracy < 100  # same figures, bit for bit; the plan loses some

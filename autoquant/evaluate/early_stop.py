@@ -1,15 +1,16 @@
-"""Stop hopeless trials early: score a plan on a random prefix of the eval set first, and stop it when even
-an optimistic bound on its full-set drop breaks the constraint.
+"""Stop hopeless trials early: score a plan on a prefix of the eval set first, and stop it when even an
+optimistic bound on its full-set drop breaks the constraint.
 
 For metrics that are the percentage of samples scoring (top1, top5, per-sample agreement), the FP32
-model's figure over the whole eval set is known. The prefix (n samples drawn at random, once per study)
-shows the plan's hits h on it exactly; for the N − n others its hit rate is at most the Clopper-Pearson
-upper bound from the prefix at confidence 1 − δ. So its full-set drop is at least
-FP32 − 100 · (h + (N − n) · upper(h)) / N, and when that exceeds the constraint the full set would break it
-with probability at least 1 − δ: the trial is stopped, recorded as pruned with the prefix figures and the reason. Any figure that is reported, compared or exported comes
-from a full-set evaluation; a trial that passes the screen is evaluated on the whole eval set as usual
-(the prefix is re-run in place, so batches — which dynamic quantization depends on — are exactly those
-of an `evaluate` run).
+model's figure over the whole eval set is known. The eval split is in a seeded random order (data.split),
+so its first n samples — whole batches — are a simple random sample. The prefix shows the plan's hits h
+on them exactly; for the N − n others its hit rate is at most the Clopper-Pearson upper bound from the
+prefix at confidence 1 − δ. So its full-set drop is at least FP32 − 100 · (h + (N − n) · upper(h)) / N,
+and when that exceeds the constraint the full set would break it with probability at least 1 − δ: the
+trial is stopped, recorded as pruned with the prefix figures and the reason. Any figure that is reported,
+compared or exported comes from a full-set evaluation; a trial that passes the screen goes on from the
+prefix's last batch and keeps the prefix's outputs — the same batches, in the same order, as an
+`evaluate` run (dynamic quantization depends on a batch's contents), so nothing is scored twice.
 
 Metrics without per-sample hits (cosine, sequence agreement, the user's own) are not screened: a bound on
 an average of unbounded-variance scores needs far more samples than a prefix saves.
@@ -39,32 +40,35 @@ class Hopeless(AutoquantError):
                          f"{max_drop:g} pt limit")  # fmt: skip
 
 
-def prefix_size(n: int) -> int:
-    return min(max(n // 5, 100), 500)
+def prefix_size(n: int, batch_size: int = 1) -> int:
+    """About a fifth of the eval set (100-500 samples), rounded up to whole batches."""
+    target = min(max(n // 5, 100), 500)
+    return -(-target // batch_size) * batch_size
 
 
 @dataclass(frozen=True)
 class EarlyStop:
-    prefix: Dataset  # the random prefix of the eval set, in its own order
+    size: int  # prefix samples: the first `size` of the eval set, whole batches
     fp32_accuracy: float  # FP32's figure on the whole eval set
-    labels: np.ndarray | None
+    labels: np.ndarray | None  # on the prefix
     reference: np.ndarray  # FP32's outputs on the prefix
     hits: object  # metrics.HITS entry: (outputs, labels, reference) -> per-sample bools or None
     total: int  # eval samples
     max_drop: float
 
     @classmethod
-    def make(cls, eval_data: Dataset, reference: np.ndarray, hits, max_drop: float, seed: int = 0) -> EarlyStop | None:
-        """None when the metric has no per-sample hits or the eval set is too small to gain from a prefix."""
-        if hits is None or len(eval_data) < MIN_EVAL:
+    def make(cls, eval_data: Dataset, reference: np.ndarray, hits, max_drop: float,
+             batch_size: int = 1) -> EarlyStop | None:  # fmt: skip
+        """None when the metric has no per-sample hits or the eval set is too small to gain from a prefix.
+        `eval_data` must be in random order (as data.split leaves it); `batch_size` is the eval batch."""
+        size = prefix_size(len(eval_data), batch_size)
+        if hits is None or len(eval_data) < MIN_EVAL or size >= len(eval_data):
             return None
-        idx = np.sort(np.random.default_rng(seed).permutation(len(eval_data))[: prefix_size(len(eval_data))])
-        labels = None if eval_data.y is None else eval_data.y[idx]
         fp32 = hits(reference, eval_data.y, reference)
         if fp32 is None:
             return None
-        return cls(eval_data.subset(idx), float(np.mean(fp32) * 100.0), labels, reference[idx], hits, len(eval_data),
-                   max_drop)  # fmt: skip
+        labels = None if eval_data.y is None else eval_data.y[:size]
+        return cls(size, float(np.mean(fp32) * 100.0), labels, reference[:size], hits, len(eval_data), max_drop)
 
     def drop_lower_bound(self, plan_hits: np.ndarray) -> float:
         n, h = len(plan_hits), int(plan_hits.sum())
@@ -72,7 +76,8 @@ class EarlyStop:
         return self.fp32_accuracy - 100.0 * (h + (self.total - n) * upper) / self.total
 
     def check(self, prefix_outputs: np.ndarray) -> None:
-        """Raise Hopeless when the prefix outputs show the plan cannot meet the constraint."""
+        """Raise Hopeless when the outputs on the first `size` eval samples show the plan cannot meet the
+        constraint."""
         plan_hits = self.hits(prefix_outputs, self.labels, self.reference)
         if plan_hits is None:
             return

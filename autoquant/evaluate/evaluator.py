@@ -51,12 +51,20 @@ class Evaluator:
     def _feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: batch[n] for n in self.feed_names}
 
-    def outputs(self, sess: ort.InferenceSession, data: Dataset | None = None) -> np.ndarray:
-        """The scored output over the eval data (or `data`, e.g. a subset of it), batch moved to axis 0."""
+    def outputs(self, sess: ort.InferenceSession, data: Dataset | None = None, head: np.ndarray | None = None,
+                rows: int | None = None) -> np.ndarray:  # fmt: skip
+        """The scored output over the eval data (or `data`, e.g. a subset of it), batch moved to axis 0.
+        `rows` stops after the first that many samples; `head` holds this session's outputs on the data's first
+        whole batches, computed before, which are not run again."""
         data = self.data if data is None else data
-        axis = self.cfg.output_batch_axis
-        parts = []
-        for batch in data.batches(self.cfg.batch_size):
+        axis, size = self.cfg.output_batch_axis, self.cfg.batch_size
+        done = 0 if head is None else len(head)
+        if done % size:
+            raise ValueError(f"head of {done} rows is not whole batches of {size}")
+        stop = len(data) if rows is None else min(len(data), rows)
+        parts = [] if head is None else [head]
+        rest = data if not done and stop == len(data) else data.subset(np.arange(done, stop))
+        for batch in rest.batches(size):
             (out,) = sess.run([self.output], self._feed(batch))
             if out.ndim <= axis:
                 raise ConfigError(f"eval.output_batch_axis {axis} does not exist: output '{self.output}' has shape "
@@ -67,16 +75,17 @@ class Evaluator:
             raise DataError(f"output '{self.output}' has different shapes across eval batches ({sorted(shapes)[:2]}): "
                             "give inputs of one size (e.g. pad sequences to one length)")  # fmt: skip
         outputs = np.concatenate(parts)
-        if len(outputs) != len(data):
-            raise ConfigError(f"output '{self.output}' has {len(outputs)} rows on axis {axis} for {len(data)} "
+        if len(outputs) != stop:
+            raise ConfigError(f"output '{self.output}' has {len(outputs)} rows on axis {axis} for {stop} "
                               "samples: set eval.output_batch_axis to the output's batch axis")  # fmt: skip
         if np.issubdtype(outputs.dtype, np.floating) and not np.isfinite(outputs).all():
             raise DataError("the model produced NaN or Inf on the eval data")
         return outputs
 
-    def score(self, sess: ort.InferenceSession) -> EvalResult:
-        """The metric of the session's outputs, against the labels and the FP32 model's outputs."""
-        outputs = self.outputs(sess)
+    def score(self, sess: ort.InferenceSession, head: np.ndarray | None = None) -> EvalResult:
+        """The metric of the session's outputs, against the labels and the FP32 model's outputs; `head` as in
+        outputs()."""
+        outputs = self.outputs(sess, head=head)
         return EvalResult(self.metric(outputs, self.data.y, self.reference()), outputs)
 
     def latency_feed(self) -> dict[str, np.ndarray]:

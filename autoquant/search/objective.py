@@ -51,7 +51,8 @@ class PlanScorer:
         self.meter = Meter(ws)
         self.screen = None
         if max_drop is not None:
-            self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop)
+            self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop,
+                                         ws.exp.eval.batch_size)  # fmt: skip
 
     def __call__(self, plan: QuantPlan) -> Measurement:
         try:

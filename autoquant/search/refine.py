@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 from sklearn.isotonic import IsotonicRegression
@@ -112,15 +111,18 @@ class Refine:
         measured, scale = self.calibrated(trials)
         if scale is None or len(measured) < 3:
             return []
-        # Drop rises with NMSE, but through the eval set's noise: a monotone fit, not a line
+        # Drop rises with NMSE, but through the eval set's noise: a monotone fit, not a line. It is anchored
+        # at the FP32 model (no error, no drop): without it, a plan with less error than any measured one
+        # would be predicted the least measured drop, and when every plan measured so far breaks the limit
+        # no candidate would ever be predicted to meet it.
         fit = IsotonicRegression(increasing=True, out_of_bounds="clip")
-        fit.fit(np.log([mse for _, mse, _ in measured]), [drop for _, _, drop in measured])
+        fit.fit([0.0] + [mse for _, mse, _ in measured], [0.0] + [drop for _, _, drop in measured])
         front = [(self.model.plan_cost(plan), drop) for plan, _, drop in measured if drop <= self.max_drop]
         pool = {}
         for plan in self.candidates:
             predicted = self.model.predict(plan) * scale
             if plan.quantized and plan.key() not in tried and 0 < predicted < math.inf:
-                drop = float(fit.predict(np.log([predicted]))[0])
+                drop = float(fit.predict([predicted])[0])
                 if drop <= self.max_drop:
                     pool[plan.key()] = (plan, (self.model.plan_cost(plan), drop))
         picks = []
