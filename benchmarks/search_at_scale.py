@@ -218,7 +218,10 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
 
 
 def print_hypervolumes(hv: dict) -> None:
-    print_hypervolumes(hv)
+    for label, runs in hv.items():
+        unseen = [r["hypervolume_unseen"] for r in runs if "hypervolume_unseen" in r]
+        print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs)
+              + (" (on unseen images " + ", ".join(f"{u:.4f}" for u in unseen) + ")" if unseen else ""))  # fmt: skip
 
 
 PEER_NAMES = {"inc": "INC autotune (QDQ)", "nncf": "NNCF quantize_with_accuracy_control"}
