@@ -142,7 +142,8 @@ def main() -> None:
         points = scored_points(study)  # objective latency: every trial was timed, interleaved with FP32
         for i, c in enumerate(constraints):
             # as the search's own export does: the fastest plans within the limit timed again, side by side
-            chosen, met = choose(retime_fastest(ws, study, points, c), c, Cost.LATENCY)
+            retimed, tied = retime_fastest(ws, study, points, c)
+            chosen, met = choose(retimed, c, Cost.LATENCY, tied)
             label = f"autoquant search ({result.completed} trials), export at max drop {c:g}"
             if not met:
                 model = ws.build(chosen.plan)

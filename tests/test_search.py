@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy.exc
@@ -19,6 +20,10 @@ from autoquant import evaluate, load_experiment
 from autoquant.api import export_from_run, search
 from autoquant.cli import main
 from autoquant.evaluate.cost import Cost
+from autoquant.evaluate.latency import not_slower
+from autoquant.measure import Measurement
+from autoquant.quantize.plan import LayerChoice, QuantPlan
+from autoquant.search.pareto import ScoredPlan, choose
 from autoquant.search.objective import TrialFailed
 
 
@@ -190,3 +195,22 @@ def test_report_compares_studies_side_by_side(finished, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.png").stat().st_size > 10_000
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep2")]) == 2
     assert "not an autoquant search directory" in capsys.readouterr().err
+
+
+def test_plans_the_timing_cannot_tell_apart_from_the_fastest_are_equally_fast_and_the_most_accurate_wins():
+    load = np.array([100, 110, 95, 105, 100, 120, 98, 102, 100, 104.0])  # the machine's, shared by a round's runs
+    jitter = np.array([1.03, 0.99, 1.02, 1.04, 0.98, 1.03, 1.01, 0.99, 1.05, 1.02])
+    rounds = np.column_stack([load, load * jitter, load * 1.03, load * 1.2])
+    assert not_slower(rounds, 1, 0)  # ~2 % slower, the slower one in 7 of 10 rounds: not measurably slower
+    assert not not_slower(rounds, 2, 0)  # 3 % slower in every round: the sign test tells
+    assert not not_slower(rounds[:3], 3, 0)  # 3 rounds cannot reject anything; the 5 % median bound does
+    assert not_slower(rounds[:3], 2, 0)
+
+    names = ("a", "b")
+    plan = QuantPlan.uniform(names, LayerChoice())
+    fast, tied, slow = (ScoredPlan(n, "", plan, Measurement(acc, 100 - acc, 0.1, ms, ms / 100, 10, 0.01))
+                        for n, acc, ms in ((1, 80.0, 60.0), (2, 85.0, 61.0), (3, 90.0, 75.0)))  # fmt: skip
+    points = [fast, tied, slow]
+    assert choose(points, 25.0, Cost.LATENCY) == (fast, True)  # no side-by-side timing: the least figure
+    assert choose(points, 25.0, Cost.LATENCY, frozenset({1, 2})) == (tied, True)
+    assert choose(points, 25.0, Cost.LATENCY, frozenset({2, 3})) == (fast, True)  # ties are the fastest's only

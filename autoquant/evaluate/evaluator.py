@@ -16,7 +16,7 @@ from ..config import EvalConfig
 from ..data import Dataset
 from ..errors import ConfigError, DataError, ModelError, first_line
 from ..graph.ingest import ModelInput
-from .latency import interleaved_latency_ms
+from .latency import interleaved_latency_ms, interleaved_rounds_ms
 from .metrics import Metric
 
 
@@ -94,3 +94,7 @@ class Evaluator:
 
     def latency_ms(self, *sessions: ort.InferenceSession) -> list[float]:
         return interleaved_latency_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)
+
+    def latency_rounds(self, *sessions: ort.InferenceSession) -> np.ndarray:
+        """Every round's milliseconds (rounds × sessions), timed interleaved."""
+        return interleaved_rounds_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)

@@ -164,13 +164,13 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     t0 = time.perf_counter()
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
-    points = scored_points(study)
+    points, tied = scored_points(study), frozenset()
     if objective is Cost.LATENCY:  # (re-)chosen by latency: every point timed, the fastest again side by side
-        points = retime_fastest(ws, study, time_points(ws, study, points, points), max_drop)
+        points, tied = retime_fastest(ws, study, time_points(ws, study, points, points), max_drop)
     front = pareto_front(points, objective)
     points = time_points(ws, study, points, front)
     front = pareto_front(points, objective)
-    chosen, met = choose(points, max_drop, objective)
+    chosen, met = choose(points, max_drop, objective, tied)
     write_pareto_csv(front, root / "pareto.csv")
     plot_pareto(points, front, chosen if met else None, objective, max_drop, ws.reference.accuracy,
                 root / "pareto.png", f"{exp.name}: {len(points)} trials")  # fmt: skip

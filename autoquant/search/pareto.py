@@ -46,15 +46,22 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_drop: fl
     return area
 
 
-def choose(points: list[ScoredPlan], max_drop: float, objective: Cost) -> tuple[ScoredPlan | None, bool]:
+def choose(points: list[ScoredPlan], max_drop: float, objective: Cost,
+           tied: frozenset[int] = frozenset()) -> tuple[ScoredPlan | None, bool]:  # fmt: skip
     """The cheapest quantized plan within `max_drop`; if none qualifies, (the quantized plan with the
-    smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx."""
+    smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx.
+    `tied`: trials whose cost side-by-side timing could not tell apart from the cheapest's (retime_fastest);
+    when the cheapest is one of them, they are equally cheap and the most accurate of them is chosen."""
     points = [p for p in points if p.plan.quantized]
     if not points:
         return None, False
     ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
     if ok:
-        return min(ok, key=lambda p: (objective.of(p.result), -p.result.accuracy, p.number)), True
+        cheapest = min(ok, key=lambda p: (objective.of(p.result), -p.result.accuracy, p.number))
+        if cheapest.number not in tied:
+            return cheapest, True
+        return max((p for p in ok if p.number in tied),
+                   key=lambda p: (p.result.accuracy, -objective.of(p.result), -p.number)), True  # fmt: skip
     return min(points, key=lambda p: (p.result.accuracy_drop, objective.of(p.result))), False
 
 

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
@@ -21,6 +22,7 @@ from ..config import Experiment, SearchConfig
 from ..errors import ConfigError, first_line
 from ..evaluate.cost import Cost
 from ..evaluate.early_stop import Hopeless
+from ..evaluate.latency import not_slower
 from ..measure import Measurement, Meter
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
@@ -207,19 +209,25 @@ def scored_points(study: optuna.Study) -> list[ScoredPlan]:
 RETIME_BAND, RETIME_MAX = 1.25, 8
 
 
-def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], max_drop: float) -> list[ScoredPlan]:
+def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
+                   max_drop: float) -> tuple[list[ScoredPlan], frozenset[int]]:  # fmt: skip
     """Under objective latency the export is the fastest plan that meets the constraint, but each trial was
     timed at its own moment, and the least of many noisy figures is biased low. The plans that meet it
     within RETIME_BAND of the fastest figure are timed again, together and interleaved with FP32 in the
-    same rounds, and those figures replace theirs (stored on the study)."""
+    same rounds, and those figures replace theirs (stored on the study). Also returned: the trial numbers
+    of the plans these rounds cannot tell apart from the fastest (evaluate/latency.py: not_slower), which
+    choose() treats as equally fast."""
     ok = sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop),
                 key=lambda p: p.result.latency_ratio)  # fmt: skip
     band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
     if len(band) < 2:
-        return points
+        return points, frozenset()
     ev = ws.evaluator
-    *ms, fp32_ms = ev.latency_ms(*[ev.session(ws.build(p.plan)) for p in band], Meter(ws).fp32_session)
-    return _with_timed(study, points, {p.number: (m, m / fp32_ms) for p, m in zip(band, ms)})
+    rounds = ev.latency_rounds(*[ev.session(ws.build(p.plan)) for p in band], Meter(ws).fp32_session)
+    *ms, fp32_ms = np.median(rounds, axis=0)
+    fastest = int(np.argmin(ms))
+    tied = frozenset(p.number for i, p in enumerate(band) if not_slower(rounds, i, fastest))
+    return _with_timed(study, points, {p.number: (float(m), float(m / fp32_ms)) for p, m in zip(band, ms)}), tied
 
 
 def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
