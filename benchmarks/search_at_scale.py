@@ -308,15 +308,16 @@ def main() -> None:
                 if model is not None:
                     rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))
                 print(f"  {name}: {peer_info}", flush=True)
-        hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2)) if args.hypervolume else {}
-        if not hv and stored.get("hypervolume") and stored.get("max_drop") == max_drop:
-            hv = stored["hypervolume"]
-            args.hypervolume = stored.get("hypervolume_minutes", 0.0)
+        hv, hv_minutes = {}, args.hypervolume
+        if args.hypervolume:
+            hv = hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2))
+        elif stored.get("hypervolume") and stored.get("max_drop") == max_drop:
+            hv, hv_minutes = stored["hypervolume"], stored.get("hypervolume_minutes", 0.0)
         results["beds"][key] = {"layers": len(ws.graph.layers), "eval_samples": len(ws.splits.eval),
                                      "calibration_samples": len(ws.splits.calibration), "max_drop": max_drop,
                                      "fp32_accuracy": ws.reference.accuracy, "search": info, "rows": rows,
                                      "peers": peers, "hypervolume": hv,
-                                "hypervolume_minutes": args.hypervolume, "weight_range": ws.weight_range,
+                                "hypervolume_minutes": hv_minutes, "weight_range": ws.weight_range,
                                      "objective": args.objective, "space": args.space,
                                      "side_by_side_latency": side_by_side}  # fmt: skip
     print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +

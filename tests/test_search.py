@@ -23,8 +23,8 @@ from autoquant.evaluate.cost import Cost
 from autoquant.evaluate.latency import not_slower
 from autoquant.measure import Measurement
 from autoquant.quantize.plan import LayerChoice, QuantPlan
-from autoquant.search.pareto import ScoredPlan, choose
 from autoquant.search.objective import TrialFailed
+from autoquant.search.pareto import ScoredPlan, choose
 
 
 @pytest.fixture(scope="module")
