@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .config import Experiment
@@ -43,13 +45,25 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
     return QuantPlan.uniform(ws.graph.names, LayerChoice(True, PRESETS[preset], algorithm))
 
 
-def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
+def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None) -> QuantizeResult:
     """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
-    write model + record. A plan onnxruntime would not run as written is refused before anything is written."""
+    write model + record. A plan onnxruntime would not run as written is refused before anything is written.
+
+    `measured`: the figures of a model built from this plan before (a search trial's). When the model built
+    now is that model, byte for byte, they are its figures and it is not measured again (only timed, if it
+    was not); when it is not, the cache or the builder changed since and the figures would describe another
+    model: PlanError."""
     acts, algorithms = ws.activations(plan)
     qmodel = ws.build(plan, acts)
-    meter = Meter(ws)
-    measured = meter(qmodel, plan, timed=True)
+    blob, meter = qmodel.SerializeToString(), Meter(ws)
+    if measured is None or not measured.model_sha256:
+        measured = meter(qmodel, plan, timed=True)
+    elif hashlib.sha256(blob).hexdigest() != measured.model_sha256:
+        raise PlanError("the model rebuilt from the plan is not the model that was measured: the statistics cache "
+                        "or autoquant changed since; re-run the search")  # fmt: skip
+    elif math.isnan(measured.latency_ratio):
+        ms, ratio = meter.latency(ws.evaluator.session(blob))
+        measured = replace(measured, latency_ms=ms, latency_ratio=ratio)
     executed = executed_layers(qmodel)
     fp32_ms = measured.latency_ms / measured.latency_ratio
     objectives = {"accuracy": measured.accuracy, "fp32_accuracy": ws.reference.accuracy,
@@ -61,7 +75,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path) -> QuantizeResult:
                          weight_range=ws.weight_range, smoothing=ws.smoothing)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
-    atomic_write_files({model_path: qmodel.SerializeToString(), record_path: record.to_json().encode()})
+    atomic_write_files({model_path: blob, record_path: record.to_json().encode()})
     return QuantizeResult(**asdict(measured), fp32_accuracy=ws.reference.accuracy, fp32_latency_ms=fp32_ms,
                           fp32_size_bytes=ws.prepared.source.stat().st_size, model_path=model_path,
                           record_path=record_path, executed=tuple(executed))  # fmt: skip

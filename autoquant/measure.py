@@ -6,6 +6,7 @@ the experiment's eval data against its FP32 reference. The search's trials, `qua
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import tempfile
 from dataclasses import asdict, dataclass
@@ -32,9 +33,13 @@ class Measurement:
     latency_ratio: float  # to FP32, timed in the same interleaved rounds (NaN: not timed)
     size_bytes: int
     output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
+    model_sha256: str  # of the serialized model measured ("": not known, e.g. a result stored by an older autoquant)
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+    def to_dict(self) -> dict[str, float | str]:
+        return {k: v if isinstance(v, str) else float(v) for k, v in asdict(self).items()}
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, float)}
 
 
 class ExecutedMismatch(ModelError):
@@ -70,7 +75,8 @@ class Meter:
         time drifts with the machine's load). `screen` first scores a prefix of the eval set and raises
         Hopeless when it shows the plan cannot meet the constraint."""
         ws, ev = self.ws, self.ws.evaluator
-        sess = ev.session(model, self._optimized if plan is not None else None)
+        blob = model.SerializeToString()
+        sess = ev.session(blob, self._optimized if plan is not None else None)
         if plan is not None:
             check_executed(plan, model, onnx.load(str(self._optimized)))
         head = None
@@ -81,8 +87,8 @@ class Meter:
         ms, ratio = self.latency(sess) if timed else (math.nan, math.nan)
         mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
-        return Measurement(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops, ms, ratio,
-                           model.ByteSize(), mse)  # fmt: skip
+        return Measurement(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops, ms, ratio, len(blob), mse,
+                           hashlib.sha256(blob).hexdigest())  # fmt: skip
 
 
 def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.ModelProto) -> None:

@@ -70,6 +70,28 @@ def test_exported_accuracy_equals_the_trial_accuracy(finished, search_yaml):
     assert measured.accuracy == result.chosen.result.accuracy == completed(out)[result.chosen.number].values[0]
 
 
+def test_the_export_is_the_trials_model_byte_for_byte(finished, tmp_path, monkeypatch):
+    import hashlib
+    from dataclasses import replace
+
+    from autoquant.errors import PlanError
+    from autoquant.jobs.export import export_plan
+    from autoquant.measure import Meter
+
+    result, out = finished
+    exported = (out / "best" / "model.int8.onnx").read_bytes()
+    assert hashlib.sha256(exported).hexdigest() == result.chosen.result.model_sha256
+    # Re-exporting keeps the trial's figures without running the model: it is the same model.
+    monkeypatch.setattr(Meter, "__call__", lambda *a, **k: pytest.fail("the export measured its model again"))
+    again = export_plan(result.workspace, result.chosen, tmp_path / "again")
+    assert again.accuracy == result.chosen.result.accuracy and (tmp_path / "again" / "model.int8.onnx").read_bytes() == exported
+    # A trial whose model is not the one the plan now builds (cache changed) is refused; nothing is written.
+    stale = replace(result.chosen, result=replace(result.chosen.result, model_sha256="0" * 64))
+    with pytest.raises(PlanError, match="not the model that was measured"):
+        export_plan(result.workspace, stale, tmp_path / "stale")
+    assert not (tmp_path / "stale").exists()
+
+
 def test_mlflow_has_one_parent_and_one_nested_run_per_trial(finished):
     _, out = finished
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
@@ -208,7 +230,7 @@ def test_plans_the_timing_cannot_tell_apart_from_the_fastest_are_equally_fast_an
 
     names = ("a", "b")
     plan = QuantPlan.uniform(names, LayerChoice())
-    fast, tied, slow = (ScoredPlan(n, "", plan, Measurement(acc, 100 - acc, 0.1, ms, ms / 100, 10, 0.01))
+    fast, tied, slow = (ScoredPlan(n, "", plan, Measurement(acc, 100 - acc, 0.1, ms, ms / 100, 10, 0.01, ""))
                         for n, acc, ms in ((1, 80.0, 60.0), (2, 85.0, 61.0), (3, 90.0, 75.0)))  # fmt: skip
     points = [fast, tied, slow]
     assert choose(points, 25.0, Cost.LATENCY) == (fast, True)  # no side-by-side timing: the least figure

@@ -38,13 +38,14 @@ class Evaluator:
         self.output = cfg.output or outputs[0]
         self.threads = cfg.threads or os.cpu_count() or 1
 
-    def session(self, model: onnx.ModelProto, optimized_path: Path | None = None) -> ort.InferenceSession:
+    def session(self, model: onnx.ModelProto | bytes, optimized_path: Path | None = None) -> ort.InferenceSession:
         """A session with onnxruntime's default graph optimizations; `optimized_path` keeps the graph it runs."""
         opts = session_options(self.threads)
         if optimized_path is not None:
             opts.optimized_model_filepath = str(optimized_path)
         try:
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            blob = model if isinstance(model, bytes) else model.SerializeToString()
+            return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             raise ModelError(f"onnxruntime cannot load the model: {first_line(exc, 200)}") from exc
 

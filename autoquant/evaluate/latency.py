@@ -14,12 +14,12 @@ TIE_MAX = 1.05  # ... or when its median is more than this much slower: few roun
 
 
 def interleaved_rounds_ms(
-    sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray] | np.ndarray, *, repeats: int, warmup: int = 2
+    sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray] | np.ndarray, *, repeats: int, warmup: int = 1
 ) -> np.ndarray:
     """Milliseconds per run of `feed` (inputs by name, or the one input's array), one row per round, one
     column per session; runs alternate between sessions. A fresh session's first run is the slow one
     (allocations: 1.2-1.7× a steady run on EfficientNet-Lite1, batch 32); from the second on its runs are
-    steady, so two warm-up rounds suffice — under objective latency every trial pays for them."""
+    steady, so one warm-up round suffices — under objective latency every trial pays for it."""
     feeds = [feed if isinstance(feed, dict) else {s.get_inputs()[0].name: feed} for s in sessions]
     for _ in range(warmup):
         for s, f in zip(sessions, feeds):

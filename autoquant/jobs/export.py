@@ -34,14 +34,15 @@ def check_export_target(out_dir: Path) -> None:
 def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path) -> QuantizeResult:
     """Write `out_dir/model.int8.onnx` and `out_dir/record.json` for the chosen plan.
 
-    The model is rebuilt from the same cache the trial used, so it is the model the trial measured;
-    its accuracy is re-measured here and must equal the trial's.
+    The model is rebuilt from the same cache the trial used, so it is the model the trial measured: the
+    same bytes (engine.quantize checks), so the trial's figures are its figures. A trial stored by an older
+    autoquant has no model hash: its model is measured again and must score the trial's accuracy.
     """
     out_dir = Path(out_dir)
     check_export_target(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = quantize(ws, chosen.plan, tmp)
+    result = quantize(ws, chosen.plan, tmp, chosen.result)
     atomic_write_bytes(tmp / MARKER, f"written by autoquant: trial {chosen.number}\n".encode())
     if result.accuracy != chosen.result.accuracy:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -206,7 +206,7 @@ def scored_points(study: optuna.Study) -> list[ScoredPlan]:
     return points
 
 
-RETIME_BAND, RETIME_MAX = 1.25, 8
+RETIME_BAND, RETIME_MAX = 1.25, 5
 
 
 def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],

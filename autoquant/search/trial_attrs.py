@@ -14,7 +14,7 @@ from ..quantize.plan import QuantPlan
 
 class TrialKey:
     PLAN = "plan"  # the plan's spec (QuantPlan.to_spec)
-    RESULT = "result"  # Measurement as a dict of floats
+    RESULT = "result"  # Measurement as a dict (numbers as floats)
     LABEL = "label"  # the warm start's name, for enqueued trials
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
@@ -42,7 +42,7 @@ def plan_spec(trial: Trial) -> dict | None:
 
 def result(trial: Trial) -> Measurement | None:
     raw = trial.user_attrs.get(TrialKey.RESULT)
-    return Measurement(**raw) if raw is not None else None
+    return Measurement(**{"model_sha256": "", **raw}) if raw is not None else None
 
 
 def label(trial: Trial) -> str:

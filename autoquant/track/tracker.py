@@ -161,7 +161,7 @@ class Tracker:
             params = [Param(k, v) for k, v in plan_summary(attrs.plan(trial)).items()]
             self.client.log_text(rid, yaml.safe_dump(spec, sort_keys=False), "plan.yaml")
         if result is not None:
-            metrics = [Metric(k, v, now, trial.number) for k, v in result.to_dict().items()]
+            metrics = [Metric(k, v, now, trial.number) for k, v in result.metrics().items()]
         elif attrs.pruned(trial):  # the prefix figure, under a name no full-set metric has
             metrics = [Metric("prefix_accuracy", attrs.pruned(trial)["prefix_accuracy"], now, trial.number)]
         self.client.log_batch(rid, metrics=metrics, params=params)
