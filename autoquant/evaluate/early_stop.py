@@ -7,7 +7,10 @@ so its first n samples — whole batches — are a simple random sample. The pre
 on them exactly; for the N − n others its hit rate is at most the Clopper-Pearson upper bound from the
 prefix at confidence 1 − δ. So its full-set drop is at least FP32 − 100 · (h + (N − n) · upper(h)) / N,
 and when that exceeds the constraint the full set would break it with probability at least 1 − δ: the
-trial is stopped, recorded as pruned with the prefix figures and the reason. Any figure that is reported,
+trial is stopped, recorded as pruned with the prefix figures and the reason. The prefix is looked at
+after each of up to LOOKS evenly spaced whole batches, each look at δ / looks (Bonferroni: the chance that
+any look stops a plan that meets the constraint stays ≤ δ): most plans a search proposes that are hopeless
+are far from the limit, and the first batch already shows it. Any figure that is reported,
 compared or exported comes from a full-set evaluation; a trial that passes the screen goes on from the
 prefix's last batch and keeps the prefix's outputs — the same batches, in the same order, as an
 `evaluate` run (dynamic quantization depends on a batch's contents), so nothing is scored twice.
@@ -28,6 +31,7 @@ from ..errors import AutoquantError
 
 MIN_EVAL = 400  # below it the prefix would be most of the set, and its bound too wide to stop anything
 DELTA = 0.01  # chance that a plan whose full-set drop meets the constraint is stopped
+LOOKS = 4  # at most this many looks at the prefix
 
 
 class Hopeless(AutoquantError):
@@ -49,6 +53,7 @@ def prefix_size(n: int, batch_size: int = 1) -> int:
 @dataclass(frozen=True)
 class EarlyStop:
     size: int  # prefix samples: the first `size` of the eval set, whole batches
+    looks: tuple[int, ...]  # prefix lengths (whole batches, the last is `size`) at which the plan is checked
     fp32_accuracy: float  # FP32's figure on the whole eval set
     labels: np.ndarray | None  # on the prefix
     reference: np.ndarray  # FP32's outputs on the prefix
@@ -68,17 +73,22 @@ class EarlyStop:
         if fp32 is None:
             return None
         labels = None if eval_data.y is None else eval_data.y[:size]
-        return cls(size, float(np.mean(fp32) * 100.0), labels, reference[:size], hits, len(eval_data), max_drop)
+        batches = size // batch_size
+        looks = tuple(sorted({-(-batches * k // LOOKS) * batch_size for k in range(1, LOOKS + 1)}))
+        return cls(size, looks, float(np.mean(fp32) * 100.0), labels, reference[:size], hits, len(eval_data), max_drop)
 
     def drop_lower_bound(self, plan_hits: np.ndarray) -> float:
         n, h = len(plan_hits), int(plan_hits.sum())
-        upper = betaincinv(h + 1, n - h, 1 - DELTA) if h < n else 1.0
+        upper = betaincinv(h + 1, n - h, 1 - DELTA / len(self.looks)) if h < n else 1.0
         return self.fp32_accuracy - 100.0 * (h + (self.total - n) * upper) / self.total
 
     def check(self, prefix_outputs: np.ndarray) -> None:
-        """Raise Hopeless when the outputs on the first `size` eval samples show the plan cannot meet the
-        constraint."""
-        plan_hits = self.hits(prefix_outputs, self.labels, self.reference)
+        """Raise Hopeless when the outputs on the first n eval samples (n one of `looks`) show the plan cannot
+        meet the constraint."""
+        n = len(prefix_outputs)
+        if n not in self.looks:
+            raise ValueError(f"{n} samples is not one of the looks {self.looks}")
+        plan_hits = self.hits(prefix_outputs, self.labels[:n] if self.labels is not None else None, self.reference[:n])
         if plan_hits is None:
             return
         plan_hits = np.asarray(plan_hits, bool)
