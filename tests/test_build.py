@@ -87,7 +87,7 @@ def test_weight_scales_round_trip_into_the_record(tiny, granularity):
     assert rec.layers[0].data.offset_d == acts["input"].zero_point
 
 
-def test_weight_parameters_kept_across_builds_give_the_same_bytes_as_a_fresh_build(tiny):
+def test_weight_parameters_and_quantized_weights_kept_across_builds_give_the_same_bytes_as_a_fresh_build(tiny):
     _, graph, _, _, _ = tiny
     choices = [LayerChoice(), LayerChoice(weight_granularity="per_tensor"), LayerChoice(weight_bits=4)]
     cases = [(QuantPlan.uniform(graph.names, c), r) for c in choices for r in ("full", "reduced")]
@@ -98,6 +98,7 @@ def test_weight_parameters_kept_across_builds_give_the_same_bytes_as_a_fresh_bui
             fresh, kept = build(tiny, plan, weight_range)[0], build(tiny, plan, weight_range, shared)[0]
             assert kept.SerializeToString() == fresh.SerializeToString()
     assert len(shared._memo) == 2 * 5  # two weights × (per-channel, per-tensor) × (full, reduced) + 4-bit
+    assert len(shared._quantized) >= 2 * 5  # ... each quantized once (the int32-bias adjustment may add scales)
 
 
 def test_per_channel_beats_per_tensor_when_channel_ranges_differ(tiny):
