@@ -182,10 +182,13 @@ class SearchConfig:
     timeout_minutes: float | None = bounded(None, 0, above=True)
     trial_timeout_seconds: float | None = bounded(None, 0, above=True)  # a longer trial fails, the study goes on
     sampler: str = "nsga2"
-    population_size: int = bounded(16, 2)
+    # NSGA-II breeds once this many trials of a generation are complete (stopped-early ones do not count):
+    # with 16, a 60-trial study on EfficientNet-Lite1 never got past its first generation's random draws
+    population_size: int = bounded(8, 2)
     seed: int = bounded(0, 0)
     warm_start: bool = True  # enqueue all-float, all-INT8 and sensitivity-guided plans first
     early_stop: bool = True  # stop plans a random eval prefix shows cannot meet the constraint (top1/top5/agreement)
+    guided_mutation: bool = True  # NSGA-II draws a layer's new option among those the error table does not rule out
     refine: bool = True  # every 8 trials, enqueue the calibrated error model's plans at the constraint and in the front's gaps
     sensitivity_k: list = field(default_factory=lambda: [1, 2, 4])  # warm starts: all INT8 but the k most sensitive
     storage: str | None = None  # SQLAlchemy URL; default: sqlite file in the run directory

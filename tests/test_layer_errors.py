@@ -88,6 +88,31 @@ def test_guided_plans_follow_the_table(resnet20_ws, space20):
     assert ratio == sorted(ratio, reverse=True)
 
 
+def test_nsga2_draws_only_the_options_the_table_does_not_rule_out(resnet20_ws, space20):
+    import optuna
+
+    from autoquant.config import SearchConfig
+    from autoquant.search.sampler import GuidedNSGAII, make_sampler, plausible_options
+
+    model = ErrorModel.build(resnet20_ws, layer_errors(resnet20_ws, space20), space20)
+    plausible = plausible_options(model)
+    for layer in space20.layers:
+        kept = plausible[layer.name]
+        assert "float" in kept and any(o != "float" for o in kept)  # float is never ruled out, nor the best INT8
+        for o in set(layer.options) - set(kept):  # each ruled-out option: one that costs no more has < 1/4 its error
+            assert any(model.cost[layer.name, q] <= model.cost[layer.name, o]
+                       and 4 * model.err[layer.name, q] < model.err[layer.name, o] for q in kept)  # fmt: skip
+    ruled_out = sum(len(s.options) - len(plausible[s.name]) for s in space20.layers)
+    assert ruled_out > 0  # per-tensor is far worse than per-channel on some of ResNet-20's layers
+    sampler = make_sampler(SearchConfig(population_size=4, seed=3), model)
+    assert isinstance(sampler, GuidedNSGAII)
+    assert not isinstance(make_sampler(SearchConfig(guided_mutation=False), model), GuidedNSGAII)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda t: (float(len(space20.plan(t.suggest_categorical).in_mode("static"))), 0.0), n_trials=12)
+    drawn = {(name, value) for t in study.trials for name, value in t.params.items()}
+    assert drawn and all(value in plausible[name] for name, value in drawn)
+
+
 def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, monkeypatch):
     """Under objective latency a trial's ratio comes from rounds that alternate the plan's session with FP32's
     (not from an FP32 figure measured once at study start); the all-float plan then reads about 1."""

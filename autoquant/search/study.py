@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import sqlalchemy
-from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
@@ -33,6 +32,7 @@ from .layer_errors import LayerErrors, layer_errors
 from .objective import PlanScorer, TrialFailed
 from .pareto import ScoredPlan
 from .refine import Refine
+from .sampler import make_sampler
 from .space import SearchSpace
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
@@ -81,16 +81,6 @@ def space_path(cfg: SearchConfig) -> Path:
         names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
         raise ConfigError(f"search space {path} not found: set search.space to a YAML file or to one of {names}")
     return path
-
-
-def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-    # NSGA-II and TPE rank trials with a violated constraint (Objective sets it: points lost beyond
-    # max_accuracy_drop) behind those that keep it.
-    if cfg.sampler == "nsga2":
-        return NSGAIISampler(population_size=cfg.population_size, seed=cfg.seed)
-    if cfg.sampler == "tpe":
-        return TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True)
-    return RandomSampler(seed=cfg.seed)
 
 
 def make_storage(url: str) -> RDBStorage:
@@ -381,8 +371,9 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, quiet: bool, ca
     t0 = time.perf_counter()
     if done < target:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
-        guided = [Refine(ErrorModel.build(setup.workspace, setup.errors, setup.space, setup.latency), cfg.max_accuracy_drop)
-                  ] if cfg.refine else []  # fmt: skip
+        model = ErrorModel.build(setup.workspace, setup.errors, setup.space, setup.latency)
+        study.sampler = make_sampler(cfg, model)
+        guided = [Refine(model, cfg.max_accuracy_drop)] if cfg.refine else []
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
                        callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *guided,
                                   *callbacks, progress])  # fmt: skip
