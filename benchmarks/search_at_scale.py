@@ -8,7 +8,7 @@
 - Intel Neural Compressor for ONNX (accuracy-driven autotune, static QDQ) and NNCF
   (`quantize_with_accuracy_control`), run from a separate virtual environment (benchmarks/peers);
 - with `--hypervolume MINUTES`: autoquant, the warm-started NSGA-II it had before (no calibrated proposals,
-  no early stopping) and random search, each given the same wall time, on 3 seeds; hypervolume of the
+  no early stopping, population 16, uniform mutation) and random search, each given the same wall time, on 3 seeds; hypervolume of the
   plans that meet the constraint, in (bitops, accuracy) from (1.0, FP32 − limit); on CIFAR-10 beds each
   front is also re-scored on the test images no split uses, and its hypervolume computed there.
   `--hypervolume-only [--variants ...]` runs only these studies and adds them to the bed's stored entry.
@@ -181,7 +181,8 @@ class HeldOut:
 
 VARIANTS = {
     "autoquant": {},
-    "NSGA-II warm-started (before: no calibrated proposals, no early stop)": {"refine": False, "early_stop": False},
+    "NSGA-II warm-started (before: no calibrated proposals, no early stop)": {
+        "refine": False, "early_stop": False, "guided_mutation": False, "population_size": 16},
     "random search": {"sampler": "random", "warm_start": False, "refine": False, "early_stop": False},
 }
 
