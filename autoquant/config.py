@@ -190,7 +190,7 @@ class SearchConfig:
     early_stop: bool = True  # stop plans a random eval prefix shows cannot meet the constraint (top1/top5/agreement)
     guided_mutation: bool = True  # NSGA-II draws a layer's new option among those the error table does not rule out
     refine: bool = True  # every 8 trials, enqueue the calibrated error model's plans at the constraint and in the front's gaps
-    sensitivity_k: list = field(default_factory=lambda: [1, 2, 4])  # warm starts: all INT8 but the k most sensitive
+    sensitivity_k: list = field(default_factory=lambda: [1, 2, 4, 8])  # warm starts: all INT8 but the k most sensitive
     storage: str | None = None  # SQLAlchemy URL; default: sqlite file in the run directory
     tracking_uri: str | None = None  # MLflow; default: sqlite file in the run directory
 
