@@ -49,8 +49,9 @@ class GuidedNSGAII(NSGAIISampler):
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution) -> object:  # fmt: skip
         allowed = self._plausible.get(param_name, ())
-        choices = [c for c in getattr(param_distribution, "choices", ()) if c in allowed]
-        if not isinstance(param_distribution, CategoricalDistribution) or not choices:
+        choices = [c for c in param_distribution.choices if c in allowed] \
+            if isinstance(param_distribution, CategoricalDistribution) else []  # fmt: skip
+        if not choices:
             return super().sample_independent(study, trial, param_name, param_distribution)
         return choices[int(self._draw.integers(len(choices)))]
 

@@ -58,13 +58,14 @@ class WeightParams:
         make = qdq_quantizer.quantize_onnx_initializer
 
         def reused(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None, block_size=0):
+            args = (weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size)
+            if weight.name not in self._inits or self._inits[weight.name].dims != weight.dims:
+                return make(*args)  # not this model's weight: nothing to reuse
             zp, sc = np.asarray(zero_point), np.asarray(scale)
             key = (weight.name, quant_type, zp.dtype.str, zp.tobytes(), sc.dtype.str, sc.tobytes(), axis,
                    quant_weight_name, block_size)  # fmt: skip
-            if weight.name not in self._inits or self._inits[weight.name].dims != weight.dims:
-                return make(weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size)
             if key not in self._quantized:
-                self._quantized[key] = make(weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size)
+                self._quantized[key] = make(*args)
             out = onnx.TensorProto()
             out.CopyFrom(self._quantized[key])
             return out
