@@ -9,7 +9,7 @@ import functools
 import hashlib
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from .errors import ModelError
 from .evaluate.cost import bitops_fraction
 from .evaluate.early_stop import EarlyStop
 from .evaluate.executed import count_disagreement, disagreements, executed_layers
+from .evaluate.latency import slower_than
 from .quantize.plan import QuantPlan
 from .workspace import Workspace
 
@@ -34,12 +35,25 @@ class Measurement:
     size_bytes: int
     output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
     model_sha256: str  # of the serialized model measured ("": not known, e.g. a result stored by an older autoquant)
+    latency_rounds: int = field(default=0, kw_only=True)  # interleaved rounds the latency is the median of (0: not timed, or not known)
 
     def to_dict(self) -> dict[str, float | str]:
         return {k: v if isinstance(v, str) else float(v) for k, v in asdict(self).items()}
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in self.to_dict().items() if isinstance(v, float)}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How precisely a search trial needs its latency. Under objective latency the export is the fastest plan
+    that meets the constraint, chosen among those within `bar` × FP32 (the study re-times them side by side,
+    search/study.py: retime_fastest); a plan the rounds show slower than that (evaluate/latency.py:
+    slower_than), or one that breaks the constraint, cannot be the export, and its figure only places it on
+    the front: its timing stops early."""
+
+    max_drop: float
+    bar: float = math.inf  # ratio to FP32
 
 
 class ExecutedMismatch(ModelError):
@@ -58,22 +72,25 @@ class Meter:
     def fp32_session(self):
         return self.ws.evaluator.session(self.ws.fp32_model)
 
-    def latency(self, sess) -> tuple[float, float]:
-        """(ms per batch, ratio to FP32), the two timed interleaved in the same rounds."""
-        ms, fp32_ms = self.ws.evaluator.latency_ms(sess, self.fp32_session)
-        return ms, ms / fp32_ms
+    def latency(self, sess, bar: float = math.inf) -> tuple[float, float, int]:
+        """(ms per batch, ratio to FP32, rounds): the two timed interleaved in the same rounds, every round of
+        eval.latency_repeats unless, from FEW_ROUNDS on, the rounds show it slower than `bar` × FP32."""
+        enough = None if bar == math.inf else (lambda rounds: slower_than(rounds, 0, 1, bar))
+        rounds = self.ws.evaluator.latency_rounds(sess, self.fp32_session, enough=enough)
+        ms, fp32_ms = np.median(rounds, axis=0)
+        return float(ms), float(ms / fp32_ms), len(rounds)
 
     @functools.cached_property
     def _reference_power(self) -> float:
         return float(np.square(self.ws.reference.outputs).mean()) or 1.0
 
     def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, timed: bool = False,
-                 screen: EarlyStop | None = None) -> Measurement:  # fmt: skip
+                 screen: EarlyStop | None = None, timing: Timing | None = None) -> Measurement:  # fmt: skip
         """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
         integer kernel per quantized layer, one float kernel per other one). `timed` times the model and FP32
         interleaved in the same rounds (latency NaN otherwise: a ratio to an FP32 figure measured at another
-        time drifts with the machine's load). `screen` first scores a prefix of the eval set and raises
-        Hopeless when it shows the plan cannot meet the constraint."""
+        time drifts with the machine's load), every round unless `timing` says fewer will do. `screen` first
+        scores a prefix of the eval set and raises Hopeless when it shows the plan cannot meet the constraint."""
         ws, ev = self.ws, self.ws.evaluator
         blob = model.SerializeToString()
         sess = ev.session(blob, self._optimized if plan is not None else None)
@@ -84,11 +101,13 @@ class Meter:
             head = ev.outputs(sess, head=head, rows=rows)
             screen.check(head)
         scored = ev.score(sess, head)
-        ms, ratio = self.latency(sess) if timed else (math.nan, math.nan)
+        drop = ws.reference.accuracy - scored.accuracy
+        bar = math.inf if timing is None else 0.0 if drop > timing.max_drop else timing.bar
+        ms, ratio, rounds = self.latency(sess, bar) if timed else (math.nan, math.nan, 0)
         mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
-        return Measurement(scored.accuracy, ws.reference.accuracy - scored.accuracy, bitops, ms, ratio, len(blob), mse,
-                           hashlib.sha256(blob).hexdigest())  # fmt: skip
+        return Measurement(scored.accuracy, drop, bitops, ms, ratio, len(blob), mse, hashlib.sha256(blob).hexdigest(),
+                           latency_rounds=rounds)  # fmt: skip
 
 
 def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.ModelProto) -> None:

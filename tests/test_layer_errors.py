@@ -115,20 +115,30 @@ def test_nsga2_draws_only_the_options_the_table_does_not_rule_out(resnet20_ws, s
 
 def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, monkeypatch):
     """Under objective latency a trial's ratio comes from rounds that alternate the plan's session with FP32's
-    (not from an FP32 figure measured once at study start); the all-float plan then reads about 1."""
+    (not from an FP32 figure measured once at study start); the all-float plan then reads about 1. A plan
+    that cannot be the export — slower than the bar in each of the first rounds, or over the accuracy limit —
+    is timed with FEW_ROUNDS only."""
+    from autoquant.evaluate.latency import FEW_ROUNDS
+    from autoquant.measure import Timing
     from autoquant.quantize.plan import FLOAT
     from autoquant.search.objective import PlanScorer
 
     exp = resnet20_ws.exp
     ws = Workspace(dataclasses.replace(exp, eval=dataclasses.replace(exp.eval, latency_repeats=15)))
     timed = []
-    real = type(ws.evaluator).latency_ms
+    real = type(ws.evaluator).latency_rounds
 
-    def spy(self, *sessions):
+    def spy(self, *sessions, enough=None):
         timed.append(len(sessions))
-        return real(self, *sessions)
+        return real(self, *sessions, enough=enough)
 
-    monkeypatch.setattr(type(ws.evaluator), "latency_ms", spy)
-    result = PlanScorer(ws, timed=True)(QuantPlan.uniform(ws.graph.names, FLOAT))
+    monkeypatch.setattr(type(ws.evaluator), "latency_rounds", spy)
+    scorer, all_float = PlanScorer(ws, timed=True), QuantPlan.uniform(ws.graph.names, FLOAT)
+    result = scorer(all_float)
     assert timed == [2]  # the plan and FP32, in the same rounds
     assert 0.7 < result.latency_ratio < 1.3
+    assert result.latency_rounds == 15
+    # all-float against a bar of half FP32's time: slower in every round, so timing stops after FEW_ROUNDS
+    assert scorer(all_float, Timing(max_drop=1.0, bar=0.5)).latency_rounds == FEW_ROUNDS == 4
+    assert scorer(all_float, Timing(max_drop=1.0, bar=3.0)).latency_rounds == 15  # might be the export: every round
+    assert scorer(all_float, Timing(max_drop=-1.0, bar=3.0)).latency_rounds == FEW_ROUNDS  # breaks the limit

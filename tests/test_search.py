@@ -136,11 +136,11 @@ def test_duplicate_plans_are_not_re_evaluated_and_failures_do_not_stop_the_study
     calls = []
     real = objective_mod.PlanScorer.__call__
 
-    def flaky(self, plan):
+    def flaky(self, plan, timing=None):
         calls.append(plan.key())
         if len(plan.quantized) == 3:
             raise TrialFailed("onnxruntime refused this plan (injected)")
-        return real(self, plan)
+        return real(self, plan, timing)
 
     monkeypatch.setattr(objective_mod.PlanScorer, "__call__", flaky)
     exp = load_experiment(search_yaml)

@@ -96,6 +96,7 @@ class Evaluator:
     def latency_ms(self, *sessions: ort.InferenceSession) -> list[float]:
         return interleaved_latency_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)
 
-    def latency_rounds(self, *sessions: ort.InferenceSession) -> np.ndarray:
-        """Every round's milliseconds (rounds × sessions), timed interleaved."""
-        return interleaved_rounds_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)
+    def latency_rounds(self, *sessions: ort.InferenceSession, enough=None) -> np.ndarray:
+        """Every round's milliseconds (rounds × sessions), timed interleaved; `enough` as in interleaved_rounds_ms."""
+        return interleaved_rounds_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats,
+                                     enough=enough)  # fmt: skip

@@ -9,7 +9,7 @@ import threading
 from ..errors import AutoquantError, first_line
 from ..evaluate.early_stop import EarlyStop, Hopeless
 from ..evaluate.metrics import HITS
-from ..measure import Measurement, Meter
+from ..measure import Measurement, Meter, Timing
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 
@@ -54,10 +54,10 @@ class PlanScorer:
             self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop,
                                          ws.exp.eval.batch_size)  # fmt: skip
 
-    def __call__(self, plan: QuantPlan) -> Measurement:
+    def __call__(self, plan: QuantPlan, timing: Timing | None = None) -> Measurement:
         try:
             with deadline(self.timeout):
-                return self.meter(self.ws.build(plan), plan, timed=self.timed, screen=self.screen)
+                return self.meter(self.ws.build(plan), plan, timed=self.timed, screen=self.screen, timing=timing)
         except (TrialFailed, Hopeless):
             raise
         except AutoquantError as exc:

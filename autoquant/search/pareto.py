@@ -69,11 +69,11 @@ def write_pareto_csv(front: list[ScoredPlan], path: Path) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial", "label", "accuracy", "accuracy_drop", "bitops_fraction", "latency_ms", "latency_ratio",
-                    "size_bytes", "quantized_layers", "plan_key"])  # fmt: skip
+                    "latency_rounds", "size_bytes", "quantized_layers", "plan_key"])  # fmt: skip
         for p in front:
             r = p.result
             w.writerow([p.number, p.label, f"{r.accuracy:.3f}", f"{r.accuracy_drop:.3f}", f"{r.bitops_fraction:.5f}",
-                        f"{r.latency_ms:.3f}", f"{r.latency_ratio:.3f}", r.size_bytes,
+                        f"{r.latency_ms:.3f}", f"{r.latency_ratio:.3f}", r.latency_rounds, r.size_bytes,
                         f"{len(p.plan.quantized)}/{len(p.plan.names)}", p.plan.key()])  # fmt: skip
     return path
 

@@ -42,7 +42,9 @@ def plan_spec(trial: Trial) -> dict | None:
 
 def result(trial: Trial) -> Measurement | None:
     raw = trial.user_attrs.get(TrialKey.RESULT)
-    return Measurement(**{"model_sha256": "", **raw}) if raw is not None else None
+    if raw is None:
+        return None
+    return Measurement(**{"model_sha256": "", **raw, "latency_rounds": int(raw.get("latency_rounds", 0))})
 
 
 def label(trial: Trial) -> str:
