@@ -1,5 +1,6 @@
 """The search service on the embedded digits default: warm starts, MLflow, export, resume, kill -9."""
 
+import csv
 import json
 import os
 import signal
@@ -62,6 +63,10 @@ def test_search_warm_starts_exports_and_writes_its_reports(finished):
     # The cheapest plan within the constraint: nothing on the front within 0.5 pt is cheaper.
     ok = [p for p in result.front if p.result.accuracy_drop <= 0.5]
     assert result.chosen.result.bitops_fraction == min(p.result.bitops_fraction for p in ok)
+    # a bitops study times its front after the trials, paired with FP32 in every round; the table says how many
+    assert all(p.result.latency_ratio > 0 and p.result.latency_rounds == 3 for p in result.front)
+    with open(out / "pareto.csv", newline="") as f:
+        assert {row["latency_rounds"] for row in csv.DictReader(f)} == {"3"}
 
 
 def test_exported_accuracy_equals_the_trial_accuracy(finished, search_yaml):

@@ -191,7 +191,8 @@ def scored_points(study: optuna.Study) -> list[ScoredPlan]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         result = attrs.result(t)
         if t.number in timed:  # timed again after the study: the later, side-by-side figure wins
-            result = replace(result, latency_ms=timed[t.number][0], latency_ratio=timed[t.number][1])
+            ms, ratio, rounds = timed[t.number]
+            result = replace(result, latency_ms=ms, latency_ratio=ratio, latency_rounds=rounds)
         points.append(ScoredPlan(t.number, attrs.label(t), attrs.plan(t), result))
     return points
 
@@ -219,7 +220,7 @@ def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
     *ms, fp32_ms = np.median(rounds, axis=0)
     fastest = int(np.argmin(ms))
     tied = frozenset(p.number for i, p in enumerate(band) if not_slower(rounds, i, fastest))
-    return _with_timed(study, points, {p.number: (float(m), float(m / fp32_ms)) for p, m in zip(band, ms)}), tied
+    return _with_timed(study, points, {p.number: (float(m), float(m / fp32_ms), len(rounds)) for p, m in zip(band, ms)}), tied
 
 
 def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
@@ -229,13 +230,14 @@ def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], wh
     if not todo:
         return points
     meter = Meter(ws)
-    return _with_timed(study, points, {p.number: meter.latency(ws.evaluator.session(ws.build(p.plan)))[:2] for p in todo})
+    return _with_timed(study, points, {p.number: meter.latency(ws.evaluator.session(ws.build(p.plan))) for p in todo})
 
 
-def _with_timed(study: optuna.Study, points: list[ScoredPlan], timed: dict[int, tuple[float, float]]) -> list[ScoredPlan]:
-    """Store latencies measured after the study and put them into `points`."""
+def _with_timed(study: optuna.Study, points: list[ScoredPlan], timed: dict[int, tuple[float, float, int]]) -> list[ScoredPlan]:
+    """Store latencies (ms, ratio, rounds) measured after the study and put them into `points`."""
     attrs.add_timed_after(study, timed)
-    return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1]))
+    return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1],
+                                      latency_rounds=timed[p.number][2]))
             if p.number in timed else p for p in points]  # fmt: skip
 
 
@@ -258,7 +260,7 @@ class Objective:
 
     def timing(self) -> Timing:
         """Trials need precise latency only within the band retime_fastest re-times: RETIME_BAND × the fastest
-        plan known to meet the constraint."""
+        plan known to meet the constraint (all-float, 1×, until a quantized one does)."""
         fastest = min((r.latency_ratio for _, r in self.known.values()
                        if r.accuracy_drop <= self.max_drop and r.latency_ratio > 0), default=math.inf)  # fmt: skip
         return Timing(self.max_drop, RETIME_BAND * fastest)

@@ -23,7 +23,7 @@ class TrialKey:
 
 class StudyKey:
     PARENT_RUN = "mlflow_parent_run_id"
-    TIMED_AFTER = "timed_after"  # {trial number: [latency ms, ratio to FP32]} of points timed after the study
+    TIMED_AFTER = "timed_after"  # {trial number: [latency ms, ratio to FP32, rounds]} of points timed after the study
     # The study's fingerprint (study.study_fingerprint) is stored under its own names: model_sha256,
     # objective, metric, calibration_sha256, eval_sha256, activation_type, weight_range.
 
@@ -106,11 +106,13 @@ def parent_run(study: optuna.Study) -> str | None:
     return study.user_attrs.get(StudyKey.PARENT_RUN)
 
 
-def timed_after(study: optuna.Study) -> dict[int, tuple[float, float]]:
-    return {int(k): (float(v[0]), float(v[1])) for k, v in study.user_attrs.get(StudyKey.TIMED_AFTER, {}).items()}
+def timed_after(study: optuna.Study) -> dict[int, tuple[float, float, int]]:
+    """(ms, ratio, rounds) by trial number; rounds 0 for figures stored before autoquant recorded them."""
+    return {int(k): (float(v[0]), float(v[1]), int(v[2]) if len(v) > 2 else 0)
+            for k, v in study.user_attrs.get(StudyKey.TIMED_AFTER, {}).items()}  # fmt: skip
 
 
-def add_timed_after(study: optuna.Study, timed: dict[int, tuple[float, float]]) -> None:
+def add_timed_after(study: optuna.Study, timed: dict[int, tuple[float, float, int]]) -> None:
     merged = {str(k): list(v) for k, v in {**timed_after(study), **timed}.items()}
     study.set_user_attr(StudyKey.TIMED_AFTER, merged)
 
