@@ -53,7 +53,7 @@ class Timing:
     the front: its timing stops early."""
 
     max_drop: float
-    bar: float = math.inf  # ratio to FP32
+    bar: float  # ratio to FP32
 
 
 class ExecutedMismatch(ModelError):
