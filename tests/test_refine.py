@@ -14,11 +14,12 @@ from test_sources import cli, encoder_workdir, transformer_exp
 
 from autoquant import Workspace, load_experiment
 from autoquant.config import SearchConfig
+from autoquant.quantize.plan import FLOAT
 from autoquant.search.guided import ErrorModel
 from autoquant.search.layer_errors import layer_errors
 from autoquant.search.pareto import hypervolume
-from autoquant.search.refine import Refine, allowed_error
-from autoquant.search.space import SearchSpace
+from autoquant.search.refine import DESCENT, Refine, allowed_error
+from autoquant.search.space import SearchSpace, encode
 from autoquant.search.study import space_path
 from autoquant.search.trial_attrs import plan as plan_of
 from autoquant.search.trial_attrs import plan_spec
@@ -79,6 +80,25 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
              if t.user_attrs["result"]["accuracy_drop"] <= 1.5 else t for t in cheap]  # fmt: skip
     assert [g.key() for g in refine.front_gaps(lucky, {plan_of(t).key() for t in cheap})] == [g.key() for g in gaps]
     assert refine.front_gaps(done, {plan_of(t).key() for t in study.trials if plan_spec(t)}) == []
+    # descent: the cheaper neighbours of the cheapest quantized plan that meets the limit — each float layer
+    # back to its least-error INT8 option, or swapped for a cheaper layer — which the study tried
+    base = min((plan_of(t) for t in done if t.user_attrs["result"]["accuracy_drop"] <= 1.5 and plan_of(t).quantized),
+               key=model.plan_cost)  # fmt: skip
+    neighbours = {p.key(): p for p in model.cheaper_neighbours(base)}
+    assert all(model.plan_cost(p) < model.plan_cost(base) for p in neighbours.values())
+    assert all(1 <= sum(a != b for a, b in zip(p.choices, base.choices)) <= 2 for p in neighbours.values())
+    best, floats = dict(model.least_error().choices), [n for n, c in base.choices if not c.quantize]
+    assert floats
+    for n in floats:
+        assert base.with_choices({n: best[n]}).key() in neighbours
+    extra = {n: model.cost[n, "float"] - model.cost[n, encode(c)] for n, c in base.choices}
+    dearest, cheapest = max(floats, key=extra.get), min(base.quantized, key=extra.get)
+    assert base.with_choices({dearest: best[dearest], cheapest: FLOAT}).key() in neighbours
+    tried = {plan_of(t).key() for t in study.trials if plan_spec(t)}
+    descended = [t for t in study.trials if t.user_attrs.get("label", "").startswith("descent-")]
+    assert descended, "no descent round ran"
+    below = refine.descent(done, tried)
+    assert len(below) <= DESCENT and all(p.key() in neighbours and p.key() not in tried for p in below)
 
 def test_hypervolume_of_a_front_in_cost_and_drop():
     # (cost, drop) points, reference (1.0, limit 2.0): the area each point adds up to the next cheaper-cost step

@@ -206,6 +206,10 @@ class QuantPlan:
     def to_spec(self) -> dict[str, Any]:
         return {"format_version": PLAN_FORMAT_VERSION, "layers": {n: asdict(c) for n, c in self.choices}}
 
+    def with_choices(self, changes: Mapping[str, LayerChoice]) -> QuantPlan:
+        """This plan with the layers in `changes` set as it says."""
+        return QuantPlan(tuple((n, changes.get(n, c)) for n, c in self.choices))
+
     def __getitem__(self, name: str) -> LayerChoice:
         return dict(self.choices)[name]
 

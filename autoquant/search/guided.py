@@ -76,19 +76,18 @@ class ErrorModel:
         """`base` with 1, 2, … `steps` layers float, one added per step: the layer whose error saved per
         unit of cost added, priced against the plan so far, is highest (a layer whose float form adds no
         cost — e.g. next to a float neighbour — first)."""
-        choices = dict(base.choices)
-        candidates = [s.name for s in self.space.layers if "float" in s.options and choices[s.name].quantize]
+        plan = base
+        candidates = [s.name for s in self.space.layers if "float" in s.options and base[s.name].quantize]
         path, current = [], self.plan_cost(base)
         for _ in range(min(steps, len(candidates))):
             scored = []
             for name in candidates:
-                extra = self.plan_cost(QuantPlan(tuple((n, FLOAT if n == name else c) for n, c in choices.items()))) - current
-                saved = self.err[name, encode(choices[name])]
+                extra = self.plan_cost(plan.with_choices({name: FLOAT})) - current
+                saved = self.err[name, encode(plan[name])]
                 scored.append(((saved / extra if extra > 1e-12 else np.inf) if saved > 0 else 0.0, saved, name))
             pick = max(scored)[2]
             candidates.remove(pick)
-            choices[pick] = FLOAT
-            plan = QuantPlan(tuple(choices.items()))
+            plan = plan.with_choices({pick: FLOAT})
             current = self.plan_cost(plan)
             path.append(plan)
         return path
@@ -155,6 +154,38 @@ class ErrorModel:
             plan = self.at(lam)
             plans.setdefault(plan.key(), plan)
         return list(plans.values())
+
+    def cheaper_neighbours(self, plan: QuantPlan) -> list[QuantPlan]:
+        """The plans one or two layer moves away from `plan` that cost less (plan_cost): one layer a step
+        down in bits (its least-error option with fewer: a float layer back to its best INT8 option, an
+        INT8 one to int4 where the space has it), alone or with another layer a step up (its least-error
+        option among those with the next larger bit count: INT8 to float, int4 to INT8) — e.g. a float
+        layer swapped for a cheaper one, a move neither the greedy path nor the λ sweep makes. Steps are in
+        bits, not in `cost`: with a latency table a layer's own share says nothing of the transitions a
+        move adds or saves, which only the whole plan's price counts."""
+        current = {n: encode(c) for n, c in plan.choices}
+        options = {s.name: s.options for s in self.space.layers if (s.name, current[s.name]) in self.err}
+
+        def bits(option: str) -> int:
+            return int(np.prod(decode(option).cost_bits))
+
+        def step(name: str, down: bool) -> str | None:
+            own = bits(current[name])
+            moves = [x for x in options[name] if (bits(x) < own if down else bits(x) > own)]
+            if not down:
+                moves = [x for x in moves if bits(x) == min(map(bits, moves))]
+            return min(moves, key=lambda x: (self.err[name, x], options[name].index(x)), default=None)
+
+        downs = {n: d for n in options if (d := step(n, True)) is not None}
+        ups = {n: u for n in options if (u := step(n, False)) is not None}
+        budget = self.plan_cost(plan)
+        out = {}
+        for n, d in downs.items():
+            for moves in [{n: d}] + [{n: d, m: u} for m, u in ups.items() if m != n]:
+                neighbour = plan.with_choices({k: decode(o) for k, o in moves.items()})
+                if self.plan_cost(neighbour) < budget:
+                    out.setdefault(neighbour.key(), neighbour)
+        return list(out.values())
 
     def cheapest_within(self, budget: float, plans: list[QuantPlan]) -> QuantPlan | None:
         """Of `plans` (e.g. a λ sweep), the cheapest whose predicted error is at most `budget`."""

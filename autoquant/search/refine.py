@@ -12,7 +12,11 @@ enqueued before it have run:
    is within T · {0.6, 1, 1.6}, enqueued (Optuna's enqueue_trial, skipping plans already tried);
 4. the front's gaps: of the same candidates, the ones predicted to add the most hypervolume, in (cost,
    NMSE) up to T, to the front of the trials that meet the constraint (their NMSE measured, the
-   candidates' calibrated), chosen one at a time so two do not fill one gap.
+   candidates' calibrated), chosen one at a time so two do not fill one gap;
+5. descent: the untried plans a move or two below the cheapest trial that meets the constraint (a float
+   layer back to INT8, or swapped for a cheaper one; guided.py's cheaper_neighbours) whose calibrated
+   prediction is within T · 1.6, least predicted error first — local search where the export is, for
+   the plans the sweep and the path cannot reach (they only ever add float layers to one base).
 
 The sampler keeps proposing around them; the rounds narrow T on the model's own boundary between plans that
 meet the constraint and plans that do not, which is where the cheapest feasible plan is, while step 4 puts
@@ -36,6 +40,7 @@ MARGINS = (0.6, 1.0, 1.6)
 SWEEP = 64  # λ values per round
 PATH = 24  # float layers added one by one to the least-error plan, as further candidates
 FRONT = 2  # plans per round chosen for the hypervolume they are predicted to add
+DESCENT = 3  # plans per round just below the cheapest plan that meets the constraint
 
 
 def allowed_error(points: list[tuple[float, float]], max_drop: float) -> float | None:
@@ -66,7 +71,8 @@ class Refine:
         boundary = self.proposals(complete)
         tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
         gaps = self.front_gaps(complete, tried | {p.key() for p in boundary})
-        for kind, plans in (("refined", boundary), ("front", gaps)):
+        below = self.descent(complete, tried | {p.key() for p in boundary + gaps})
+        for kind, plans in (("refined", boundary), ("front", gaps), ("descent", below)):
             for i, plan in enumerate(plans):
                 study.enqueue_trial(self.model.space.params_for(plan),
                                     user_attrs=attrs.enqueue_attrs(f"{kind}-{self.rounds}-{i}"), skip_if_exists=True)  # fmt: skip
@@ -132,3 +138,17 @@ class Refine:
             picks.append(plan)
             front.append(point)
         return picks
+
+    def descent(self, trials: list[optuna.trial.FrozenTrial], tried: set[str]) -> list[QuantPlan]:
+        """Up to DESCENT untried cheaper neighbours of the cheapest trial that meets the constraint (in the
+        model's cost), calibrated prediction within T · MARGINS[-1], least predicted error first."""
+        measured, scale = self.calibrated(trials)
+        feasible = [plan for plan, _, drop in measured if drop <= self.max_drop]
+        allowed = allowed_error([(mse, drop) for _, mse, drop in measured], self.max_drop)
+        if not feasible or scale is None or allowed is None:
+            return []
+        base = min(feasible, key=self.model.plan_cost)
+        limit = allowed * MARGINS[-1] / scale
+        ranked = sorted((self.model.predict(p), p.key(), p) for p in self.model.cheaper_neighbours(base)
+                        if p.key() not in tried and p.quantized)  # fmt: skip
+        return [p for predicted, _, p in ranked if predicted <= limit][:DESCENT]
