@@ -46,7 +46,7 @@ from autoquant.evaluate.cost import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT
-from autoquant.search.guided import sensitive_layers
+from autoquant.search.guided import ErrorModel, sensitive_layers
 from autoquant.search.layer_errors import layer_errors
 from autoquant.search.pareto import pareto_front
 from autoquant.search.space import SearchSpace
@@ -93,26 +93,54 @@ def row(method: str, m, model: onnx.ModelProto | None = None, seconds: float = 0
             "kernels": kernels(model) if model is not None else {}, **extra}  # fmt: skip
 
 
-def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto]]:
+def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto, QuantPlan]]:
     names = ws.graph.names
     rows = []
     for granularity in ("per_channel", "per_tensor"):
         for algorithm in ALGORITHMS:
             plan = QuantPlan.uniform(names, LayerChoice(True, granularity, algorithm))
             model = ws.build(plan)
-            rows.append((row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model), model))
+            rows.append((row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model), model, plan))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
     if any(o.endswith(":w4") for layer in space.layers for o in layer.options):
         plan = QuantPlan.uniform(names, LayerChoice(weight_bits=4))
         model = ws.build(plan)
-        rows.append((row("all INT8, 4-bit weights per_channel minmax", meter(model, plan, timed=True), model), model))
+        rows.append((row("all INT8, 4-bit weights per_channel minmax", meter(model, plan, timed=True), model), model, plan))
     errors = layer_errors(ws, space)
     for k in (1, 2, 4, 8):
         keep = set(sensitive_layers(ws, errors, k))
         plan = QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice()) for n in names))
         model = ws.build(plan)
-        rows.append((row(f"INT8 but the {k} most sensitive float", meter(model, plan, timed=True), model), model))
+        rows.append((row(f"INT8 but the {k} most sensitive float", meter(model, plan, timed=True), model), model, plan))
     return rows
+
+
+def below_hand_made(ws: Workspace, meter: Meter, hand_models: list, max_drop: float, study: optuna.Study,
+                    count: int) -> dict:  # fmt: skip
+    """Is any plan strictly cheaper in bitops than every hand-made plan that meets the limit? The study's
+    trials below the cheapest such plan, and that plan's `count` cheaper neighbours (one float layer back to
+    INT8, or swapped for a cheaper one: guided.py's cheaper_neighbours, least predicted error first), each
+    scored on the whole eval set."""
+    feasible = [(r, plan) for r, _, plan in hand_models if r["drop"] <= max_drop]
+    if not feasible:
+        return {}
+    base_row, base = min(feasible, key=lambda x: x[0]["bitops"])
+    results = [(t.state, t.user_attrs["result"]) for t in study.trials if "result" in t.user_attrs]
+    below = [(state, r) for state, r in results if r["bitops_fraction"] < base_row["bitops"]]
+    complete = [r for state, r in below if state == optuna.trial.TrialState.COMPLETE]
+    space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
+    model = ErrorModel.build(ws, layer_errors(ws, space), space)
+    candidates = sorted(model.cheaper_neighbours(base), key=model.predict)
+    scored = []
+    for plan in candidates[:count]:
+        m = meter(ws.build(plan), plan)
+        scored.append({"bitops": m.bitops_fraction, "accuracy": m.accuracy, "drop": m.accuracy_drop,
+                       "float_layers": len(plan.names) - len(plan.quantized), "predicted_nmse": model.predict(plan)})
+    return {"hand_made": base_row["method"], "hand_made_bitops": base_row["bitops"],
+            "study_trials_below": len(below), "study_complete_below": len(complete),
+            "study_met_below": sum(r["accuracy_drop"] <= max_drop for r in complete),
+            "study_best_accuracy_below": max((r["accuracy"] for r in complete), default=None),
+            "neighbours": len(candidates), "neighbours_scored": scored}  # fmt: skip
 
 
 def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
@@ -244,6 +272,8 @@ def main() -> None:
     p.add_argument("--objective", choices=["bitops", "latency"], default="bitops")
     p.add_argument("--work", help="keep the runs (study, MLflow, exports) in this directory instead of a temporary one")
     p.add_argument("--space", default="default", help="search space: a shipped name (default, int4_weights) or a file")
+    p.add_argument("--below", type=int, default=24, metavar="N",
+                   help="score the N cheaper neighbours of the cheapest hand-made plan that meets the limit")
     args = p.parse_args()
     sys.path.insert(0, str(REAL))
     previous = RESULTS / "search_at_scale.json"
@@ -271,7 +301,7 @@ def main() -> None:
         meter = Meter(ws)
         rows = [row("FP32", meter(ws.fp32_model, timed=True))]
         hand_models = hand_made(ws, meter)
-        hand = [r for r, _ in hand_models]
+        hand = [r for r, _, _ in hand_models]
         # the cheapest uniform plan (4-bit weights where the space has them) must break the limit
         cheapest = next((r for r in hand if "4-bit" in r["method"]), hand[0])
         max_drop = args.max_drop if args.max_drop is not None else max(0.1, round(cheapest["drop"] / 2, 1))
@@ -287,7 +317,7 @@ def main() -> None:
         if result.export is not None:
             model = onnx.load(str(result.export.model_path))
             # the export and every hand-made plan that meets the limit, timed in the same interleaved rounds
-            rivals = [(r["method"], m) for r, m in hand_models if r["drop"] <= max_drop]
+            rivals = [(r["method"], m) for r, m, _ in hand_models if r["drop"] <= max_drop]
             sessions = [meter.fp32_session, ws.evaluator.session(model), *(ws.evaluator.session(m) for _, m in rivals)]
             ms = ws.evaluator.latency_ms(*sessions)
             side_by_side = {"export": ms[1] / ms[0]} | {name: t / ms[0] for (name, _), t in zip(rivals, ms[2:])}
@@ -296,6 +326,8 @@ def main() -> None:
                             result.export, model, info["seconds"], trial_latency_ratio=result.chosen.result.latency_ratio,
                             evaluate_latency_ratio=again.latency_ratio, evaluate_accuracy=again.accuracy))  # fmt: skip
         rows += hand
+        study = optuna.load_study(study_name=ws.exp.name, storage=f"sqlite:///{result.out_dir / 'study.db'}")
+        below = below_hand_made(ws, meter, hand_models, max_drop, study, args.below)
         peers = {}
         stored = results["beds"].get(key, {})
         if args.no_peers and stored.get("peers") and stored.get("max_drop") == max_drop:
@@ -320,7 +352,7 @@ def main() -> None:
                                      "peers": peers, "hypervolume": hv,
                                 "hypervolume_minutes": hv_minutes, "weight_range": ws.weight_range,
                                      "objective": args.objective, "space": args.space,
-                                     "side_by_side_latency": side_by_side}  # fmt: skip
+                                     "side_by_side_latency": side_by_side, "below_hand_made": below}  # fmt: skip
     print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +
           ", ".join(f"{k} {v:.0f} s" for k, v in info["phases"].items()) +
           f"; first feasible plan exported after {info['first_export_s'] or float('nan'):.0f} s\n")  # fmt: skip
@@ -332,6 +364,13 @@ def main() -> None:
               f"{runs} | {r['seconds']:.0f} |")  # fmt: skip
     if side_by_side:
         print("latency / FP32 timed side by side: " + ", ".join(f"{k} {v:.2f}" for k, v in side_by_side.items()))
+    if below:
+        met = [n for n in below["neighbours_scored"] if n["drop"] <= max_drop]
+        print(f"below {below['hand_made']} (bitops {below['hand_made_bitops']:.4f}): the study tried "
+              f"{below['study_trials_below']} plans ({below['study_complete_below']} complete, {below['study_met_below']} "
+              f"within the limit, best {below['study_best_accuracy_below']}); of its {below['neighbours']} cheaper "
+              f"neighbours {len(below['neighbours_scored'])} scored, {len(met)} within the limit, best "
+              f"{max((n['accuracy'] for n in below['neighbours_scored']), default=float('nan')):.2f}")  # fmt: skip
     print_hypervolumes(hv)
     print(f"\nwrote {write_result('search_at_scale', results)}")
 
