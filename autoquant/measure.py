@@ -76,9 +76,17 @@ class Meter:
         """(ms per batch, ratio to FP32, rounds): the two timed interleaved in the same rounds, every round of
         eval.latency_repeats unless, from FEW_ROUNDS on, the rounds show it slower than `bar` × FP32."""
         enough = None if bar == math.inf else (lambda rounds: slower_than(rounds, 0, 1, bar))
-        rounds = self.ws.evaluator.latency_rounds(sess, self.fp32_session, enough=enough)
-        ms, fp32_ms = np.median(rounds, axis=0)
-        return float(ms), float(ms / fp32_ms), len(rounds)
+        return self._paired([sess], enough)[0]
+
+    def latencies(self, sessions: list) -> list[tuple[float, float, int]]:
+        """latency() of several sessions, timed in the same interleaved rounds with one FP32 run per round:
+        FP32 then takes 1/(n+1) of the timing instead of half of it."""
+        return self._paired(sessions)
+
+    def _paired(self, sessions: list, enough=None) -> list[tuple[float, float, int]]:
+        rounds = self.ws.evaluator.latency_rounds(*sessions, self.fp32_session, enough=enough)
+        *ms, fp32_ms = np.median(rounds, axis=0)
+        return [(float(m), float(m / fp32_ms), len(rounds)) for m in ms]
 
     @functools.cached_property
     def _reference_power(self) -> float:

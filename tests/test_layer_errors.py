@@ -142,3 +142,12 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
     assert scorer(all_float, Timing(max_drop=1.0, bar=0.5)).latency_rounds == FEW_ROUNDS == 4
     assert scorer(all_float, Timing(max_drop=1.0, bar=3.0)).latency_rounds == 15  # might be the export: every round
     assert scorer(all_float, Timing(max_drop=-1.0, bar=3.0)).latency_rounds == FEW_ROUNDS  # breaks the limit
+    # plans timed after a study share their rounds: three sessions and one FP32 run per round
+    from autoquant.measure import Meter
+
+    timed.clear()
+    int8 = QuantPlan.uniform(ws.graph.names, LayerChoice())
+    together = Meter(ws).latencies([ws.evaluator.session(ws.build(p)) for p in (all_float, int8, all_float)])
+    assert timed == [4] and [rounds for _, _, rounds in together] == [15, 15, 15]
+    assert 0.7 < together[0][1] < 1.3 and 0.7 < together[2][1] < 1.3
+    assert together[1][1] < min(together[0][1], together[2][1])  # INT8 is faster than float on ResNet-20

@@ -223,14 +223,21 @@ def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
     return _with_timed(study, points, {p.number: (float(m), float(m / fp32_ms), len(rounds)) for p, m in zip(band, ms)}), tied
 
 
+# Plans timed after the study share their rounds and FP32 runs, this many at a time (each holds a session).
+TIME_TOGETHER = 6
+
+
 def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
     """`points` with paired latency (interleaved with FP32) for those of `which` that were not timed as trials
     (a study that minimises bitops or size times only its front); stored on the study for later exports."""
     todo = [p for p in which if math.isnan(p.result.latency_ratio)]
     if not todo:
         return points
-    meter = Meter(ws)
-    return _with_timed(study, points, {p.number: meter.latency(ws.evaluator.session(ws.build(p.plan))) for p in todo})
+    meter, timed = Meter(ws), {}
+    for i in range(0, len(todo), TIME_TOGETHER):
+        group = todo[i : i + TIME_TOGETHER]
+        timed |= dict(zip((p.number for p in group), meter.latencies([ws.evaluator.session(ws.build(p.plan)) for p in group])))
+    return _with_timed(study, points, timed)
 
 
 def _with_timed(study: optuna.Study, points: list[ScoredPlan], timed: dict[int, tuple[float, float, int]]) -> list[ScoredPlan]:
