@@ -5,6 +5,9 @@
 - autoquant's search (60 trials; `--space`, default the default space; `--objective` bitops or latency),
   its phases timed, its export re-measured by `autoquant evaluate` and timed again side by side with every
   hand-made plan that meets the constraint;
+- `--below N` (default 24): whether any plan is strictly cheaper in bitops than every hand-made plan that
+  meets the constraint — the study's trials below the cheapest of them, and its N cheaper neighbours
+  (guided.py: cheaper_neighbours) scored on the whole eval set;
 - Intel Neural Compressor for ONNX (accuracy-driven autotune, static QDQ) and NNCF
   (`quantize_with_accuracy_control`), run from a separate virtual environment (benchmarks/peers);
 - with `--hypervolume MINUTES`: autoquant, the warm-started NSGA-II it had before (no calibrated proposals,
