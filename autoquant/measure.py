@@ -76,17 +76,16 @@ class Meter:
         """(ms per batch, ratio to FP32, rounds): the two timed interleaved in the same rounds, every round of
         eval.latency_repeats unless, from FEW_ROUNDS on, the rounds show it slower than `bar` × FP32."""
         enough = None if bar == math.inf else (lambda rounds: slower_than(rounds, 0, 1, bar))
-        return self._paired([sess], enough)[0]
+        return paired_figures(self.paired_rounds([sess], enough))[0]
 
     def latencies(self, sessions: list) -> list[tuple[float, float, int]]:
         """latency() of several sessions, timed in the same interleaved rounds with one FP32 run per round:
         FP32 then takes 1/(n+1) of the timing instead of half of it."""
-        return self._paired(sessions)
+        return paired_figures(self.paired_rounds(sessions))
 
-    def _paired(self, sessions: list, enough=None) -> list[tuple[float, float, int]]:
-        rounds = self.ws.evaluator.latency_rounds(*sessions, self.fp32_session, enough=enough)
-        *ms, fp32_ms = np.median(rounds, axis=0)
-        return [(float(m), float(m / fp32_ms), len(rounds)) for m in ms]
+    def paired_rounds(self, sessions: list, enough=None) -> np.ndarray:
+        """Every round's milliseconds of `sessions` and, in the last column, of FP32, timed interleaved."""
+        return self.ws.evaluator.latency_rounds(*sessions, self.fp32_session, enough=enough)
 
     @functools.cached_property
     def _reference_power(self) -> float:
@@ -116,6 +115,12 @@ class Meter:
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
         return Measurement(scored.accuracy, drop, bitops, ms, ratio, len(blob), mse, hashlib.sha256(blob).hexdigest(),
                            latency_rounds=rounds)  # fmt: skip
+
+
+def paired_figures(rounds: np.ndarray) -> list[tuple[float, float, int]]:
+    """(ms, ratio to FP32, rounds) per session of Meter.paired_rounds' rounds: medians, FP32 last."""
+    *ms, fp32_ms = np.median(rounds, axis=0)
+    return [(float(m), float(m / fp32_ms), len(rounds)) for m in ms]
 
 
 def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.ModelProto) -> None:

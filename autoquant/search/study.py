@@ -22,7 +22,7 @@ from ..errors import ConfigError, first_line
 from ..evaluate.cost import Cost
 from ..evaluate.early_stop import Hopeless
 from ..evaluate.latency import not_slower
-from ..measure import Measurement, Meter, Timing
+from ..measure import Measurement, Meter, Timing, paired_figures
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
@@ -215,12 +215,11 @@ def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
     band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
     if len(band) < 2:
         return points, frozenset()
-    ev = ws.evaluator
-    rounds = ev.latency_rounds(*[ev.session(ws.build(p.plan)) for p in band], Meter(ws).fp32_session)
-    *ms, fp32_ms = np.median(rounds, axis=0)
-    fastest = int(np.argmin(ms))
+    rounds = Meter(ws).paired_rounds([ws.evaluator.session(ws.build(p.plan)) for p in band])
+    figures = paired_figures(rounds)
+    fastest = int(np.argmin([ms for ms, _, _ in figures]))
     tied = frozenset(p.number for i, p in enumerate(band) if not_slower(rounds, i, fastest))
-    return _with_timed(study, points, {p.number: (float(m), float(m / fp32_ms), len(rounds)) for p, m in zip(band, ms)}), tied
+    return _with_timed(study, points, {p.number: f for p, f in zip(band, figures)}), tied
 
 
 # Plans timed after the study share their rounds and FP32 runs, this many at a time (each holds a session).
@@ -236,7 +235,8 @@ def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], wh
     meter, timed = Meter(ws), {}
     for i in range(0, len(todo), TIME_TOGETHER):
         group = todo[i : i + TIME_TOGETHER]
-        timed |= dict(zip((p.number for p in group), meter.latencies([ws.evaluator.session(ws.build(p.plan)) for p in group])))
+        sessions = [ws.evaluator.session(ws.build(p.plan)) for p in group]
+        timed |= dict(zip((p.number for p in group), meter.latencies(sessions)))
     return _with_timed(study, points, timed)
 
 
