@@ -34,6 +34,7 @@ from .quantize.build import ActivationParams, build_model, params_from_range
 from .quantize.modes.static import WeightParams, tensor_algorithms
 from .quantize.plan import QuantPlan
 from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
+from .quantize.weight_range import TARGET_ENV
 from .quantize.weight_range import resolve as resolve_weight_range
 from .sources import bind_inputs, experiment_dir, load_splits, model_path
 from .sources import check as check_sources
@@ -228,8 +229,9 @@ class Workspace:
         q = self.exp.quantization
         resolved = resolve_weight_range(q.weight_range, q.activation_type)
         if q.weight_range == "auto" and resolved == "reduced":
-            log.info("this CPU's uint8 x int8 kernels saturate (no VNNI): weights use 7 bits "
-                     "(quantization.weight_range: full overrides)")  # fmt: skip
+            why = (f"{TARGET_ENV} says so" if os.environ.get(TARGET_ENV) else
+                   "this CPU's uint8 x int8 kernels saturate (no VNNI)")  # fmt: skip
+            log.info("%s: weights use 7 bits (quantization.weight_range: full overrides)", why)
         return resolved
 
     @functools.cached_property

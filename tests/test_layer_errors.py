@@ -51,18 +51,25 @@ def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, gra
                                dequantized_weight(built, layer.name), rtol=1e-6, atol=1e-7)  # fmt: skip
 
 
-def test_table_ranks_layers_as_the_full_pass_does_at_a_fraction_of_its_work(resnet20_ws, space20):
-    errors = layer_errors(resnet20_ws, space20)
+@pytest.mark.parametrize("weight_range", ["full", "reduced"])
+def test_table_ranks_layers_as_the_full_pass_does_at_a_fraction_of_its_work(resnet20_ws, weight_range):
+    exp = resnet20_ws.exp
+    ws = Workspace(dataclasses.replace(exp, quantization=dataclasses.replace(exp.quantization, weight_range=weight_range)))
+    space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
+    errors = layer_errors(ws, space)
     assert errors.table.shape == (20, len(errors.options))
     quantized = [j for j, o in enumerate(errors.options) if o != "float"]
     assert np.isfinite(errors.table[:, quantized]).all() and (errors.table[:, quantized] > 0).all()
-    full = {r.layer: r.output_mse for r in layer_sensitivity(resnet20_ws)}
-    proxy = [errors.of(n, "per_channel:minmax") for n in resnet20_ws.graph.names]
-    # measured: Spearman 0.80, 0.94, 0.86, 0.89 against the full table on the 16-image subsets of data seeds
-    # 0-3 (0.82-0.94 with 32 images, 0.88-0.95 with 64); 0.53 from the layers' local errors alone
-    assert spearmanr(proxy, [full[n] for n in resnet20_ws.graph.names]).statistic > 0.75
+    full = [r.output_mse for r in layer_sensitivity(ws)]  # one whole-eval-set run per layer
+    table = spearmanr([errors.of(n, "per_channel:minmax") for n in ws.graph.names], full)
+    local = layer_errors(ws, space, propagated=False)
+    alone = spearmanr([local.of(n, "per_channel:minmax") for n in ws.graph.names], full)
+    # The bound is what the table is for, measured here rather than a figure from one CPU: on 16 samples it
+    # ranks the layers as the full pass does (a rank correlation no chance ordering of 20 layers reaches at
+    # p < 0.01), and better than the layers' local errors alone, which it scales by how much reaches the output.
+    assert table.pvalue < 0.01 and table.statistic > alone.statistic, (table, alone)
     # a second call reads the cache: same table
-    np.testing.assert_array_equal(layer_errors(resnet20_ws, space20).table, errors.table)
+    np.testing.assert_array_equal(layer_errors(ws, space).table, errors.table)
 
 
 def test_guided_plans_follow_the_table(resnet20_ws, space20):

@@ -14,7 +14,14 @@ from onnx import numpy_helper
 from autoquant import LayerChoice, QuantPlan, Record, Workspace, quantize
 from autoquant.api import apply_record
 from autoquant.cli import main
-from autoquant.quantize.weight_range import REDUCED_MAX, resolve, saturating_layers, uint8_kernels_saturate
+from autoquant.errors import ConfigError
+from autoquant.quantize.weight_range import (
+    REDUCED_MAX,
+    TARGET_ENV,
+    resolve,
+    saturating_layers,
+    uint8_kernels_saturate,
+)
 
 
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,10 +72,17 @@ def test_reduced_range_weights_fit_seven_bits_and_run_as_simulated(resnet20_ws):
     assert nmse(outputs(data, x), simulated) < 0.25 * nmse(simulated, fp32)
 
 
-def test_auto_resolves_from_the_probe_and_int8_activations_never_reduce():
+def test_auto_resolves_from_the_probe_or_the_target_and_int8_activations_never_reduce(monkeypatch):
+    monkeypatch.delenv(TARGET_ENV, raising=False)
     assert resolve("auto", "uint8") == ("reduced" if uint8_kernels_saturate() else "full")
     assert resolve("auto", "int8") == "full"
     assert (resolve("full", "uint8"), resolve("reduced", "int8")) == ("full", "reduced")
+    for target in ("full", "reduced"):  # building for the other kind of CPU than this one
+        monkeypatch.setenv(TARGET_ENV, target)
+        assert (resolve("auto", "uint8"), resolve("auto", "int8"), resolve("full", "uint8")) == (target, "full", "full")
+    monkeypatch.setenv(TARGET_ENV, "7bit")
+    with pytest.raises(ConfigError, match="AUTOQUANT_WEIGHT_RANGE='7bit' is unknown"):
+        resolve("auto", "uint8")
 
 
 def test_record_carries_the_weight_range_and_apply_rebuilds_it(resnet20_ws, tmp_path):

@@ -1,14 +1,20 @@
 """A regular (non-editable) install works: the wheel carries the default search spaces.
 
-Builds the wheel, installs it without dependencies into a fresh virtual environment that sees this
-machine's packages (torch, onnxruntime, … are not downloaded again), and runs a search whose
-experiment names no search.space, from a directory outside the repository.
+Builds the wheel, installs it without dependencies into a fresh virtual environment, and runs a search
+whose experiment names no search.space, from a directory outside the repository. The new environment
+sees the packages of the interpreter running the tests (torch, onnxruntime, … are not downloaded again)
+through a .pth file listing that interpreter's site-packages: `venv --system-site-packages` would expose
+the *base* interpreter's packages instead, which inside a virtual environment hold none of them. Paths in
+a .pth are added as they are, their own .pth files (the editable install of the repository) are not run,
+so the wheel's copy is the one imported.
 """
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import yaml
@@ -21,8 +27,12 @@ def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
                     str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("autoquant-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    ours = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(purelib) / "parent_packages.pth").write_text("".join(f"{p}\n" for p in ours if Path(p).is_dir()))
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
 
     work = tmp_path / "elsewhere"

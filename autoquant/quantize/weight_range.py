@@ -17,6 +17,7 @@ would not know to read (and ARM, whose dot-product kernels do not saturate).
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import onnx
@@ -26,6 +27,9 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import ConfigError
 
 WEIGHT_RANGES = ("auto", "full", "reduced")
+# What `auto` resolves to for uint8 activations, whatever this CPU's probe says: to build on one kind of CPU
+# for another (and to run the test suite as each kind of CPU would).
+TARGET_ENV = "AUTOQUANT_WEIGHT_RANGE"
 REDUCED_MAX = 64  # onnxruntime's reduce_range for symmetric int8 weights: [-64, 64]
 
 
@@ -49,12 +53,20 @@ def uint8_kernels_saturate() -> bool:
 
 
 def resolve(setting: str, activation_type: str) -> str:
-    """`auto` → `reduced` where this CPU's kernels for these activations saturate, else `full`."""
+    """`auto` → `reduced` where this CPU's kernels for these activations saturate (or $AUTOQUANT_WEIGHT_RANGE
+    says so), else `full`."""
     if setting not in WEIGHT_RANGES:
         raise ConfigError(f"quantization.weight_range '{setting}' is unknown: use one of {', '.join(WEIGHT_RANGES)}")
     if setting != "auto":
         return setting
-    return "reduced" if activation_type == "uint8" and uint8_kernels_saturate() else "full"
+    if activation_type != "uint8":
+        return "full"
+    target = os.environ.get(TARGET_ENV, "")
+    if target:
+        if target not in ("full", "reduced"):
+            raise ConfigError(f"{TARGET_ENV}={target!r} is unknown: set it to full or reduced, or unset it")
+        return target
+    return "reduced" if uint8_kernels_saturate() else "full"
 
 
 def saturating_layers(model: onnx.ModelProto) -> list[str]:

@@ -159,17 +159,22 @@ def fake_quant_blockwise(w: np.ndarray, axis: int, block: int) -> np.ndarray:
     return in_blocks(w, axis, block, asymmetric_4bit)
 
 
-def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES) -> LayerErrors:
-    """Per layer and option of the space, cached by model, eval subset, space and quantization settings."""
+def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES, *,
+                 propagated: bool = True) -> LayerErrors:  # fmt: skip
+    """Per layer and option of the space, cached by model, eval subset, space and quantization settings.
+    `propagated` False: each option's error at its layer's own output, not scaled by how much of it reaches
+    the model's output (what the table would be without the per-layer gains)."""
     options = tuple(dict.fromkeys(o for layer in space.layers for o in layer.options))
     subset = ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
     q = ws.exp.quantization
     key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.model_key}:{subset.sha256()}:{options}:{q}:{ws.weight_range}:"
-           f"{[(layer.name, layer.options) for layer in space.layers]}")  # fmt: skip
+           f"{[(layer.name, layer.options) for layer in space.layers]}:{'output' if propagated else 'local'}")  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build():
-        return {"table": _measure(ws, space, options, subset)}
+        local = _measure(ws, space, options, subset)
+        return {"table": local * _gains(ws, local, options, {s.name: s.options for s in space.layers}, subset)
+                if propagated else local}  # fmt: skip
 
     arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.model_key[:16]}-{digest}.npz", key, build)
     return LayerErrors(ws.graph.names, options, arrays["table"])
@@ -223,7 +228,7 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
         for j, o in enumerate(options):
             if o not in allowed[layer.name]:
                 table[i, j] = np.nan
-    return table * _gains(ws, table, options, allowed, subset)
+    return table
 
 
 def _gains(ws: Workspace, local: np.ndarray, options: tuple[str, ...], allowed, subset) -> np.ndarray:

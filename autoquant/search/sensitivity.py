@@ -7,6 +7,7 @@ which `autoquant sensitivity` and every search report as a table and a heat map.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def layer_sensitivity(ws: Workspace, scorer: PlanScorer | None = None, progress=
 
     ev = ws.splits.eval
     key = f"sensitivity-v2:{ws.sha}:{ws.splits.calibration.sha256()}:{ev.sha256()}:{ws.exp.quantization}:{ws.weight_range}:{ws.exp.eval.metric}"
-    path = ws.exp.cache / "sensitivity" / f"{ws.sha[:16]}-{ev.sha256()[:16]}.npz"
+    path = ws.exp.cache / "sensitivity" / f"{ws.sha[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     arrays = cached_arrays(path, key, build)
     return [LayerSensitivity(n, float(d), float(m)) for n, d, m in zip(ws.graph.names, arrays["drop"], arrays["mse"])]
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .training import cached_weights, train_classifier
 
-RECIPE = "digits-cnn-v1:epochs=30:lr=0.01"
+RECIPE = "digits-cnn-v2:epochs=30:lr=0.01"
 
 
 class DigitsCNN(nn.Module):
@@ -37,6 +37,6 @@ class DigitsCNN(nn.Module):
 def train_digits_cnn(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, seed: int = 0) -> DigitsCNN:
     key = f"{RECIPE}:seed={seed}:n={len(x_train)}:{x_train.sum():.6f}"
     return cached_weights(
-        DigitsCNN(), cache_dir, key,
+        DigitsCNN, cache_dir, key, seed,
         lambda m: train_classifier(m, x_train, y_train, epochs=30, lr=0.01, seed=seed),
     )  # fmt: skip

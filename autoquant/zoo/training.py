@@ -45,12 +45,17 @@ def train_classifier(
     return model.eval()
 
 
-def cached_weights(model: nn.Module, cache_dir: Path, key: str, train: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """Load `model`'s weights from the cache, or train them once and store them.
+def cached_weights(build: Callable[[], nn.Module], cache_dir: Path, key: str, seed: int,
+                   train: Callable[[nn.Module], nn.Module]) -> nn.Module:  # fmt: skip
+    """The model `build()` makes, with its weights from the cache, or trained once and stored.
 
-    The key must change whenever the architecture, data or recipe changes, so a stale
-    checkpoint can never be loaded into a different network.
+    The initial weights are drawn after seeding, so every fresh cache trains the same network to the same
+    weights (one model hash: another worker, machine or a cleared cache resumes the same study). The key
+    must change whenever the architecture, data or recipe changes, so a stale checkpoint can never be
+    loaded into a different network.
     """
+    torch.manual_seed(seed)
+    model = build()
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir / "weights" / f"{digest}.pt"
     with file_lock(path.with_suffix(".lock")):
