@@ -75,7 +75,8 @@ class Workspace:
     @functools.cached_property
     def source_splits(self) -> Splits:
         """The splits as the data source gives them (built-in models train on these)."""
-        return load_splits(self.exp)
+        trained_here = self.exp.model.builtin is not None  # its inputs are known once it is trained on these
+        return load_splits(self.exp, None if trained_here else tuple(i.name for i in self.prepared.inputs))
 
     @functools.cached_property
     def splits(self) -> Splits:

@@ -134,7 +134,7 @@ def test_transformer_with_integer_inputs_and_dynamic_axes_is_searched_label_free
 
 def test_transformer_bad_inputs_are_one_line(transformer_dir, capsys):
     missing = transformer_exp(transformer_dir, "missing", data={"path": str(token_data(transformer_dir / "m.npz", drop="attention_mask"))})
-    one_line_error(capsys, ["quantize", missing, "--out", transformer_dir / "o"], "no array for the model input 'attention_mask'")
+    one_line_error(capsys, ["quantize", missing, "--out", transformer_dir / "o"], "has no array named after the model input 'attention_mask' (it has input_ids)")
     floats = transformer_exp(transformer_dir, "floats", data={"path": str(token_data(transformer_dir / "f.npz", ids_dtype=np.float32))})
     one_line_error(capsys, ["quantize", floats, "--out", transformer_dir / "o"], "'input_ids' is float32 but the model input is int64")
     top1 = transformer_exp(transformer_dir, "top1")
@@ -376,3 +376,54 @@ def test_conv_transpose_stays_float_and_does_not_count_against_the_plan(tmp_path
     assert [(op.name, op.op_type, op.flops) for op in ws.graph.float_ops] == [("up", "ConvTranspose", 2 * 4 * 64 * 2 * 4)]
     code, out, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet", "--json")
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["met"], err
+
+
+def test_npz_reads_only_the_model_inputs_and_the_labels(tmp_path, capsys, caplog):
+    """A common layout: the inputs and labels next to file names, class names, a 0-d metadata string and an
+    object array. Only the arrays named after the model inputs and the labels are read; the others are named
+    in one info line. Two inputs here: the single-input case is the one below."""
+    onnx.save(two_input_model(), str(tmp_path / "two.onnx"))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "mixed.npz", input=rng.normal(size=(60, 3, 8, 8)).astype(np.float32),
+             other=rng.normal(size=(60, 4, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 60),
+             files=np.array([f"img{i}.png" for i in range(60)]), class_names=np.array(["a", "b", "c", "d"]),
+             meta=np.array("exported 2026-11-30 by prepare.py"))  # fmt: skip
+    with np.load(tmp_path / "mixed.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["objects"] = np.array([{"id": i} for i in range(60)], dtype=object)
+    np.savez(tmp_path / "mixed.npz", **arrays)  # np.savez pickles object arrays; np.load refuses to read them
+    exp = write_experiment(tmp_path / "mixed.yaml", name="mixed", model={"onnx": "two.onnx"},
+                           data={"source": "npz", "path": "mixed.npz", "calibration_size": 30, "eval_size": 30},
+                           eval={"metric": "top1", "latency_repeats": 2})  # fmt: skip
+    with caplog.at_level("INFO", logger="autoquant"):
+        ws = Workspace(load_experiment(exp))
+        assert set(ws.splits.eval.inputs) == {"input", "other"} and len(ws.splits.eval.y) == 30
+    assert "not reading files, class_names, meta, objects (not a model input nor the labels 'y')" in caplog.text
+    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_npz_of_a_single_input_model_takes_x_or_its_only_array_and_names_what_is_missing(tmp_path, capsys):
+    onnx.save(two_input_model(), str(tmp_path / "two.onnx"))
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=images, meta=np.array("v1"), names=np.array(["a"] * 40))
+    np.savez(tmp_path / "only.npz", pixels=images, y=np.zeros(40, np.int64))
+    np.savez(tmp_path / "two.npz", pixels=images, more=images)
+    np.savez(tmp_path / "objects.npz", input=np.array([object()] * 40, dtype=object), other=images)
+    for name, npz in (("x", "x.npz"), ("only", "only.npz")):
+        exp = write_experiment(tmp_path / f"{name}.yaml", name=name, model={"builtin": "digits_cnn"},
+                               data={"source": "npz", "path": npz, "calibration_size": 20, "eval_size": 20})  # fmt: skip
+        np.testing.assert_array_equal(Workspace(load_experiment(exp)).source_splits.calibration.x,
+                                      images[np.sort(np.random.default_rng(0).permutation(40)[:20])])  # fmt: skip
+    exp = write_experiment(tmp_path / "two.yaml", name="two", model={"builtin": "digits_cnn"},
+                           data={"source": "npz", "path": "two.npz", "calibration_size": 20, "eval_size": 20})  # fmt: skip
+    one_line_error(capsys, ["quantize", exp, "--out", tmp_path / "q"], "has arrays pixels, more besides the labels but "
+                   "none named 'x': name the model input's array (or set data.x_key)")  # fmt: skip
+    exp = write_experiment(tmp_path / "obj.yaml", name="obj", model={"onnx": "two.onnx"},
+                           data={"source": "npz", "path": "objects.npz", "calibration_size": 20, "eval_size": 20})  # fmt: skip
+    one_line_error(capsys, ["quantize", exp, "--out", tmp_path / "q"], "array 'input' holds Python objects")
+    exp = write_experiment(tmp_path / "miss.yaml", name="miss", model={"onnx": "two.onnx"},
+                           data={"source": "npz", "path": "only.npz", "calibration_size": 20, "eval_size": 20})  # fmt: skip
+    one_line_error(capsys, ["quantize", exp, "--out", tmp_path / "q"], "has no array named after the model input "
+                   "'input' (it has pixels): name one array after each model input")  # fmt: skip

@@ -12,7 +12,7 @@ from ..config import Experiment
 from ..data import SINGLE_INPUT_KEY, Dataset, Splits, split
 from ..errors import ConfigError, DataError
 from ..graph.ingest import ModelInput
-from .data import DATA_SOURCES
+from .data import DATA_SOURCES, SourceContext
 from .models import MODEL_SOURCES
 
 
@@ -36,11 +36,16 @@ def check(exp: Experiment) -> None:
     MODEL_SOURCES.get(model_kind(exp))
 
 
-def load_splits(exp: Experiment) -> Splits:
+def load_splits(exp: Experiment, inputs: tuple[str, ...] | None = None) -> Splits:
+    """The experiment's splits; `inputs` are the model's input names (a source reads only those arrays), None
+    for a built-in model that is trained on them before it exists."""
     d = exp.data
     base = experiment_dir(exp)
-    full = DATA_SOURCES.get(d.source)(d, base, exp.cache)
-    calib = DATA_SOURCES.get(d.calibration.source)(d.calibration, base, exp.cache) if d.calibration else None
+    calibration_here = 0 if d.calibration else d.calibration_size
+    full = DATA_SOURCES.get(d.source)(d, SourceContext(base, exp.cache, inputs, d.train_size + calibration_here + d.eval_size))
+    calib = None
+    if d.calibration:
+        calib = DATA_SOURCES.get(d.calibration.source)(d.calibration, SourceContext(base, exp.cache, inputs, d.calibration_size))
     return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed,
                  calibration_data=calib)  # fmt: skip
 

@@ -6,8 +6,8 @@ import numpy as np
 
 from ...data import SINGLE_INPUT_KEY, Dataset
 from ...errors import DataError
-from . import DATA_SOURCES
-from .npz_file import read_npz
+from . import DATA_SOURCES, SourceContext
+from .npz_file import array_names, read_arrays
 
 # The shared CIFAR ResNets were trained with ImageNet statistics (shared/data/PROVENANCE.md).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -15,10 +15,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 @DATA_SOURCES.register("cifar10", requires=("path",))
-def load(cfg, base, cache) -> Dataset:
-    raw = read_npz(cfg.path)
-    if "images" not in raw or "labels" not in raw:
-        raise DataError(f"{cfg.path} has arrays {sorted(raw)}, not images and labels: point data.path at cifar10_test.npz")
+def load(cfg, ctx: SourceContext) -> Dataset:
+    names = array_names(cfg.path)
+    if "images" not in names or "labels" not in names:
+        raise DataError(f"{cfg.path} has arrays {names}, not images and labels: point data.path at cifar10_test.npz")
+    raw = read_arrays(cfg.path, ["images", "labels"])
     images, labels = raw["images"], raw["labels"]
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
         raise DataError(f"{cfg.path}: 'images' has shape {images.shape}, expected (N, 32, 32, 3) uint8 RGB")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...data import SINGLE_INPUT_KEY, Dataset
-from . import DATA_SOURCES
+from . import DATA_SOURCES, SourceContext
 
 
 @DATA_SOURCES.register("digits")
-def load(cfg, base, cache) -> Dataset:
+def load(cfg, ctx: SourceContext) -> Dataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -17,7 +17,7 @@ import numpy as np
 from ...data import SINGLE_INPUT_KEY, Dataset
 from ...errors import ConfigError, DataError, first_line
 from ...fileio import atomic_write_bytes, file_lock
-from . import DATA_SOURCES
+from . import DATA_SOURCES, SourceContext
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
@@ -55,7 +55,7 @@ def preprocess(path: Path, image) -> np.ndarray:
 
 
 @DATA_SOURCES.register("folder", requires=("path",))
-def load(cfg, base, cache) -> Dataset:
+def load(cfg, ctx: SourceContext) -> Dataset:
     root = cfg.path
     if root is None:
         raise ConfigError("data.path is required for data.source folder: point it at the image folder")
@@ -66,7 +66,7 @@ def load(cfg, base, cache) -> Dataset:
         raise DataError(f"{root} has no images ({', '.join(sorted(EXTENSIONS))}) in it or in class sub-folders")
     listing = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     key = hashlib.sha256(json.dumps([listing, repr(cfg.image)]).encode()).hexdigest()
-    target = cache / "images" / f"{key[:24]}.npy"
+    target = ctx.cache / "images" / f"{key[:24]}.npy"
     with file_lock(target.with_suffix(".lock")):
         if not target.is_file():
             shape = preprocess(files[0], cfg.image).shape

@@ -12,7 +12,7 @@ import numpy as np
 from ...data import SINGLE_INPUT_KEY, Dataset
 from ...errors import ConfigError, DataError, first_line
 from ...usercode import load_callable
-from . import DATA_SOURCES
+from . import DATA_SOURCES, SourceContext
 
 
 def _split_batch(batch, i: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -30,10 +30,10 @@ def _split_batch(batch, i: int) -> tuple[dict[str, np.ndarray], np.ndarray | Non
 
 
 @DATA_SOURCES.register("python", requires=("loader",))
-def load(cfg, base, cache) -> Dataset:
+def load(cfg, ctx: SourceContext) -> Dataset:
     if not cfg.loader:
         raise ConfigError("data.loader is required for data.source python: 'file.py:function' returning batches")
-    fn = load_callable(cfg.loader, base, "data.loader")
+    fn = load_callable(cfg.loader, ctx.base, "data.loader")
     parts, labels = [], []
     try:
         for i, batch in enumerate(fn()):
