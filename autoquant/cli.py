@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (already printed, one line) and --help
         return exc.code if isinstance(exc.code, int) else 2
+    from . import progress
+
+    progress.enable(not getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

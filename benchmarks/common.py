@@ -16,13 +16,28 @@ from autoquant.versions import versions
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimddp")
+
+
 def machine() -> dict:
-    from autoquant.quantize.weight_range import uint8_kernels_saturate
+    """The machine a result was measured on: CPU model, the flags that decide which integer kernels
+    onnxruntime picks, cores, versions, and what weight_range auto resolves to here."""
+    from autoquant.quantize.weight_range import resolve, uint8_kernels_saturate
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    return {"cores": os.cpu_count(), "cpu": model or platform.processor() or platform.machine(),
-            "vnni": "vnni" in cpuinfo, "uint8_kernels_saturate": uint8_kernels_saturate(), **versions()}
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                      if line.startswith(("flags", "Features"))), []))  # fmt: skip
+    return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "flags": [f for f in KERNEL_FLAGS if f in flags], "uint8_kernels_saturate": uint8_kernels_saturate(),
+            "weight_range_auto": resolve("auto", "uint8"), **versions()}  # fmt: skip
+
+
+def machine_line(m: dict) -> str:
+    """One line naming the machine of a results JSON, for the tables generated from it."""
+    flags = ", ".join(m.get("flags", [])) or ("VNNI" if m.get("vnni") else "no VNNI")
+    return (f"{m.get('cores', '?')}-core {m.get('cpu', '?')} ({flags}), onnxruntime {m.get('onnxruntime_version', '?')}, "
+            f"weight_range auto → {m.get('weight_range_auto', 'reduced' if m.get('uint8_kernels_saturate') else 'full')}")
 
 
 def data_reader(data, batch: int):

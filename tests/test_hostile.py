@@ -13,6 +13,7 @@ from conftest import conv_model, write_experiment
 from onnx import TensorProto, helper, numpy_helper
 
 import autoquant.fileio
+from autoquant import Workspace, load_experiment
 from autoquant.cli import main
 
 
@@ -175,3 +176,56 @@ def test_hung_trial_times_out_and_the_study_goes_on(tmp_path, monkeypatch):
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "timed out after 2 s" in failed[0].user_attrs["fail_reason"]
     assert result.completed == 5
+
+
+# --- inputs real users bring (round 3) -----------------------------------------------------------------------
+
+
+def folder_experiment(tmp, images: Path, **image):
+    return write_experiment(tmp / "folder.yaml", name="folder", model={"onnx": str(tmp / "model.onnx")},
+                            data={"source": "folder", "path": str(images), "calibration_size": 4, "eval_size": 4,
+                                  "image": {"size": 8, "mean": [0, 0, 0], "std": [1, 1, 1], **image}},
+                            eval={"metric": "agreement", "latency_repeats": 2})  # fmt: skip
+
+
+def test_sixteen_bit_images_are_read_at_their_depth(tmp_path, capsys):
+    """Pillow's RGB conversion clips 16-bit grey to 255: every image would be white. Pixels are brought to the
+    scale of 8-bit ones (30000 of 65535 is 116.7 of 255), then divided by image.scale as any image is."""
+    from PIL import Image
+
+    onnx.save(conv_model([np.ones((4, 3, 3, 3))]), str(tmp_path / "model.onnx"))
+    (tmp_path / "grey16").mkdir()
+    levels = [20000, 30000, 40000, 50000, 25000, 35000, 45000, 55000]
+    for i, level in enumerate(levels):
+        Image.fromarray(np.full((12, 12), level, np.uint16)).save(tmp_path / "grey16" / f"{i}.png")
+    assert Image.open(tmp_path / "grey16" / "0.png").mode.startswith("I")
+    ws = Workspace(load_experiment(folder_experiment(tmp_path, tmp_path / "grey16")))
+    x = np.concatenate([ws.source_splits.calibration.x, ws.source_splits.eval.x])
+    np.testing.assert_allclose(sorted(x[:, :, 4, 4].mean(axis=1)), sorted(v / 65535 for v in levels), rtol=1e-5)
+    assert (x == x[:, :1, :1, :1]).all()  # each image one grey level, the same in R, G and B
+    (tmp_path / "float").mkdir()
+    Image.fromarray(np.full((12, 12), 0.5, np.float32)).save(tmp_path / "float" / "0.tif")
+    exp = folder_experiment(tmp_path, tmp_path / "float")
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2], "has floating-point pixels, whose range autoquant cannot know")
+
+
+def test_hidden_folders_are_not_samples_and_a_bad_image_leaves_no_cache_file(tmp_path, capsys, cache_dir):
+    from PIL import Image
+
+    onnx.save(conv_model([np.ones((4, 3, 3, 3))]), str(tmp_path / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for c in ("cats", "dogs"):
+        for folder in (tmp_path / "images" / c, tmp_path / "images" / c / ".ipynb_checkpoints"):
+            folder.mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    ws = Workspace(load_experiment(folder_experiment(tmp_path, tmp_path / "images")))
+    assert len(ws.source_splits.eval) + len(ws.source_splits.calibration) == 8 and len(ws.splits.eval.y) == 4
+    from autoquant.sources.data import image_folder
+
+    assert len(image_folder._files(tmp_path / "images")[0]) == 10  # the checkpoint copies are not samples
+    (tmp_path / "images" / "dogs" / "4.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    exp = folder_experiment(tmp_path, tmp_path / "images", resize=9)  # another cache entry: decoded again
+    before = set((cache_dir / "images").iterdir())
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2], "4.png is not a readable image")
+    assert set((cache_dir / "images").iterdir()) - before <= {p for p in (cache_dir / "images").glob("*.lock")}

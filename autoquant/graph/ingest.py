@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import onnx
 import onnx.version_converter
 
 from ..errors import ModelError, first_line
-from ..fileio import file_lock
+from ..fileio import atomic_write_bytes, file_lock
 
 OPSET = 17
 MIN_OPSET = 13
@@ -51,17 +52,38 @@ def file_sha256(path: Path) -> str:
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
+    """The ONNX model at `path`: one that passes onnx's checker, or that onnxruntime loads anyway (exports
+    with, say, an output declared with a wrong shape run fine and are what users have)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found: give the path of an .onnx file")
     try:
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, RuntimeError… for bad files
+    except Exception as exc:  # onnx raises DecodeError, RuntimeError… for files that are not ONNX
         raise ModelError(f"{path} is not a valid ONNX model ({first_line(exc)}): export it with torch.onnx.export") from exc
     if not model.graph.node:
         raise ModelError(f"{path} has an empty graph: export the model again")
+    problem = check(model)
+    if problem:
+        raise ModelError(f"{path} is not a valid ONNX model ({problem}): export it with torch.onnx.export")
     return model
+
+
+def check(model: onnx.ModelProto) -> str:
+    """"" when onnx's checker passes the model or onnxruntime loads it; else the checker's complaint."""
+    try:
+        onnx.checker.check_model(model)
+        return ""
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError, RuntimeError, … for bad models
+        complaint = first_line(exc)
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types: the checker's complaint is the clearer one
+        return complaint
+    log.debug("onnx's checker says %s; onnxruntime loads the model, so it is used as it is", complaint)
+    return ""
 
 
 def export_torch(module, example: np.ndarray | dict[str, np.ndarray], path: Path,
@@ -148,11 +170,12 @@ def _usable(pre: Path) -> bool:
     if not pre.is_file():
         return False
     try:
-        onnx.checker.check_model(onnx.load(str(pre)))
-        return True
-    except Exception:  # noqa: BLE001 - a truncated or foreign file: onnx raises DecodeError, ValidationError, …
-        log.warning("cached pre-processed model %s is unreadable (corrupt?); rebuilding it", pre)
-        return False
+        problem = check(onnx.load(str(pre)))
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: onnx raises DecodeError, …
+        problem = first_line(exc)
+    if problem:
+        log.warning("cached pre-processed model %s is unreadable (%s); rebuilding it", pre, problem)
+    return not problem
 
 
 def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
@@ -161,7 +184,6 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
     if _usable(pre):
         return
     pre.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pre.with_suffix(".tmp.onnx")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset < MIN_OPSET:
         # Per-channel DequantizeLinear (the axis attribute) exists from opset 13; onnxruntime's quantizer
@@ -172,14 +194,14 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
         except Exception as exc:  # the converter raises bare RuntimeErrors naming the op it cannot convert
             raise ModelError(f"cannot upgrade {source} from opset {opset} to {MIN_OPSET} ({first_line(exc)}): "
                              f"export it with opset {MIN_OPSET} or newer") from exc  # fmt: skip
-    # Given a path rather than the proto: given a proto, onnxruntime round-trips it through external
-    # data and then fails to read initializers (Resize scales) back. Run from the cache directory: its
-    # failed symbolic inference drops a debug file into the working directory.
-    staged = pre.with_suffix(".source.onnx")
-    onnx.save(model, str(staged))
-    with contextlib.chdir(pre.parent):
+    # Given a path rather than the proto: given a proto, onnxruntime round-trips it through external data and
+    # then fails to read initializers (Resize scales) back. Run in a directory of its own: a failed symbolic
+    # inference leaves a debug model and its external data (a uuid-named .data file) in the working directory.
+    with tempfile.TemporaryDirectory(dir=pre.parent, prefix=".preprocess-") as work, contextlib.chdir(work):
+        staged, out = Path(work) / "source.onnx", Path(work) / "preprocessed.onnx"
+        onnx.save(model, str(staged))
         try:
-            quant_pre_process(str(staged), str(tmp), skip_symbolic_shape=False)
+            quant_pre_process(str(staged), str(out), skip_symbolic_shape=False)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare Exceptions for incomplete inference
             # Symbolic inference gives up on shapes computed from data (dynamic height/width through
             # Resize, Shape → Slice chains); ONNX's own inference still runs, and the shapes it cannot
@@ -187,11 +209,19 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
             log.info("symbolic shape inference failed on %s (%s); pre-processing without it", source.name,
                      first_line(exc, 120))  # fmt: skip
             try:
-                quant_pre_process(str(staged), str(tmp), skip_symbolic_shape=True)
+                quant_pre_process(str(staged), str(out), skip_symbolic_shape=True)
             except Exception as exc2:
                 raise ModelError(f"onnxruntime could not pre-process {source}: {first_line(exc2, 200)}") from exc2
-        finally:
-            staged.unlink(missing_ok=True)
-            for debug in pre.parent.glob("sym_shape_infer_temp.onnx*"):
-                debug.unlink()
-    tmp.replace(pre)
+        processed = onnx.load(str(out))
+        _keep_declared_outputs(processed, model)
+        atomic_write_bytes(pre, processed.SerializeToString())
+
+
+def _keep_declared_outputs(processed: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Pre-processing drops the shape of an output its inference contradicts (an export that declares a
+    rank-0 output holding a sequence); without one, onnx's checker refuses the model and every model built
+    from it. Such an output keeps the declaration the user's model has."""
+    declared = {o.name: o for o in source.graph.output}
+    for out in processed.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in declared:
+            out.type.CopyFrom(declared[out.name].type)

@@ -8,9 +8,9 @@ that is on every machine, so nothing is downloaded. Needs `pip install -e ".[ben
 
 from __future__ import annotations
 
+import ast
 import functools
-import importlib
-import sys
+import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
@@ -51,21 +51,24 @@ def encoder():
 
 @functools.cache
 def english_sentences(limit: int = 2000) -> list[str]:
-    """The first lines of docstrings of the standard library's modules and of what each defines itself, in
-    name order: the same list in every process (a module's namespace also holds what other imports put
-    there, which depends on import order — only its own definitions are read)."""
+    """The first lines of the docstrings of the standard library's modules and of the classes and functions
+    they define, in file-name order. Read from the source files with `ast`, not by importing the modules: what
+    an import finds in a module's namespace depends on what the process imported before (and which
+    third-party packages patched it), so the list would differ between processes."""
+    root = Path(sysconfig.get_paths()["stdlib"])
     seen, out = set(), []
-    for name in sorted(sys.stdlib_module_names):
-        if name.startswith("_") or name in ("antigravity", "this", "idlelib", "turtledemo"):
+    skip = {"site-packages", "test", "tests", "idlelib", "turtledemo", "lib2to3", "antigravity.py", "this.py"}
+    for path in sorted(root.rglob("*.py")):
+        if path.name.startswith("_") and path.name != "__init__.py" or skip & set(path.relative_to(root).parts):
             continue
         try:
-            module = importlib.import_module(name)
-        except Exception:  # noqa: BLE001, S112 - platform-specific modules that do not import here
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
             continue
-        own = [v for _, v in sorted(vars(module).items()) if getattr(v, "__module__", None) == name]
-        for obj in [module, *own]:
-            doc = getattr(obj, "__doc__", None)
-            line = doc.strip().splitlines()[0].strip() if isinstance(doc, str) and doc.strip() else ""
+        nodes = [tree, *(n for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef))]
+        for node in nodes:
+            doc = ast.get_docstring(node) or ""
+            line = doc.strip().splitlines()[0].strip() if doc.strip() else ""
             if len(line.split()) >= 5 and line not in seen:
                 seen.add(line)
                 out.append(line)
