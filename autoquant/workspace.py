@@ -36,6 +36,7 @@ from .quantize.plan import QuantPlan
 from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
 from .quantize.weight_range import TARGET_ENV
 from .quantize.weight_range import resolve as resolve_weight_range
+from .runtime import Batches, declared_batch
 from .sources import bind_inputs, experiment_dir, load_splits, model_path
 from .sources import check as check_sources
 
@@ -117,11 +118,10 @@ class Workspace:
         graph = self._analyze(self.fp32_model)
         tensors = sorted(smoothable(graph))
         calib = self.splits.calibration
-        batch = self.exp.quantization.calibration_batch_size
         key = f"channel-absmax:{self.sha}:{calib.sha256()}:{tensors}"
         path = self.exp.cache / "smoothing" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
         absmax = cached_arrays(path, key, lambda: {f"t{i}": v for i, v in enumerate(
-            channel_absmax(self.fp32_model, tensors, calib, batch, self._threads).values())})  # fmt: skip
+            channel_absmax(self.fp32_model, tensors, calib, self.calibration_batches, self._threads).values())})  # fmt: skip
         absmax = {t: absmax[f"t{i}"] for i, t in enumerate(tensors)}
         alpha = float(self.exp.quantization.smoothquant_alpha)
         model, report = smooth(self.fp32_model, graph, smoothing_scales(self.fp32_model, graph, absmax, alpha), alpha)
@@ -138,21 +138,35 @@ class Workspace:
             return analyze(model)
         except ShapesUnknown as exc:
             # Shapes computed from the data (dynamic height/width, sequence length): one real batch says.
-            batch = min(len(self.splits.calibration), self.exp.quantization.calibration_batch_size)
+            feed = self.calibration_batches.head(self.splits.calibration)
+            batch = len(next(iter(feed.values())))
             log.info("shape inference could not size %d tensor(s) (e.g. %s); using the shapes of a calibration "
                      "batch of %d", len(exc.tensors), exc.tensors[0], batch)  # fmt: skip
-            seen = observed_shapes(model, self.splits.calibration.head(batch), self._threads)
-            return analyze(model, seen, batch)
+            return analyze(model, observed_shapes(model, feed, self._threads), batch)
 
     @functools.cached_property
     def graph(self) -> GraphInfo:
         return self._analyze(self.model)
 
     @functools.cached_property
+    def fixed_batch(self) -> int | None:
+        """The one batch size the model's inputs declare (an export with batch 1), or None."""
+        batch = declared_batch(self.prepared.inputs)
+        if batch is not None:
+            log.info("the model's inputs fix the batch size at %d: calibration, evaluation and timing use it", batch)
+        return batch
+
+    @functools.cached_property
+    def calibration_batches(self) -> Batches:
+        return Batches(self.fixed_batch or self.exp.quantization.calibration_batch_size, self.fixed_batch is not None)
+
+    @functools.cached_property
     def evaluator(self) -> Evaluator:
         metric = resolve_metric(self.exp.eval.metric, experiment_dir(self.exp))
-        return Evaluator(self.splits.eval, metric, self.prepared.inputs, self.prepared.outputs, self.exp.eval,
-                         lambda: self.reference.outputs)  # fmt: skip
+        e = self.exp.eval
+        return Evaluator(self.splits.eval, metric, self.prepared.inputs, self.prepared.outputs, e,
+                         lambda: self.reference.outputs, Batches(self.fixed_batch or e.batch_size, self.fixed_batch is not None),
+                         self.fixed_batch or e.latency_batch_size)  # fmt: skip
 
     @property
     def sha(self) -> str:
@@ -166,7 +180,7 @@ class Workspace:
         def build():
             t0 = time.perf_counter()
             stats = collect_stats(self.model, self.prepared.inputs, self.graph.float_tensors, calib,
-                                  batch_size=self.exp.quantization.calibration_batch_size, threads=threads)  # fmt: skip
+                                  batches=self.calibration_batches, threads=threads)  # fmt: skip
             inputs = {layer.input for layer in self.graph.layers}
             empty = [t for t, s in stats.items() if t in inputs and (s.total == 0 or not np.isfinite([s.min, s.max]).all())]
             if empty:  # never cache statistics that would quantize every later run wrongly
@@ -177,7 +191,7 @@ class Workspace:
                      self._seconds["calibration"])  # fmt: skip
             return stats_to_arrays(stats)
 
-        batch = self.exp.quantization.calibration_batch_size
+        batch = self.calibration_batches.size
         key = f"stats-v{STATS_VERSION}:{self.model_key}:{calib.sha256()}:{NUM_BINS}:batch{batch}"
         path = self.exp.cache / "stats" / f"{self.model_key[:16]}-{calib.sha256()[:16]}.npz"
         return stats_from_arrays(cached_arrays(path, key, build))

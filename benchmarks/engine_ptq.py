@@ -48,6 +48,7 @@ def child_calibrate(experiment: Path, method: str, calibration_size: int | None 
     from autoquant.config import load_experiment
     from autoquant.graph.ingest import prepare
     from autoquant.graph.layers import analyze
+    from autoquant.runtime import Batches
     from autoquant.sources import load_splits, model_path
 
     exp = load_experiment(experiment)
@@ -62,7 +63,7 @@ def child_calibrate(experiment: Path, method: str, calibration_size: int | None 
     base = peak_rss_mb()
     t0 = time.perf_counter()
     if method == "autoquant":
-        collect_stats(model, prepared.inputs, graph.float_tensors, calib, batch_size=bs, threads=os.cpu_count())
+        collect_stats(model, prepared.inputs, graph.float_tensors, calib, batches=Batches(bs), threads=os.cpu_count())
     else:
 
         import tempfile

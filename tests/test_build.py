@@ -16,6 +16,7 @@ from autoquant.quantize.build import build_model, params_from_range
 from autoquant.quantize.modes.static import WeightParams, tensor_algorithms
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.record import make_record
+from autoquant.runtime import Batches
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiny(tmp_path_factory):
     model = prepared.load()
     graph = analyze(model)
     data = Dataset({"input": rng.normal(size=(64, 3, 8, 8)).astype(np.float32)}, np.zeros(64, np.int64))
-    stats = collect_stats(model, prepared.inputs, graph.float_tensors, data, batch_size=16, threads=1)
+    stats = collect_stats(model, prepared.inputs, graph.float_tensors, data, batches=Batches(16), threads=1)
     return model, graph, stats, data, w0.astype(np.float32)
 
 

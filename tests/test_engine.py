@@ -22,7 +22,7 @@ from autoquant.zoo import MobileNetCifar
 def load_cifar10(shared_data):
     from autoquant.config import DataConfig
 
-    return load_cifar10_source(DataConfig(source="cifar10", path=shared_data / "cifar10_test.npz"), None, None)
+    return load_cifar10_source(DataConfig(source="cifar10", path=shared_data / "cifar10_test.npz"), None)
 
 
 def test_resnet20_fp32_matches_the_provenance_accuracy_on_the_full_test_file(resnet20_ws, shared_data):

@@ -2,6 +2,7 @@
 and no file from an earlier good run is damaged."""
 
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -229,3 +230,66 @@ def test_hidden_folders_are_not_samples_and_a_bad_image_leaves_no_cache_file(tmp
     before = set((cache_dir / "images").iterdir())
     assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2], "4.png is not a readable image")
     assert set((cache_dir / "images").iterdir()) - before <= {p for p in (cache_dir / "images").glob("*.lock")}
+
+
+def fixed_batch_model(batch: int) -> onnx.ModelProto:
+    """conv → flatten → classifier on an input whose batch is fixed to `batch` (an export with batch 1, say)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(256, 5)).astype(np.float32), "fc")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["output"], name="fc")]  # fmt: skip
+    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 5])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def hidden_batch_model() -> onnx.ModelProto:
+    """A dynamic batch on the input, and a Reshape inside that hard-codes 32 (seen in real exports)."""
+    model = fixed_batch_model(32)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    flat = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flat.CopyFrom(helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([32, 256], np.int64), "shape"))
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_a_model_with_a_fixed_batch_is_fed_at_that_batch(tmp_path, capsys, batch):
+    onnx.save(fixed_batch_model(batch), str(tmp_path / "model.onnx"))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(45, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", input=x)
+    exp = write_experiment(tmp_path / "fixed.yaml", name=f"fixed{batch}", model={"onnx": "model.onnx"},
+                           data={"source": "npz", "path": "data.npz", "calibration_size": 20, "eval_size": 25},
+                           eval={"metric": "cosine", "latency_repeats": 2}, search={"trials": 4})  # fmt: skip
+    ws = Workspace(load_experiment(exp))
+    # every eval sample scored once, as the model computes it alone
+    sess = ws.evaluator.session(ws.fp32_model)
+    alone = np.concatenate([sess.run(None, {"input": x[i : i + batch]})[0][:1] if batch == 1 else
+                            sess.run(None, {"input": np.repeat(x[i : i + 1], batch, 0)})[0][:1] for i in range(45)])  # fmt: skip
+    order = ws.splits.eval.rows
+    np.testing.assert_allclose(ws.reference.outputs, alone[order], rtol=1e-5, atol=1e-5)
+    for command in (["quantize", exp, "--out", tmp_path / "q"], ["search", exp, "--out", tmp_path / "run"],
+                    ["evaluate", tmp_path / "run" / "best" / "model.int8.onnx", exp]):  # fmt: skip
+        code, _, err = cli(capsys, *command)
+        assert code == 0 and "Traceback" not in err, err
+
+
+def test_a_batch_fixed_inside_the_model_pads_short_batches_or_names_the_setting(tmp_path, capsys):
+    onnx.save(hidden_batch_model(), str(tmp_path / "model.onnx"))
+    np.savez(tmp_path / "data.npz", input=np.random.default_rng(1).normal(size=(90, 3, 8, 8)).astype(np.float32))
+    data = {"source": "npz", "path": "data.npz", "calibration_size": 44, "eval_size": 46}
+    exp = write_experiment(tmp_path / "hidden.yaml", name="hidden", model={"onnx": "model.onnx"}, data=data,
+                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2],
+                          "cannot run the model on a batch of 46 eval sample(s)")  # the eval batch of 100
+    exp = write_experiment(tmp_path / "hidden32.yaml", name="hidden32", model={"onnx": "model.onnx"}, data=data,
+                           quantization={"calibration_batch_size": 32},
+                           eval={"metric": "cosine", "latency_repeats": 2, "batch_size": 32, "latency_batch_size": 32})  # fmt: skip
+    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
+    assert code == 0 and "short batches are padded" in err, err
+    assert json.loads(out)["accuracy"] > 99.0

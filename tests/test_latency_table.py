@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from autoquant import LayerChoice, QuantPlan
-from autoquant.calibrate.collect import session_options
 from autoquant.quantize.plan import FLOAT
+from autoquant.runtime import session_options
 from autoquant.search.guided import ErrorModel
 from autoquant.search.latency_table import COLUMNS, LatencyTable, _owners, _plans, latency_table
 from autoquant.search.layer_errors import layer_errors

@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "autoquant"
 
 # Lower number = lower layer. Keys are module paths relative to the package, matched by longest prefix.
 LAYERS = {
-    "errors": 0, "fileio": 0, "versions": 0, "usercode": 0,
-    "graph": 1, "data": 1,
+    "errors": 0, "fileio": 0, "versions": 0, "usercode": 0, "progress": 0,
+    "graph": 1, "data": 1, "runtime": 1,
     "calibrate": 2,
     "quantize": 3,
     "evaluate": 4, "config": 4,

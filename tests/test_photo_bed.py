@@ -59,14 +59,14 @@ NET = textwrap.dedent('''
 
 def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, capsys):
     (tmp_path / "net.py").write_text(NET.format(photos=str(shared_data / "imagenet_photos")))
-    sections = dict(
-        name="photo_bed_small",
-        model={"torch": "net.py:net", "inputs": {"input": {"shape": [1, 3, 64, 64]}}},
-        data={"source": "folder", "path": str(shared_data / "imagenet_photos"), "calibration_size": 32, "eval_size": 96,
+    sections = {
+        "name": "photo_bed_small",
+        "model": {"torch": "net.py:net", "inputs": {"input": {"shape": [1, 3, 64, 64]}}},
+        "data": {"source": "folder", "path": str(shared_data / "imagenet_photos"), "calibration_size": 32, "eval_size": 96,
               "image": {"size": 64, "resize": 72, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
-        eval={"metric": "agreement", "latency_repeats": 2},
-        search={"trials": 30, "sensitivity_k": [1]},
-    )  # fmt: skip
+        "eval": {"metric": "agreement", "latency_repeats": 2},
+        "search": {"trials": 30, "sensitivity_k": [1]},
+    }  # fmt: skip
     ws = Workspace(load_experiment(write_experiment(tmp_path / "probe.yaml", **sections)))
     assert len(ws.graph.layers) == 8 and sum(la.depthwise for la in ws.graph.layers) == 3
     assert len(np.unique(ws.reference.outputs.argmax(axis=1))) >= 5  # FP32 decisions spread: agreement informs

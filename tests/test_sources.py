@@ -399,7 +399,7 @@ def test_npz_reads_only_the_model_inputs_and_the_labels(tmp_path, capsys, caplog
         ws = Workspace(load_experiment(exp))
         assert set(ws.splits.eval.inputs) == {"input", "other"} and len(ws.splits.eval.y) == 30
     assert "not reading files, class_names, meta, objects (not a model input nor the labels 'y')" in caplog.text
-    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
+    code, _out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
     assert code == 0 and "Traceback" not in err, err
 
 

@@ -7,24 +7,12 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from ..data import Dataset
 from ..errors import DataError
 from ..graph.ingest import ModelInput
+from ..runtime import Batches, session
 from .stats import TensorStats
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    # Idle onnxruntime threads spin for a while after each run. Several live sessions (a trial next to
-    # FP32, or the models of a benchmark timed interleaved) then steal each other's cores: measured on
-    # 11 sessions, FP32 went from 3.8 to 15.4 ms per batch and identical INT8 graphs spread 0.66-0.85.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 def check_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> None:
@@ -70,20 +58,19 @@ def collect_stats(
     tensors: tuple[str, ...],
     data: Dataset,
     *,
-    batch_size: int,
+    batches: Batches,
     threads: int,
 ) -> dict[str, TensorStats]:
     check_inputs(data, inputs, "calibration")
     fed = {i.name for i in inputs}
     fetched = [t for t in tensors if t not in fed]  # graph inputs are read from the batch itself
-    sess = ort.InferenceSession(augment(model, tuple(fetched)).SerializeToString(), session_options(threads),
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = session(augment(model, tuple(fetched)), threads)
     stats = {t: TensorStats() for t in tensors}
-    for feed in data.batches(batch_size):
+    # One batch at a time: only the current batch's activations are ever held in memory.
+    for values, feed, n in batches.run(sess, fetched, data, "calibration", drop_short=True):
         for name in fed & stats.keys():
             stats[name].update(feed[name])
-        # One batch at a time: only the current batch's activations are ever held in memory.
-        for name, value in zip(fetched, sess.run(fetched, feed)):
+        for name, value in zip(fetched, values):
             stats[name].update(value)
     return stats
 
@@ -92,7 +79,6 @@ def observed_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads
     """The shape of every float tensor on one real batch: what shape inference could not say of a model
     whose shapes depend on its input (dynamic height/width, sequence length)."""
     produced = [o for n in model.graph.node for o in n.output if o]
-    sess = ort.InferenceSession(augment(model, tuple(produced)).SerializeToString(), session_options(threads),
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = session(augment(model, tuple(produced)), threads)
     names = [o.name for o in sess.get_outputs()]
     return {n: tuple(v.shape) for n, v in zip(names, sess.run(names, feed)) if isinstance(v, np.ndarray)}

@@ -11,11 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..calibrate.collect import check_inputs, session_options
+from ..calibrate.collect import check_inputs
 from ..config import EvalConfig
 from ..data import Dataset
-from ..errors import ConfigError, DataError, ModelError, first_line
+from ..errors import ConfigError, DataError
 from ..graph.ingest import ModelInput
+from ..runtime import Batches, session
 from .latency import interleaved_latency_ms, interleaved_rounds_ms
 from .metrics import Metric
 
@@ -28,7 +29,9 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, data: Dataset, metric: Metric, inputs: tuple[ModelInput, ...], outputs: tuple[str, ...],
-                 cfg: EvalConfig, reference: Callable[[], np.ndarray]):  # fmt: skip
+                 cfg: EvalConfig, reference: Callable[[], np.ndarray], batches: Batches, latency_batch: int):  # fmt: skip
+        """`batches`: how eval data is fed (eval.batch_size, or the size the model takes); `latency_batch` the
+        samples per timed run (eval.latency_batch_size, or that size)."""
         check_inputs(data, inputs, "eval")
         if cfg.output is not None and cfg.output not in outputs:
             raise ConfigError(f"eval.output '{cfg.output}' is not an output of the model: use one of {', '.join(outputs)}")
@@ -37,20 +40,17 @@ class Evaluator:
         self.feed_names = [i.name for i in inputs]
         self.output = cfg.output or outputs[0]
         self.threads = cfg.threads or os.cpu_count() or 1
+        self.batches, self.latency_batch = batches, latency_batch
 
     def session(self, model: onnx.ModelProto | bytes, optimized_path: Path | None = None) -> ort.InferenceSession:
         """A session with onnxruntime's default graph optimizations; `optimized_path` keeps the graph it runs."""
-        opts = session_options(self.threads)
-        if optimized_path is not None:
-            opts.optimized_model_filepath = str(optimized_path)
-        try:
-            blob = model if isinstance(model, bytes) else model.SerializeToString()
-            return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-            raise ModelError(f"onnxruntime cannot load the model: {first_line(exc, 200)}") from exc
+        return session(model, self.threads, optimized_path)
 
     def _feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: batch[n] for n in self.feed_names}
+
+    def _fed(self, data: Dataset) -> Dataset:
+        return data.with_inputs(self._feed(data.inputs))
 
     def outputs(self, sess: ort.InferenceSession, data: Dataset | None = None, head: np.ndarray | None = None,
                 rows: int | None = None) -> np.ndarray:  # fmt: skip
@@ -58,27 +58,30 @@ class Evaluator:
         `rows` stops after the first that many samples; `head` holds this session's outputs on the data's first
         whole batches, computed before, which are not run again."""
         data = self.data if data is None else data
-        axis, size = self.cfg.output_batch_axis, self.cfg.batch_size
+        axis, size = self.cfg.output_batch_axis, self.batches.size
         done = 0 if head is None else len(head)
         if done % size:
             raise ValueError(f"head of {done} rows is not whole batches of {size}")
         stop = len(data) if rows is None else min(len(data), rows)
         parts = [] if head is None else [head]
         rest = data if not done and stop == len(data) else data.subset(np.arange(done, stop))
-        for batch in rest.batches(size):
-            (out,) = sess.run([self.output], self._feed(batch))
+        for (out,), feed, n in self.batches.run(sess, [self.output], self._fed(rest), "eval"):
+            if not isinstance(out, np.ndarray):
+                raise ConfigError(f"output '{self.output}' is a {type(out).__name__}, not a tensor: set eval.output to "
+                                  "a tensor output of the model")  # fmt: skip
             if out.ndim <= axis:
                 raise ConfigError(f"eval.output_batch_axis {axis} does not exist: output '{self.output}' has shape "
                                   f"{out.shape}")  # fmt: skip
-            parts.append(np.moveaxis(out, axis, 0))
+            fed = len(next(iter(feed.values())))
+            if out.shape[axis] != fed:
+                raise ConfigError(f"output '{self.output}' has {out.shape[axis]} rows on axis {axis} for a batch of {fed} "
+                                  "samples: set eval.output_batch_axis to the output's batch axis")  # fmt: skip
+            parts.append(np.moveaxis(out, axis, 0)[:n])
         shapes = {p.shape[1:] for p in parts}
         if len(shapes) > 1:
             raise DataError(f"output '{self.output}' has different shapes across eval batches ({sorted(shapes)[:2]}): "
                             "give inputs of one size (e.g. pad sequences to one length)")  # fmt: skip
         outputs = np.concatenate(parts)
-        if len(outputs) != stop:
-            raise ConfigError(f"output '{self.output}' has {len(outputs)} rows on axis {axis} for {stop} "
-                              "samples: set eval.output_batch_axis to the output's batch axis")  # fmt: skip
         if np.issubdtype(outputs.dtype, np.floating) and not np.isfinite(outputs).all():
             raise DataError("the model produced NaN or Inf on the eval data")
         return outputs
@@ -90,8 +93,9 @@ class Evaluator:
         return EvalResult(self.metric(outputs, self.data.y, self.reference()), outputs)
 
     def latency_feed(self) -> dict[str, np.ndarray]:
-        """The batch latency is measured on: the first eval.latency_batch_size samples."""
-        return self._feed(self.data.head(self.cfg.latency_batch_size))
+        """The batch latency is measured on: the first latency_batch samples (padded where the eval set is smaller
+        than the one batch size the model takes)."""
+        return Batches(self.latency_batch, self.batches.fixed).head(self._fed(self.data))
 
     def latency_ms(self, *sessions: ort.InferenceSession) -> list[float]:
         return interleaved_latency_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)

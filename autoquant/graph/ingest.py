@@ -174,7 +174,7 @@ def _usable(pre: Path) -> bool:
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: onnx raises DecodeError, …
         problem = first_line(exc)
     if problem:
-        log.warning("cached pre-processed model %s is unreadable (%s); rebuilding it", pre, problem)
+        log.warning("cached pre-processed model %s is unreadable (corrupt?); rebuilding it (%s)", pre, problem)
     return not problem
 
 

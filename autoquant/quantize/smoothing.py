@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ..calibrate.collect import augment, session_options
+from ..calibrate.collect import augment
 from ..data import Dataset
 from ..graph.layers import GraphInfo, LayerInfo
+from ..runtime import Batches, session
 
 SCALE_LIMITS = (1e-5, 1e5)  # a dead channel (max 0) or a zero weight row must not give 0 or inf
 
@@ -56,15 +56,15 @@ def _input_axis(layer: LayerInfo) -> int:
     return 1 - layer.channel_axis
 
 
-def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: Dataset, batch: int, threads: int) -> dict[str, np.ndarray]:
+def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: Dataset, batches: Batches,
+                   threads: int) -> dict[str, np.ndarray]:  # fmt: skip
     """max |x_k| over the calibration data, per channel (last axis) of each tensor."""
     fed = set(data.inputs)
     fetch = [t for t in tensors if t not in fed]
-    sess = ort.InferenceSession(augment(model, tuple(fetch)).SerializeToString(), session_options(threads),
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = session(augment(model, tuple(fetch)), threads)
     out: dict[str, np.ndarray] = {}
-    for feed in data.batches(batch):
-        values = dict(zip(fetch, sess.run(fetch, feed)))
+    for outputs, feed, _ in batches.run(sess, fetch, data, "calibration", drop_short=True):
+        values = dict(zip(fetch, outputs))
         values.update({t: feed[t] for t in tensors if t in fed})
         for t in tensors:
             v = np.abs(values[t].reshape(-1, values[t].shape[-1])).max(axis=0)

@@ -38,8 +38,8 @@ import onnx
 import onnxruntime as ort
 
 from ..calibrate.cache import cached_arrays
-from ..calibrate.collect import session_options
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
+from ..runtime import session_options
 from ..workspace import Workspace
 from .space import SearchSpace
 

@@ -25,16 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..calibrate.cache import cached_arrays
-from ..calibrate.collect import augment, session_options
+from ..calibrate.collect import augment
 from ..errors import AutoquantError, PlanError
 from ..graph.layers import LayerInfo
 from ..quantize.build import ActivationParams
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..quantize.weight_range import REDUCED_MAX
+from ..runtime import Batches, session
 from ..workspace import Workspace
 from .space import SearchSpace, decode
 
@@ -165,6 +165,9 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
     `propagated` False: each option's error at its layer's own output, not scaled by how much of it reaches
     the model's output (what the table would be without the per-layer gains)."""
     options = tuple(dict.fromkeys(o for layer in space.layers for o in layer.options))
+    fixed = ws.evaluator.batches if ws.evaluator.batches.fixed else None
+    if fixed is not None:  # whole batches of the one size the model takes
+        samples = fixed.size * max(1, round(samples / fixed.size))
     subset = ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
     q = ws.exp.quantization
     key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.model_key}:{subset.sha256()}:{options}:{q}:{ws.weight_range}:"
@@ -185,13 +188,11 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
     layers = graph.layers
     allowed = {layer.name: layer.options for layer in space.layers}
     threads = ws.exp.eval.threads or os.cpu_count() or 1
-    opts = session_options(threads)
     wanted = list(dict.fromkeys(t for layer in layers for t in (layer.input, layer.output)))
     fed = {i.name for i in ws.prepared.inputs}
     fetch = [t for t in wanted if t not in fed]
-    full = ort.InferenceSession(augment(model, tuple(fetch)).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    singles = [ort.InferenceSession(_single_layer(model, layer).SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"]) for layer in layers]  # fmt: skip
+    full = session(augment(model, tuple(fetch)), threads)
+    singles = [session(_single_layer(model, layer), threads) for layer in layers]
     inits = {i.name: i for i in model.graph.initializer}
     weights = [numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers]
     fq_weights: dict[tuple, np.ndarray] = {}
@@ -203,8 +204,9 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
                     fq_weights[i, key] = _fake_quant_weight(weights[i], layer, key, ws.weight_range)
     num = np.zeros((len(layers), len(options)))
     den = np.zeros(len(layers))
-    for batch in subset.batches(16):
-        values = dict(zip(fetch, full.run(fetch, batch)))
+    batches = ws.evaluator.batches if ws.evaluator.batches.fixed else Batches(16)
+    for outputs, batch, _ in batches.run(full, fetch, subset, "eval"):
+        values = dict(zip(fetch, outputs))
         values.update({k: v for k, v in batch.items() if k in fed})
         for i, layer in enumerate(layers):
             x, y_fp = values[layer.input], values[layer.output]

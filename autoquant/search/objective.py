@@ -52,7 +52,7 @@ class PlanScorer:
         self.screen = None
         if max_drop is not None:
             self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop,
-                                         ws.exp.eval.batch_size)  # fmt: skip
+                                         ws.evaluator.batches.size)  # fmt: skip
 
     def __call__(self, plan: QuantPlan, timing: Timing | None = None) -> Measurement:
         try:
