@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,11 +16,12 @@ from .graph.ingest import load_onnx, prepare
 from .graph.layers import analyze
 from .measure import Measurement, Meter
 from .quantize.build import build_model
-from .quantize.plan import LayerChoice, QuantPlan
+from .quantize.plan import FLOAT, LayerChoice, QuantPlan
 from .quantize.smoothing import smooth
 from .record import Record, make_record, validate_record, validate_smoothing
 from .workspace import Workspace
 
+log = logging.getLogger(__name__)
 PRESETS = {
     "int8-per-channel": "per_channel",
     "int8-per-tensor": "per_tensor",
@@ -42,7 +44,11 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
     """`int8-per-channel` / `int8-per-tensor`: every layer INT8 with one activation algorithm."""
     if preset not in PRESETS:
         raise PlanError(f"unknown plan '{preset}': use {', '.join(PRESETS)} or a plan YAML file")
-    return QuantPlan.uniform(ws.graph.names, LayerChoice(True, PRESETS[preset], algorithm))
+    broken = [layer.name for layer in ws.graph.layers if not layer.finite]
+    if broken:
+        log.info("%d layer(s) have NaN or Inf in their weights and stay float (e.g. %s)", len(broken), broken[0])
+    return QuantPlan.uniform(ws.graph.names, LayerChoice(True, PRESETS[preset], algorithm)).with_choices(
+        dict.fromkeys(broken, FLOAT))
 
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None) -> QuantizeResult:

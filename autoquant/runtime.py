@@ -20,6 +20,9 @@ from .data import Dataset
 from .errors import DataError, ModelError, first_line
 
 log = logging.getLogger(__name__)
+# What the inner tensors fetched from one batch may take (calibration and the per-layer error pass read every
+# activation of a batch at once): on a long-sequence model, 32 samples' activations are many gigabytes.
+FETCH_BUDGET_BYTES = 1 << 30
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -67,8 +70,21 @@ class Batches:
                     log.info("the model takes batches of %d: the last %d %s sample(s) are left out", self.size, n, what)
                     return
                 batch = pad(batch, self.size)
-            yield (out if out is not None else self._run(sess, fetch, batch, what)), batch, n
+            yield (out if out is not None else self.one(sess, fetch, batch, what)), batch, n
             full += n == self.size
+
+    def within(self, sess: ort.InferenceSession, fetch: list[str], data: Dataset, what: str) -> Batches:
+        """These batches, or smaller ones (for a model that takes any size) whose fetched tensors fit
+        FETCH_BUDGET_BYTES, measured on one sample."""
+        if self.fixed or self.size == 1 or not len(data):
+            return self
+        per_sample = sum(v.nbytes for v in self.one(sess, fetch, data.head(1), what) if isinstance(v, np.ndarray))
+        size = int(min(self.size, max(1, FETCH_BUDGET_BYTES // max(per_sample, 1))))
+        if size < self.size:
+            log.info("%s batches of %d sample(s) instead of %d: the tensors read from each sample take %.0f MB",
+                     what, size, self.size, per_sample / 1e6)  # fmt: skip
+            return Batches(size)
+        return self
 
     def head(self, data: Dataset) -> dict[str, np.ndarray]:
         """The first batch of `data` (padded to the model's size where it takes only that)."""
@@ -87,7 +103,8 @@ class Batches:
             self.fixed = True
             return None
 
-    def _run(self, sess, fetch, batch, what: str) -> list:
+    def one(self, sess, fetch, batch, what: str) -> list:
+        """sess.run on one feed, with a one-line DataError naming the batch when onnxruntime refuses it."""
         try:
             return sess.run(fetch, batch)
         except Exception as exc:  # onnxruntime's own error types (InvalidArgument, RuntimeException, …)

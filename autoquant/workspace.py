@@ -40,7 +40,7 @@ from .runtime import Batches, declared_batch
 from .sources import bind_inputs, experiment_dir, load_splits, model_path
 from .sources import check as check_sources
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 MAX_QUANTIZABLE = 1e30  # beyond it float32 scale arithmetic overflows
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,10 @@ class Workspace:
             return analyze(model)
         except ShapesUnknown as exc:
             # Shapes computed from the data (dynamic height/width, sequence length): one real batch says.
-            feed = self.calibration_batches.head(self.splits.calibration)
-            batch = len(next(iter(feed.values())))
+            seen, batch = observed_shapes(model, self.splits.calibration, self.calibration_batches, self._threads)
             log.info("shape inference could not size %d tensor(s) (e.g. %s); using the shapes of a calibration "
                      "batch of %d", len(exc.tensors), exc.tensors[0], batch)  # fmt: skip
-            return analyze(model, observed_shapes(model, feed, self._threads), batch)
+            return analyze(model, seen, batch)
 
     @functools.cached_property
     def graph(self) -> GraphInfo:
@@ -182,10 +181,15 @@ class Workspace:
             stats = collect_stats(self.model, self.prepared.inputs, self.graph.float_tensors, calib,
                                   batches=self.calibration_batches, threads=threads)  # fmt: skip
             inputs = {layer.input for layer in self.graph.layers}
-            empty = [t for t, s in stats.items() if t in inputs and (s.total == 0 or not np.isfinite([s.min, s.max]).all())]
-            if empty:  # never cache statistics that would quantize every later run wrongly
-                raise DataError(f"calibration saw no finite values for {len(empty)} tensor(s) (e.g. {empty[0]}): "
-                                "check data.calibration_size and quantization.calibration_batch_size")  # fmt: skip
+            broken = [t for t, s in stats.items() if t in inputs and s.total == 0 and s.nonfinite]
+            if broken:  # never cache statistics that would quantize every later run wrongly
+                raise DataError(f"calibration saw only NaN or Inf in {len(broken)} tensor(s) that layers read (e.g. "
+                                f"{broken[0]}): the FP32 model computes them on this data; check the model and the "
+                                "calibration data")  # fmt: skip
+            empty = [t for t, s in stats.items() if s.total == 0 and not s.nonfinite]
+            if empty:
+                log.info("%d tensor(s) held no values on the calibration data (e.g. %s): nothing to quantize there",
+                         len(empty), empty[0])  # fmt: skip
             self._seconds["calibration"] = time.perf_counter() - t0
             log.info("calibrated %d tensors on %d samples in %.1f s", len(stats), len(calib),
                      self._seconds["calibration"])  # fmt: skip

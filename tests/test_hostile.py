@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import subprocess
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,86 @@ def test_a_batch_fixed_inside_the_model_pads_short_batches_or_names_the_setting(
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
     assert code == 0 and "short batches are padded" in err, err
     assert json.loads(out)["accuracy"] > 99.0
+
+
+def test_a_loader_that_never_ends_is_read_until_the_splits_have_their_samples(tmp_path, capsys):
+    onnx.save(conv_model([np.ones((4, 3, 3, 3))]), str(tmp_path / "model.onnx"))
+    (tmp_path / "stream.py").write_text(textwrap.dedent('''
+        import itertools
+        from pathlib import Path
+
+        import numpy as np
+
+
+        def forever():
+            rng = np.random.default_rng(0)
+            for i in itertools.count():
+                with open(Path(__file__).with_name("batches.txt"), "a") as f:
+                    f.write(f"{i}\\n")
+                yield {"input": rng.normal(size=(7, 3, 8, 8)).astype(np.float32)}
+    '''))  # fmt: skip
+    exp = write_experiment(tmp_path / "stream.yaml", name="stream", model={"onnx": "model.onnx"},
+                           data={"source": "python", "loader": "stream.py:forever", "calibration_size": 20,
+                                 "eval_size": 30}, eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+    ws = Workspace(load_experiment(exp))
+    assert len(ws.splits.calibration) == 20 and len(ws.splits.eval) == 30
+    assert len((tmp_path / "batches.txt").read_text().split()) == 8  # 8 batches of 7 hold the 50 samples needed: not one more is asked for
+    code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q")
+    assert code == 0, err
+
+
+def empty_and_nan_model() -> onnx.ModelProto:
+    """conv → [an empty slice of it, concatenated back] → classifier, plus a side Gemm with NaN weights whose
+    output the model masks out (IsNaN → Where): zero-element and all-NaN tensors inside, finite outputs."""
+    rng = np.random.default_rng(0)
+    nan_w = rng.normal(size=(256, 5)).astype(np.float32)
+    nan_w[3, 2] = np.nan
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(256, 5)).astype(np.float32), "fc"),
+             numpy_helper.from_array(nan_w, "nan_fc"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+             *(numpy_helper.from_array(np.array([v], np.int64), n) for v, n in ((0, "s"), (0, "e"), (1, "ax")))]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Slice", ["r", "s", "e", "ax"], ["empty"], name="empty_slice"),
+             helper.make_node("Concat", ["r", "empty"], ["joined"], name="join", axis=1),
+             helper.make_node("Flatten", ["joined"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc"),
+             helper.make_node("Gemm", ["f", "nan_fc"], ["nan_out"], name="nan_fc"),
+             helper.make_node("IsNaN", ["nan_out"], ["is_nan"], name="is_nan"),
+             helper.make_node("Where", ["is_nan", "zero", "nan_out"], ["masked"], name="mask"),
+             helper.make_node("Add", ["logits", "masked"], ["output"], name="add")]  # fmt: skip
+    graph = helper.make_graph(nodes, "holes", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 5])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_empty_and_nan_tensors_are_calibrated_around(tmp_path, capsys):
+    """Empty tensors have nothing to quantize (every range algorithm answers (0, 0) for them); a layer with NaN
+    weights can only stay float: the default search runs, every range algorithm included."""
+    exp = user_experiment(tmp_path, empty_and_nan_model(), eval={"metric": "agreement"}, search={"trials": 16})
+    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--algorithm", "histogram", "--json")
+    assert code == 0 and "Traceback" not in err, err
+    assert "held no values on the calibration data (e.g. empty)" in err and "NaN or Inf in their weights" in err
+    record = json.loads((tmp_path / "q" / "record.json").read_text())
+    assert {la["name"]: la["quantized"] for la in record["layers"]} == {"conv": True, "fc": True, "nan_fc": False}
+    code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "run")
+    assert code == 0 and "Traceback" not in err, err
+    code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q2", "--plan", write_plan(tmp_path))
+    assert_one_line_error(code, err, "layer nan_fc has NaN or Inf in its weights: it can only stay float")
+
+
+def write_plan(tmp: Path) -> Path:
+    (tmp / "plan.yaml").write_text("default: {quantize: true}\n")
+    return tmp / "plan.yaml"
+
+
+def test_agreement_on_an_output_with_one_entry_per_position_is_refused(tmp_path, capsys):
+    """A per-sample probability map [N, T, 1]: its arg-max is 0 everywhere, agreement 100 % for any plan."""
+    w = numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "shape"], ["output"], name="map")]  # fmt: skip
+    model = _graph(nodes, [X], [w, numpy_helper.from_array(np.array([0, 64, 1], np.int64), "shape")], out_shape=("batch", 64, 1))
+    exp = user_experiment(tmp_path, model, eval={"metric": "agreement"})
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2],
+                          "which has 1 entry here (shape (64, 1) per sample): every plan would agree 100 %")

@@ -67,6 +67,7 @@ def collect_stats(
     sess = session(augment(model, tuple(fetched)), threads)
     stats = {t: TensorStats() for t in tensors}
     # One batch at a time: only the current batch's activations are ever held in memory.
+    batches = batches.within(sess, fetched, data, "calibration")
     for values, feed, n in batches.run(sess, fetched, data, "calibration", drop_short=True):
         for name in fed & stats.keys():
             stats[name].update(feed[name])
@@ -75,10 +76,15 @@ def collect_stats(
     return stats
 
 
-def observed_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int) -> dict[str, tuple[int, ...]]:
-    """The shape of every float tensor on one real batch: what shape inference could not say of a model
-    whose shapes depend on its input (dynamic height/width, sequence length)."""
+def observed_shapes(model: onnx.ModelProto, data: Dataset, batches: Batches,
+                    threads: int) -> tuple[dict[str, tuple[int, ...]], int]:  # fmt: skip
+    """The shape of every tensor on one real batch (within the fetch budget), and that batch's size: what shape
+    inference could not say of a model whose shapes depend on its input (dynamic height/width, sequence length)."""
     produced = [o for n in model.graph.node for o in n.output if o]
     sess = session(augment(model, tuple(produced)), threads)
     names = [o.name for o in sess.get_outputs()]
-    return {n: tuple(v.shape) for n, v in zip(names, sess.run(names, feed)) if isinstance(v, np.ndarray)}
+    batches = batches.within(sess, names, data, "calibration")
+    feed = batches.head(data)
+    values = batches.one(sess, names, feed, "calibration")
+    shapes = {n: tuple(v.shape) for n, v in zip(names, values) if isinstance(v, np.ndarray)}
+    return shapes, len(next(iter(feed.values())))

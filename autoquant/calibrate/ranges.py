@@ -6,6 +6,7 @@ quantization steps (255 for 8 bits).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -114,10 +115,19 @@ def entropy(s: TensorStats, levels: int = 255, stride: int = 16) -> tuple[float,
     return max(s.min, -threshold), min(s.max, threshold)
 
 
+def _valued(algorithm: Callable[..., tuple[float, float]]) -> Callable[..., tuple[float, float]]:
+    """`algorithm`, answering (0, 0) for a tensor calibration saw no finite value in (an empty tensor: any grid
+    quantizes its nothing exactly; one that is all NaN is the FP32 model's problem, not its range's)."""
+
+    @functools.wraps(algorithm)
+    def ranged(s: TensorStats, *args, **kwargs) -> tuple[float, float]:
+        return (0.0, 0.0) if s.total == 0 else algorithm(s, *args, **kwargs)
+
+    return ranged
+
+
 ALGORITHMS: dict[str, Callable[..., tuple[float, float]]] = {
-    "minmax": minmax,
-    "percentile": percentile,
-    "mse": mse,
-    "entropy": entropy,
-    "histogram": histogram,
-}
+    name: _valued(fn)
+    for name, fn in {"minmax": minmax, "percentile": percentile, "mse": mse, "entropy": entropy,
+                     "histogram": histogram}.items()
+}  # fmt: skip

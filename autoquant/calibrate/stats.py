@@ -22,6 +22,7 @@ class TensorStats:
     max: float = -np.inf
     radius: float = 0.0
     counts: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS, dtype=np.int64))
+    nonfinite: int = 0  # NaN / ±inf values seen, left out of everything above
 
     @property
     def edges(self) -> np.ndarray:
@@ -39,7 +40,10 @@ class TensorStats:
     def update(self, values: np.ndarray) -> None:
         v = values.reshape(-1)
         # ±inf (an attention mask's "minus infinity") has no place on any grid; ranges describe the rest
-        v = v[np.isfinite(v)] if not np.isfinite(v).all() else v
+        finite = np.isfinite(v)
+        if not finite.all():
+            self.nonfinite += int(v.size - finite.sum())
+            v = v[finite]
         if v.size == 0:
             return
         lo, hi = float(v.min()), float(v.max())
@@ -70,12 +74,13 @@ def stats_to_arrays(stats: dict[str, TensorStats]) -> dict[str, np.ndarray]:
         "max": np.array([stats[t].max for t in names], dtype=np.float64),
         "radius": np.array([stats[t].radius for t in names], dtype=np.float64),
         "counts": np.stack([stats[t].counts for t in names]) if names else np.zeros((0, NUM_BINS), np.int64),
+        "nonfinite": np.array([stats[t].nonfinite for t in names], dtype=np.int64),
     }
 
 
 def stats_from_arrays(arrays) -> dict[str, TensorStats]:
     return {
         str(name): TensorStats(float(arrays["min"][i]), float(arrays["max"][i]), float(arrays["radius"][i]),
-                               arrays["counts"][i].copy())
+                               arrays["counts"][i].copy(), int(arrays["nonfinite"][i]))
         for i, name in enumerate(arrays["names"])
     }  # fmt: skip

@@ -59,9 +59,18 @@ def _top5_hits(outputs: np.ndarray, labels: np.ndarray | None, reference: np.nda
     return (best == labels[:, None]).any(axis=1)
 
 
+def _decisions(outputs: np.ndarray) -> np.ndarray:
+    """The arg-max over the last axis, which agreement compares; with one entry there it cannot differ."""
+    if outputs.shape[-1] < 2:
+        raise DataError(f"eval.metric agreement compares the arg-max over the output's last axis, which has "
+                        f"{outputs.shape[-1]} entry here (shape {outputs.shape[1:]} per sample): every plan would agree "
+                        "100 %; use eval.metric cosine, or a metric of your own")  # fmt: skip
+    return outputs.argmax(axis=-1)
+
+
 def _agreement_hits(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> np.ndarray | None:
     """Per sample only for one prediction per sample; a sequence's share of agreeing steps is not 0 or 1."""
-    return outputs.argmax(axis=-1) == reference.argmax(axis=-1) if outputs.ndim == 2 else None
+    return _decisions(outputs) == _decisions(reference) if outputs.ndim == 2 else None
 
 
 HITS.update(top1=_top1_hits, top5=_top5_hits, agreement=_agreement_hits)
@@ -83,7 +92,7 @@ def top5(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray |
 def agreement(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
     """Top-1 agreement with the FP32 model, in percent (the arg-max over the last axis, at every position:
     per sample for a classifier, per time step for a sequence output). Needs no labels."""
-    return float((outputs.argmax(axis=-1) == reference.argmax(axis=-1)).mean() * 100.0)
+    return float((_decisions(outputs) == _decisions(reference)).mean() * 100.0)
 
 
 @builtin("cosine")

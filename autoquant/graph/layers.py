@@ -35,6 +35,7 @@ class LayerInfo:
     channel_axis: int  # output-channel axis of the weight, for per-channel scales
     depthwise: bool
     flops: int
+    finite: bool = True  # no NaN or Inf in the weights: a layer that has some can only stay float
 
     @property
     def out_channels(self) -> int:
@@ -156,7 +157,8 @@ def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None 
             else:  # MatMul with a constant right-hand side [..., K, N]
                 k, axis, depthwise = w.shape[-2], w.ndim - 1, False
             layers.append(LayerInfo(node.name, node.op_type, node.input[0], node.input[1], node.output[0], tuple(w.shape),
-                                    out_shape, axis, depthwise, _flops(per_out * k)))  # fmt: skip
+                                    out_shape, axis, depthwise, _flops(per_out * k),
+                                    bool(np.isfinite(w).all()) if np.issubdtype(w.dtype, np.floating) else True))  # fmt: skip
         else:
             float_ops.append(ComputeOp(node.name, node.op_type, _float_op_flops(node, per_out, shapes, inits, sizer)))
     if sizer.unknown and sized:

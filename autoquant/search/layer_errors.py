@@ -204,7 +204,7 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
                     fq_weights[i, key] = _fake_quant_weight(weights[i], layer, key, ws.weight_range)
     num = np.zeros((len(layers), len(options)))
     den = np.zeros(len(layers))
-    batches = ws.evaluator.batches if ws.evaluator.batches.fixed else Batches(16)
+    batches = (ws.evaluator.batches if ws.evaluator.batches.fixed else Batches(16)).within(full, fetch, subset, "eval")
     for outputs, batch, _ in batches.run(full, fetch, subset, "eval"):
         values = dict(zip(fetch, outputs))
         values.update({k: v for k, v in batch.items() if k in fed})

@@ -126,7 +126,8 @@ class SearchSpace:
         layers = []
         for layer in graph.layers:
             name = layer.name
-            options = _options(per_layer[name], allowed_modes(layer))
+            # a layer no mode can quantize (NaN weights) stays float whatever the space allows
+            options = _options(per_layer[name], allowed_modes(layer)) if allowed_modes(layer) else ("float",)
             if not options:
                 raise ConfigError(f"{where}: layer {name} ({layer.op_type}) has no valid choice left (4-bit Q/DQ weights "
                                   "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")  # fmt: skip

@@ -16,6 +16,9 @@ MATMUL_MODES = ("dynamic", "int4")
 
 
 def allowed_modes(layer: LayerInfo) -> tuple[str, ...]:
+    """The modes a layer can be quantized in (none: it can only stay float)."""
+    if not layer.finite:
+        return ()
     if layer.op_type in ("MatMul", "Gemm") and len(layer.weight_shape) == 2:
         return MODES
     return ("static",)
@@ -25,6 +28,8 @@ def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:
     """A plan that asks for a mode a layer cannot take is refused before anything is built."""
     for layer in layers:
         choice = plan[layer.name]
+        if choice.quantize and not layer.finite:
+            raise PlanError(f"layer {layer.name} has NaN or Inf in its weights: it can only stay float")
         if choice.quantize and choice.mode not in allowed_modes(layer):
             raise PlanError(f"layer {layer.name} is a {layer.op_type} with {len(layer.weight_shape)}-D weights: mode "
                             f"{choice.mode} applies to MatMul/Gemm layers with 2-D weights; use mode static")  # fmt: skip

@@ -1,7 +1,9 @@
 """A Python source: `data.loader: "file.py:function"` (relative to the experiment file) or
 "package.module:function", called with no arguments, returning an iterable of batches. A batch is a
 mapping of input name to array, or a pair (that mapping — or one array for a single-input model —,
-labels). The batches are concatenated once per run."""
+labels). The batches are read until they hold the samples the experiment's splits need (train + calibration +
+eval): a loader that yields more, or never stops (a stream, random augmentations), is not read further —
+shuffle in the loader if its order matters."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from ...data import SINGLE_INPUT_KEY, Dataset
 from ...errors import ConfigError, DataError, first_line
+from ...progress import bar
 from ...usercode import load_callable
 from . import DATA_SOURCES, SourceContext
 
@@ -34,18 +37,26 @@ def load(cfg, ctx: SourceContext) -> Dataset:
     if not cfg.loader:
         raise ConfigError("data.loader is required for data.source python: 'file.py:function' returning batches")
     fn = load_callable(cfg.loader, ctx.base, "data.loader")
-    parts, labels = [], []
+    parts, labels, have = [], [], 0
+    shown = bar(ctx.need, f"reading {cfg.loader}", unit="sample")
     try:
         for i, batch in enumerate(fn()):
             inputs, y = _split_batch(batch, i)
             if parts and inputs.keys() != parts[0].keys():
                 raise DataError(f"data.loader batch {i} has inputs {sorted(inputs)}, batch 0 had {sorted(parts[0])}")
-            parts.append(inputs)
-            labels.append(y)
+            take = min(_length(inputs, y, i, cfg.loader), ctx.need - have)
+            parts.append({k: v[:take] for k, v in inputs.items()})
+            labels.append(None if y is None else y[:take])
+            have += take
+            shown.update(take)
+            if have >= ctx.need:
+                break
     except (DataError, ConfigError):
         raise
     except Exception as exc:  # the user's loader: whatever it raises is theirs to fix, in one line
         raise DataError(f"data.loader '{cfg.loader}' failed ({exc.__class__.__name__}: {first_line(exc, 120)})") from exc
+    finally:
+        shown.close()
     if not parts:
         raise DataError(f"data.loader '{cfg.loader}' yielded no batch")
     if any(y is None for y in labels) and not all(y is None for y in labels):
@@ -57,3 +68,13 @@ def load(cfg, ctx: SourceContext) -> Dataset:
         raise DataError(f"data.loader '{cfg.loader}' batches do not stack ({first_line(exc)}): give every batch "
                         "the same non-batch shape") from exc  # fmt: skip
     return Dataset(inputs, y)
+
+
+def _length(inputs: dict[str, np.ndarray], labels: np.ndarray | None, i: int, loader: str) -> int:
+    """Samples in one batch: its arrays must agree."""
+    lengths = {len(v) if v.ndim else None for v in inputs.values()} | ({len(labels) if labels.ndim else None}
+                                                                        if labels is not None else set())  # fmt: skip
+    if len(lengths) != 1 or None in lengths:
+        raise DataError(f"data.loader '{loader}' batch {i} holds arrays of different lengths or single values: give "
+                        "one row per sample in each array")  # fmt: skip
+    return lengths.pop()
