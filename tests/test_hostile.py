@@ -377,3 +377,49 @@ def test_agreement_on_an_output_with_one_entry_per_position_is_refused(tmp_path,
     exp = user_experiment(tmp_path, model, eval={"metric": "agreement"})
     assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2],
                           "which has 1 entry here (shape (64, 1) per sample): every plan would agree 100 %")
+
+
+def lstm_and_deconv_model() -> onnx.ModelProto:
+    """A MatMul and a Conv (the plan's layers) around an LSTM and a ConvTranspose (compute no plan quantizes)."""
+    rng = np.random.default_rng(0)
+    f = lambda *shape: rng.normal(size=shape).astype(np.float32) * 0.5  # noqa: E731
+    inits = [numpy_helper.from_array(f(4, 4), "wm"), numpy_helper.from_array(f(1, 24, 4), "wx"),
+             numpy_helper.from_array(f(1, 24, 6), "wr"), numpy_helper.from_array(f(6, 2, 2, 2), "wt"),
+             numpy_helper.from_array(f(3, 2, 1, 1), "wc"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([0, 6, 1, 8], np.int64), "to_map")]  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["input", "wm"], ["m"], name="proj"),
+             helper.make_node("Transpose", ["m"], ["tm"], name="time_major", perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["tm", "wx", "wr"], ["y"], name="lstm", hidden_size=6),
+             helper.make_node("Squeeze", ["y", "one"], ["ys"], name="squeeze"),
+             helper.make_node("Transpose", ["ys"], ["yb"], name="batch_major", perm=[1, 2, 0]),
+             helper.make_node("Reshape", ["yb", "to_map"], ["img"], name="to_map"),
+             helper.make_node("ConvTranspose", ["img", "wt"], ["up"], name="up", strides=[2, 2]),
+             helper.make_node("Conv", ["up", "wc"], ["out4"], name="head"),
+             helper.make_node("Flatten", ["out4"], ["output"], name="flat")]  # fmt: skip
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 96])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_compute_no_plan_quantizes_is_reported_apart_everywhere(tmp_path, capsys):
+    """ConvTranspose and LSTM: listed by `layers`, left out of `layers_run_as`, reported on their own by `inspect`
+    — which accepts the export's own record and refuses one whose modes the file does not build."""
+    exp = user_experiment(tmp_path, lstm_and_deconv_model(), shape=(8, 4), eval={"metric": "cosine"})
+    code, out, err = cli(capsys, "layers", exp)
+    assert code == 0 and "float (not quantized" in out and "LSTM" in out and "ConvTranspose" in out, err
+    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
+    assert code == 0, err
+    assert json.loads(out)["layers_run_as"] == {"integer": 2}
+    code, out, err = cli(capsys, "inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "q" / "record.json",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert [la["name"] for la in report["layers"]] == ["proj", "head"] and report["disagreements"] == []
+    assert {(o["name"], o["op_type"]) for o in report["other_compute"]} == {("lstm", "LSTM"), ("up", "ConvTranspose")}
+    record = json.loads((tmp_path / "q" / "record.json").read_text())
+    proj = next(la for la in record["layers"] if la["name"] == "proj")
+    proj.update(mode="dynamic", data=None)  # the file has static Q/DQ for it
+    (tmp_path / "dynamic.json").write_text(json.dumps(record))
+    code, _, err = cli(capsys, "inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "dynamic.json")
+    assert code == 1 and "proj: the record says dynamic, the file builds it as int8" in err, err

@@ -27,9 +27,11 @@ INTEGER_KERNELS = frozenset(
      "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
 )  # fmt: skip
 FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# What a plan's layers can become: ConvTranspose is compute autoquant never quantizes (listed and costed as
-# float), so it is not counted against the plan's layers.
+# A plan's layers: Conv, Gemm and MatMul with constant weights (graph/layers.py). ConvTranspose and recurrent cells
+# are compute autoquant never quantizes (listed and costed as float): never counted against a plan's layers,
+# reported on their own (other_compute) the same way everywhere.
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+OTHER_COMPUTE = ("ConvTranspose", "LSTM", "GRU", "RNN")
 LAYER_FLOAT_KERNELS = FLOAT_KERNELS - {"ConvTranspose"}
 LAYOUT_ONLY = ["NchwcTransformer"]
 
@@ -194,3 +196,15 @@ def disagreements(intended: dict[str, str], executed: list[ExecutedLayer]) -> li
 def intended(model: onnx.ModelProto) -> dict[str, BuiltLayer]:
     """What the file itself says of each layer, by name."""
     return {layer.name: layer for layer in built_layers(model)}
+
+
+def other_compute(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(name, op type) of the compute no plan quantizes (ConvTranspose, LSTM, GRU, RNN): it runs float."""
+    return [(n.name, n.op_type) for n in model.graph.node if n.op_type in OTHER_COMPUTE]
+
+
+def record_disagreements(planned: dict[str, str], stored: dict[str, BuiltLayer]) -> list[str]:
+    """One line per layer the file builds otherwise than its record says (LayerChoice.label against BuiltLayer.label:
+    a static INT8 model under a record that says dynamic or int4, a float layer quantized, …)."""
+    return [f"{name}: the record says {label}, the file builds it as {stored[name].label}"
+            for name, label in planned.items() if name in stored and stored[name].label != label]  # fmt: skip
