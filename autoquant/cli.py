@@ -47,8 +47,10 @@ def _configure_logging() -> None:
     own.setLevel(logging.INFO)
     own.propagate = False
     # MLflow sets its logger's level from this variable when it is imported (lazily, after this runs)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow logs each failed write with a traceback (a full disk: one per trial); autoquant reports a tracking
+    # failure itself, once. Its own warnings are for people running MLflow by hand.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "CRITICAL")
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     logging.getLogger().setLevel(logging.ERROR)
 
 

@@ -78,7 +78,11 @@ class Batches:
         FETCH_BUDGET_BYTES, measured on one sample."""
         if self.fixed or self.size == 1 or not len(data):
             return self
-        per_sample = sum(v.nbytes for v in self.one(sess, fetch, data.head(1), what) if isinstance(v, np.ndarray))
+        try:
+            one = self.one(sess, fetch, data.head(1), what)
+        except DataError:  # a batch size fixed inside the model: it is fed at the size configured, as it needs
+            return self
+        per_sample = sum(v.nbytes for v in one if isinstance(v, np.ndarray))
         size = int(min(self.size, max(1, FETCH_BUDGET_BYTES // max(per_sample, 1))))
         if size < self.size:
             log.info("%s batches of %d sample(s) instead of %d: the tensors read from each sample take %.0f MB",

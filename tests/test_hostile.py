@@ -1,9 +1,11 @@
 """Hostile and broken input: each case gets one line and exit code 2 (or a failed trial with its reason),
 and no file from an earlier good run is damaged."""
 
+import dataclasses
 import errno
 import json
 import os
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 from conftest import conv_model, write_experiment
 from onnx import TensorProto, helper, numpy_helper
 
@@ -352,7 +355,7 @@ def test_empty_and_nan_tensors_are_calibrated_around(tmp_path, capsys):
     """Empty tensors have nothing to quantize (every range algorithm answers (0, 0) for them); a layer with NaN
     weights can only stay float: the default search runs, every range algorithm included."""
     exp = user_experiment(tmp_path, empty_and_nan_model(), eval={"metric": "agreement"}, search={"trials": 16})
-    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--algorithm", "histogram", "--json")
+    code, _out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--algorithm", "histogram", "--json")
     assert code == 0 and "Traceback" not in err, err
     assert "held no values on the calibration data (e.g. empty)" in err and "NaN or Inf in their weights" in err
     record = json.loads((tmp_path / "q" / "record.json").read_text())
@@ -382,7 +385,7 @@ def test_agreement_on_an_output_with_one_entry_per_position_is_refused(tmp_path,
 def lstm_and_deconv_model() -> onnx.ModelProto:
     """A MatMul and a Conv (the plan's layers) around an LSTM and a ConvTranspose (compute no plan quantizes)."""
     rng = np.random.default_rng(0)
-    f = lambda *shape: rng.normal(size=shape).astype(np.float32) * 0.5  # noqa: E731
+    f = lambda *shape: rng.normal(size=shape).astype(np.float32) * 0.5
     inits = [numpy_helper.from_array(f(4, 4), "wm"), numpy_helper.from_array(f(1, 24, 4), "wx"),
              numpy_helper.from_array(f(1, 24, 6), "wr"), numpy_helper.from_array(f(6, 2, 2, 2), "wt"),
              numpy_helper.from_array(f(3, 2, 1, 1), "wc"),
@@ -423,3 +426,113 @@ def test_compute_no_plan_quantizes_is_reported_apart_everywhere(tmp_path, capsys
     (tmp_path / "dynamic.json").write_text(json.dumps(record))
     code, _, err = cli(capsys, "inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "dynamic.json")
     assert code == 1 and "proj: the record says dynamic, the file builds it as int8" in err, err
+
+
+def test_a_sequence_typed_output_is_one_line(tmp_path, capsys):
+    """The scored output is a sequence of tensors (SplitToSequence): nothing to score as one array."""
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("SplitToSequence", ["c"], ["output"], name="split", axis=1)]  # fmt: skip
+    out = helper.make_tensor_sequence_value_info("output", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph(nodes, "seq", [X], [out], [W]), opset_imports=[helper.make_opsetid("", 17)])
+    exp = user_experiment(tmp_path, model, eval={"metric": "cosine"})
+    assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2],
+                          "output 'output' is a list, not a tensor: set eval.output to a tensor output of the model")
+
+
+def test_a_checkpoint_with_other_keys_names_them(tmp_path, capsys):
+    import torch
+
+    (tmp_path / "net.py").write_text("import torch\n\ndef net():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
+                                     "torch.nn.Flatten(), torch.nn.Linear(144, 5))\n")  # fmt: skip
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3), "head.bias": torch.zeros(5)}, tmp_path / "other.pt")
+    exp = user_experiment(tmp_path)
+    sections = yaml.safe_load(exp.read_text())
+    sections["model"] = {"torch": "net.py:net", "checkpoint": "other.pt", "inputs": {"input": {"shape": [1, 3, 8, 8]}}}
+    exp.write_text(yaml.safe_dump(sections))
+    code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q")
+    assert_one_line_error(code, err, 'Missing key(s) in state_dict: "0.weight", "0.bias"')
+    assert 'Unexpected key(s) in state_dict: "conv.weight", "head.bias"' in err
+
+
+def test_sensitivity_full_with_a_metric_the_data_cannot_score_is_one_line(tmp_path, capsys):
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), data={"y_key": None})
+    code, _out, err = cli(capsys, "sensitivity", exp, "--full", "--out", tmp_path / "sens")
+    assert_one_line_error(code, err, "top1 needs class-id labels and the data has none")
+    assert err.count("top1 needs") == 1 and not (tmp_path / "sens").exists()
+
+
+def test_a_full_disk_is_named_with_the_file_it_stopped(tmp_path, capsys, monkeypatch):
+    def no_space(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]))
+    monkeypatch.setattr(autoquant.fileio.os, "fsync", no_space)
+    code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q")
+    assert_one_line_error(code, err, "No space left on device")
+    assert re.search(r"cannot read or write /\S+: No space left on device", err.strip().splitlines()[-1]), err
+
+
+def test_mlflow_failing_mid_study_is_reported_once(tmp_path, capsys, monkeypatch):
+    """A tracking store that fails on every write (a full disk): the study and its export go on, one warning."""
+    from mlflow import MlflowClient
+
+    calls = []
+    log_batch = MlflowClient.log_batch
+
+    def full(*args, **kwargs):  # the study's own run is written; then the disk is full
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return log_batch(*args, **kwargs)
+
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), search={"trials": 6, "sensitivity_k": []})
+    monkeypatch.setattr(MlflowClient, "log_batch", full)
+    code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet")
+    assert code == 0 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "No space left" in line] == [
+        line for line in err.splitlines() if line.startswith("autoquant: warning:")] and err.count("No space left") == 1
+    assert (tmp_path / "run" / "best" / "model.int8.onnx").is_file()
+
+
+def test_a_trial_run_a_kill_left_running_is_logged_again_on_resume(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), search={"trials": 4, "sensitivity_k": []})
+    assert cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet")[0] == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "hostile"]
+    trial_runs = lambda: [r for r in client.search_runs([experiment.experiment_id], max_results=100)
+                          if "autoquant.trial" in r.data.tags]  # fmt: skip
+    killed = next(r for r in trial_runs() if r.data.tags["autoquant.trial"] == "1")
+    client.update_run(killed.info.run_id, "RUNNING")  # created, never finished: what a kill -9 mid-log leaves
+    assert cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet", "--trials", "6")[0] == 0
+    runs = trial_runs()
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert sorted(int(r.data.tags["autoquant.trial"]) for r in runs) == list(range(6))
+
+
+def test_a_model_the_checker_refuses_but_onnxruntime_runs_is_taken_and_so_are_its_exports(tmp_path, capsys, cache_dir):
+    """An export whose output type has no shape (the PP-OCRv5 recognizer's, after pre-processing): onnx's checker
+    refuses it, onnxruntime runs it. Every command takes it and autoquant's own export of it; pre-processing leaves
+    nothing in the cache but its model."""
+    model = fixed_batch_model(1)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(model)
+    exp = user_experiment(tmp_path, model, eval={"metric": "cosine"})
+    assert cli(capsys, "quantize", exp, "--out", tmp_path / "q")[0] == 0
+    for argv in (["evaluate", tmp_path / "q" / "model.int8.onnx", exp],
+                 ["inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "q" / "record.json"]):  # fmt: skip
+        code, _, err = cli(capsys, *argv)
+        assert code == 0 and "unreadable" not in err, err
+    sha = Workspace(load_experiment(exp)).sha
+    assert {p.name for p in (cache_dir / "models" / sha[:16]).iterdir()} == {"preprocessed.onnx", "preprocessed.lock"}
+
+
+def test_a_built_in_model_is_the_same_model_in_every_fresh_cache(tmp_path):
+    """Another worker, machine or a cleared cache resumes the same study: the trained digits CNN's hash is one."""
+    exp = write_experiment(tmp_path / "digits.yaml", name="digits", model={"builtin": "digits_cnn"},
+                           data={"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 100})  # fmt: skip
+    shas = {Workspace(dataclasses.replace(load_experiment(exp), cache_dir=tmp_path / f"cache{i}")).sha for i in range(2)}
+    assert len(shas) == 1

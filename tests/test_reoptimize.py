@@ -73,3 +73,25 @@ def test_reoptimize_without_a_registry_or_alias_is_exit_2(digits_yaml, tmp_path,
     code = main(["reoptimize", str(digits_yaml), "--registered-model", "nope", "--out", str(tmp_path / "r"),
                  "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])  # fmt: skip
     assert code == 2 and "has no alias 'production'" in capsys.readouterr().err
+
+
+def test_an_unreachable_registry_fails_fast_and_a_moved_study_is_one_line(digits_yaml, tmp_path, capsys):
+    import time
+
+    t0 = time.perf_counter()
+    code = main(["reoptimize", str(digits_yaml), "--registered-model", "digits", "--out", str(tmp_path / "r"),
+                 "--tracking-uri", "http://127.0.0.1:9"])  # fmt: skip
+    assert code == 2 and "cannot use the MLflow registry at http://127.0.0.1:9" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 30
+    registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    exp = yaml.safe_load(digits_yaml.read_text())
+    exp["search"] = {"tracking_uri": registry, "sensitivity_k": []}
+    (tmp_path / "prod.yaml").write_text(yaml.safe_dump(exp))
+    assert main(["search", str(tmp_path / "prod.yaml"), "--trials", "3", "--out", str(tmp_path / "run1"), "--quiet",
+                 "--register", "digits", "--alias", "production"]) == 0  # fmt: skip
+    capsys.readouterr()
+    shutil.move(tmp_path / "run1", tmp_path / "elsewhere")
+    code = main(["reoptimize", str(tmp_path / "prod.yaml"), "--registered-model", "digits", "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "cannot fetch version 1 of 'digits'" in err and "moved or deleted" in err

@@ -354,6 +354,10 @@ def test_separate_calibration_data(tmp_path, capsys):
     (tmp_path / "many.yaml").write_text(too_many)
     one_line_error(capsys, ["quantize", tmp_path / "many.yaml", "--out", tmp_path / "o"],
                    "data.calibration_size is 30 but the calibration data has 20 samples")
+    same = exp.read_text().replace("path: calib.npz", "path: eval.npz").replace("name: sep", "name: sep3")
+    (tmp_path / "same.yaml").write_text(same)
+    one_line_error(capsys, ["quantize", tmp_path / "same.yaml", "--out", tmp_path / "o"],
+                   "data.calibration reads the same data as data")
 
 
 def test_conv_transpose_stays_float_and_does_not_count_against_the_plan(tmp_path, capsys):

@@ -41,6 +41,10 @@ def load_splits(exp: Experiment, inputs: tuple[str, ...] | None = None) -> Split
     for a built-in model that is trained on them before it exists."""
     d = exp.data
     base = experiment_dir(exp)
+    if d.calibration and _same_data(d, d.calibration):
+        raise DataError(f"data.calibration reads the same data as data ({d.path or d.loader or d.source}): its samples "
+                        "would also be scored; leave data.calibration out (one source is split into disjoint "
+                        "calibration and eval samples) or point it at other data")  # fmt: skip
     calibration_here = 0 if d.calibration else d.calibration_size
     full = DATA_SOURCES.get(d.source)(d, SourceContext(base, exp.cache, inputs, d.train_size + calibration_here + d.eval_size))
     calib = None
@@ -48,6 +52,10 @@ def load_splits(exp: Experiment, inputs: tuple[str, ...] | None = None) -> Split
         calib = DATA_SOURCES.get(d.calibration.source)(d.calibration, SourceContext(base, exp.cache, inputs, d.calibration_size))
     return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed,
                  calibration_data=calib)  # fmt: skip
+
+
+def _same_data(a, b) -> bool:
+    return a.source == b.source and a.path == b.path and a.loader == b.loader and a.image == b.image
 
 
 def model_path(exp: Experiment, splits: Callable[[], Splits]) -> Path:

@@ -26,6 +26,9 @@ class Registry:
     def __init__(self, uri: str):
         from mlflow import MlflowClient
 
+        from .tracker import fail_fast
+
+        fail_fast(uri)
         try:
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             self.client.search_registered_models(max_results=1)
@@ -64,5 +67,13 @@ class Registry:
         except Exception as exc:
             raise ConfigError(f"registered model '{name}' has no alias '{alias}' in {self.uri}: register an export "
                               "first (autoquant search ... --register NAME --alias ALIAS)") from exc  # fmt: skip
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, tracking_uri=self.uri))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, tracking_uri=self.uri))
+        except Exception as exc:  # MLflow raises store-specific types; a moved run directory: OSError, MlflowException
+            raise ConfigError(f"cannot fetch version {v.version} of '{name}' from {v.source} ({first_line(exc)}): the run "
+                              "directory of the study that registered it was moved or deleted; put it back, or register "
+                              "a new export") from exc  # fmt: skip
+        if not all((local / f).is_file() for f in EXPORT_FILES):
+            raise ConfigError(f"version {v.version} of '{name}' ({v.source}) has no {' and '.join(EXPORT_FILES)}: register "
+                              "an autoquant export")  # fmt: skip
         return Deployed(str(v.version), local / "model.int8.onnx", Record.load(local / "record.json"), dict(v.tags))

@@ -72,16 +72,19 @@ def follow_moved_run_dir(tracking_uri: str, experiment_name: str, artifact_dir: 
         engine.dispose()
 
 
+def fail_fast(uri: str) -> None:
+    """MLflow's default retries with backoff take minutes to give up on a server that does not answer; a
+    scheduled job should fail in seconds. The user's own settings win."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path, own_store: bool = False):
         from mlflow import MlflowClient
 
-        if tracking_uri.startswith(("http://", "https://")):
-            # MLflow's default retries with backoff take minutes to give up on a server that does not
-            # answer; a scheduled job should fail in seconds. The user's own settings win.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
+        fail_fast(tracking_uri)
         try:
             if own_store:
                 follow_moved_run_dir(tracking_uri, experiment_name, artifact_dir)
@@ -129,18 +132,23 @@ class Tracker:
             self.client.log_metric(self.parent_id, k, float(v))
 
     def _backfill(self, study: optuna.Study) -> None:
-        """Log the trials that finished after the last logged one when a previous run was killed."""
+        """Log the trials that finished after the last logged one when a previous run was killed; a trial's run
+        that a kill left RUNNING (created, not finished) is logged again."""
         runs = self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
                                        max_results=50000)  # fmt: skip
-        logged = {r.data.tags.get("autoquant.trial") for r in runs}
+        for r in runs:
+            if r.info.status == "RUNNING":
+                self.client.delete_run(r.info.run_id)
+        logged = {r.data.tags.get("autoquant.trial") for r in runs if r.info.status != "RUNNING"}
         for trial in study.get_trials(deepcopy=False, states=FINISHED):
             if str(trial.number) not in logged:
                 self._log_trial(trial)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: hands the finished trial to a background thread so that MLflow's writes
-        overlap with the next trial's inference instead of adding to it."""
-        if trial.state in FINISHED:
+        overlap with the next trial's inference instead of adding to it. Once a write failed (a full disk, a
+        server gone) no more are tried: the study goes on, and finish() reports the failure once."""
+        if trial.state in FINISHED and not any(f.done() and f.exception() for f in self._pending):
             self._pending.append(self._pool.submit(self._log_trial, trial))
 
     def _log_trial(self, trial: optuna.trial.FrozenTrial) -> None:

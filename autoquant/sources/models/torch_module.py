@@ -59,8 +59,10 @@ def resolve(exp, splits) -> Path:
             if m.checkpoint is not None:
                 module.load_state_dict(torch.load(m.checkpoint, map_location="cpu", weights_only=True))
         except Exception as exc:  # the user's code and checkpoint: say what failed, in one line
+            # load_state_dict lists the missing and unexpected keys on the lines after its first: keep them
+            said = " ".join(str(exc).split())[:300] or exc.__class__.__name__
             raise ModelError(f"model.torch '{m.torch}' could not be built or loaded ({exc.__class__.__name__}: "
-                             f"{first_line(exc, 160)})") from exc  # fmt: skip
+                             f"{said})") from exc  # fmt: skip
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"model.torch '{m.torch}' returned a {type(module).__name__}, not a torch.nn.Module")
         order = _forward_order(module, list(m.inputs), m.torch)
