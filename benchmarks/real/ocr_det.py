@@ -6,6 +6,7 @@ the text-probability map to FP32's (× 100). Needs `pip install -e ".[bench]"`."
 from __future__ import annotations
 
 import numpy as np
+from minilm import english_sentences  # beside this file: imported with it (usercode adds its folder)
 
 SIZE = 320  # the detector wants multiples of 32
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -13,7 +14,6 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def pages(count: int = 240):
-    from minilm import english_sentences
     from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(0)

@@ -6,12 +6,12 @@ per-position top-1 agreement of the character sequence with FP32's. Needs `pip i
 from __future__ import annotations
 
 import numpy as np
+from minilm import english_sentences  # beside this file: imported with it (usercode adds its folder)
 
 HEIGHT, WIDTH = 48, 320
 
 
 def lines(count: int = 240):
-    from minilm import english_sentences
     from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(0)
