@@ -8,10 +8,9 @@ Types a caller builds or reads: Experiment / load_experiment, Workspace, QuantPl
 
 from __future__ import annotations
 
-from .config import Experiment, load_experiment
+from .config import Cost, Experiment, load_experiment
 from .engine import PRESETS, QuantizeResult, apply_record, evaluate, preset_plan, quantize
 from .errors import AutoquantError, ConfigError, DataError, ModelError, PlanError
-from .evaluate.cost import Cost
 from .graph.ingest import export_torch
 from .jobs.reoptimize import ReoptimizeResult, reoptimize
 from .jobs.search import SearchResult, export_from_run, register, search

@@ -14,8 +14,8 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from .config import Cost
 from .errors import AutoquantError
-from .evaluate.cost import Cost
 
 
 def _log(msg: str) -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from .config import load_experiment
+from .config import Cost, load_experiment
 from .errors import ConfigError
-from .evaluate.cost import Cost
 from .fileio import atomic_write_bytes
 from .search.pareto import ScoredPlan, choose, pareto_front
 from .search.study import RunPaths, make_storage, scored_points

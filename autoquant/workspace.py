@@ -27,7 +27,7 @@ from .config import Experiment
 from .data import Splits
 from .errors import DataError, PlanError
 from .evaluate.evaluator import EvalResult, Evaluator
-from .evaluate.metrics import resolve_metric
+from .evaluate.metrics import check_metric, resolve_metric
 from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import ActivationParams, build_model, params_from_range
@@ -61,7 +61,8 @@ class Workspace:
     what it needs (`autoquant layers` loads no data for an ONNX model and never scores FP32)."""
 
     def __init__(self, exp: Experiment):
-        check_sources(exp)  # an unknown model or data source fails before any work
+        check_sources(exp)  # an unknown model or data source, or metric, fails before any work
+        check_metric(exp.eval.metric)
         self.exp = exp
         self._seconds: dict[str, float] = {}
 

@@ -34,8 +34,8 @@ from common import RESULTS, hypervolume, machine, ort_quantize_static, write_res
 
 from autoquant.api import search
 from autoquant.calibrate.ranges import ALGORITHMS
-from autoquant.config import load_experiment
-from autoquant.evaluate.cost import Cost, bitops_fraction
+from autoquant.config import Cost, load_experiment
+from autoquant.evaluate.cost import bitops_fraction
 from autoquant.quantize.plan import LayerChoice, QuantPlan
 from autoquant.search.pareto import choose
 from autoquant.search.study import scored_points

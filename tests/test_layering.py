@@ -11,11 +11,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "autoquant"
 
 # Lower number = lower layer. Keys are module paths relative to the package, matched by longest prefix.
 LAYERS = {
-    "errors": 0, "fileio": 0, "versions": 0, "usercode": 0, "progress": 0,
+    "errors": 0, "fileio": 0, "versions": 0, "usercode": 0, "progress": 0, "config": 0,
     "graph": 1, "data": 1, "runtime": 1,
     "calibrate": 2,
     "quantize": 3,
-    "evaluate": 4, "config": 4,
+    "evaluate": 4,
     "sources": 5, "zoo": 5, "workspace": 5, "measure": 5, "record": 5, "engine": 5,
     "search": 6,
     "track": 7, "jobs": 7, "report": 7,

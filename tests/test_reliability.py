@@ -18,7 +18,7 @@ import yaml
 from conftest import write_experiment
 
 from autoquant.cli import main
-from autoquant.evaluate.cost import Cost
+from autoquant.config import Cost
 from autoquant.measure import Measurement
 from autoquant.quantize.plan import LayerChoice, QuantPlan
 from autoquant.search.pareto import ScoredPlan, choose

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from autoquant import evaluate, load_experiment
 from autoquant.api import export_from_run, search
 from autoquant.cli import main
-from autoquant.evaluate.cost import Cost
+from autoquant.config import Cost
 from autoquant.evaluate.latency import not_slower
 from autoquant.measure import Measurement
 from autoquant.quantize.plan import LayerChoice, QuantPlan

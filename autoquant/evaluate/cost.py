@@ -1,37 +1,11 @@
-"""Cost model: bitops of a plan, and the costs a study can minimise next to accuracy."""
+"""Bitops of a plan: Σ over layers of FLOPs × activation bits × weight bits, and its share of FP32."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any, Protocol
 
 from ..quantize.plan import QuantPlan
-
-
-class Cost(Enum):
-    """The cost a study minimises next to accuracy: which measured attribute it is, how it is labelled
-    and how it is plotted. Parsed from `search.objective` / `--objective` at the edge."""
-
-    BITOPS = ("bitops", "bitops_fraction", "bitops (fraction of FP32)", True)
-    LATENCY = ("latency", "latency_ratio", "latency (ratio to FP32)", False)
-    SIZE = ("size", "size_bytes", "model size (bytes)", False)
-
-    def __new__(cls, key: str, attribute: str, label: str, log_scale: bool):
-        member = object.__new__(cls)
-        member._value_ = key
-        member.attribute, member.label, member.log_scale = attribute, label, log_scale
-        return member
-
-    def of(self, measured: Any) -> float:
-        """This cost of a measured plan (anything with the attribute, e.g. a Measurement)."""
-        return float(getattr(measured, self.attribute))
-
-    @property
-    def study_key(self) -> str:
-        # Stored in a study's fingerprint. Latency used to be optimised in milliseconds; a study that did
-        # so must not be resumed with ratios, so the ratio has a key of its own.
-        return "latency-ratio" if self is Cost.LATENCY else self.value
 
 
 class Layers(Protocol):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, first_line
+from ..errors import ConfigError, DataError, first_line
 from ..usercode import load_callable
 
 Metric = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], float]
@@ -124,8 +124,16 @@ def _checked(spec: str, fn: Callable) -> Metric:
     return metric
 
 
+def check_metric(spec: str) -> None:
+    """A metric name that is neither built in nor a code reference is a typo: said before any work."""
+    if spec not in BUILTIN and ":" not in spec:
+        raise ConfigError(f"eval.metric '{spec}' must be one of {', '.join(BUILTIN)}, or 'file.py:function' / "
+                          "'module:function'")
+
+
 def resolve_metric(spec: str, base: Path | None = None) -> Metric:
     """A built-in metric by name, or the user's `file.py:function` / `module:function`."""
+    check_metric(spec)
     if spec in BUILTIN:
         return BUILTIN[spec]
     return _checked(spec, load_callable(spec, base, "eval.metric"))

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import Experiment
+from ..config import Cost, Experiment
 from ..errors import ConfigError
-from ..evaluate.cost import Cost, bitops_fraction
+from ..evaluate.cost import bitops_fraction
 from ..fileio import atomic_write_bytes
 from ..graph.ingest import load_onnx
 from ..measure import Measurement, Meter

@@ -13,10 +13,9 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from ..config import Experiment, load_experiment
+from ..config import Cost, Experiment, load_experiment
 from ..engine import QuantizeResult
 from ..errors import ConfigError, first_line
-from ..evaluate.cost import Cost
 from ..fileio import atomic_write_bytes, file_lock, recover_dir
 from ..record import Record
 from ..search import trial_attrs as attrs

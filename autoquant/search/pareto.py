@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluate.cost import Cost
+from ..config import Cost
 from ..measure import Measurement
 from ..quantize.plan import QuantPlan
 

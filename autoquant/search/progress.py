@@ -7,7 +7,7 @@ import sys
 
 import optuna
 
-from ..evaluate.cost import Cost
+from ..config import Cost
 from . import trial_attrs as attrs
 
 

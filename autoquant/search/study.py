@@ -17,9 +17,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from ..config import Experiment, SearchConfig
+from ..config import Cost, Experiment, SearchConfig
 from ..errors import ConfigError, first_line
-from ..evaluate.cost import Cost
 from ..evaluate.early_stop import Hopeless
 from ..evaluate.latency import not_slower
 from ..measure import Measurement, Meter, Timing, paired_figures
