@@ -14,16 +14,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .errors import ConfigError, PlanError
 from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
 from .graph.layers import GraphInfo
-from .quantize.build import ActivationParams
-from .quantize.modes import allowed_modes
-from .quantize.modes.static import tensor_algorithms
+from .quantize import modes
+from .quantize.modes.static import dequantize_params, tensor_algorithms
 from .quantize.plan import LayerChoice, QuantPlan
+from .quantize.scales import ActivationParams
 from .quantize.smoothing import Smoothing, smoothable
 from .versions import versions
 
@@ -58,20 +57,19 @@ class LayerRecord:
     weight: WeightRecord | None = None
     data: DataRecord | None = None  # None for the dynamic and int4 modes: activations are quantized at run time
     kernel: str = ""  # what onnxruntime ran for the layer when the record was made (e.g. QLinearConv, Conv)
-    mode: str = "static"  # quantize/plan.py MODES
+    mode: str = "static"  # a registered mode (quantize/modes/)
     accuracy_level: int = 0  # int4: MatMulNBits compute precision
 
 
     def choice(self) -> LayerChoice:
         if not (self.quantized and self.weight):
             return LayerChoice(quantize=False)
-        if self.mode == "dynamic":
-            return LayerChoice.dynamic(self.weight.granularity)
-        if self.mode == "int4":
-            return LayerChoice.int4(self.weight.block_size, self.accuracy_level)
-        if self.data is None:
-            raise PlanError(f"layer {self.name} is static but has no data entry")
-        return LayerChoice(True, self.weight.granularity, self.data.algorithm, self.weight.bits, self.data.bits)
+        mode = modes.get(self.mode)
+        if mode.calibrated and self.data is None:
+            raise PlanError(f"layer {self.name} is {self.mode} but has no data entry")
+        w = self.weight
+        return mode.from_record(w.bits, w.granularity, w.block_size, self.data.algorithm if self.data else "minmax",
+                                self.accuracy_level)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -175,9 +173,10 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
             raise PlanError(f"{at}: 'quantized' must be true or false, got {lr.quantized!r}")
         if not lr.quantized:
             continue
-        if lr.mode not in allowed_modes(info):
-            raise PlanError(f"{at}: mode {lr.mode!r} must be one of {', '.join(allowed_modes(info))} for a {info.op_type}")
-        static = lr.mode == "static"
+        if lr.mode not in modes.allowed_modes(info):
+            raise PlanError(f"{at}: mode {lr.mode!r} must be one of {', '.join(modes.allowed_modes(info))} for a "
+                            f"{info.op_type}")  # fmt: skip
+        static = modes.get(lr.mode).calibrated
         if not isinstance(lr.weight, WeightRecord) or (static and not isinstance(lr.data, DataRecord)):
             raise PlanError(f"{at} is quantized but has no {'weight' if not isinstance(lr.weight, WeightRecord) else 'data'} entry")
         try:
@@ -211,38 +210,6 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
         _zero_point(entry["zero_point"], f"{where}: activations[{tensor!r}].zero_point", record.activation_type)
 
 
-def _qparams(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Scale and zero point of the DequantizeLinear that produces `tensor`, if any."""
-    inits = {i.name: i for i in qmodel.graph.initializer}
-    for node in qmodel.graph.node:
-        if node.op_type == "DequantizeLinear" and node.output[0] == tensor:
-            return numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
-    return None
-
-
-def _runtime_weights(qmodel: onnx.ModelProto, node: onnx.NodeProto | None, choice: LayerChoice) -> WeightRecord:
-    """Weight scales and zero points of a dynamic (MatMulInteger) or int4 (MatMulNBits) layer."""
-    want = "MatMulInteger" if choice.mode == "dynamic" else "MatMulNBits"
-    if node is None or node.op_type != want:
-        raise PlanError(f"layer {node.name if node else '?'} was not built as {want}; cannot record it")
-    inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
-    if choice.mode == "dynamic":
-        # The weight scale is the initializer multiplied with DynamicQuantizeLinear's run-time scale.
-        x_scale = next(n.output[1] for n in qmodel.graph.node if n.op_type == "DynamicQuantizeLinear"
-                       and n.output[0] == node.input[0])  # fmt: skip
-        mul = next(n for n in qmodel.graph.node if n.op_type == "Mul" and x_scale in n.input)
-        scale = inits[next(t for t in mul.input if t != x_scale)]
-        zero = inits[node.input[3]]
-        return WeightRecord(8, choice.weight_granularity, np.atleast_1d(scale).astype(float).tolist(),
-                            np.atleast_1d(zero).astype(int).tolist())  # fmt: skip
-    attrs = {a.name: a.i for a in node.attribute}
-    blocks = -(-attrs["K"] // attrs["block_size"])
-    packed = inits[node.input[3]].reshape(attrs["N"], -1)  # two 4-bit zero points per byte, low nibble first
-    zero = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(attrs["N"], -1)[:, :blocks]
-    return WeightRecord(4, "per_block", inits[node.input[2]].astype(float).reshape(-1).tolist(),
-                        zero.astype(int).reshape(-1).tolist(), attrs["block_size"])  # fmt: skip
-
-
 def make_record(
     qmodel: onnx.ModelProto,
     graph: GraphInfo,
@@ -264,19 +231,18 @@ def make_record(
     for info in graph.layers:
         choice = plan[info.name]
         weight = data = None
-        if choice.quantize and choice.mode == "static":
-            node = nodes[info.name]
-            w = _qparams(qmodel, node.input[1])
-            d = _qparams(qmodel, node.input[0])
-            if w is None or d is None:
-                raise PlanError(f"layer {info.name} was not quantized by onnxruntime; cannot record it")
-            weight = WeightRecord(choice.weight_bits, choice.weight_granularity,
-                                  np.atleast_1d(w[0]).astype(float).tolist(),
-                                  np.atleast_1d(w[1]).astype(int).tolist())  # fmt: skip
-            data = DataRecord(choice.activation_bits, choice.activation_algorithm,
-                              float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
-        elif choice.quantize:
-            weight = _runtime_weights(qmodel, nodes.get(info.name), choice)
+        if choice.quantize:
+            mode, node = modes.get(choice.mode), nodes.get(info.name)
+            if node is None or (mode.kernels and node.op_type not in mode.kernels):
+                raise PlanError(f"layer {info.name} was not built as {choice.mode}; cannot record it")
+            w = mode.recorded_weights(qmodel, node, choice)
+            weight = WeightRecord(w.bits, w.granularity, w.scales, w.zero_points, w.block_size)
+            if mode.calibrated:
+                d = dequantize_params(qmodel, node.input[0])
+                if d is None:
+                    raise PlanError(f"layer {info.name} was not quantized by onnxruntime; cannot record it")
+                data = DataRecord(choice.activation_bits, choice.activation_algorithm,
+                                  float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
         layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data,
                                   kernels.get(info.name, ""), choice.mode, choice.accuracy_level))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}

@@ -30,9 +30,10 @@ from .evaluate.evaluator import EvalResult, Evaluator
 from .evaluate.metrics import check_metric, resolve_metric
 from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, ShapesUnknown, analyze
-from .quantize.build import ActivationParams, build_model, params_from_range
+from .quantize.build import build_model
 from .quantize.modes.static import WeightParams, tensor_algorithms
 from .quantize.plan import QuantPlan
+from .quantize.scales import ActivationParams, params_from_range
 from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
 from .quantize.weight_range import TARGET_ENV
 from .quantize.weight_range import resolve as resolve_weight_range

@@ -12,9 +12,10 @@ from autoquant.calibrate.collect import collect_stats
 from autoquant.data import Dataset
 from autoquant.graph.ingest import prepare
 from autoquant.graph.layers import analyze
-from autoquant.quantize.build import build_model, params_from_range
+from autoquant.quantize.build import build_model
 from autoquant.quantize.modes.static import WeightParams, tensor_algorithms
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
+from autoquant.quantize.scales import params_from_range
 from autoquant.record import make_record
 from autoquant.runtime import Batches
 

@@ -14,10 +14,12 @@ from onnx import numpy_helper
 from scipy.stats import spearmanr
 
 from autoquant import LayerChoice, QuantPlan, Workspace
+from autoquant.quantize.fake import fake_quant_weight
+from autoquant.quantize.modes import encode
 from autoquant.search.guided import ErrorModel, guided_plans
-from autoquant.search.layer_errors import fake_quant_weight, layer_errors
+from autoquant.search.layer_errors import layer_errors
 from autoquant.search.sensitivity import layer_sensitivity
-from autoquant.search.space import SearchSpace, encode
+from autoquant.search.space import SearchSpace
 from autoquant.search.study import space_path
 
 
@@ -47,7 +49,7 @@ def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, gra
     layer = ws.graph.layers[3]
     built = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice(weight_granularity=granularity)))
     w = numpy_helper.to_array(next(i for i in ws.model.graph.initializer if i.name == layer.weight))
-    np.testing.assert_allclose(fake_quant_weight(w, layer, granularity, 8, weight_range),
+    np.testing.assert_allclose(fake_quant_weight(w, layer.channel_axis, granularity, 8, weight_range),
                                dequantized_weight(built, layer.name), rtol=1e-6, atol=1e-7)  # fmt: skip
 
 

@@ -22,11 +22,12 @@ from autoquant.engine import apply_record, quantize
 from autoquant.evaluate.cost import bitops_fraction
 from autoquant.evaluate.executed import disagreements, executed_layers, kernel_counts, optimized_graph
 from autoquant.measure import Meter
+from autoquant.quantize.fake import fake_quant_blockwise
+from autoquant.quantize.modes import decode
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.quantize.smoothing import smoothable
 from autoquant.record import Record
-from autoquant.search.layer_errors import fake_quant_blockwise
-from autoquant.search.space import SearchSpace, decode
+from autoquant.search.space import SearchSpace
 from autoquant.search.study import space_path, warm_starts
 
 INTEGER = {"static": {"QLinearMatMul", "QGemm"}, "dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"},

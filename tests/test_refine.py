@@ -14,12 +14,13 @@ from test_sources import cli, encoder_workdir, transformer_exp
 
 from autoquant import Workspace, load_experiment
 from autoquant.config import SearchConfig
+from autoquant.quantize.modes import encode
 from autoquant.quantize.plan import FLOAT
 from autoquant.search.guided import ErrorModel
 from autoquant.search.layer_errors import layer_errors
 from autoquant.search.pareto import hypervolume
 from autoquant.search.refine import DESCENT, Refine, allowed_error
-from autoquant.search.space import SearchSpace, encode
+from autoquant.search.space import SearchSpace
 from autoquant.search.study import space_path
 from autoquant.search.trial_attrs import plan as plan_of
 from autoquant.search.trial_attrs import plan_spec

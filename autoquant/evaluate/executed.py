@@ -22,6 +22,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from ..quantize import modes
+
 INTEGER_KERNELS = frozenset(
     {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
      "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
@@ -48,8 +50,6 @@ class BuiltLayer:
     label: str = ""  # how the layer is quantized, as `autoquant inspect` names it (LayerChoice.label)
 
 
-# Integer nodes that onnxruntime's dynamic and n-bit quantizers write: the layer is their constant input 1.
-RUNTIME_QUANTIZED = {"MatMulInteger": "dynamic", "MatMulNBits": "int4"}
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,10 @@ def built_layers(model: onnx.ModelProto) -> list[BuiltLayer]:
         if len(node.input) < 2:
             continue
         w = node.input[1]
-        if node.op_type in RUNTIME_QUANTIZED and w in inits:
+        mode = modes.by_kernel(node.op_type)  # a node a mode's builder wrote in the layer's place
+        if mode is not None and w in inits:
             bits = next((a.i for a in node.attribute if a.name == "bits"), 8)
-            layers.append(BuiltLayer(node.name, "MatMul", w, bits, "integer", RUNTIME_QUANTIZED[node.op_type]))
+            layers.append(BuiltLayer(node.name, "MatMul", w, bits, "integer", mode.name))
             continue
         if node.op_type not in WEIGHTED_OPS:
             continue

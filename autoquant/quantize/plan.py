@@ -10,25 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..calibrate.ranges import ALGORITHMS
 from ..errors import ConfigError, PlanError
 
 GRANULARITIES = ("per_tensor", "per_channel")
-WEIGHT_BITS = (8, 4)
-# How a quantized layer runs (quantize/modes/ builds each): `static` INT8 through Q/DQ with calibrated
-# activation scales; `dynamic` INT8 with activations quantized at run time from their own min/max
-# (MatMulInteger); `int4` blockwise 4-bit weights, activations left float (MatMulNBits).
-MODES = ("static", "dynamic", "int4")
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-# MatMulNBits' compute precision: 4 multiplies in int8 (its fast CPU kernels), 1 in float32.
-ACCURACY_LEVELS = (4, 1)
-# What each mode fixes of the other fields, so `{mode: int4}` needs no more keys than that.
-MODE_FIELDS = {
-    "static": {"block_size": 0, "accuracy_level": 0},
-    "dynamic": {"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0},
-    "int4": {"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4,
-             "block_size": 32, "accuracy_level": 4},
-}  # fmt: skip
 PLAN_FORMAT_VERSION = 1
 
 
@@ -46,6 +30,9 @@ def name_pattern(key: Any, where: str) -> re.Pattern:
 
 @dataclass(frozen=True)
 class LayerChoice:
+    """What to do with one layer: keep it float, or quantize it in a mode (quantize/modes/: static, dynamic,
+    int4, …), which decides what the other fields may be."""
+
     quantize: bool = True
     weight_granularity: str = "per_channel"
     activation_algorithm: str = "minmax"
@@ -53,55 +40,36 @@ class LayerChoice:
     activation_bits: int = 8
     mode: str = "static"
     block_size: int = 0  # int4: weights share a scale per block of this many input channels
-    accuracy_level: int = 0  # int4: MatMulNBits compute precision (ACCURACY_LEVELS)
+    accuracy_level: int = 0  # int4: MatMulNBits compute precision
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"mode '{self.mode}' is unknown: use one of {', '.join(MODES)}")
-        if self.quantize and self.mode != "static":
-            self._check_mode()
+        if not self.quantize:  # float is float: the other fields say nothing
             return
-        if self.weight_granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"weight_granularity '{self.weight_granularity}' is unknown: use one of {', '.join(GRANULARITIES)}"
-            )
-        if self.activation_algorithm not in ALGORITHMS:
-            raise ConfigError(
-                f"activation algorithm '{self.activation_algorithm}' is unknown: use one of {', '.join(ALGORITHMS)}"
-            )
-        if self.weight_bits not in WEIGHT_BITS:
-            raise ConfigError(f"weight_bits {self.weight_bits} is not supported: use 8 or 4")
+        mode = _mode(self.mode)
+        for key, value in mode.fixed.items():
+            if getattr(self, key) == value:
+                continue
+            owner = next((m for m in _modes() if key in m.defaults), None)
+            if owner is not None:  # a field of another mode's own, set on this one
+                raise ConfigError(f"{' and '.join(owner.defaults)} belong to mode {owner.name}")
+            raise ConfigError(f"mode {self.mode} fixes {key} to {value!r} (got {getattr(self, key)!r}): leave it out")
         if self.activation_bits != 8:
             raise ConfigError(f"activation_bits {self.activation_bits} is not supported: use 8")
-        if self.weight_bits == 4 and self.weight_granularity != "per_channel":
-            raise ConfigError("4-bit weights need weight_granularity: per_channel")
-        if self.quantize and (self.block_size or self.accuracy_level):
-            raise ConfigError("block_size and accuracy_level belong to mode int4")
+        mode.check(self)
 
-    def _check_mode(self):
-        fixed = {k: v for k, v in MODE_FIELDS[self.mode].items() if k not in ("block_size", "accuracy_level")}
-        if self.mode == "dynamic":
-            if self.weight_granularity not in GRANULARITIES:
-                raise ConfigError(f"mode dynamic takes weight_granularity {' or '.join(GRANULARITIES)}")
-        elif self.block_size not in BLOCK_SIZES or self.accuracy_level not in ACCURACY_LEVELS:
-            raise ConfigError(f"mode int4 needs block_size in {list(BLOCK_SIZES)} and accuracy_level in "
-                              f"{list(ACCURACY_LEVELS)}, got {self.block_size} / {self.accuracy_level}")  # fmt: skip
-        for key, value in fixed.items():
-            if getattr(self, key) != value:
-                raise ConfigError(f"mode {self.mode} fixes {key} to {value!r} (got {getattr(self, key)!r}): "
-                                  "leave it out")  # fmt: skip
-        if self.activation_bits != 8:
-            raise ConfigError(f"activation_bits {self.activation_bits} is not supported: use 8")
-        if self.mode == "dynamic" and (self.block_size or self.accuracy_level):
-            raise ConfigError("block_size and accuracy_level belong to mode int4")
+    @classmethod
+    def of(cls, mode: str, **fields: Any) -> LayerChoice:
+        """A quantized choice in `mode`, its fixed fields and defaults filled in."""
+        m = _mode(mode)
+        return cls(**{**asdict(cls()), **m.fixed, **m.defaults, **fields, "mode": mode})
 
     @classmethod
     def dynamic(cls, granularity: str = "per_channel") -> LayerChoice:
-        return cls(True, granularity, mode="dynamic")
+        return cls.of("dynamic", weight_granularity=granularity)
 
     @classmethod
     def int4(cls, block_size: int = 32, accuracy_level: int = 4) -> LayerChoice:
-        return cls(True, "per_block", "minmax", 4, mode="int4", block_size=block_size, accuracy_level=accuracy_level)
+        return cls.of("int4", block_size=block_size, accuracy_level=accuracy_level)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str, base: LayerChoice | None = None) -> LayerChoice:
@@ -115,8 +83,11 @@ class LayerChoice:
         if "mode" in raw and raw["mode"] != base.mode:  # another mode: its fields start from the defaults
             base = cls(quantize=base.quantize)
         merged = {**asdict(base), **raw}
-        if merged["mode"] in MODE_FIELDS:  # fields the mode fixes follow it unless given here
-            merged.update({k: v for k, v in MODE_FIELDS[merged["mode"]].items() if k not in raw})
+        try:
+            mode = _mode(merged["mode"])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        merged.update({k: v for k, v in {**mode.fixed, **mode.defaults}.items() if k not in raw})  # fields the mode sets
         for key, typ in (("quantize", bool), ("weight_bits", int), ("activation_bits", int), ("block_size", int),
                          ("accuracy_level", int)):
             if not isinstance(merged[key], typ) or (typ is int and isinstance(merged[key], bool)):
@@ -127,30 +98,32 @@ class LayerChoice:
 
     @property
     def cost_bits(self) -> tuple[int, int]:
-        """(activation bits, weight bits) for the bitops model; float layers count 32 × 32. int4 multiplies
-        in int8 at accuracy level 4 (8 × 4) and in float at level 1 (32 × 4)."""
-        if not self.quantize:
-            return 32, 32
-        if self.mode == "int4":
-            return (8 if self.accuracy_level == 4 else 32), 4
-        return self.activation_bits, self.weight_bits
+        """(activation bits, weight bits) for the bitops model; float layers count 32 × 32."""
+        return _mode(self.mode).cost_bits(self) if self.quantize else (32, 32)
 
     @property
     def label(self) -> str:
         """Short name of how the layer runs: float, int8 / int4-qdq (static), dynamic, int4 (MatMulNBits)."""
-        if not self.quantize:
-            return "float"
-        if self.mode == "static":
-            return "int8" if self.weight_bits == 8 else "int4-qdq"
-        return self.mode
+        return _mode(self.mode).label(self) if self.quantize else "float"
 
     @property
     def runs(self) -> str:
         """The kernel kind onnxruntime is meant to run: "integer", "float", or "dequantized" (float on
         dequantized weights: 4-bit Q/DQ weights, which have no CPU integer kernel)."""
-        if not self.quantize:
-            return "float"
-        return "dequantized" if self.mode == "static" and self.weight_bits == 4 else "integer"
+        return _mode(self.mode).runs(self) if self.quantize else "float"
+
+
+def _mode(name: str):
+    """The registered mode (quantize/modes/); imported here, not above: the modes build on this module."""
+    from .modes.base import get
+
+    return get(name)
+
+
+def _modes():
+    from .modes.base import modes
+
+    return modes()
 
 
 FLOAT = LayerChoice(quantize=False)

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..quantize.modes import decode, encode
 from ..quantize.plan import FLOAT, QuantPlan
 from ..workspace import Workspace
 from .latency_table import LatencyTable
 from .layer_errors import LayerErrors
-from .space import SearchSpace, decode, encode
+from .space import SearchSpace
 
 FLOAT_COUNTS = (1, 2, 3, 4, 6, 8, 12)
 

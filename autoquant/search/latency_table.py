@@ -38,14 +38,15 @@ import onnx
 import onnxruntime as ort
 
 from ..calibrate.cache import cached_arrays
+from ..quantize import modes
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..runtime import session_options
 from ..workspace import Workspace
 from .space import SearchSpace
 
 LATENCY_TABLE_VERSION = 2
-# columns: a float layer's own kernels, its input-side and output-side transitions; each INT8 mode's kernels
-COLUMNS = ("float", "float_in", "float_out", "static", "dynamic", "int4")
+# columns: a float layer's own kernels, its input-side and output-side transitions; each mode's kernels
+COLUMNS = ("float", "float_in", "float_out", *modes.names())
 # what a float layer between INT8 ones adds around its own kernel
 TRANSITION_OPS = {"DequantizeLinear", "QuantizeLinear", "Transpose", "ReorderInput", "ReorderOutput"}
 RUNS = 3  # profiled runs per model after one warm-up; the median per node
@@ -194,7 +195,7 @@ def _plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
     """(kind, plan) to profile: per mode, the layers that may take it in it (the others static INT8);
     float: two plans alternating float and static INT8 along the graph."""
     names = ws.graph.names
-    plans = [(mode, plan) for mode in ("static", "dynamic", "int4") if (plan := space.mode_plan(mode)) is not None]
+    plans = [(mode, plan) for mode in modes.names() if (plan := space.mode_plan(mode)) is not None]
     for parity in (0, 1):
         plans.append(("float", QuantPlan(tuple((n, FLOAT if i % 2 == parity else LayerChoice())
                                                for i, n in enumerate(names)))))  # fmt: skip

@@ -31,12 +31,12 @@ from ..calibrate.cache import cached_arrays
 from ..calibrate.collect import augment
 from ..errors import AutoquantError, PlanError
 from ..graph.layers import LayerInfo
-from ..quantize.build import ActivationParams
-from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
-from ..quantize.weight_range import REDUCED_MAX
+from ..quantize import modes
+from ..quantize.modes import EmulationContext, decode
+from ..quantize.plan import FLOAT, QuantPlan
 from ..runtime import Batches, session
 from ..workspace import Workspace
-from .space import SearchSpace, decode
+from .space import SearchSpace
 
 LAYER_ERRORS_VERSION = 4
 # Every sample contributes a whole activation tensor, so few samples pin the figures down: on
@@ -81,84 +81,6 @@ def _single_layer(model: onnx.ModelProto, layer: LayerInfo) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
 
 
-def fake_quant_activation(x: np.ndarray, p: ActivationParams, activation_type: str) -> np.ndarray:
-    lo, hi = (0, 255) if activation_type == "uint8" else (-128, 127)
-    return ((np.clip(np.round(x / p.scale) + p.zero_point, lo, hi) - p.zero_point) * p.scale).astype(np.float32)
-
-
-def fake_quant_weight(w: np.ndarray, layer: LayerInfo, granularity: str, bits: int, weight_range: str) -> np.ndarray:
-    """Symmetric, as onnxruntime's quantizer does it for the built model (qmax 127, 64 reduced, 7 for int4)."""
-    qmax = 7 if bits == 4 else (REDUCED_MAX if weight_range == "reduced" else 127)
-    if granularity == "per_channel":
-        axes = tuple(a for a in range(w.ndim) if a != layer.channel_axis)
-        absmax = np.abs(w).max(axis=axes, keepdims=True)
-    else:
-        absmax = np.abs(w).max()
-    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
-    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
-
-
-def _weight_key(c: LayerChoice) -> tuple:
-    return ("int4", c.block_size) if c.mode == "int4" else (c.weight_granularity, c.weight_bits)
-
-
-def _input_key(c: LayerChoice) -> tuple:
-    if c.mode == "static":
-        return ("static", c.activation_algorithm)
-    return ("dynamic",) if c.mode == "dynamic" else ("int4", c.block_size, c.accuracy_level)
-
-
-def _fake_quant_weight(w: np.ndarray, layer: LayerInfo, key: tuple, weight_range: str) -> np.ndarray:
-    if key[0] == "int4":
-        return fake_quant_blockwise(w, 1 - layer.channel_axis, key[1])
-    return fake_quant_weight(w, layer, key[0], key[1], weight_range)
-
-
-def _fake_quant_input(ws: Workspace, layer: LayerInfo, x: np.ndarray, key: tuple, activation_type: str) -> np.ndarray:
-    """The layer input as the mode feeds it to the kernel: static scales from calibration; dynamic from the
-    batch's own min/max (DynamicQuantizeLinear: uint8, range widened to 0); int4 at accuracy level 4
-    symmetric int8 per block of input channels (MatMulNBits' int8 compute), float at level 1."""
-    if key[0] == "static":
-        return fake_quant_activation(x, ws.range_params(layer.input, key[1]), activation_type)
-    if key[0] == "dynamic":
-        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-        scale = (hi - lo) / 255 or 1.0
-        return fake_quant_activation(x, ActivationParams(scale, round(-lo / scale)), "uint8")
-    _, block, level = key
-    if level != 4:
-        return x
-
-    def symmetric_int8(blocks: np.ndarray) -> np.ndarray:
-        scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127
-        scale = np.where(scale > 0, scale, 1.0)
-        return np.round(blocks / scale) * scale
-
-    return in_blocks(x, x.ndim - 1, block, symmetric_int8)
-
-
-def in_blocks(a: np.ndarray, axis: int, block: int, fn) -> np.ndarray:
-    """`fn` applied to `a` cut into blocks of `block` entries along `axis` (zero-padded at the end), as float32."""
-    moved = np.moveaxis(a, axis, -1)
-    k = moved.shape[-1]
-    blocks = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -k % block)]).reshape(*moved.shape[:-1], -1, block)
-    out = fn(blocks).reshape(*moved.shape[:-1], -1)[..., :k]
-    return np.moveaxis(out, -1, axis).astype(np.float32)
-
-
-def fake_quant_blockwise(w: np.ndarray, axis: int, block: int) -> np.ndarray:
-    """Asymmetric 4-bit weights with one scale and zero point per block of `block` entries along `axis`
-    (the input channels), as MatMulNBitsQuantizer quantizes them."""
-
-    def asymmetric_4bit(blocks: np.ndarray) -> np.ndarray:
-        lo = np.minimum(blocks.min(axis=-1, keepdims=True), 0)
-        hi = np.maximum(blocks.max(axis=-1, keepdims=True), 0)
-        scale = np.where(hi > lo, (hi - lo) / 15, 1.0)
-        zero = np.round(-lo / scale)
-        return (np.clip(np.round(blocks / scale) + zero, 0, 15) - zero) * scale
-
-    return in_blocks(w, axis, block, asymmetric_4bit)
-
-
 def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES, *,
                  propagated: bool = True) -> LayerErrors:  # fmt: skip
     """Per layer and option of the space, cached by model, eval subset, space and quantization settings.
@@ -195,13 +117,13 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
     singles = [session(_single_layer(model, layer), threads) for layer in layers]
     inits = {i.name: i for i in model.graph.initializer}
     weights = [numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers]
-    fq_weights: dict[tuple, np.ndarray] = {}
+    fq_weights: dict[tuple, np.ndarray] = {}  # per weight emulation: shared by the choices that have it
     for i, layer in enumerate(layers):
-        for o in allowed[layer.name]:
-            if o != "float":
-                key = _weight_key(decode(o))
-                if (i, key) not in fq_weights:
-                    fq_weights[i, key] = _fake_quant_weight(weights[i], layer, key, ws.weight_range)
+        for c in (decode(o) for o in allowed[layer.name] if o != "float"):
+            key = modes.get(c.mode).weight_key(c)
+            if (i, key) not in fq_weights:
+                fq_weights[i, key] = modes.get(c.mode).emulate_weight(weights[i], layer, c, ws.weight_range)
+    emulation = EmulationContext(ws.range_params, q.activation_type, ws.weight_range)
     num = np.zeros((len(layers), len(options)))
     den = np.zeros(len(layers))
     batches = (ws.evaluator.batches if ws.evaluator.batches.fixed else Batches(16)).within(full, fetch, subset, "eval")
@@ -216,14 +138,15 @@ def _measure(ws: Workspace, space: SearchSpace, options: tuple[str, ...], subset
                 if o not in allowed[layer.name] or o == "float":
                     continue
                 c = decode(o)
-                key = _input_key(c)
+                mode = modes.get(c.mode)
+                key = mode.input_key(c)
                 if key not in fq_inputs:
                     try:
-                        fq_inputs[key] = _fake_quant_input(ws, layer, x, key, q.activation_type)
+                        fq_inputs[key] = mode.emulate_input(x, layer, c, emulation)
                     except PlanError:  # a tensor that cannot be quantized (mask constants): the worst option
                         num[i, j] = np.inf
                         continue
-                (y,) = singles[i].run(None, {"x": fq_inputs[key], "w": fq_weights[i, _weight_key(c)]})
+                (y,) = singles[i].run(None, {"x": fq_inputs[key], "w": fq_weights[i, mode.weight_key(c)]})
                 num[i, j] += float(np.square(y - y_fp, dtype=np.float64).sum())
     table = num / np.maximum(den, 1e-30)[:, None]
     for i, layer in enumerate(layers):

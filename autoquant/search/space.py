@@ -22,7 +22,8 @@ import numpy as np
 from ..config import load_yaml
 from ..errors import ConfigError
 from ..graph.layers import GraphInfo, LayerInfo
-from ..quantize.modes import allowed_modes
+from ..quantize import modes
+from ..quantize.modes import decode, encode
 from ..quantize.plan import LayerChoice, QuantPlan, name_pattern
 
 PARAMS = ("quantize", "mode", "weight_bits", "weight_granularity", "activation_algorithm", "block_size", "accuracy_level")
@@ -39,47 +40,14 @@ class LayerSpace:
     options: tuple[str, ...]
 
 
-def encode(choice: LayerChoice) -> str:
-    if not choice.quantize:
-        return "float"
-    if choice.mode == "dynamic":
-        return f"dynamic:{choice.weight_granularity}"
-    if choice.mode == "int4":
-        return f"int4:b{choice.block_size}" + (f":a{choice.accuracy_level}" if choice.accuracy_level != 4 else "")
-    bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
-    return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}"
-
-
-def decode(value: str) -> LayerChoice:
-    if value == "float":
-        return LayerChoice(quantize=False)
-    head, *rest = value.split(":")
-    if head == "dynamic":
-        return LayerChoice.dynamic(rest[0])
-    if head == "int4":
-        return LayerChoice.int4(int(rest[0][1:]), int(rest[1][1:]) if len(rest) > 1 else 4)
-    algorithm, *bits = rest
-    return LayerChoice(True, head, algorithm, int(bits[0][1:]) if bits else 8)
-
-
-def _options(allowed: dict[str, tuple], modes: tuple[str, ...]) -> tuple[str, ...]:
+def _options(allowed: dict[str, tuple], layer_modes: tuple[str, ...]) -> tuple[str, ...]:
     options = []
     for q in allowed["quantize"]:
         if not q:
             options.append("float")
             continue
-        for mode in (m for m in allowed["mode"] if m in modes):
-            if mode == "dynamic":
-                options += [encode(LayerChoice.dynamic(g)) for g in allowed["weight_granularity"]]
-            elif mode == "int4":
-                options += [encode(LayerChoice.int4(b, a)) for b in allowed["block_size"] for a in allowed["accuracy_level"]]
-            else:
-                for bits in allowed["weight_bits"]:
-                    if bits == 4 and "per_channel" not in allowed["weight_granularity"]:
-                        continue  # 4-bit Q/DQ weights exist only per channel
-                    grans = ("per_channel",) if bits == 4 else allowed["weight_granularity"]
-                    for g in grans:
-                        options += [encode(LayerChoice(True, g, a, bits)) for a in allowed["activation_algorithm"]]
+        for mode in (modes.get(m) for m in allowed["mode"] if m in layer_modes):
+            options += [encode(c) for c in mode.choices(allowed)]
     return tuple(dict.fromkeys(options))
 
 
@@ -99,7 +67,9 @@ class SearchSpace:
         unknown = sorted(set(raw) - {"choices", "rules", "pinned"})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: choices, rules, pinned")
-        defaults = {**{p: (getattr(LayerChoice(), p),) for p in PARAMS}, "block_size": (32,), "accuracy_level": (4,)}
+        defaults = {p: (getattr(LayerChoice(), p),) for p in PARAMS}
+        for mode in modes.modes():  # fields of a mode's own take its defaults where the space names none
+            defaults |= {k: (v,) for k, v in mode.defaults.items()}
         base = _choices(raw.get("choices") or {}, f"{where}: choices", defaults)
         per_layer = {layer.name: dict(base) for layer in graph.layers}
         for i, rule in enumerate(raw.get("rules") or []):
@@ -120,14 +90,14 @@ class SearchSpace:
             pwhere = f"{where}: pinned.{key}"
             hits = _select(graph, key, f"{where}: pinned")
             LayerChoice.from_dict(fixed, pwhere)  # validates keys and values
-            fixed = {**({"mode": "static"} if fixed.get("quantize", True) and "mode" not in fixed else {}), **fixed}
+            fixed = {**({"mode": LayerChoice().mode} if fixed.get("quantize", True) and "mode" not in fixed else {}), **fixed}
             for name in hits:
                 per_layer[name] = {**per_layer[name], **{k: (v,) for k, v in fixed.items()}}
         layers = []
         for layer in graph.layers:
             name = layer.name
             # a layer no mode can quantize (NaN weights) stays float whatever the space allows
-            options = _options(per_layer[name], allowed_modes(layer)) if allowed_modes(layer) else ("float",)
+            options = _options(per_layer[name], modes.allowed_modes(layer)) if modes.allowed_modes(layer) else ("float",)
             if not options:
                 raise ConfigError(f"{where}: layer {name} ({layer.op_type}) has no valid choice left (4-bit Q/DQ weights "
                                   "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")  # fmt: skip
@@ -144,8 +114,9 @@ class SearchSpace:
         return QuantPlan(tuple((n, c or LayerChoice()) for n, c in firsts.items()))
 
     def algorithms(self) -> set[str]:
+        """The range algorithms of the calibrated choices the space offers."""
         return {c.activation_algorithm for layer in self.layers for o in layer.options if o != "float"
-                for c in [decode(o)] if c.mode == "static"}  # fmt: skip
+                for c in [decode(o)] if modes.get(c.mode).calibrated}  # fmt: skip
 
     def size(self) -> int:
         return int(np.prod([len(layer.options) for layer in self.layers], dtype=float))
@@ -187,18 +158,21 @@ def _choices(raw: Any, where: str, base: dict[str, tuple]) -> dict[str, tuple]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of values")
         for v in values:
-            LayerChoice.from_dict(_probe(key, v), f"{where}: {key}")
+            _check_value(key, v, f"{where}: {key}")
         out[key] = tuple(dict.fromkeys(values))
     return out
 
 
-def _probe(key: str, value: Any) -> dict[str, Any]:
-    """One option value as a complete choice, to validate it."""
-    if key in ("block_size", "accuracy_level"):
-        return {"mode": "int4", key: value}
-    if key == "weight_bits":
-        return {key: value, "weight_granularity": "per_channel"}
-    return {key: value}
+def _check_value(key: str, value: Any, where: str) -> None:
+    """One option value must be valid in some mode (block_size in int4, weight_bits 4 in static, …)."""
+    errors = []
+    for mode in modes.modes():
+        try:
+            LayerChoice.from_dict({"mode": mode.name, key: value}, where)
+            return
+        except ConfigError as exc:
+            errors.append(exc)
+    raise errors[0]
 
 
 def _matches(layer: LayerInfo, match: Any, where: str) -> bool:

@@ -22,6 +22,7 @@ from ..errors import ConfigError, first_line
 from ..evaluate.early_stop import Hopeless
 from ..evaluate.latency import not_slower
 from ..measure import Measurement, Meter, Timing, paired_figures
+from ..quantize import modes
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
@@ -165,14 +166,13 @@ def warm_starts(ws: Workspace, errors: LayerErrors, space: SearchSpace, ks: list
 
 
 def mode_plans(space: SearchSpace) -> list[tuple[str, QuantPlan]]:
-    """For each non-static mode the space offers (dynamic, int4), every layer that may take it in that mode
-    and the others INT8 per channel: `quantize_dynamic`'s plan and the all-int4 one."""
+    """For each mode the space offers other than the default one, every layer that may take it in that mode and
+    the others INT8 per channel: `quantize_dynamic`'s plan, the all-int4 one, …"""
     plans = []
-    for mode in ("dynamic", "int4"):
-        plan = space.mode_plan(mode)
+    for mode in modes.modes():
+        plan = space.mode_plan(mode.name) if mode.name != LayerChoice().mode else None
         if plan is not None:
-            block = next(c.block_size for _, c in plan.choices if c.mode == mode)
-            plans.append(("all-dynamic" if mode == "dynamic" else f"all-int4-b{block}", plan))
+            plans.append((mode.plan_label([c for _, c in plan.choices if c.quantize and c.mode == mode.name]), plan))
     return plans
 
 

@@ -2,18 +2,28 @@
 at run time from their own min/max (uint8), as onnxruntime's `quantize_dynamic` builds them:
 DynamicQuantizeLinear + MatMulInteger + the rescaling Muls, which onnxruntime fuses into
 DynamicQuantizeMatMul. Built with the quantizer `quantize_dynamic` itself uses (ONNXQuantizer in
-IntegerOps mode), restricted to the plan's dynamic layers; nothing is calibrated.
+IntegerOps mode), restricted to the plan's dynamic layers; nothing is calibrated. MatMul and Gemm layers with 2-D
+weights take it (a Gemm in MatMul form, matmul_form.py).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantizationMode, QuantType
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
-from ..plan import QuantPlan
+from ...errors import ConfigError
+from ...graph.layers import LayerInfo
+from ..fake import fake_quant_dynamic_input, fake_quant_weight
+from ..plan import GRANULARITIES, LayerChoice, QuantPlan
+from .base import BuildContext, EmulationContext, Mode, RecordedWeights, register
+from .matmul_form import as_matmul, takes_matmul_form
 
 HIDDEN_DOMAIN = "autoquant.hidden"
 
@@ -85,3 +95,57 @@ def _quantize(model: onnx.ModelProto, names: list[str], per_channel: bool, weigh
     finally:
         root.removeFilter(quiet)
     return quantizer.model.model
+
+
+class Dynamic(Mode):
+    name = "dynamic"
+    scope = "MatMul/Gemm layers with 2-D weights"
+    order = 1
+    fixed = MappingProxyType({"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0})
+    kernels = frozenset({"MatMulInteger"})
+
+    def applies_to(self, layer: LayerInfo) -> bool:
+        return takes_matmul_form(layer)
+
+    def check(self, choice: LayerChoice) -> None:
+        if choice.weight_granularity not in GRANULARITIES:
+            raise ConfigError(f"mode dynamic takes weight_granularity {' or '.join(GRANULARITIES)}")
+
+    def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
+        return [LayerChoice.of(self.name, weight_granularity=g) for g in allowed["weight_granularity"] if g in GRANULARITIES]
+
+    def encode(self, choice: LayerChoice) -> str:
+        return f"dynamic:{choice.weight_granularity}"
+
+    def decode(self, value: str) -> LayerChoice | None:
+        head, *rest = value.split(":")
+        return LayerChoice.of(self.name, weight_granularity=rest[0]) if head == "dynamic" and rest else None
+
+    def weight_key(self, choice: LayerChoice) -> tuple:
+        return ("symmetric", choice.weight_granularity, 8)  # the weights static INT8 has: one emulation for both
+
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
+        return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, 8, weight_range)
+
+    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        return fake_quant_dynamic_input(x)
+
+    def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
+        as_matmul(model, set(plan.in_mode(self.name)))
+        return apply(model, plan, ctx.weight_range)
+
+    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: LayerChoice) -> RecordedWeights:
+        # The weight scale is the initializer multiplied with DynamicQuantizeLinear's run-time scale.
+        inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+        x_scale = next(n.output[1] for n in qmodel.graph.node if n.op_type == "DynamicQuantizeLinear"
+                       and n.output[0] == node.input[0])  # fmt: skip
+        mul = next(n for n in qmodel.graph.node if n.op_type == "Mul" and x_scale in n.input)
+        scale = inits[next(t for t in mul.input if t != x_scale)]
+        return RecordedWeights(8, choice.weight_granularity, np.atleast_1d(scale).astype(float).tolist(),
+                               np.atleast_1d(inits[node.input[3]]).astype(int).tolist())  # fmt: skip
+
+    def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
+        return LayerChoice.of(self.name, weight_granularity=granularity)
+
+
+register(Dynamic())

@@ -1,15 +1,30 @@
 """Int4 weight-only: each weight column quantized in blocks of `block_size` input channels (asymmetric
 4-bit, one scale and zero point per block), activations left float and, at accuracy level 4, quantized
 to int8 per block inside the kernel. onnxruntime's MatMulNBitsQuantizer writes one MatMulNBits node per
-layer, which has fast CPU kernels; 4-bit Q/DQ weights (static mode) have none.
+layer, which has fast CPU kernels; 4-bit Q/DQ weights (static mode) have none. MatMul and Gemm layers with 2-D
+weights take it (a Gemm in MatMul form, matmul_form.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat
 
-from ..plan import QuantPlan
+from ...errors import ConfigError
+from ...graph.layers import LayerInfo
+from ..fake import fake_quant_blockwise, fake_quant_blockwise_int8
+from ..plan import LayerChoice, QuantPlan
+from .base import BuildContext, EmulationContext, Mode, RecordedWeights, register
+from .matmul_form import as_matmul, takes_matmul_form
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# MatMulNBits' compute precision: 4 multiplies in int8 (its fast CPU kernels), 1 in float32.
+ACCURACY_LEVELS = (4, 1)
 
 
 def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -36,3 +51,70 @@ def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             if node.op_type == "MatMulNBits" and node.name.endswith("_Q4") and node.name[:-3] in names:
                 node.name = node.name[:-3]
     return model
+
+
+class Int4(Mode):
+    name = "int4"
+    scope = "MatMul/Gemm layers with 2-D weights"
+    order = 2
+    fixed = MappingProxyType({"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4})
+    defaults = MappingProxyType({"block_size": 32, "accuracy_level": 4})
+    kernels = frozenset({"MatMulNBits"})
+
+    def applies_to(self, layer: LayerInfo) -> bool:
+        return takes_matmul_form(layer)
+
+    def check(self, choice: LayerChoice) -> None:
+        if choice.block_size not in BLOCK_SIZES or choice.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(f"mode int4 needs block_size in {list(BLOCK_SIZES)} and accuracy_level in "
+                              f"{list(ACCURACY_LEVELS)}, got {choice.block_size} / {choice.accuracy_level}")  # fmt: skip
+
+    def cost_bits(self, choice: LayerChoice) -> tuple[int, int]:
+        return (8 if choice.accuracy_level == 4 else 32), 4  # level 4 multiplies in int8, level 1 in float
+
+    def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
+        return [LayerChoice.of(self.name, block_size=b, accuracy_level=a)
+                for b in allowed["block_size"] for a in allowed["accuracy_level"]]  # fmt: skip
+
+    def encode(self, choice: LayerChoice) -> str:
+        return f"int4:b{choice.block_size}" + (f":a{choice.accuracy_level}" if choice.accuracy_level != 4 else "")
+
+    def decode(self, value: str) -> LayerChoice | None:
+        head, *rest = value.split(":")
+        if head != "int4" or not rest:
+            return None
+        return LayerChoice.of(self.name, block_size=int(rest[0][1:]), accuracy_level=int(rest[1][1:]) if len(rest) > 1 else 4)
+
+    def plan_label(self, choices: list[LayerChoice]) -> str:
+        return f"all-int4-b{choices[0].block_size}"
+
+    def weight_key(self, choice: LayerChoice) -> tuple:
+        return (self.name, choice.block_size)
+
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
+        return fake_quant_blockwise(w, 1 - layer.channel_axis, choice.block_size)
+
+    def input_key(self, choice: LayerChoice) -> tuple:
+        return (self.name, choice.block_size, choice.accuracy_level)
+
+    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        return fake_quant_blockwise_int8(x, choice.block_size) if choice.accuracy_level == 4 else x
+
+    def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
+        as_matmul(model, set(plan.in_mode(self.name)))
+        return apply(model, plan)
+
+    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: LayerChoice) -> RecordedWeights:
+        inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+        attrs = {a.name: a.i for a in node.attribute}
+        blocks = -(-attrs["K"] // attrs["block_size"])
+        packed = inits[node.input[3]].reshape(attrs["N"], -1)  # two 4-bit zero points per byte, low nibble first
+        zero = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(attrs["N"], -1)[:, :blocks]
+        return RecordedWeights(4, "per_block", inits[node.input[2]].astype(float).reshape(-1).tolist(),
+                               zero.astype(int).reshape(-1).tolist(), attrs["block_size"])  # fmt: skip
+
+    def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
+        return LayerChoice.of(self.name, block_size=block_size, accuracy_level=accuracy_level)
+
+
+register(Int4())

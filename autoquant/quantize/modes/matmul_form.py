@@ -11,6 +11,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import PlanError
+from ...graph.layers import LayerInfo
+
+
+def takes_matmul_form(layer: LayerInfo) -> bool:
+    """A MatMul, or a Gemm that can be one: a 2-D constant weight."""
+    return layer.op_type in ("MatMul", "Gemm") and len(layer.weight_shape) == 2
 
 
 def as_matmul(model: onnx.ModelProto, names: set[str]) -> None:

@@ -1,5 +1,6 @@
-"""Static INT8 (and 4-bit Q/DQ weights): the plan's static layers and the glue between them get Q/DQ pairs
-whose activation scales come from calibration, through onnxruntime's QDQQuantizer.
+"""Static INT8 (and 4-bit Q/DQ weights), the default mode: the plan's static layers and the glue between them get
+Q/DQ pairs whose activation scales come from calibration, through onnxruntime's QDQQuantizer. Any Conv, Gemm or
+MatMul with constant weights takes it.
 
 No data flows through a network here: activation scales and zero points are given explicitly
 (TensorQuantOverrides), so the same inputs always produce the same model, whether they come from a
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import unittest.mock
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -20,8 +23,13 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, Te
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import compute_data_quant_params, get_qmin_qmax_for_qType
 
-from ...graph.layers import GraphInfo
-from ..plan import QuantPlan
+from ...calibrate.ranges import ALGORITHMS
+from ...errors import ConfigError, PlanError
+from ...graph.layers import GraphInfo, LayerInfo
+from ..fake import fake_quant_activation, fake_quant_weight
+from ..plan import GRANULARITIES, LayerChoice, QuantPlan
+from ..scales import activation_qtype
+from .base import BuildContext, EmulationContext, Mode, RecordedWeights, register
 
 WEIGHT_TYPES = {8: QuantType.QInt8, 4: QuantType.QInt4}
 # Ops that run in the integer domain when everything feeding them is already quantized; quantizing them
@@ -125,8 +133,8 @@ def tensor_algorithms(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan)
 
 def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations: dict, qtype: QuantType,
           weight_range: str, weights: WeightParams | None = None) -> onnx.ModelProto:  # fmt: skip
-    """A copy of `model` with Q/DQ pairs for the plan's static layers and glue; `activations` maps tensors
-    to ActivationParams; `weights` caches weight parameters across builds of the same model."""
+    """`model` (changed in place, or converted) with Q/DQ pairs for the plan's static layers and glue;
+    `activations` maps tensors to ActivationParams; `weights` caches weight parameters across builds of the same model."""
     weights = weights if weights is not None else WeightParams(model)
     np_type = onnx.helper.tensor_dtype_to_np_dtype(qtype.tensor_type)
     qmin, qmax = get_qmin_qmax_for_qType(qtype.tensor_type)
@@ -146,15 +154,13 @@ def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations
         reduced = weight_range == "reduced" and choice.weight_bits == 8
         overrides[layer.weight] = weights.overrides(layer.weight, WEIGHT_TYPES[choice.weight_bits], axis, reduced)
     nodes = quantized_nodes(model, plan)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
     if not nodes:
-        return copy
+        return model
     if any(plan[layer.name].weight_bits == 4 for layer in static):
         # int4 tensors exist from opset 21; onnxruntime's update_opset_version only bumps for int16.
-        copy = onnx.version_converter.convert_version(copy, max(21, copy.opset_import[0].version))
+        model = onnx.version_converter.convert_version(model, max(21, model.opset_import[0].version))
     quantizer = QDQQuantizer(
-        copy,
+        model,
         False,  # per_channel: decided per weight through the overrides above
         False,  # reduce_range: decided per weight through the overrides above (weight_range)
         QuantType.QInt8,
@@ -169,3 +175,95 @@ def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations
         quantizer.quantize_model()
     quantizer.model.topological_sort()  # the quantizer appends Q/DQ nodes out of order; ONNX requires order
     return quantizer.model.model
+
+
+WEIGHT_BITS = (8, 4)
+
+
+class Static(Mode):
+    name = "static"
+    scope = "every Conv, Gemm and MatMul with constant weights"
+    order = 0  # first: the other modes' builders rewrite the Gemms whose Q/DQ this one places
+    fixed = MappingProxyType({"block_size": 0, "accuracy_level": 0})
+    calibrated = True
+
+    def applies_to(self, layer: LayerInfo) -> bool:
+        return True
+
+    def check(self, choice: LayerChoice) -> None:
+        if choice.weight_granularity not in GRANULARITIES:
+            raise ConfigError(f"weight_granularity '{choice.weight_granularity}' is unknown: use one of "
+                              f"{', '.join(GRANULARITIES)}")  # fmt: skip
+        if choice.activation_algorithm not in ALGORITHMS:
+            raise ConfigError(f"activation algorithm '{choice.activation_algorithm}' is unknown: use one of "
+                              f"{', '.join(ALGORITHMS)}")  # fmt: skip
+        if choice.weight_bits not in WEIGHT_BITS:
+            raise ConfigError(f"weight_bits {choice.weight_bits} is not supported: use 8 or 4")
+        if choice.weight_bits == 4 and choice.weight_granularity != "per_channel":
+            raise ConfigError("4-bit weights need weight_granularity: per_channel")
+
+    def label(self, choice: LayerChoice) -> str:
+        return "int8" if choice.weight_bits == 8 else "int4-qdq"
+
+    def runs(self, choice: LayerChoice) -> str:
+        # 4-bit Q/DQ weights have no CPU integer kernel: a float kernel on dequantized weights
+        return "integer" if choice.weight_bits == 8 else "dequantized"
+
+    def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
+        out = []
+        for bits in allowed["weight_bits"]:
+            grans = [g for g in allowed["weight_granularity"] if g in GRANULARITIES]
+            for g in grans if bits == 8 else [g for g in grans if g == "per_channel"]:  # 4 bits: per channel only
+                out += [LayerChoice(True, g, a, bits) for a in allowed["activation_algorithm"]]
+        return out
+
+    def encode(self, choice: LayerChoice) -> str:
+        bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
+        return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}"
+
+    def decode(self, value: str) -> LayerChoice | None:
+        head, *rest = value.split(":")
+        if head not in GRANULARITIES or not rest:
+            return None
+        return LayerChoice(True, head, rest[0], int(rest[1][1:]) if len(rest) > 1 else 8)
+
+    def plan_label(self, choices: list[LayerChoice]) -> str:
+        return "int8-per-channel"
+
+    def weight_key(self, choice: LayerChoice) -> tuple:
+        return ("symmetric", choice.weight_granularity, choice.weight_bits)
+
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
+        return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, weight_range)
+
+    def input_key(self, choice: LayerChoice) -> tuple:
+        return (self.name, choice.activation_algorithm)
+
+    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        return fake_quant_activation(x, ctx.activation(layer.input, choice.activation_algorithm), ctx.activation_type)
+
+    def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
+        return apply(model, ctx.graph, plan, ctx.activations, activation_qtype(ctx.activation_type), ctx.weight_range,
+                     ctx.weights)  # fmt: skip
+
+    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: LayerChoice) -> RecordedWeights:
+        w = dequantize_params(qmodel, node.input[1])
+        if w is None:
+            raise PlanError(f"layer {node.name} was not quantized by onnxruntime; cannot record it")
+        return RecordedWeights(choice.weight_bits, choice.weight_granularity, np.atleast_1d(w[0]).astype(float).tolist(),
+                               np.atleast_1d(w[1]).astype(int).tolist())  # fmt: skip
+
+    def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
+        return LayerChoice(True, granularity, algorithm, bits)
+
+
+def dequantize_params(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Scale and zero point of the DequantizeLinear that produces `tensor`, if any."""
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    for node in qmodel.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] == tensor:
+            return numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
+    return None
+
+
+register(Static())
