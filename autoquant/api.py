@@ -17,7 +17,7 @@ from .jobs.search import SearchResult, export_from_run, register, search
 from .measure import Measurement
 from .quantize.plan import LayerChoice, QuantPlan
 from .record import Record
-from .search.sensitivity import LayerSensitivity, layer_sensitivity
+from .search import LayerSensitivity, layer_sensitivity
 from .workspace import Workspace
 
 __all__ = [

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from .config import Cost
 from .errors import AutoquantError
+from .quantize.plan import LayerChoice
 
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger("autoquant")
 
 
 class _Stderr(logging.StreamHandler):
@@ -46,9 +45,9 @@ def _configure_logging() -> None:
         own.addHandler(handler)
     own.setLevel(logging.INFO)
     own.propagate = False
-    # MLflow sets its logger's level from this variable when it is imported (lazily, after this runs)
     # MLflow logs each failed write with a traceback (a full disk: one per trial); autoquant reports a tracking
-    # failure itself, once. Its own warnings are for people running MLflow by hand.
+    # failure itself, once. Its own warnings are for people running MLflow by hand. It sets its logger's level
+    # from this variable when it is imported (lazily, after this runs).
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "CRITICAL")
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     logging.getLogger().setLevel(logging.ERROR)
@@ -59,7 +58,7 @@ def _workspace(experiment: Path):
     from .workspace import Workspace
 
     exp = load_experiment(experiment)
-    _log(f"autoquant: preparing {exp.name} (calibration and FP32 reference are cached in {exp.cache})")
+    log.info("preparing %s (calibration and FP32 reference are cached in %s)", exp.name, exp.cache)
     return Workspace(exp)  # computes each piece when first used; calibration logs its own time
 
 
@@ -175,14 +174,14 @@ def cmd_inspect(args) -> int:
               + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items()))
               + (f"; {len(others)} other compute op(s) float" if others else ""))  # fmt: skip
     for line in wrong:
-        _log(f"autoquant: {line}")
+        log.info("%s", line)
     saturating = saturating_layers(model) if uint8_kernels_saturate() else []
     if saturating:
-        _log(f"autoquant: warning: this CPU's uint8 x int8 kernels saturate (no VNNI) and {len(saturating)} layer(s) "
-             f"(e.g. {saturating[0]}) have weights beyond ±64: they compute wrong sums here; rebuild with "
-             "quantization.weight_range: reduced (or auto) for this CPU")  # fmt: skip
+        log.warning("warning: this CPU's uint8 x int8 kernels saturate (no VNNI) and %d layer(s) (e.g. %s) have weights "
+                    "beyond ±64: they compute wrong sums here; rebuild with quantization.weight_range: reduced (or "
+                    "auto) for this CPU", len(saturating), saturating[0])  # fmt: skip
     if wrong:
-        _log(f"autoquant: {len(wrong)} layer(s) do not run as {'the record' if args.record else 'the file'} states")
+        log.info("%d layer(s) do not run as %s states", len(wrong), "the record" if args.record else "the file")
         return 1
     return 0
 
@@ -221,7 +220,7 @@ EXIT_NO_PLAN = 3
 def _report_search(result, objective: Cost, args) -> int:
     """Print a search's outcome (table or JSON); exit 3 when no quantized plan met the constraint."""
     if result.tracking_error:
-        _log(f"autoquant: warning: {result.tracking_error}")
+        log.warning("warning: %s", result.tracking_error)
     if args.json:
         print(json.dumps(result_json(result)))
     else:
@@ -264,13 +263,10 @@ def cmd_search(args) -> int:
 
         exp = replace(exp, search=replace(exp.search, max_accuracy_drop=args.max_accuracy_drop))
     out = args.out or Path("runs") / exp.name
-    log = None if args.quiet else _log
-    if log:
-        log(f"autoquant: study {exp.name} in {out} (rerun the same command to resume it)")
-    result = search(exp, out, trials=args.trials, quiet=args.quiet, log=log, workers=args.workers)
-    if log:
-        log(f"autoquant: {result.evaluated} plans evaluated in {result.seconds:.1f} s this run; "
-            f"MLflow: mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}")  # fmt: skip
+    log.info("study %s in %s (rerun the same command to resume it)", exp.name, out)
+    result = search(exp, out, trials=args.trials, workers=args.workers)
+    log.info("%d plans evaluated in %.1f s this run; MLflow: mlflow ui --backend-store-uri sqlite:///%s", result.evaluated,
+             result.seconds, (out / "mlflow.db").resolve())  # fmt: skip
     _register_if_asked(result, args)
     return _report_search(result, exp.search.objective, args)
 
@@ -282,8 +278,7 @@ def cmd_worker(args) -> int:
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     exp = load_experiment(args.experiment)
-    evaluated, complete = work(exp, args.storage, trials=args.trials, threads=args.threads,
-                               seed_offset=args.seed_offset, quiet=args.quiet, log=None if args.quiet else _log)  # fmt: skip
+    evaluated, complete = work(exp, args.storage, trials=args.trials, threads=args.threads, seed_offset=args.seed_offset)
     print(f"worker: evaluated {evaluated} plans; the study has {complete} complete trials")
     return 0
 
@@ -303,7 +298,7 @@ def cmd_reoptimize(args) -> int:
     exp = load_experiment(args.experiment)
     out = args.out or Path("runs") / f"{exp.name}-reopt-{time.strftime('%Y%m%d-%H%M%S')}"
     r = reoptimize(exp, args.registered_model, out, alias=args.alias, trials=args.trials, tracking_uri=args.tracking_uri,
-                   tolerance=args.tolerance, quiet=args.quiet, log=None if args.quiet else _log)  # fmt: skip
+                   tolerance=args.tolerance)
     changed = "; source model changed since the deployed version" if r.source_changed else ""
     target = r.candidate_version if r.decision == "promoted" else r.deployed_version
     print(f"autoquant: {r.decision} — {r.reason}; '{args.alias}' -> version {target}{changed}; report {r.report}")
@@ -311,7 +306,7 @@ def cmd_reoptimize(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report.compare import write_report
 
     md, png = write_report(args.run_dirs, args.out, args.objective)
     print(f"wrote {md} and {png}")
@@ -319,30 +314,30 @@ def cmd_report(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from .search import sensitivity as sens
-    from .search.layer_errors import layer_errors
-    from .search.space import SearchSpace
-    from .search.study import space_path
+    from .quantize.modes import encode
+    from .report.sensitivity import write_layer_errors_report, write_sensitivity_report
+    from .search import SearchSpace, layer_errors, layer_sensitivity, space_path
 
     ws = _workspace(args.experiment)
     out = args.out or Path("runs") / ws.exp.name
     if args.full:
-        rows = sens.layer_sensitivity(ws, progress=lambda i, n, name: _log(f"sensitivity {i}/{n}: {name}"))
-        csv_path, png_path = sens.write_sensitivity_report(rows, out)
+        rows = layer_sensitivity(ws, progress=lambda i, n, name: log.info("sensitivity %d/%d: %s", i, n, name))
+        csv_path, png_path = write_sensitivity_report(rows, out)
         print(f"{'layer':48s} {'drop pt':>8s} {'rel. output MSE':>16s}")
         for r in sorted(rows, key=lambda r: r.output_mse, reverse=True):
             print(f"{r.layer:48s} {r.accuracy_drop:8.2f} {r.output_mse:16.3g}")
     else:
         space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
         errors = layer_errors(ws, space)
-        csv_path, png_path = sens.write_layer_errors_report(errors, out)
-        print(f"{'layer':48s} {'least-error choice':24s} {'its error':>10s} {'per_channel:minmax':>19s}")
+        csv_path, png_path = write_layer_errors_report(errors, out)
+        default = LayerChoice()
+        print(f"{'layer':48s} {'least-error choice':24s} {'its error':>10s} {encode(default):>19s}")
         for layer in space.layers:
-            if not any(o != "float" for o in layer.options):
+            if not any(c.quantize for c in layer.options):
                 continue
             best = errors.best(layer.name, layer.options)
-            default = errors.of(layer.name, "per_channel:minmax") if "per_channel:minmax" in errors.options else float("nan")
-            print(f"{layer.name:48s} {best:24s} {errors.of(layer.name, best):10.3g} {default:19.3g}")
+            at_default = errors.of(layer.name, default) if default in errors.choices else float("nan")
+            print(f"{layer.name:48s} {encode(best):24s} {errors.of(layer.name, best):10.3g} {at_default:19.3g}")
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
@@ -476,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     from . import progress
 
-    progress.enable(not getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)  # scheduled runs: errors and warnings only, no bars
+    progress.enable(not quiet)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -98,7 +98,7 @@ def run_family(path: Path, budget: int, seeds: list[int], rounds: int, repeats: 
             sexp = replace(exp, search=replace(exp.search, sampler=sampler, seed=seed, trials=budget,
                                                warm_start=sampler == "nsga2"))  # fmt: skip
             t0 = time.perf_counter()
-            search(sexp, out, trials=budget, quiet=True)
+            search(sexp, out, trials=budget)
             secs = time.perf_counter() - t0 + calib_s
             study = optuna.load_study(study_name=sexp.name, storage=f"sqlite:///{out / 'study.db'}")
             points = scored_points(study)

@@ -149,7 +149,7 @@ def below_hand_made(ws: Workspace, meter: Meter, hand_models: list, max_drop: fl
 def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
     exp = load_experiment(exp_path)
     t0 = time.perf_counter()
-    result = search(exp, out, quiet=True)
+    result = search(exp, out)
     total = time.perf_counter() - t0
     ws = result.workspace
     study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{out / 'study.db'}")
@@ -228,7 +228,7 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
         for seed in seeds:
             path = write_exp(exp, tmp, trials=100000, timeout_minutes=minutes, seed=seed, max_accuracy_drop=max_drop,
                              **settings)  # fmt: skip
-            result = search(load_experiment(path), tmp / f"hv-{abs(hash((label, seed))) % 10**8}", quiet=True)
+            result = search(load_experiment(path), tmp / f"hv-{abs(hash((label, seed))) % 10**8}")
             ref = result.fp32_accuracy - max_drop
             study = optuna.load_study(study_name=exp["name"], storage=f"sqlite:///{result.out_dir / 'study.db'}")
             points = scored_points(study)

@@ -74,7 +74,7 @@ def bench(path: Path, trials: int, repeats: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="aq-bench-"))
     try:
         # run.seconds covers the trial loop only (sampler, storage, MLflow and trials), not the setup.
-        result = search(exp, out, trials=trials, quiet=True)
+        result = search(exp, out, trials=trials)
         inference_in_search = clock.seconds
     finally:
         evaluator_mod.Evaluator.score, evaluator_mod.Evaluator.latency_ms, study_mod.Objective.__call__ = originals

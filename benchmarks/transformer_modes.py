@@ -135,7 +135,7 @@ def main() -> None:
         run = Path(args.run_dir) if args.run_dir else tmp / "run"
         t0 = time.perf_counter()
         result = search(dataclasses.replace(exp, search=dataclasses.replace(exp.search, max_accuracy_drop=constraints[0])),
-                        run, quiet=True)  # fmt: skip
+                        run)  # fmt: skip
         search_s = time.perf_counter() - t0
         qd_session = ws.evaluator.session(dynamic)
         study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{run / 'study.db'}")

@@ -34,7 +34,7 @@ def main() -> None:
     for workers in (1, 2):
         out = Path(tempfile.mkdtemp(prefix="aq-workers-"))
         t0 = time.perf_counter()
-        result = search(exp, out, trials=args.trials, quiet=True, workers=workers)
+        result = search(exp, out, trials=args.trials, workers=workers)
         rows.append({"workers": workers, "wall_seconds": time.perf_counter() - t0, "loop_seconds": result.seconds,
                      "completed": result.completed})  # fmt: skip
         shutil.rmtree(out, ignore_errors=True)

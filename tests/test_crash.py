@@ -25,7 +25,7 @@ def finished_run(tmp_path):
         eval={"latency_repeats": 2}, search={"population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 2.0},
     )  # fmt: skip
     out = tmp_path / "run"
-    search(load_experiment(exp), out, trials=8, quiet=True)
+    search(load_experiment(exp), out, trials=8)
     return exp, out
 
 
@@ -86,7 +86,7 @@ def test_sigkill_during_export_leaves_the_last_good_export_intact(finished_run, 
     recover_dir(best)
     assert snapshot(best) == good and not list(out.glob(".best.*"))
     ort.InferenceSession(str(best / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-    search(load_experiment(exp), out, trials=10, quiet=True)  # and the study goes on to its target
+    search(load_experiment(exp), out, trials=10)  # and the study goes on to its target
     assert (best / "model.int8.onnx").is_file() and not list(out.glob(".best.*"))
 
 
@@ -106,7 +106,7 @@ def test_sigkill_a_worker_during_a_trial_then_the_study_completes(finished_run):
     proc.wait()
     before = {t.number: t.values for t in optuna.load_study(study_name="digits_crash", storage=storage).get_trials(
         states=(TrialState.COMPLETE,))}  # fmt: skip
-    result = search(load_experiment(exp), out, trials=len(before) + 6, quiet=True)
+    result = search(load_experiment(exp), out, trials=len(before) + 6)
     after = {t.number: t.values for t in optuna.load_study(study_name="digits_crash", storage=storage).get_trials(
         states=(TrialState.COMPLETE,))}  # fmt: skip
     assert result.completed == len(before) + 6 == len(after)

@@ -175,7 +175,7 @@ def test_hung_trial_times_out_and_the_study_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Workspace, "build", hangs_on_all_float)
     t0 = time.time()
-    result = search(load_experiment(exp_path), tmp_path / "run", trials=5, quiet=True)
+    result = search(load_experiment(exp_path), tmp_path / "run", trials=5)
     assert time.time() - t0 < 25
     trials = optuna.load_study(study_name="digits_timeout", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]

@@ -16,11 +16,10 @@ import pytest
 from autoquant import LayerChoice, QuantPlan
 from autoquant.quantize.plan import FLOAT
 from autoquant.runtime import session_options
-from autoquant.search.guided import ErrorModel
-from autoquant.search.latency_table import COLUMNS, LatencyTable, _owners, _plans, latency_table
-from autoquant.search.layer_errors import layer_errors
-from autoquant.search.space import SearchSpace
-from autoquant.search.study import space_path
+from autoquant.search import ErrorModel, layer_errors
+from autoquant.search.estimate.cost import BitopsCost, LatencyCost
+from autoquant.search.estimate.latency_table import COLUMNS, LatencyTable, _owners, _plans, latency_table
+from autoquant.search.space import SearchSpace, space_path
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +85,19 @@ def test_table_charges_a_float_layers_transitions_only_next_to_int8(resnet20_ws,
 def test_table_is_cached_and_prices_the_error_model(resnet20_ws, space20, table20, monkeypatch):
     import importlib
 
-    module = importlib.import_module("autoquant.search.latency_table")
+    module = importlib.import_module("autoquant.search.estimate.latency_table")
     monkeypatch.setattr(module, "_profile", lambda *a, **k: pytest.fail("profiled again"))
     again = latency_table(resnet20_ws, space20)
     np.testing.assert_array_equal(again.ms, table20.ms)
     errors = layer_errors(resnet20_ws, space20)
-    by_bitops = ErrorModel.build(resnet20_ws, errors, space20)
-    by_latency = ErrorModel.build(resnet20_ws, errors, space20, table20)
+    by_bitops = ErrorModel.build(errors, space20, BitopsCost(resnet20_ws.graph))
+    by_latency = ErrorModel.build(errors, space20, LatencyCost(table20, resnet20_ws.graph))
     name = resnet20_ws.graph.names[3]
     all_float = table20.ms[:, 0].sum()
-    assert by_latency.cost[name, "float"] == pytest.approx(table20.ms[3, 0] / all_float)  # transitions: per edge
-    assert by_latency.latency.transition_shares(name) == pytest.approx(tuple(table20.ms[3, 1:3] / all_float))
-    assert by_latency.cost[name, "per_channel:minmax"] == pytest.approx(table20.ms[3, 3] / all_float)
-    assert by_bitops.cost[name, "float"] == pytest.approx(resnet20_ws.graph.layers[3].flops / sum(
+    assert by_latency.cost.layer(name, FLOAT) == pytest.approx(table20.ms[3, 0] / all_float)  # transitions: per edge
+    assert by_latency.cost.table.transition_shares(name) == pytest.approx(tuple(table20.ms[3, 1:3] / all_float))
+    assert by_latency.cost.layer(name, LayerChoice()) == pytest.approx(table20.ms[3, 3] / all_float)
+    assert by_bitops.cost.layer(name, FLOAT) == pytest.approx(resnet20_ws.graph.layers[3].flops / sum(
         layer.flops for layer in resnet20_ws.graph.layers))
 
 
@@ -113,9 +112,9 @@ def test_float_path_prices_each_step_against_the_plan_so_far(resnet20_ws, space2
     ms[:, :4] = [1.0, 10.0, 10.0, 1.0]
     table = LatencyTable(names, ms, table20.producer, table20.consumers)
     errors = layer_errors(resnet20_ws, space20)
-    model = ErrorModel.build(resnet20_ws, errors, space20, table)
+    model = ErrorModel.build(errors, space20, LatencyCost(table, resnet20_ws.graph))
     weights = {names[i]: 1.0, names[i + 1]: 0.3, names[far]: 0.5}
-    model = replace(model, err={(n, o): (0.0 if o == "float" else weights.get(n, 1e-6)) for n, o in model.err})
+    model = replace(model, err={(n, o): (0.0 if not o.quantize else weights.get(n, 1e-6)) for n, o in model.err})
     first, second = model.float_path(model.least_error(), 2)
     assert {n for n, c in first.choices if not c.quantize} == {names[i]}
     assert {n for n, c in second.choices if not c.quantize} == {names[i], names[i + 1]}
@@ -129,10 +128,10 @@ def test_lagrangian_plan_with_transitions_is_the_exact_minimum(digits_ws):
 
     space = SearchSpace.from_yaml(space_path(digits_ws.exp.search), digits_ws.graph)
     digits_ws.precompute_ranges(space.algorithms())
-    model = ErrorModel.build(digits_ws, layer_errors(digits_ws, space), space, latency_table(digits_ws, space))
+    model = ErrorModel.build(layer_errors(digits_ws, space), space, LatencyCost(latency_table(digits_ws, space), digits_ws.graph))
     base = model.least_error()
     names = digits_ws.graph.names
-    assert model.latency.producer == (-1, *range(len(names) - 1))  # a chain
+    assert model.cost.table.producer == (-1, *range(len(names) - 1))  # a chain
     every = [QuantPlan(tuple((n, FLOAT if f else c) for f, (n, c) in zip(mask, base.choices)))
              for mask in itertools.product((False, True), repeat=len(names))]  # fmt: skip
     finite = [e for e in model.err.values() if 0 < e < np.inf]

@@ -15,12 +15,11 @@ from scipy.stats import spearmanr
 
 from autoquant import LayerChoice, QuantPlan, Workspace
 from autoquant.quantize.fake import fake_quant_weight
-from autoquant.quantize.modes import encode
-from autoquant.search.guided import ErrorModel, guided_plans
-from autoquant.search.layer_errors import layer_errors
-from autoquant.search.sensitivity import layer_sensitivity
-from autoquant.search.space import SearchSpace
-from autoquant.search.study import space_path
+from autoquant.quantize.modes import decode
+from autoquant.search import ErrorModel, layer_errors, layer_sensitivity
+from autoquant.search.estimate.cost import BitopsCost
+from autoquant.search.propose import guided_plans
+from autoquant.search.space import SearchSpace, space_path
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +58,12 @@ def test_table_ranks_layers_as_the_full_pass_does_at_a_fraction_of_its_work(resn
     ws = Workspace(dataclasses.replace(exp, quantization=dataclasses.replace(exp.quantization, weight_range=weight_range)))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
     errors = layer_errors(ws, space)
-    assert errors.table.shape == (20, len(errors.options))
-    quantized = [j for j, o in enumerate(errors.options) if o != "float"]
-    assert np.isfinite(errors.table[:, quantized]).all() and (errors.table[:, quantized] > 0).all()
+    assert errors.table.shape == (20, len(errors.choices))
+    assert np.isfinite(errors.table).all() and (errors.table > 0).all()
     full = [r.output_mse for r in layer_sensitivity(ws)]  # one whole-eval-set run per layer
-    table = spearmanr([errors.of(n, "per_channel:minmax") for n in ws.graph.names], full)
+    table = spearmanr([errors.of(n, LayerChoice()) for n in ws.graph.names], full)
     local = layer_errors(ws, space, propagated=False)
-    alone = spearmanr([local.of(n, "per_channel:minmax") for n in ws.graph.names], full)
+    alone = spearmanr([local.of(n, LayerChoice()) for n in ws.graph.names], full)
     # The bound is what the table is for, measured here rather than a figure from one CPU: on 16 samples it
     # ranks the layers as the full pass does (a rank correlation no chance ordering of 20 layers reaches at
     # p < 0.01), and better than the layers' local errors alone, which it scales by how much reaches the output.
@@ -76,13 +74,13 @@ def test_table_ranks_layers_as_the_full_pass_does_at_a_fraction_of_its_work(resn
 
 def test_guided_plans_follow_the_table(resnet20_ws, space20):
     errors = layer_errors(resnet20_ws, space20)
-    model = ErrorModel.build(resnet20_ws, errors, space20)
+    model = ErrorModel.build(errors, space20, BitopsCost(resnet20_ws.graph))
     base = model.least_error()
     for layer in space20.layers:
         chosen = base[layer.name]
-        errs = {o: errors.of(layer.name, o) for o in layer.options if o != "float"}
+        errs = {o: errors.of(layer.name, o) for o in layer.options if o.quantize}
         assert chosen.quantize and errors.of(layer.name, min(errs, key=errs.get)) == min(errs.values())
-    plans = dict(guided_plans(resnet20_ws, errors, space20))
+    plans = dict(guided_plans(model))
     assert plans["guided-int8"] == base
     assert set(plans["guided-2-float"].names) == set(resnet20_ws.graph.names)
     # with bitops a float layer's cost is its own, so the greedy path keeps float the layers in order of
@@ -93,7 +91,7 @@ def test_guided_plans_follow_the_table(resnet20_ws, space20):
     assert floats[1] == {n for n, c in plans["guided-2-float"].choices if not c.quantize}
     flops = {layer.name: layer.flops for layer in resnet20_ws.graph.layers}
     order = [next(iter(b - a)) for a, b in zip([set()] + floats, floats)]
-    ratio = [errors.of(n, encode(base[n])) / flops[n] for n in order]
+    ratio = [errors.of(n, base[n]) / flops[n] for n in order]
     assert ratio == sorted(ratio, reverse=True)
 
 
@@ -101,17 +99,18 @@ def test_nsga2_draws_only_the_options_the_table_does_not_rule_out(resnet20_ws, s
     import optuna
 
     from autoquant.config import SearchConfig
-    from autoquant.search.sampler import GuidedNSGAII, make_sampler, plausible_options
+    from autoquant.search.propose.sampler import GuidedNSGAII, make_sampler, plausible_options
 
-    model = ErrorModel.build(resnet20_ws, layer_errors(resnet20_ws, space20), space20)
+    model = ErrorModel.build(layer_errors(resnet20_ws, space20), space20, BitopsCost(resnet20_ws.graph))
     plausible = plausible_options(model)
     for layer in space20.layers:
         kept = plausible[layer.name]
         assert "float" in kept and any(o != "float" for o in kept)  # float is never ruled out, nor the best INT8
-        for o in set(layer.options) - set(kept):  # each ruled-out option: one that costs no more has < 1/4 its error
-            assert any(model.cost[layer.name, q] <= model.cost[layer.name, o]
-                       and 4 * model.err[layer.name, q] < model.err[layer.name, o] for q in kept)  # fmt: skip
-    ruled_out = sum(len(s.options) - len(plausible[s.name]) for s in space20.layers)
+        for o in set(layer.values) - set(kept):  # each ruled-out option: one that costs no more has < 1/4 its error
+            o, cost = decode(o), model.cost.layer
+            assert any(cost(layer.name, decode(q)) <= cost(layer.name, o)
+                       and 4 * model.err[layer.name, decode(q)] < model.err[layer.name, o] for q in kept)  # fmt: skip
+    ruled_out = sum(len(s.values) - len(plausible[s.name]) for s in space20.layers)
     assert ruled_out > 0  # per-tensor is far worse than per-channel on some of ResNet-20's layers
     sampler = make_sampler(SearchConfig(population_size=4, seed=3), model)
     assert isinstance(sampler, GuidedNSGAII)
@@ -130,7 +129,7 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
     from autoquant.evaluate.latency import FEW_ROUNDS
     from autoquant.measure import Timing
     from autoquant.quantize.plan import FLOAT
-    from autoquant.search.objective import PlanScorer
+    from autoquant.search import PlanScorer
 
     exp = resnet20_ws.exp
     ws = Workspace(dataclasses.replace(exp, eval=dataclasses.replace(exp.eval, latency_repeats=15)))

@@ -1,5 +1,5 @@
-"""Data flows one way through the package: graph → calibrate → quantize → evaluate → engine (workspace,
-measure, record) → search → jobs / track → api / cli. A module may import from its own layer or below,
+"""Data flows one way through the package: config → graph → calibrate → quantize → evaluate → engine (workspace,
+measure, record) → search → report / track → jobs → api → cli. A module may import from its own layer or below,
 never above; this test reads every module's imports (including those inside functions) to hold that."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ LAYERS = {
     "evaluate": 4,
     "sources": 5, "zoo": 5, "workspace": 5, "measure": 5, "record": 5, "engine": 5,
     "search": 6,
-    "track": 7, "jobs": 7, "report": 7,
-    "api": 8, "cli": 9, "__init__": 9,
+    "report": 7, "track": 7, "jobs": 8,
+    "api": 9, "cli": 10, "__init__": 10,
 }  # fmt: skip
 
 

@@ -27,8 +27,10 @@ from autoquant.quantize.modes import decode
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.quantize.smoothing import smoothable
 from autoquant.record import Record
-from autoquant.search.space import SearchSpace
-from autoquant.search.study import space_path, warm_starts
+from autoquant.search import ErrorModel
+from autoquant.search.estimate.cost import BitopsCost
+from autoquant.search.propose import warm_starts
+from autoquant.search.space import SearchSpace, space_path
 
 INTEGER = {"static": {"QLinearMatMul", "QGemm"}, "dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"},
            "int4": {"MatMulNBits"}}  # fmt: skip
@@ -126,12 +128,12 @@ def test_bitops_per_mode(ws):
 
 def test_transformer_space_offers_the_modes_and_warm_starts_use_them(ws):
     space = SearchSpace.from_yaml(space_path(SearchConfig(space=Path("transformer"))), ws.graph)
-    options = space.layers[0].options
+    options = space.layers[0].values
     assert {decode(o).mode for o in options if o != "float"} == {"static", "dynamic", "int4"} and "float" in options
-    from autoquant.search.layer_errors import layer_errors
+    from autoquant.search import layer_errors
 
     errors = layer_errors(ws, space)
-    labels = dict(warm_starts(ws, errors, space, [1]))
+    labels = dict(warm_starts(ws.graph.names, space, errors, ErrorModel.build(errors, space, BitopsCost(ws.graph)), [1]))
     assert labels["all-dynamic"].modes() == {"dynamic"} and labels["all-int4-b32"].modes() == {"int4"}
     budget = [p for label, p in labels.items() if label.startswith("guided-budget")]
     assert budget and any("int4" in p.modes() for p in budget)  # the cheap mode enters across the cost range
@@ -141,7 +143,7 @@ def test_cnn_layers_keep_static_options(digits_yaml):
     ws = Workspace(load_experiment(digits_yaml))
     space = SearchSpace.from_yaml(space_path(SearchConfig(space=Path("transformer"))), ws.graph)
     for layer, info in zip(space.layers, ws.graph.layers):
-        modes = {decode(o).mode for o in layer.options if o != "float"}
+        modes = {decode(o).mode for o in layer.values if o != "float"}
         assert modes == ({"static"} if info.op_type == "Conv" else {"static", "dynamic", "int4"}), layer
 
 

@@ -64,7 +64,7 @@ def test_two_workers_share_a_study_in_postgresql(postgres_url, tmp_path):
         eval={"latency_repeats": 2},
         search={"storage": postgres_url, "population_size": 6, "sensitivity_k": [1]},
     )  # fmt: skip
-    result = search(load_experiment(exp), tmp_path / "run", trials=16, quiet=True, workers=2)
+    result = search(load_experiment(exp), tmp_path / "run", trials=16, workers=2)
     study = optuna.load_study(study_name="digits_pg", storage=postgres_url)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert 16 <= len(complete) <= 18 and result.export is not None

@@ -14,14 +14,12 @@ from test_sources import cli, encoder_workdir, transformer_exp
 
 from autoquant import Workspace, load_experiment
 from autoquant.config import SearchConfig
-from autoquant.quantize.modes import encode
 from autoquant.quantize.plan import FLOAT
-from autoquant.search.guided import ErrorModel
-from autoquant.search.layer_errors import layer_errors
-from autoquant.search.pareto import hypervolume
-from autoquant.search.refine import DESCENT, Refine, allowed_error
-from autoquant.search.space import SearchSpace
-from autoquant.search.study import space_path
+from autoquant.search import ErrorModel, hypervolume, layer_errors
+from autoquant.search.estimate.cost import BitopsCost
+from autoquant.search.estimate.error_model import allowed_error
+from autoquant.search.propose import SETTINGS, Refine
+from autoquant.search.space import SearchSpace, space_path
 from autoquant.search.trial_attrs import plan as plan_of
 from autoquant.search.trial_attrs import plan_spec
 
@@ -65,7 +63,7 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     # a refine round on these trials proposes quantized plans from its calibrated model
     ws = Workspace(load_experiment(exp))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
-    model = ErrorModel.build(ws, layer_errors(ws, space), space)
+    model = ErrorModel.build(layer_errors(ws, space), space, BitopsCost(ws.graph))
     refine = Refine(model, 1.5)
     proposals = refine.proposals(done)
     assert proposals and all(p.quantized for p in proposals)
@@ -92,14 +90,14 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     assert floats
     for n in floats:
         assert base.with_choices({n: best[n]}).key() in neighbours
-    extra = {n: model.cost[n, "float"] - model.cost[n, encode(c)] for n, c in base.choices}
+    extra = {n: model.cost.layer(n, FLOAT) - model.cost.layer(n, c) for n, c in base.choices}
     dearest, cheapest = max(floats, key=extra.get), min(base.quantized, key=extra.get)
     assert base.with_choices({dearest: best[dearest], cheapest: FLOAT}).key() in neighbours
     tried = {plan_of(t).key() for t in study.trials if plan_spec(t)}
     descended = [t for t in study.trials if t.user_attrs.get("label", "").startswith("descent-")]
     assert descended, "no descent round ran"
     below = refine.descent(done, tried)
-    assert len(below) <= DESCENT and all(p.key() in neighbours and p.key() not in tried for p in below)
+    assert len(below) <= SETTINGS.descent and all(p.key() in neighbours and p.key() not in tried for p in below)
 
 def test_hypervolume_of_a_front_in_cost_and_drop():
     # (cost, drop) points, reference (1.0, limit 2.0): the area each point adds up to the next cheaper-cost step
@@ -113,7 +111,7 @@ def test_error_model_sweep_runs_from_least_error_to_cheapest(encoder_dir):
     exp = load_experiment(transformer_exp(encoder_dir, name="calib", data={"calibration_size": 64, "eval_size": 480}))
     ws = Workspace(exp)
     space = SearchSpace.from_yaml(space_path(SearchConfig(space=Path("transformer"))), ws.graph)
-    model = ErrorModel.build(ws, layer_errors(ws, space), space)
+    model = ErrorModel.build(layer_errors(ws, space), space, BitopsCost(ws.graph))
     # the sweep runs from the least-error plan to the cheapest one, predicted error rising as bitops fall
     sweep = model.sweep(16)
     predicted = [model.predict(p) for p in sweep]

@@ -21,7 +21,7 @@ from autoquant.cli import main
 from autoquant.config import Cost
 from autoquant.measure import Measurement
 from autoquant.quantize.plan import LayerChoice, QuantPlan
-from autoquant.search.pareto import ScoredPlan, choose
+from autoquant.search.select import ScoredPlan, choose
 
 DIGITS = {"name": "digits_rel", "model": {"builtin": "digits_cnn"},
           "data": {"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},

@@ -25,7 +25,7 @@ from autoquant.evaluate.latency import not_slower
 from autoquant.measure import Measurement
 from autoquant.quantize.plan import LayerChoice, QuantPlan
 from autoquant.search.objective import TrialFailed
-from autoquant.search.pareto import ScoredPlan, choose
+from autoquant.search.select import ScoredPlan, choose
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def search_yaml(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(search_yaml, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return search(load_experiment(search_yaml), out, trials=10, quiet=True), out
+    return search(load_experiment(search_yaml), out, trials=10), out
 
 
 def completed(out, name="digits_search"):
@@ -117,7 +117,7 @@ def test_rerun_resumes_the_same_study_and_parent_run(finished, search_yaml):
     before = {n: t.values for n, t in completed(out).items()}
     parent = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out / 'study.db'}").user_attrs[
         "mlflow_parent_run_id"]  # fmt: skip
-    result = search(load_experiment(search_yaml), out, trials=14, quiet=True)
+    result = search(load_experiment(search_yaml), out, trials=14)
     after = completed(out)
     assert result.completed == 14 and len(after) == 14
     assert all(after[n].values == v for n, v in before.items())  # nothing finished was recomputed or lost
@@ -157,7 +157,7 @@ def test_duplicate_plans_are_not_re_evaluated_and_failures_do_not_stop_the_study
     for _ in range(2):
         study.enqueue_trial(dict.fromkeys(names, "float"))  # the same all-float plan twice
     study.enqueue_trial({n: "per_channel:minmax" if i < 3 else "float" for i, n in enumerate(names)})  # injected failure
-    result = search(exp, out, trials=6, quiet=True)
+    result = search(exp, out, trials=6)
     trials = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out}/study.db").get_trials()
     assert trials[1].user_attrs["duplicate_of"] == 0
     assert trials[2].state == TrialState.FAIL and "injected" in trials[2].user_attrs["fail_reason"]

@@ -18,7 +18,7 @@ GRAPH = GraphInfo((_layer("stem"), _layer("dw", depthwise=True), _layer("pw"), _
 
 def test_default_space_file_resolves_rules_for_depthwise():
     space = SearchSpace.from_yaml(REPO_SPACES / "default.yaml", GRAPH)
-    by = {ls.name: ls.options for ls in space.layers}
+    by = {ls.name: tuple(ls.values) for ls in space.layers}
     assert not any(o.startswith("per_tensor") for o in by["dw"])
     assert "per_tensor:entropy" in by["stem"] and "float" in by["stem"]
     assert space.algorithms() == {"minmax", "percentile", "mse", "entropy", "histogram"}
@@ -45,7 +45,7 @@ def test_four_bit_weights_force_per_channel():
     space = SearchSpace.from_yaml(REPO_SPACES / "int4_weights.yaml", GRAPH)
     plan = space.plan(lambda name, choices: next(c for c in choices if c.endswith(":w4")))
     assert all(c.weight_bits == 4 and c.weight_granularity == "per_channel" for _, c in plan.choices)
-    assert not any(o.startswith("per_tensor") and o.endswith(":w4") for ls in space.layers for o in ls.options)
+    assert not any(o.startswith("per_tensor") and o.endswith(":w4") for ls in space.layers for o in ls.values)
     assert space.params_for(plan)["stem"] == "per_channel:minmax:w4"
 
 

@@ -14,7 +14,7 @@ def test_two_workers_reach_the_target_together_without_evaluating_a_plan_twice(t
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 3}, search={"population_size": 6, "sensitivity_k": [1]},
     )  # fmt: skip
-    result = search(load_experiment(exp), tmp_path / "run", trials=24, quiet=True, workers=2)
+    result = search(load_experiment(exp), tmp_path / "run", trials=24, workers=2)
     study = optuna.load_study(study_name="digits_workers", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert 24 <= len(complete) <= 26  # both stop at the target; one may finish its trial in flight

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..quantize.plan import QuantPlan
+from ..quantize.plan import LayerChoice, QuantPlan
 
 
 class Layers(Protocol):
@@ -16,11 +16,16 @@ class Layers(Protocol):
     unquantized_flops: int
 
 
+def layer_bitops(layer: Any, choice: LayerChoice) -> int:
+    """One layer's FLOPs × activation bits × weight bits (FLOPs = 2 × MACs; float layers 32 × 32)."""
+    a, w = choice.cost_bits
+    return layer.flops * a * w
+
+
 def bitops(graph: Layers, plan: QuantPlan) -> int:
-    """Σ over layers of FLOPs × activation bits × weight bits (FLOPs = 2 × MACs; float layers 32 × 32), plus
-    the compute the engine never quantizes (attention MatMuls, recurrent cells) at 32 × 32."""
-    quantizable = sum(layer.flops * a * w for layer in graph.layers for a, w in [plan[layer.name].cost_bits])
-    return quantizable + graph.unquantized_flops * 32 * 32
+    """Σ over layers of layer_bitops, plus the compute the engine never quantizes (attention MatMuls, recurrent
+    cells) at 32 × 32."""
+    return sum(layer_bitops(layer, plan[layer.name]) for layer in graph.layers) + graph.unquantized_flops * 32 * 32
 
 
 def fp32_bitops(graph: Layers) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..engine import QuantizeResult, quantize
 from ..errors import AutoquantError, ConfigError
 from ..fileio import atomic_write_bytes, replace_dir
-from ..search.pareto import ScoredPlan
+from ..search.select import ScoredPlan
 from ..workspace import Workspace
 
 MARKER = ".autoquant-export"

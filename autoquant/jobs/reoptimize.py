@@ -45,15 +45,14 @@ def decide(old: Measurement, new: Measurement | None, max_drop: float, objective
 
 
 def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "production", trials: int | None = None,
-               tracking_uri: str | None = None, tolerance: float = 0.1, quiet: bool = True, log=None) -> ReoptimizeResult:  # fmt: skip
+               tracking_uri: str | None = None, tolerance: float = 0.1) -> ReoptimizeResult:
     uri = tracking_uri or exp.search.tracking_uri
     if not uri:
         raise ConfigError("re-optimization needs the registry's store: set search.tracking_uri or --tracking-uri")
     registry = Registry(uri)
     deployed = registry.deployed(name, alias)
     exp = replace(exp, search=replace(exp.search, tracking_uri=uri))
-    result = search(exp, out_dir, trials=trials, quiet=quiet, log=log,
-                    prior_plans={f"deployed-v{deployed.version}": deployed.record.plan()})  # fmt: skip
+    result = search(exp, out_dir, trials=trials, prior_plans={f"deployed-v{deployed.version}": deployed.record.plan()})
     ws = result.workspace
     source_changed = ws.sha != deployed.record.model_sha256
     # The deployed model, measured on today's data the way the export was (paired with FP32); its bitops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -18,22 +19,18 @@ from ..engine import QuantizeResult
 from ..errors import ConfigError, first_line
 from ..fileio import atomic_write_bytes, file_lock, recover_dir
 from ..record import Record
+from ..report.pareto import plot_pareto, write_pareto_csv
+from ..report.progress import Progress
+from ..report.sensitivity import write_layer_errors_report
+from ..search import ScoredPlan, select
 from ..search import trial_attrs as attrs
-from ..search.pareto import ScoredPlan, choose, pareto_front, plot_pareto, write_pareto_csv
-from ..search.sensitivity import write_layer_errors_report
-from ..search.study import (
-    RunPaths,
-    make_storage,
-    optimize,
-    retime_fastest,
-    scored_points,
-    setup_study,
-    study_fingerprint,
-    time_points,
-)
+from ..search.storage import RunPaths, make_storage, study_fingerprint
+from ..search.study import optimize, setup_study
 from ..workspace import Workspace
 from .export import check_export_target, export_plan
 from .workers import spawn_worker, with_threads
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,8 +53,8 @@ class SearchResult:
     first_export_seconds: float | None = None  # from the start of the search to the first plan exported
 
 
-def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: bool = False, log=None,
-           workers: int = 1, prior_plans: dict | None = None) -> SearchResult:  # fmt: skip
+def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
+           prior_plans: dict | None = None) -> SearchResult:  # fmt: skip
     """Run (or resume) the experiment's study, track it in MLflow, export the best plan within the constraint.
 
     Rerunning with the same `out_dir` continues the study until `trials` trials are complete. With
@@ -73,7 +70,7 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, quiet: 
             raise ConfigError(f"another autoquant search is running in {paths.root}: wait for it to finish, or "
                               "use another --out (workers join a study with `autoquant worker`)") from None
         try:
-            return _search(exp, paths, trials, quiet, log, workers, prior_plans)
+            return _search(exp, paths, trials, workers, prior_plans)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
             # A full disk or a storage server gone mid-study: every trial committed before it is kept.
             raise ConfigError(f"the study storage failed ({first_line(exc.__cause__ or exc)}); the trials completed "
@@ -86,8 +83,8 @@ class FirstExport:
     directory the study's end replaces with its best), so an unattended run has a usable model as soon as
     one exists."""
 
-    def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float, log=None):
-        self.ws, self.max_drop, self.out, self.t0, self.log = ws, max_drop, out, started, log
+    def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float):
+        self.ws, self.max_drop, self.out, self.t0 = ws, max_drop, out, started
         self.seconds: float | None = None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -98,13 +95,11 @@ class FirstExport:
             return
         export_plan(self.ws, ScoredPlan(trial.number, attrs.label(trial), plan, result), self.out)
         self.seconds = time.perf_counter() - self.t0
-        if self.log:
-            self.log(f"autoquant: trial {trial.number} meets the limit: exported to {self.out} after "
-                     f"{self.seconds:.0f} s; the study goes on")  # fmt: skip
+        log.info("trial %d meets the limit: exported to %s after %.0f s; the study goes on", trial.number, self.out,
+                 self.seconds)  # fmt: skip
 
 
-def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, log, workers: int,
-            prior_plans: dict | None) -> SearchResult:  # fmt: skip
+def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, prior_plans: dict | None) -> SearchResult:
     from ..track.tracker import Tracker, study_params
 
     started = time.perf_counter()
@@ -119,7 +114,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
     # before calibration and sensitivity are spent.
     tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts",
                       own_store=not exp.search.tracking_uri)  # fmt: skip
-    setup = setup_study(exp, paths, log=log, prior_plans=prior_plans)
+    setup = setup_study(exp, paths, prior_plans=prior_plans)
     ws = setup.workspace
     try:
         tracker.start_parent(setup.study, study_params(exp, ws), [p for p in (exp.source_file, setup.space_file) if p])
@@ -128,9 +123,10 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, quiet: bool, l
         raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
                           "set search.tracking_uri to a writable store") from exc  # fmt: skip
     procs = [spawn_worker(exp, setup.storage_url, target, i) for i in range(1, workers)]
-    first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started, log)
+    first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started)
     try:
-        seconds, evaluated = optimize(setup, exp, target, quiet=quiet, callbacks=[tracker, first], log=log)
+        with Progress.of(setup.study, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
+            seconds, evaluated = optimize(setup, exp, target, callbacks=[tracker, first, progress])
         for proc in procs:
             proc.wait()
     finally:
@@ -163,20 +159,14 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     t0 = time.perf_counter()
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
-    points, tied = scored_points(study), frozenset()
-    if objective is Cost.LATENCY:  # (re-)chosen by latency: every point timed, the fastest again side by side
-        points, tied = retime_fastest(ws, study, time_points(ws, study, points, points), max_drop)
-    front = pareto_front(points, objective)
-    points = time_points(ws, study, points, front)
-    front = pareto_front(points, objective)
-    chosen, met = choose(points, max_drop, objective, tied)
-    write_pareto_csv(front, root / "pareto.csv")
-    plot_pareto(points, front, chosen if met else None, objective, max_drop, ws.reference.accuracy,
-                root / "pareto.png", f"{exp.name}: {len(points)} trials")  # fmt: skip
-    exported = export_plan(ws, chosen, out) if met else None
+    chosen = select(ws, study, max_drop, objective)
+    write_pareto_csv(chosen.front, root / "pareto.csv")
+    plot_pareto(chosen.points, chosen.front, chosen.chosen if chosen.met else None, objective, max_drop,
+                ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")  # fmt: skip
+    exported = export_plan(ws, chosen.chosen, out) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
-    return SearchResult(root, len(points), evaluated, seconds, ws.reference.accuracy, front, chosen, met, exported,
-                        study.study_name, objective=objective)  # fmt: skip
+    return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
+                        chosen.met, exported, study.study_name, objective=objective)  # fmt: skip
 
 
 def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: Cost | None = None,

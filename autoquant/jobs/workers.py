@@ -12,7 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Experiment
-from ..search.study import RunPaths, complete_count, optimize, setup_study
+from ..report.progress import Progress
+from ..search.storage import RunPaths, complete_count
+from ..search.study import optimize, setup_study
 
 
 def with_threads(exp: Experiment, threads: int) -> Experiment:
@@ -38,14 +40,16 @@ def die_with_parent(parent_pid: int) -> None:
         raise SystemExit(1)
 
 
-def work(exp: Experiment, storage_url: str, *, trials: int | None = None, threads: int = 0, seed_offset: int = 0,
-         quiet: bool = False, log=None) -> tuple[int, int]:  # fmt: skip
+def work(exp: Experiment, storage_url: str, *, trials: int | None = None, threads: int = 0,
+         seed_offset: int = 0) -> tuple[int, int]:  # fmt: skip
     """Join a study as a worker: run trials until the study has `trials` complete ones.
     Returns (plans this worker evaluated, trials complete in the study). No export, no MLflow logging:
     the process that runs `search` logs every worker's trials when it finishes."""
     exp = replace(exp, search=replace(exp.search, seed=exp.search.seed + seed_offset))
     if threads:
         exp = with_threads(exp, threads)
-    setup = setup_study(exp, RunPaths(Path(".")), log=log, storage_url=storage_url)
-    _, evaluated = optimize(setup, exp, trials or exp.search.trials, quiet=quiet, log=log)
+    setup = setup_study(exp, RunPaths(Path(".")), storage_url=storage_url)
+    target = trials or exp.search.trials
+    with Progress.of(setup.study, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
+        _, evaluated = optimize(setup, exp, target, callbacks=[progress])
     return evaluated, complete_count(setup.study)

@@ -1,17 +1,29 @@
-"""Scoring one plan for the search: build its model from the workspace cache and measure it in time."""
+"""The Optuna objective: a trial's parameters → its plan → its model, built from the workspace cache and measured
+in time → (accuracy, cost), with the accuracy limit as Optuna's trial constraint."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 
+import optuna
+from optuna.trial import TrialState
+
+from ..config import Cost
 from ..errors import AutoquantError, first_line
 from ..evaluate.early_stop import EarlyStop, Hopeless
 from ..evaluate.metrics import HITS
 from ..measure import Measurement, Meter, Timing
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
+from . import trial_attrs as attrs
+from .select import RETIME_BAND
+from .space import SearchSpace
+
+MAX_CONSECUTIVE_FAILURES = 20
+ACCURACY_CONSTRAINT = "accuracy_drop_over_limit"
 
 
 class TrialFailed(AutoquantError):
@@ -64,3 +76,66 @@ class PlanScorer:
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:  # onnxruntime's own error types: the plan is the problem, not the user
             raise TrialFailed(f"{exc.__class__.__name__}: {first_line(exc, 200)}") from exc
+
+
+class Objective:
+    """Optuna objective: trial → plan → (accuracy, cost). A plan measured before — by this process or
+    by another worker on the same storage — is not re-evaluated: its result is reused and the trial
+    records which trial it duplicates."""
+
+    def __init__(self, space: SearchSpace, scorer: PlanScorer, objective: Cost, max_drop: float):
+        self.space, self.scorer, self.objective, self.max_drop = space, scorer, objective, max_drop
+        self.known: dict[str, tuple[int, Measurement]] = {}
+        self.seen: set[int] = set()
+        self.evaluated = 0
+
+    def _refresh(self, study: optuna.Study) -> None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number not in self.seen:
+                self.seen.add(t.number)
+                self.known.setdefault(attrs.plan(t).key(), (t.number, attrs.result(t)))
+
+    def timing(self) -> Timing:
+        """Trials need precise latency only within the band retime_fastest re-times: RETIME_BAND × the fastest
+        plan known to meet the constraint (all-float, 1×, until a quantized one does)."""
+        fastest = min((r.latency_ratio for _, r in self.known.values()
+                       if r.accuracy_drop <= self.max_drop and r.latency_ratio > 0), default=math.inf)  # fmt: skip
+        return Timing(self.max_drop, RETIME_BAND * fastest)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        plan = self.space.plan(trial.suggest_categorical)
+        key = plan.key()
+        # Few attribute writes per trial: each one is a storage transaction.
+        attrs.set_plan(trial, plan)
+        self._refresh(trial.study)
+        if key in self.known:
+            number, result = self.known[key]
+            attrs.set_duplicate_of(trial, number)
+        else:
+            try:
+                result = self.scorer(plan, self.timing())
+            except TrialFailed as exc:
+                attrs.set_failure(trial, str(exc))
+                raise
+            except Hopeless as exc:
+                self.evaluated += 1
+                attrs.set_pruned(trial, exc.prefix_accuracy, exc.samples, str(exc))
+                raise optuna.TrialPruned(str(exc)) from None
+            self.known[key] = (trial.number, result)
+            self.evaluated += 1
+        attrs.set_result(trial, result)
+        # Optuna's constraint: samplers rank plans that break the accuracy limit behind those that keep it
+        trial.set_constraint(ACCURACY_CONSTRAINT, result.accuracy_drop - self.max_drop)
+        return result.accuracy, self.objective.of(result)
+
+
+class FailureGuard:
+    """Stops the study when many trials in a row fail: the cause is then the setup, not one plan."""
+
+    def __init__(self):
+        self.streak = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.streak >= MAX_CONSECUTIVE_FAILURES:
+            study.stop()

@@ -1,4 +1,5 @@
-"""Search space: which LayerChoice values each layer may take, from YAML; trial → plan; plan → params.
+"""Search space: which LayerChoices each layer may take, from YAML; trial → plan; plan → params (Optuna's
+categorical values are the modes' encodings of the choices: only here, at the edge).
 
     choices: {quantize: [...], mode: [static, dynamic, int4], weight_granularity: [...],
               activation_algorithm: [...], weight_bits: [...], block_size: [...], accuracy_level: [...]}
@@ -11,6 +12,7 @@ apply to MatMul/Gemm layers with 2-D weights only (quantize/modes): other layers
 
 from __future__ import annotations
 
+import importlib.resources
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,35 +21,40 @@ from typing import Any
 
 import numpy as np
 
-from ..config import load_yaml
+from ..config import SearchConfig, load_yaml
 from ..errors import ConfigError
 from ..graph.layers import GraphInfo, LayerInfo
 from ..quantize import modes
 from ..quantize.modes import decode, encode
-from ..quantize.plan import LayerChoice, QuantPlan, name_pattern
+from ..quantize.plan import FLOAT, LayerChoice, QuantPlan, name_pattern
 
+DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
 PARAMS = ("quantize", "mode", "weight_bits", "weight_granularity", "activation_algorithm", "block_size", "accuracy_level")
 _MATCH_KEYS = ("op_type", "depthwise", "name")
 
 
 @dataclass(frozen=True)
 class LayerSpace:
-    """The choices one layer may take, each encoded as one categorical value ("float",
-    "per_channel:mse", "per_channel:minmax:w4"): one Optuna parameter per layer keeps the space
-    static for the samplers and costs one storage write per layer and trial."""
+    """The choices one layer may take. Optuna sees each as one categorical value (`values`: the mode's encoding,
+    quantize/modes/): one parameter per layer keeps the space static for the samplers and costs one storage
+    write per layer and trial."""
 
     name: str
-    options: tuple[str, ...]
+    options: tuple[LayerChoice, ...]
+
+    @property
+    def values(self) -> list[str]:
+        return [encode(c) for c in self.options]
 
 
-def _options(allowed: dict[str, tuple], layer_modes: tuple[str, ...]) -> tuple[str, ...]:
+def _options(allowed: dict[str, tuple], layer_modes: tuple[str, ...]) -> tuple[LayerChoice, ...]:
     options = []
     for q in allowed["quantize"]:
         if not q:
-            options.append("float")
+            options.append(FLOAT)
             continue
         for mode in (modes.get(m) for m in allowed["mode"] if m in layer_modes):
-            options += [encode(c) for c in mode.choices(allowed)]
+            options += mode.choices(allowed)
     return tuple(dict.fromkeys(options))
 
 
@@ -97,7 +104,7 @@ class SearchSpace:
         for layer in graph.layers:
             name = layer.name
             # a layer no mode can quantize (NaN weights) stays float whatever the space allows
-            options = _options(per_layer[name], modes.allowed_modes(layer)) if modes.allowed_modes(layer) else ("float",)
+            options = _options(per_layer[name], modes.allowed_modes(layer)) if modes.allowed_modes(layer) else (FLOAT,)
             if not options:
                 raise ConfigError(f"{where}: layer {name} ({layer.op_type}) has no valid choice left (4-bit Q/DQ weights "
                                   "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")  # fmt: skip
@@ -107,7 +114,7 @@ class SearchSpace:
     def mode_plan(self, mode: str) -> QuantPlan | None:
         """Every layer that may take `mode` in its first option of that mode, the others INT8 per channel
         (None if no layer may): `quantize_dynamic`'s plan for dynamic, the all-int4 one for int4."""
-        firsts = {layer.name: next((c for c in map(decode, layer.options) if c.quantize and c.mode == mode), None)
+        firsts = {layer.name: next((c for c in layer.options if c.quantize and c.mode == mode), None)
                   for layer in self.layers}  # fmt: skip
         if not any(firsts.values()):
             return None
@@ -115,17 +122,17 @@ class SearchSpace:
 
     def algorithms(self) -> set[str]:
         """The range algorithms of the calibrated choices the space offers."""
-        return {c.activation_algorithm for layer in self.layers for o in layer.options if o != "float"
-                for c in [decode(o)] if modes.get(c.mode).calibrated}  # fmt: skip
+        return {c.activation_algorithm for layer in self.layers for c in layer.options
+                if c.quantize and modes.get(c.mode).calibrated}  # fmt: skip
 
     def size(self) -> int:
         return int(np.prod([len(layer.options) for layer in self.layers], dtype=float))
 
     def plan(self, suggest) -> QuantPlan:
-        """Build a plan by asking `suggest(layer name, options)` (e.g. an Optuna trial's
-        suggest_categorical) for every layer with more than one option."""
+        """Build a plan by asking `suggest(layer name, values)` (e.g. an Optuna trial's suggest_categorical) for
+        every layer with more than one option; the values are the options' encodings."""
         return QuantPlan(tuple(
-            (layer.name, decode(suggest(layer.name, list(layer.options)) if len(layer.options) > 1 else layer.options[0]))
+            (layer.name, decode(suggest(layer.name, layer.values)) if len(layer.options) > 1 else layer.options[0])
             for layer in self.layers
         ))  # fmt: skip
 
@@ -138,14 +145,25 @@ class SearchSpace:
             if len(layer.options) < 2:
                 continue
             want = plan[layer.name]
-            value = encode(want)
-            if value not in layer.options:
-                same_q = [o for o in layer.options if (o == "float") == (not want.quantize)] or list(layer.options)
-                same_mode = [o for o in same_q if o != "float" and decode(o).mode == want.mode] or same_q
-                same_algo = [o for o in same_mode if o != "float" and decode(o).activation_algorithm == want.activation_algorithm]
-                value = (same_algo or same_mode)[0]
-            params[layer.name] = value
+            if want not in layer.options:
+                same_q = [o for o in layer.options if o.quantize == want.quantize] or list(layer.options)
+                same_mode = [o for o in same_q if o.quantize and o.mode == want.mode] or same_q
+                same_algo = [o for o in same_mode if o.quantize and o.activation_algorithm == want.activation_algorithm]
+                want = (same_algo or same_mode)[0]
+            params[layer.name] = encode(want)
         return params
+
+
+def space_path(cfg: SearchConfig) -> Path:
+    """The experiment's search space file; a bare name (`transformer`) names one shipped with autoquant."""
+    shipped = Path(str(importlib.resources.files("autoquant.search_spaces")))
+    path = cfg.space or shipped / DEFAULT_SPACE
+    if not path.is_file() and path.suffix in ("", ".yaml") and (shipped / f"{path.stem}.yaml").is_file():
+        path = shipped / f"{path.stem}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+        raise ConfigError(f"search space {path} not found: set search.space to a YAML file or to one of {names}")
+    return path
 
 
 def _choices(raw: Any, where: str, base: dict[str, tuple]) -> dict[str, tuple]:

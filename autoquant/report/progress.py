@@ -1,23 +1,22 @@
-"""Progress of a running study on stderr: trials done / target, best accuracy within the constraint,
-lowest cost so far, time left. An Optuna callback."""
+"""A running study's progress bar: trials done / target, the best accuracy within the limit, the lowest cost so
+far, trials stopped early, time left (an Optuna callback; shown where autoquant.progress is on: the command line
+without --quiet)."""
 
 from __future__ import annotations
-
-import sys
 
 import optuna
 
 from ..config import Cost
-from . import trial_attrs as attrs
+from ..progress import bar
+from ..search import trial_attrs as attrs
 
 
 class Progress:
-    def __init__(self, target: int, done: int, max_drop: float, objective: Cost, quiet: bool):
-        from tqdm import tqdm
+    """Close it when the study ends (a context manager)."""
 
+    def __init__(self, target: int, done: int, max_drop: float, objective: Cost):
         self.max_drop, self.objective = max_drop, objective
-        self.bar = tqdm(total=target, initial=done, desc="trials", unit="trial", file=sys.stderr,
-                        disable=quiet, dynamic_ncols=True)  # fmt: skip
+        self.bar = bar(target, "trials", unit="trial", initial=done, leave=True)
         self.best_acc: float | None = None
         self.best_cost: float | None = None
         self.pruned = 0
@@ -43,3 +42,15 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def of(cls, study: optuna.Study, target: int, max_drop: float, objective: Cost) -> Progress:
+        from ..search.storage import done_count
+
+        return cls(target, min(done_count(study), target), max_drop, objective)

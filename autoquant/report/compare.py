@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from .config import Cost, load_experiment
-from .errors import ConfigError
-from .fileio import atomic_write_bytes
-from .search.pareto import ScoredPlan, choose, pareto_front
-from .search.study import RunPaths, make_storage, scored_points
+from ..config import Cost, load_experiment
+from ..errors import ConfigError
+from ..fileio import atomic_write_bytes
+from ..search.select import ScoredPlan, choose, pareto_front, scored_points
+from ..search.storage import RunPaths, make_storage
 
 CONSTRAINTS = (0.25, 0.5, 1.0, 2.0)
 # Heat-map colour per layer choice: float, then INT8 per-tensor / per-channel, then 4-bit.

@@ -37,12 +37,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..calibrate.cache import cached_arrays
-from ..quantize import modes
-from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
-from ..runtime import session_options
-from ..workspace import Workspace
-from .space import SearchSpace
+from ...calibrate.cache import cached_arrays
+from ...quantize import modes
+from ...quantize.plan import FLOAT, LayerChoice, QuantPlan
+from ...runtime import session_options
+from ...workspace import Workspace
+from ..space import SearchSpace
 
 LATENCY_TABLE_VERSION = 2
 # columns: a float layer's own kernels, its input-side and output-side transitions; each mode's kernels

@@ -3,11 +3,11 @@ option — a mutation, or a plan of the first generation that no warm start fill
 the per-layer error table does not rule out, instead of from all of them.
 
 Why: NSGA-II draws a categorical parameter it does not inherit uniformly from its choices. In the default
-space 5 of a layer's 11 options are per-tensor, which on EfficientNet-Lite1 adds 1.7-12× (median 5.7×) the
-error of the same layer per channel; every plan NSGA-II drew there had 13-28 per-tensor layers and was
-stopped early at 27-67 % agreement against a limit of 80. An option is ruled out when another option of the
-same layer costs no more and adds less than a PLAUSIBLE-th of its error: float (no error) is never ruled
-out; int4 is not ruled out by INT8, which costs more.
+space 5 of a layer's 11 options are per-tensor, which on depthwise networks add several times the error of the
+same layer per channel: plans drawn uniformly hold a dozen per-tensor layers and are stopped early, far below
+any limit. An option is ruled out when another option of the same layer costs no more and adds less than a
+`ProposeSettings.plausible`-th of its error: float (no error) is never ruled out; int4 is not ruled out by
+INT8, which costs more.
 
 Optuna's NSGA-II has no hook for a categorical mutation (its `mutation` argument applies to numerical
 parameters only): the draw goes through `sample_independent`, which this subclass overrides.
@@ -20,21 +20,21 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
 
-from ..config import SearchConfig
-from .guided import ErrorModel
+from ...config import SearchConfig
+from ...quantize.modes import encode
+from ..estimate.error_model import ErrorModel
+from .settings import SETTINGS
 
-PLAUSIBLE = 4.0  # an option adding more than this many times the error of one that costs no more is ruled out
 
-
-def plausible_options(model: ErrorModel, factor: float = PLAUSIBLE) -> dict[str, tuple[str, ...]]:
-    """Per layer, the options no other option of that layer rules out (cost no more, less than 1/factor of
-    the error)."""
+def plausible_options(model: ErrorModel, factor: float = SETTINGS.plausible) -> dict[str, tuple[str, ...]]:
+    """Per layer, the encoded choices (Optuna's values) no other choice of that layer rules out (costs no more,
+    less than 1/factor of the error)."""
     out = {}
     for s in model.space.layers:
-        err = {o: model.err[s.name, o] for o in s.options}
-        cost = {o: model.cost[s.name, o] for o in s.options}
-        out[s.name] = tuple(o for o in s.options
-                            if not any(cost[p] <= cost[o] and factor * err[p] < err[o] for p in s.options if p != o))  # fmt: skip
+        err = {c: model.err[s.name, c] for c in s.options}
+        cost = {c: model.cost.layer(s.name, c) for c in s.options}
+        out[s.name] = tuple(encode(c) for c in s.options
+                            if not any(cost[p] <= cost[c] and factor * err[p] < err[c] for p in s.options if p != c))  # fmt: skip
     return out
 
 

@@ -1,0 +1,159 @@
+"""Choosing the export: the scored plans of a study, their Pareto front (accuracy up, cost down), its hypervolume,
+latency re-timed side by side where the choice depends on it, and the choice under the accuracy limit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from ..config import Cost
+from ..evaluate.latency import not_slower
+from ..measure import Measurement, Meter, paired_figures
+from ..quantize.plan import QuantPlan
+from ..workspace import Workspace
+from . import trial_attrs as attrs
+
+
+@dataclass(frozen=True)
+class ScoredPlan:
+    number: int  # Optuna trial number
+    label: str  # warm-start name, or "" for sampled plans
+    plan: QuantPlan
+    result: Measurement
+
+
+def pareto_front(points: list[ScoredPlan], objective: Cost) -> list[ScoredPlan]:
+    """Non-dominated points, cheapest first. Written here rather than read from `study.best_trials`
+    because `export` may re-choose under a different cost than the one the study optimised."""
+    front = []
+    for p in points:
+        dominated = any(
+            q.result.accuracy >= p.result.accuracy and objective.of(q.result) <= objective.of(p.result)
+            and (q.result.accuracy > p.result.accuracy or objective.of(q.result) < objective.of(p.result))
+            for q in points
+        )  # fmt: skip
+        if not dominated:
+            front.append(p)
+    unique = {(p.result.accuracy, objective.of(p.result)): p for p in sorted(front, key=lambda p: -p.number)}
+    return sorted(unique.values(), key=lambda p: objective.of(p.result))
+
+
+def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_drop: float) -> float:
+    """Area dominated by (cost, accuracy drop) points, both minimised, up to the reference point. Optuna's
+    hypervolume is private and N-dimensional; in 2-D a sort and one sweep is exact."""
+    pts = sorted((c, d) for c, d in points if c < ref_cost and d < ref_drop)
+    area, best = 0.0, ref_drop
+    for i, (cost, drop) in enumerate(pts):
+        best = min(best, drop)
+        area += ((pts[i + 1][0] if i + 1 < len(pts) else ref_cost) - cost) * (ref_drop - best)
+    return area
+
+
+def choose(points: list[ScoredPlan], max_drop: float, objective: Cost,
+           tied: frozenset[int] = frozenset()) -> tuple[ScoredPlan | None, bool]:  # fmt: skip
+    """The cheapest quantized plan within `max_drop`; if none qualifies, (the quantized plan with the
+    smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx.
+    `tied`: trials whose cost side-by-side timing could not tell apart from the cheapest's (retime_fastest);
+    when the cheapest is one of them, they are equally cheap and the most accurate of them is chosen."""
+    points = [p for p in points if p.plan.quantized]
+    if not points:
+        return None, False
+    ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
+    if ok:
+        cheapest = min(ok, key=lambda p: (objective.of(p.result), -p.result.accuracy, p.number))
+        if cheapest.number not in tied:
+            return cheapest, True
+        return max((p for p in ok if p.number in tied),
+                   key=lambda p: (p.result.accuracy, -objective.of(p.result), -p.number)), True  # fmt: skip
+    return min(points, key=lambda p: (p.result.accuracy_drop, objective.of(p.result))), False
+
+
+
+
+def scored_points(study: optuna.Study) -> list[ScoredPlan]:
+    """Complete trials with their results; latency timed after the study (time_points) filled in."""
+    timed = attrs.timed_after(study)
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        result = attrs.result(t)
+        if t.number in timed:  # timed again after the study: the later, side-by-side figure wins
+            ms, ratio, rounds = timed[t.number]
+            result = replace(result, latency_ms=ms, latency_ratio=ratio, latency_rounds=rounds)
+        points.append(ScoredPlan(t.number, attrs.label(t), attrs.plan(t), result))
+    return points
+
+
+# Trial figures of one plan move by up to ~11 % against side-by-side re-timing (EfficientNet-Lite1, 2 cores):
+# a plan more than 15 % slower than the fastest is not a candidate for the export.
+RETIME_BAND, RETIME_MAX = 1.15, 5
+
+
+def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
+                   max_drop: float) -> tuple[list[ScoredPlan], frozenset[int]]:  # fmt: skip
+    """Under objective latency the export is the fastest plan that meets the constraint, but each trial was
+    timed at its own moment, and the least of many noisy figures is biased low. The plans that meet it
+    within RETIME_BAND of the fastest figure are timed again, together and interleaved with FP32 in the
+    same rounds, and those figures replace theirs (stored on the study). Also returned: the trial numbers
+    of the plans these rounds cannot tell apart from the fastest (evaluate/latency.py: not_slower), which
+    choose() treats as equally fast."""
+    ok = sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop),
+                key=lambda p: p.result.latency_ratio)  # fmt: skip
+    band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
+    if len(band) < 2:
+        return points, frozenset()
+    rounds = Meter(ws).paired_rounds([ws.evaluator.session(ws.build(p.plan)) for p in band])
+    figures = paired_figures(rounds)
+    fastest = int(np.argmin([ms for ms, _, _ in figures]))
+    tied = frozenset(p.number for i, p in enumerate(band) if not_slower(rounds, i, fastest))
+    return _with_timed(study, points, {p.number: f for p, f in zip(band, figures)}), tied
+
+
+# Plans timed after the study share their rounds and FP32 runs, this many at a time (each holds a session).
+TIME_TOGETHER = 6
+
+
+def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
+    """`points` with paired latency (interleaved with FP32) for those of `which` that were not timed as trials
+    (a study that minimises bitops or size times only its front); stored on the study for later exports."""
+    todo = [p for p in which if math.isnan(p.result.latency_ratio)]
+    if not todo:
+        return points
+    meter, timed = Meter(ws), {}
+    for i in range(0, len(todo), TIME_TOGETHER):
+        group = todo[i : i + TIME_TOGETHER]
+        sessions = [ws.evaluator.session(ws.build(p.plan)) for p in group]
+        timed |= dict(zip((p.number for p in group), meter.latencies(sessions)))
+    return _with_timed(study, points, timed)
+
+
+def _with_timed(study: optuna.Study, points: list[ScoredPlan], timed: dict[int, tuple[float, float, int]]) -> list[ScoredPlan]:
+    """Store latencies (ms, ratio, rounds) measured after the study and put them into `points`."""
+    attrs.add_timed_after(study, timed)
+    return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1],
+                                      latency_rounds=timed[p.number][2]))
+            if p.number in timed else p for p in points]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Selection:
+    points: list[ScoredPlan]  # every complete trial, latency timed after the study filled in
+    front: list[ScoredPlan]
+    chosen: ScoredPlan | None
+    met: bool  # whether `chosen` is within the limit
+
+
+def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost) -> Selection:
+    """The study's front and export under `max_drop` and `objective`: under latency every point is timed and the
+    fastest again side by side (retime_fastest); the front is timed after the study either way."""
+    points, tied = scored_points(study), frozenset()
+    if objective is Cost.LATENCY:
+        points, tied = retime_fastest(ws, study, time_points(ws, study, points, points), max_drop)
+    front = pareto_front(points, objective)
+    points = time_points(ws, study, points, front)
+    front = pareto_front(points, objective)
+    chosen, met = choose(points, max_drop, objective, tied)
+    return Selection(points, front, chosen, met)

@@ -1,0 +1,126 @@
+"""Where a study lives: the run directory's files, the Optuna storage (SQLite in the run directory, or any
+SQLAlchemy URL for workers on several machines), and the study's fingerprint — what its trials must share to be
+comparable, checked when it is resumed."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ..config import Experiment
+from ..errors import ConfigError, first_line
+from ..workspace import Workspace
+from . import trial_attrs as attrs
+from .propose.sampler import make_sampler
+
+STORAGE_CREATE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+
+    @property
+    def tracking(self) -> str:
+        return f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / "run.json"
+
+    def check_storage_file(self, url: str) -> None:
+        """A study.db that exists but is empty or not SQLite would silently become a new, empty study —
+        and the next export would replace best/ with it."""
+        db = self.root / "study.db"
+        if url != self.storage or not db.exists():
+            return
+        with open(db, "rb") as f:
+            header = f.read(16)
+        if header != b"SQLite format 3\x00":
+            state = "is empty (0 bytes)" if not header else "is not a SQLite database (corrupt?)"
+            raise ConfigError(f"{db} {state}: the trials it held cannot be read; move it away to start over, or "
+                              "use a new --out")  # fmt: skip
+
+
+def make_storage(url: str) -> RDBStorage:
+    storage = None
+    for attempt in range(STORAGE_CREATE_ATTEMPTS):
+        try:
+            # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
+            # and retry them, instead of counting them as forever in flight.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))  # fmt: skip
+            break
+        except sqlalchemy.exc.IntegrityError:
+            # Two processes opening a new storage at once (a worker, a monitoring script) both create its
+            # tables; the loser's stamp of the schema version collides. The tables exist now: open again.
+            if attempt == STORAGE_CREATE_ATTEMPTS - 1:
+                raise ConfigError(f"cannot open study storage {url}: another process keeps re-creating its tables; "
+                                  "check search.storage") from None  # fmt: skip
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
+            raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; "
+                              "check search.storage") from exc  # fmt: skip
+    if url.startswith("sqlite"):
+        # Optuna commits once per suggested parameter; with SQLite's default rollback journal and full
+        # sync that is ~2.5 ms each, a visible share of a trial. WAL with synchronous=NORMAL survives a
+        # killed process (only an OS crash can drop the last commits) and halves the cost.
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
+        storage.engine.dispose()
+    return storage
+
+
+def _sqlite_wal(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
+    """What every trial of a study must share to be comparable: model (smoothed or not), data, metric, objective."""
+    return {"model_sha256": ws.model_key, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
+            "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
+            "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}  # fmt: skip
+
+
+def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]) -> optuna.Study:
+    """Create or resume the study; resuming with another model, data, metric or objective would mix
+    trials scored on different things, so it is refused with the key that differs."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each by Progress
+    study = optuna.create_study(study_name=exp.name, storage=storage, sampler=make_sampler(exp.search),
+                                directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
+    changed = attrs.fingerprint_changes(study, fingerprint, record=True)
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
+                          f"({attrs.stored(study, key)[:12]} here, {fingerprint[key][:12]} now): its trials would not "
+                          "be comparable; use a new --out directory")  # fmt: skip
+    return study
+
+
+# A pruned trial (stopped early: it could not meet the constraint) is a trial done, like a complete one.
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def complete_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def done_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE))
+
+
