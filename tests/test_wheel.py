@@ -11,6 +11,7 @@ so the wheel's copy is the one imported.
 
 from __future__ import annotations
 
+import shutil
 import site
 import subprocess
 import sys
@@ -23,8 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
+    # from a copy: setuptools' build/ directory in the repository would carry modules the sources no longer have
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "runs", "report", "*.egg-info",
+                                                              "__pycache__", ".autoquant_cache"))  # fmt: skip
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)  # fmt: skip
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("autoquant-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -40,6 +45,11 @@ def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
     where = subprocess.run([str(python), "-c", "import autoquant.search_spaces as s; print(s.__file__)"], cwd=work,
                            check=True, capture_output=True, text=True).stdout  # fmt: skip
     assert str(venv) in where, where  # the installed wheel, not the repository's editable copy
+    # every module of the package is in the wheel (a package missing from pyproject's list is not)
+    walk = ("import importlib, pkgutil, autoquant; [importlib.import_module(m.name) for m in "
+            "pkgutil.walk_packages(autoquant.__path__, 'autoquant.')]")  # fmt: skip
+    imported = subprocess.run([str(python), "-c", walk], cwd=work, capture_output=True, text=True, check=False)
+    assert imported.returncode == 0, imported.stderr
     (work / "exp.yaml").write_text(yaml.safe_dump({
         "name": "wheel", "model": {"builtin": "digits_cnn"},
         "data": {"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 200},
