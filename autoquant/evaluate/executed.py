@@ -69,30 +69,19 @@ class ExecutedLayer:
 
 
 def built_layers(model: onnx.ModelProto) -> list[BuiltLayer]:
+    """Every layer of a file with constant weights: quantized ones as the mode that built them reads them back
+    (quantize/modes/), float ones as they are."""
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     layers = []
     for node in model.graph.node:
         if len(node.input) < 2:
             continue
-        w = node.input[1]
-        mode = modes.by_kernel(node.op_type)  # a node a mode's builder wrote in the layer's place
-        if mode is not None and w in inits:
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 8)
-            layers.append(BuiltLayer(node.name, "MatMul", w, bits, "integer", mode.name))
-            continue
-        if node.op_type not in WEIGHTED_OPS:
-            continue
-        dq = producers.get(w)
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-            data_type = inits[dq.input[0]].data_type
-            if data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-                layers.append(BuiltLayer(node.name, node.op_type, dq.input[0], 4, "dequantized", "int4-qdq"))
-            else:
-                bits = onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
-                layers.append(BuiltLayer(node.name, node.op_type, dq.input[0], bits, "integer", f"int{bits}"))
-        elif w in inits:
-            layers.append(BuiltLayer(node.name, node.op_type, w, 32, "float", "float"))
+        found = modes.recognize(node, inits, producers)
+        if found is not None:
+            layers.append(BuiltLayer(node.name, found.op_type, found.weight, found.bits, found.runs, found.label))
+        elif node.op_type in WEIGHTED_OPS and node.input[1] in inits:
+            layers.append(BuiltLayer(node.name, node.op_type, node.input[1], 32, "float", "float"))
     return layers
 
 

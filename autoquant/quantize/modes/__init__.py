@@ -14,18 +14,19 @@ from .base import (
     BuildContext,
     EmulationContext,
     Mode,
+    Recognized,
     RecordedWeights,
     allowed_modes,
-    by_kernel,
     decode,
     encode,
     get,
     modes,
     names,
+    recognize,
 )
 
-__all__ = ["BuildContext", "EmulationContext", "Mode", "RecordedWeights", "allowed_modes", "by_kernel", "check_plan",
-           "decode", "encode", "get", "modes", "names"]  # fmt: skip
+__all__ = ["BuildContext", "EmulationContext", "Mode", "Recognized", "RecordedWeights", "allowed_modes", "check_plan",
+           "decode", "encode", "get", "modes", "names", "recognize"]  # fmt: skip
 
 
 def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:

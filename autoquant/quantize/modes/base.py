@@ -51,6 +51,17 @@ class EmulationContext:
 
 
 @dataclass(frozen=True)
+class Recognized:
+    """A layer of a built model as its file states it (what `autoquant inspect` compares with a record)."""
+
+    op_type: str  # the layer's op (the node's, or MatMul for a node a runtime quantizer wrote in its place)
+    weight: str  # the initializer holding its weights (the quantized one when they are quantized)
+    bits: int
+    runs: str  # the kernel kind the file asks for: "integer" or "dequantized"
+    label: str  # Mode.label of the choice that builds it
+
+
+@dataclass(frozen=True)
 class RecordedWeights:
     """A quantized layer's weight parameters as the built model holds them (the record's weight entry)."""
 
@@ -139,6 +150,11 @@ class Mode(ABC):
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
         """The choice a record's layer entry describes."""
 
+    @abstractmethod
+    def recognize(self, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
+                  producers: Mapping[str, onnx.NodeProto]) -> Recognized | None:  # fmt: skip
+        """The layer `node` computes if this mode's builder wrote it (a file read back), else None."""
+
 
 _MODES: dict[str, Mode] = {}
 _loaded = False
@@ -199,6 +215,9 @@ def allowed_modes(layer: LayerInfo) -> tuple[str, ...]:
     return tuple(m.name for m in modes() if m.applies_to(layer))
 
 
-def by_kernel(op_type: str) -> Mode | None:
-    """The mode whose builder writes nodes of this op type in a layer's place (the executed-kernel check)."""
-    return next((m for m in modes() if op_type in m.kernels), None)
+def recognize(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
+              producers: Mapping[str, onnx.NodeProto]) -> Recognized | None:  # fmt: skip
+    """The quantized layer `node` computes, as the mode that built it reads it back (None: not a quantized layer).
+    The modes built last are asked first: their patterns contain the earlier ones' (a runtime quantizer's node
+    reads a weight a static Q/DQ pair could also have made)."""
+    return next((r for m in reversed(modes()) if (r := m.recognize(node, inits, producers)) is not None), None)

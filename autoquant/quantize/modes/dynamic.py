@@ -22,7 +22,7 @@ from ...errors import ConfigError
 from ...graph.layers import LayerInfo
 from ..fake import fake_quant_dynamic_input, fake_quant_weight
 from ..plan import GRANULARITIES, LayerChoice, QuantPlan
-from .base import BuildContext, EmulationContext, Mode, RecordedWeights, register
+from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
 from .matmul_form import as_matmul, takes_matmul_form
 
 HIDDEN_DOMAIN = "autoquant.hidden"
@@ -146,6 +146,11 @@ class Dynamic(Mode):
 
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
         return LayerChoice.of(self.name, weight_granularity=granularity)
+
+    def recognize(self, node, inits, producers) -> Recognized | None:
+        if node.op_type not in self.kernels or len(node.input) < 2 or node.input[1] not in inits:
+            return None
+        return Recognized("MatMul", node.input[1], 8, "integer", self.name)
 
 
 register(Dynamic())

@@ -19,7 +19,7 @@ from ...errors import ConfigError
 from ...graph.layers import LayerInfo
 from ..fake import fake_quant_blockwise, fake_quant_blockwise_int8
 from ..plan import LayerChoice, QuantPlan
-from .base import BuildContext, EmulationContext, Mode, RecordedWeights, register
+from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
 from .matmul_form import as_matmul, takes_matmul_form
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -115,6 +115,12 @@ class Int4(Mode):
 
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
         return LayerChoice.of(self.name, block_size=block_size, accuracy_level=accuracy_level)
+
+    def recognize(self, node, inits, producers) -> Recognized | None:
+        if node.op_type not in self.kernels or len(node.input) < 2 or node.input[1] not in inits:
+            return None
+        return Recognized("MatMul", node.input[1], next((a.i for a in node.attribute if a.name == "bits"), 4), "integer",
+                          self.name)  # fmt: skip
 
 
 register(Int4())

@@ -29,7 +29,7 @@ from ...graph.layers import GraphInfo, LayerInfo
 from ..fake import fake_quant_activation, fake_quant_weight
 from ..plan import GRANULARITIES, LayerChoice, QuantPlan
 from ..scales import activation_qtype
-from .base import BuildContext, EmulationContext, Mode, RecordedWeights, register
+from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
 
 WEIGHT_TYPES = {8: QuantType.QInt8, 4: QuantType.QInt4}
 # Ops that run in the integer domain when everything feeding them is already quantized; quantizing them
@@ -264,6 +264,19 @@ def dequantize_params(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray,
         if node.op_type == "DequantizeLinear" and node.output[0] == tensor:
             return numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
     return None
+
+    def recognize(self, node, inits, producers) -> Recognized | None:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            return None
+        dq = producers.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            return None
+        data_type = inits[dq.input[0]].data_type
+        bits = 4 if data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else \
+            onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8  # fmt: skip
+        choice = LayerChoice(True, "per_channel", "minmax", bits) if bits in WEIGHT_BITS else None
+        return Recognized(node.op_type, dq.input[0], bits, self.runs(choice) if choice else "integer",
+                          self.label(choice) if choice else f"int{bits}")  # fmt: skip
 
 
 register(Static())
