@@ -256,15 +256,6 @@ class Static(Mode):
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
         return LayerChoice(True, granularity, algorithm, bits)
 
-
-def dequantize_params(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Scale and zero point of the DequantizeLinear that produces `tensor`, if any."""
-    inits = {i.name: i for i in qmodel.graph.initializer}
-    for node in qmodel.graph.node:
-        if node.op_type == "DequantizeLinear" and node.output[0] == tensor:
-            return numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
-    return None
-
     def recognize(self, node, inits, producers) -> Recognized | None:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             return None
@@ -277,6 +268,15 @@ def dequantize_params(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray,
         choice = LayerChoice(True, "per_channel", "minmax", bits) if bits in WEIGHT_BITS else None
         return Recognized(node.op_type, dq.input[0], bits, self.runs(choice) if choice else "integer",
                           self.label(choice) if choice else f"int{bits}")  # fmt: skip
+
+
+def dequantize_params(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Scale and zero point of the DequantizeLinear that produces `tensor`, if any."""
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    for node in qmodel.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] == tensor:
+            return numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
+    return None
 
 
 register(Static())
