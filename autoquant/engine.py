@@ -68,7 +68,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
         raise PlanError("the model rebuilt from the plan is not the model that was measured: the statistics cache "
                         "or autoquant changed since; re-run the search")  # fmt: skip
     elif math.isnan(measured.latency_ratio):
-        ms, ratio, rounds = meter.latency(ws.evaluator.session(blob))
+        ms, ratio, rounds = meter.latency(blob)
         measured = replace(measured, latency_ms=ms, latency_ratio=ratio, latency_rounds=rounds)
     executed = executed_layers(qmodel)
     fp32_ms = measured.latency_ms / measured.latency_ratio

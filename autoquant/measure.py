@@ -69,23 +69,32 @@ class Meter:
         self._optimized = Path(self._tmp.name) / "optimized.onnx"
 
     @functools.cached_property
-    def fp32_session(self):
-        return self.ws.evaluator.session(self.ws.fp32_model)
+    def fp32_blob(self) -> bytes:
+        return self.ws.fp32_model.SerializeToString()
 
-    def latency(self, sess, bar: float = math.inf) -> tuple[float, float, int]:
-        """(ms per batch, ratio to FP32, rounds): the two timed interleaved in the same rounds, every round of
+    def latency(self, model: bytes, bar: float = math.inf) -> tuple[float, float, int]:
+        """(ms per batch, ratio to FP32, rounds): the two timed side by side in the same rounds, every round of
         eval.latency_repeats unless, from FEW_ROUNDS on, the rounds show it slower than `bar` × FP32."""
         enough = None if bar == math.inf else (lambda rounds: slower_than(rounds, 0, 1, bar))
-        return paired_figures(self.paired_rounds([sess], enough))[0]
+        return paired_figures(self.paired_rounds([model], enough))[0]
 
-    def latencies(self, sessions: list) -> list[tuple[float, float, int]]:
-        """latency() of several sessions, timed in the same interleaved rounds with one FP32 run per round:
-        FP32 then takes 1/(n+1) of the timing instead of half of it."""
-        return paired_figures(self.paired_rounds(sessions))
+    def latencies(self, models: list[bytes]) -> list[tuple[float, float, int]]:
+        """latency() of several models, timed in the same rounds with one FP32 run per round: FP32 then takes
+        1/(n+1) of the timing instead of half of it."""
+        return paired_figures(self.paired_rounds(models))
 
-    def paired_rounds(self, sessions: list, enough=None) -> np.ndarray:
-        """Every round's milliseconds of `sessions` and, in the last column, of FP32, timed interleaved."""
-        return self.ws.evaluator.latency_rounds(*sessions, self.fp32_session, enough=enough)
+    def paired_rounds(self, models: list[bytes], enough=None) -> np.ndarray:
+        """Every round's milliseconds of `models` (serialized) and, in the last column, of FP32, timed side by
+        side. The models' sessions in the timing process are dropped afterwards (FP32's stays)."""
+        ev = self.ws.evaluator
+        try:
+            return ev.latency_rounds(*models, self.fp32_blob, enough=enough)
+        finally:
+            fp32 = ev.timer.load(self.fp32_blob)
+            for m in models:
+                key = ev.timer.load(m)
+                if key != fp32:
+                    ev.timer.drop(key)
 
     @functools.cached_property
     def _reference_power(self) -> float:
@@ -110,7 +119,7 @@ class Meter:
         scored = ev.score(sess, head)
         drop = ws.reference.accuracy - scored.accuracy
         bar = math.inf if timing is None else 0.0 if drop > timing.max_drop else timing.bar
-        ms, ratio, rounds = self.latency(sess, bar) if timed else (math.nan, math.nan, 0)
+        ms, ratio, rounds = self.latency(blob, bar) if timed else (math.nan, math.nan, 0)
         mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
         return Measurement(scored.accuracy, drop, bitops, ms, ratio, len(blob), mse, hashlib.sha256(blob).hexdigest(),

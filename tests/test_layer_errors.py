@@ -126,7 +126,7 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
     (not from an FP32 figure measured once at study start); the all-float plan then reads about 1. A plan
     that cannot be the export — slower than the bar in each of the first rounds, or over the accuracy limit —
     is timed with FEW_ROUNDS only."""
-    from autoquant.evaluate.latency import FEW_ROUNDS
+    from autoquant.evaluate.timer import FEW_ROUNDS
     from autoquant.measure import Timing
     from autoquant.quantize.plan import FLOAT
     from autoquant.search import PlanScorer
@@ -155,7 +155,7 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
 
     timed.clear()
     int8 = QuantPlan.uniform(ws.graph.names, LayerChoice())
-    together = Meter(ws).latencies([ws.evaluator.session(ws.build(p)) for p in (all_float, int8, all_float)])
+    together = Meter(ws).latencies([ws.build(p).SerializeToString() for p in (all_float, int8, all_float)])
     assert timed == [4] and [rounds for _, _, rounds in together] == [15, 15, 15]
     assert 0.7 < together[0][1] < 1.3 and 0.7 < together[2][1] < 1.3
     assert together[1][1] < min(together[0][1], together[2][1])  # INT8 is faster than float on ResNet-20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from ..data import Dataset
 from ..errors import ConfigError, DataError
 from ..graph.ingest import ModelInput
 from ..runtime import Batches, session
-from .latency import interleaved_latency_ms, interleaved_rounds_ms
 from .metrics import Metric
+from .timer import Timer
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,18 @@ class Evaluator:
         than the one batch size the model takes)."""
         return Batches(self.latency_batch, self.batches.fixed).head(self._fed(self.data))
 
-    def latency_ms(self, *sessions: ort.InferenceSession) -> list[float]:
-        return interleaved_latency_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats)
+    @functools.cached_property
+    def timer(self) -> Timer:
+        timer = Timer(self.threads)
+        timer.feed(self.latency_feed())
+        return timer
 
-    def latency_rounds(self, *sessions: ort.InferenceSession, enough=None) -> np.ndarray:
-        """Every round's milliseconds (rounds × sessions), timed interleaved; `enough` as in interleaved_rounds_ms."""
-        return interleaved_rounds_ms(list(sessions), self.latency_feed(), repeats=self.cfg.latency_repeats,
-                                     enough=enough)  # fmt: skip
+    def latency_rounds(self, *models: bytes, enough=None) -> np.ndarray:
+        """Every round's milliseconds (rounds × models) of serialized models timed side by side (evaluate/timer.py);
+        `enough` as in Timer.rounds."""
+        keys = [self.timer.load(m) for m in models]
+        return self.timer.rounds(keys, self.cfg.latency_repeats, enough)
+
+    def latency_ms(self, *models: bytes) -> list[float]:
+        """Median milliseconds per run of each model, timed side by side."""
+        return [float(m) for m in np.median(self.latency_rounds(*models), axis=0)]

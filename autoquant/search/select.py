@@ -105,7 +105,7 @@ def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
     band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
     if len(band) < 2:
         return points, frozenset()
-    rounds = Meter(ws).paired_rounds([ws.evaluator.session(ws.build(p.plan)) for p in band])
+    rounds = Meter(ws).paired_rounds([ws.build(p.plan).SerializeToString() for p in band])
     figures = paired_figures(rounds)
     fastest = int(np.argmin([ms for ms, _, _ in figures]))
     tied = frozenset(p.number for i, p in enumerate(band) if not_slower(rounds, i, fastest))
@@ -125,8 +125,8 @@ def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], wh
     meter, timed = Meter(ws), {}
     for i in range(0, len(todo), TIME_TOGETHER):
         group = todo[i : i + TIME_TOGETHER]
-        sessions = [ws.evaluator.session(ws.build(p.plan)) for p in group]
-        timed |= dict(zip((p.number for p in group), meter.latencies(sessions)))
+        models = [ws.build(p.plan).SerializeToString() for p in group]
+        timed |= dict(zip((p.number for p in group), meter.latencies(models)))
     return _with_timed(study, points, timed)
 
 
