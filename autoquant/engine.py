@@ -51,14 +51,15 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
         dict.fromkeys(broken, FLOAT))
 
 
-def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None) -> QuantizeResult:
+def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None,
+             notes: list[str] = ()) -> QuantizeResult:  # fmt: skip
     """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
     write model + record. A plan onnxruntime would not run as written is refused before anything is written.
 
     `measured`: the figures of a model built from this plan before (a search trial's). When the model built
     now is that model, byte for byte, they are its figures and it is not measured again (only timed, if it
     was not); when it is not, the cache or the builder changed since and the figures would describe another
-    model: PlanError."""
+    model: PlanError. `notes` go into the record: what whoever deploys the model should know."""
     acts, algorithms = ws.activations(plan)
     qmodel = ws.build(plan, acts)
     blob, meter = qmodel.SerializeToString(), Meter(ws)
@@ -78,7 +79,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,
-                         weight_range=ws.weight_range, smoothing=ws.smoothing)  # fmt: skip
+                         weight_range=ws.weight_range, smoothing=ws.smoothing, notes=notes)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
     atomic_write_files({model_path: blob, record_path: record.to_json().encode()})

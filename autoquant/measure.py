@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from .errors import ModelError
 from .evaluate.cost import bitops_fraction
-from .evaluate.early_stop import EarlyStop
+from .evaluate.early_stop import EarlyStop, Hopeless
 from .evaluate.executed import count_disagreement, disagreements, executed_layers
 from .evaluate.latency import slower_than
 from .quantize.plan import QuantPlan
@@ -100,6 +100,10 @@ class Meter:
     def _reference_power(self) -> float:
         return float(np.square(self.ws.reference.outputs).mean()) or 1.0
 
+    def _nmse(self, outputs: np.ndarray, reference: np.ndarray) -> float:
+        """Mean squared difference to FP32's outputs, relative to their mean square over the whole eval set."""
+        return float(np.square(outputs - reference).mean()) / self._reference_power
+
     def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, timed: bool = False,
                  screen: EarlyStop | None = None, timing: Timing | None = None) -> Measurement:  # fmt: skip
         """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
@@ -115,12 +119,16 @@ class Meter:
         head = None
         for rows in screen.looks if screen is not None else ():
             head = ev.outputs(sess, head=head, rows=rows)
-            screen.check(head)
+            try:
+                screen.check(head)
+            except Hopeless as exc:  # what the prefix says of its error, for proposers that learn from it
+                exc.prefix_nmse = self._nmse(head, ws.reference.outputs[: len(head)])
+                raise
         scored = ev.score(sess, head)
         drop = ws.reference.accuracy - scored.accuracy
         bar = math.inf if timing is None else 0.0 if drop > timing.max_drop else timing.bar
         ms, ratio, rounds = self.latency(blob, bar) if timed else (math.nan, math.nan, 0)
-        mse = float(np.square(scored.outputs - ws.reference.outputs).mean()) / self._reference_power
+        mse = self._nmse(scored.outputs, ws.reference.outputs)
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
         return Measurement(scored.accuracy, drop, bitops, ms, ratio, len(blob), mse, hashlib.sha256(blob).hexdigest(),
                            latency_rounds=rounds)  # fmt: skip

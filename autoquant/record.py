@@ -26,8 +26,8 @@ from .quantize.scales import ActivationParams
 from .quantize.smoothing import Smoothing, smoothable
 from .versions import versions
 
-FORMAT_VERSION = 2
-READS = (1, 2)  # 2 added the layer's mode and int4 blocks; a version-1 record is all static
+FORMAT_VERSION = 3
+READS = (1, 2, 3)  # 2 added the layer's mode and int4 blocks (a version-1 record is all static); 3 added notes
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Record:
     # SmoothQuant: per smoothed tensor of the FP32 model, its per-channel divisors (quantize/smoothing.py)
     smoothquant_alpha: float = 0.0
     smoothing: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what whoever deploys it should know (e.g. slower than FP32 here)
     format_version: int = FORMAT_VERSION
     autoquant_version: str = ""
     onnxruntime_version: str = ""
@@ -224,6 +225,7 @@ def make_record(
     executed: list[ExecutedLayer] = (),
     weight_range: str = "full",
     smoothing: Smoothing | None = None,
+    notes: list[str] = (),
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
     kernels = {e.name: e.kernel for e in executed}
@@ -248,4 +250,4 @@ def make_record(
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
                   graph.unquantized_flops, smoothing.alpha if smoothing else 0.0,
-                  dict(smoothing.scales) if smoothing else {}, **versions())  # fmt: skip
+                  dict(smoothing.scales) if smoothing else {}, list(notes), **versions())  # fmt: skip

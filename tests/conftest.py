@@ -42,6 +42,7 @@ def digits_yaml(tmp_path_factory) -> Path:
         name="digits", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 3},
+        search={"early_stop": False},  # tests that count complete trials: every trial runs to the end
     )  # fmt: skip
 
 

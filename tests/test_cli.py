@@ -24,13 +24,14 @@ def test_quantize_json_then_evaluate_and_apply_agree(digits_yaml, tmp_path, caps
     assert code == 0
     r = json.loads(out)
     assert {"accuracy", "latency_ms", "fp32_accuracy", "accuracy_drop", "bitops_fraction", "latency_ratio"} <= set(r)
-    assert r["fp32_accuracy"] > 95 and r["accuracy_drop"] <= 1.0
+    # the digits default has outlier channels: all-INT8 loses points there (the quickstart's search has work to do)
+    assert r["fp32_accuracy"] > 95 and 0 < r["accuracy_drop"] < 20
     assert r["bitops_fraction"] == pytest.approx(1 / 16)
     # The exported model, re-measured by `evaluate`, has exactly the accuracy quantize reported.
     code, out, _ = run_cli(capsys, "evaluate", tmp_path / "model.int8.onnx", digits_yaml, "--json")
     assert code == 0 and json.loads(out)["accuracy"] == r["accuracy"]
     record = json.loads((tmp_path / "record.json").read_text())
-    assert record["activation_type"] == "uint8" and len(record["layers"]) == 6
+    assert record["activation_type"] == "uint8" and len(record["layers"]) == 7
     code, out, err = run_cli(capsys, "apply", _builtin_onnx(), tmp_path / "record.json", "--out", tmp_path / "again.onnx")
     assert code == 0, err
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "model.int8.onnx").read_bytes()
@@ -135,9 +136,9 @@ def test_sensitivity_and_layers_commands(digits_yaml, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "sensitivity", digits_yaml, "--out", tmp_path)
     assert code == 0 and (tmp_path / "sensitivity.png").stat().st_size > 0
     rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
-    assert rows[0].startswith("layer,per_channel:minmax,") and rows[0].endswith(",float") and len(rows) == 7
+    assert rows[0].startswith("layer,per_channel:minmax,") and rows[0].endswith(",float") and len(rows) == 8
     code, out, _ = run_cli(capsys, "sensitivity", digits_yaml, "--out", tmp_path, "--full")
     rows = (tmp_path / "sensitivity_full.csv").read_text().splitlines()
-    assert code == 0 and rows[0] == "layer,accuracy_drop_pt,relative_output_mse" and len(rows) == 7
+    assert code == 0 and rows[0] == "layer,accuracy_drop_pt,relative_output_mse" and len(rows) == 8
     code, out, _ = run_cli(capsys, "layers", digits_yaml)
     assert code == 0 and "quantizable, depthwise" in out and "FLOPs = 2 x MACs" in out

@@ -22,7 +22,7 @@ def finished_run(tmp_path):
     exp = write_experiment(
         tmp_path / "c.yaml", name="digits_crash", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
-        eval={"latency_repeats": 2}, search={"population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 2.0},
+        eval={"latency_repeats": 2}, search={"population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 2.0, "early_stop": False},
     )  # fmt: skip
     out = tmp_path / "run"
     search(load_experiment(exp), out, trials=8)

@@ -112,9 +112,9 @@ def test_nsga2_draws_only_the_options_the_table_does_not_rule_out(resnet20_ws, s
                        and 4 * model.err[layer.name, decode(q)] < model.err[layer.name, o] for q in kept)  # fmt: skip
     ruled_out = sum(len(s.values) - len(plausible[s.name]) for s in space20.layers)
     assert ruled_out > 0  # per-tensor is far worse than per-channel on some of ResNet-20's layers
-    sampler = make_sampler(SearchConfig(population_size=4, seed=3), model)
+    sampler = make_sampler(SearchConfig(population_size=4, seed=3), lambda: model)
     assert isinstance(sampler, GuidedNSGAII)
-    assert not isinstance(make_sampler(SearchConfig(guided_mutation=False), model), GuidedNSGAII)
+    assert not isinstance(make_sampler(SearchConfig(guided_mutation=False), lambda: model), GuidedNSGAII)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     study.optimize(lambda t: (float(len(space20.plan(t.suggest_categorical).in_mode("static"))), 0.0), n_trials=12)
     drawn = {(name, value) for t in study.trials for name, value in t.params.items()}

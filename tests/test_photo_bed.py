@@ -65,7 +65,7 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
         "data": {"source": "folder", "path": str(shared_data / "imagenet_photos"), "calibration_size": 32, "eval_size": 96,
               "image": {"size": 64, "resize": 72, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
         "eval": {"metric": "agreement", "latency_repeats": 2},
-        "search": {"trials": 30, "sensitivity_k": [1]},
+        "search": {"trials": 10, "sensitivity_k": [1]},
     }  # fmt: skip
     ws = Workspace(load_experiment(write_experiment(tmp_path / "probe.yaml", **sections)))
     assert len(ws.graph.layers) == 8 and sum(la.depthwise for la in ws.graph.layers) == 3
@@ -82,6 +82,13 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["fp32_accuracy"] == 100.0 and result["chosen"]["accuracy_drop"] <= limit
+    # within 10 trials: the ladder (all-INT8, then the error model's plans priced in latency) found the first one
+    import optuna
+
+    study = optuna.load_study(study_name="photo_bed_small", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    first = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                 and t.user_attrs["result"]["accuracy_drop"] <= limit and t.user_attrs.get("label") != "all-float")  # fmt: skip
+    assert first.user_attrs["label"].startswith("ladder-") and first.number <= 6, first.user_attrs
     record = json.loads((tmp_path / "run" / "best" / "record.json").read_text())
     assert any(not layer["quantized"] for layer in record["layers"])  # all-INT8 cannot meet it
     # the export is the model the trial measured: `evaluate` scores the same agreement

@@ -62,7 +62,7 @@ def test_two_workers_share_a_study_in_postgresql(postgres_url, tmp_path):
         tmp_path / "pg.yaml", name="digits_pg", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 2},
-        search={"storage": postgres_url, "population_size": 6, "sensitivity_k": [1]},
+        search={"storage": postgres_url, "population_size": 6, "sensitivity_k": [1], "early_stop": False},
     )  # fmt: skip
     result = search(load_experiment(exp), tmp_path / "run", trials=16, workers=2)
     study = optuna.load_study(study_name="digits_pg", storage=postgres_url)
@@ -75,7 +75,7 @@ def test_a_worker_joins_from_elsewhere_and_an_unreachable_server_is_exit_2(postg
     exp = write_experiment(
         tmp_path / "pg2.yaml", name="digits_pg2", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
-        eval={"latency_repeats": 2}, search={"storage": postgres_url, "sensitivity_k": []},
+        eval={"latency_repeats": 2}, search={"storage": postgres_url, "sensitivity_k": [], "early_stop": False},
     )  # fmt: skip
     assert main(["worker", str(exp), "--storage", postgres_url, "--trials", "4", "--quiet"]) == 0
     assert "the study has 4 complete trials" in capsys.readouterr().out

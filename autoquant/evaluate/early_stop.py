@@ -39,6 +39,7 @@ class Hopeless(AutoquantError):
 
     def __init__(self, prefix_accuracy: float, drop_bound: float, samples: int, max_drop: float):
         self.prefix_accuracy, self.drop_bound, self.samples = prefix_accuracy, drop_bound, samples
+        self.prefix_nmse = float("nan")  # the prefix outputs' relative MSE against FP32 (set by the measurer)
         super().__init__(f"stopped after {samples} eval samples: accuracy there {prefix_accuracy:.2f}; its full-set "
                          f"drop is at least {drop_bound:.2f} pt with {100 * (1 - DELTA):.0f} % confidence, over the "
                          f"{max_drop:g} pt limit")  # fmt: skip

@@ -10,6 +10,7 @@ the FLOPs are then those of the data's sizes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,11 +112,17 @@ class _Sizer:
         self.shapes, self.batch_dims, self.observed, self.batch = shapes, batch_dims, observed, batch
         self.unknown: list[str] = []
 
+    def _is_batch(self, dim) -> bool:
+        """The model's batch, or an expression symbolic inference derived from it alone ("floor(1.0*batch)"
+        after a Resize that scales every axis)."""
+        return dim in self.batch_dims or (isinstance(dim, str) and any(
+            re.fullmatch(rf"[\w.()*+\- ]*\b{re.escape(b)}\b[\w.()*+\- ]*", dim) for b in self.batch_dims))  # fmt: skip
+
     def per_sample(self, tensor: str) -> tuple[float, tuple[int, ...]]:
         """(elements per sample, per-sample shape) of `tensor`; (nan, ()) and remembered when unknown."""
         dims = self.shapes.get(tensor, (None, 0))[0]
         static = dims is not None and len(dims) >= 1 and all(isinstance(d, int) and d > 0 for d in dims[1:]) and (
-            dims[0] in self.batch_dims or dims[0] == 1 or len(dims) == 1)  # fmt: skip
+            self._is_batch(dims[0]) or dims[0] == 1 or len(dims) == 1)  # fmt: skip
         if static:
             rest = tuple(dims[1:]) if len(dims) > 1 else tuple(dims)
             return float(np.prod(rest)), rest

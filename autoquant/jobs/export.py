@@ -31,7 +31,7 @@ def check_export_target(out_dir: Path) -> None:
                           "replaces its directory: give a new or empty --out")  # fmt: skip
 
 
-def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path) -> QuantizeResult:
+def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[str] = ()) -> QuantizeResult:
     """Write `out_dir/model.int8.onnx` and `out_dir/record.json` for the chosen plan.
 
     The model is rebuilt from the same cache the trial used, so it is the model the trial measured: the
@@ -42,7 +42,7 @@ def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path) -> QuantizeRes
     check_export_target(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = quantize(ws, chosen.plan, tmp, chosen.result)
+    result = quantize(ws, chosen.plan, tmp, chosen.result, notes)
     atomic_write_bytes(tmp / MARKER, f"written by autoquant: trial {chosen.number}\n".encode())
     if result.accuracy != chosen.result.accuracy:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,8 +22,10 @@ from ..record import Record
 from ..report.pareto import plot_pareto, write_pareto_csv
 from ..report.progress import Progress
 from ..report.sensitivity import write_layer_errors_report
-from ..search import ScoredPlan, select
+from ..search import ScoredPlan, SearchSpace, select, space_path
 from ..search import trial_attrs as attrs
+from ..search.estimate.cost import LatencyCost
+from ..search.estimate.latency_table import latency_table
 from ..search.storage import RunPaths, make_storage, study_fingerprint
 from ..search.study import optimize, setup_study
 from ..workspace import Workspace
@@ -133,10 +135,11 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-    result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated),
+    predicted = LatencyCost(setup.estimates.latency, ws.graph).plan
+    result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated, predicted),
                      tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws,
                      first_export_seconds=first.seconds)  # fmt: skip
-    write_layer_errors_report(setup.errors, paths.root)
+    write_layer_errors_report(setup.estimates.errors, paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
@@ -155,18 +158,32 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
 
 
 def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,
-              evaluated: int, max_drop: float | None = None, objective: Cost | None = None) -> SearchResult:  # fmt: skip
+              evaluated: int, predicted, max_drop: float | None = None, objective: Cost | None = None) -> SearchResult:  # fmt: skip
+    """Choose the export (search/select.py; `predicted` prices a plan's latency), write the front's table and plot
+    and the export."""
     t0 = time.perf_counter()
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
-    chosen = select(ws, study, max_drop, objective)
+    chosen = select(ws, study, max_drop, objective, predicted)
     write_pareto_csv(chosen.front, root / "pareto.csv")
     plot_pareto(chosen.points, chosen.front, chosen.chosen if chosen.met else None, objective, max_drop,
                 ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")  # fmt: skip
-    exported = export_plan(ws, chosen.chosen, out) if chosen.met else None
+    exported = export_plan(ws, chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
                         chosen.met, exported, study.study_name, objective=objective)  # fmt: skip
+
+
+def slower_note(chosen: ScoredPlan) -> list[str]:
+    """The export is the fastest plan within the limit; when even that is slower than the FP32 model here, the
+    user asked for an INT8 model to go faster and must hear it: a warning, and a note in the record."""
+    ratio = chosen.result.latency_ratio
+    if not ratio > 1.0:
+        return []
+    note = (f"slower than the FP32 model on this machine ({ratio:.2f}x in paired rounds): no plan within the accuracy "
+            "limit ran faster here; its float layers pay the transitions between integer and float kernels")  # fmt: skip
+    log.warning("warning: trial %d, the export, is %s", chosen.number, note)
+    return [note]
 
 
 def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: Cost | None = None,
@@ -193,7 +210,9 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     if changed:
         raise ConfigError(f"the {changed[0].replace('_', ' ')} of {experiment} changed since the study in {run_dir} "
                           "ran: re-run the search")  # fmt: skip
-    result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, max_drop, objective)
+    space = SearchSpace.from_yaml(space_path(exp.search), ws.graph)
+    predicted = LatencyCost(latency_table(ws, space), ws.graph).plan
+    result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, predicted, max_drop, objective)
     return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking,
                    parent_run_id=attrs.parent_run(study))  # fmt: skip
 

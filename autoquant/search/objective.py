@@ -119,7 +119,7 @@ class Objective:
                 raise
             except Hopeless as exc:
                 self.evaluated += 1
-                attrs.set_pruned(trial, exc.prefix_accuracy, exc.samples, str(exc))
+                attrs.set_pruned(trial, exc.prefix_accuracy, exc.samples, str(exc), exc.prefix_nmse)
                 raise optuna.TrialPruned(str(exc)) from None
             self.known[key] = (trial.number, result)
             self.evaluated += 1

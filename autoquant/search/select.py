@@ -4,6 +4,7 @@ latency re-timed side by side where the choice depends on it, and the choice und
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -55,23 +56,29 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_drop: fl
 
 def choose(points: list[ScoredPlan], max_drop: float, objective: Cost,
            tied: frozenset[int] = frozenset()) -> tuple[ScoredPlan | None, bool]:  # fmt: skip
-    """The cheapest quantized plan within `max_drop`; if none qualifies, (the quantized plan with the
-    smallest drop, False). The all-float plan is the FP32 model: it is never exported as model.int8.onnx.
-    `tied`: trials whose cost side-by-side timing could not tell apart from the cheapest's (retime_fastest);
-    when the cheapest is one of them, they are equally cheap and the most accurate of them is chosen."""
+    """The export: the fastest quantized plan within `max_drop`, in paired latency — the product's question is
+    the fastest model within the limit, whatever cost ranked the search. `tied`: trials that side-by-side rounds
+    could not tell apart from the fastest (retime_fastest); among them, the cheapest in the objective (under
+    objective latency, the most accurate). Plans without a latency figure count only when none has one (then the
+    cheapest in the objective). If no plan qualifies: (the quantized plan with the smallest drop, False). The
+    all-float plan is the FP32 model: it is never exported as model.int8.onnx."""
     points = [p for p in points if p.plan.quantized]
     if not points:
         return None, False
     ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
-    if ok:
-        cheapest = min(ok, key=lambda p: (objective.of(p.result), -p.result.accuracy, p.number))
-        if cheapest.number not in tied:
-            return cheapest, True
-        return max((p for p in ok if p.number in tied),
-                   key=lambda p: (p.result.accuracy, -objective.of(p.result), -p.number)), True  # fmt: skip
-    return min(points, key=lambda p: (p.result.accuracy_drop, objective.of(p.result))), False
+    if not ok:
+        return min(points, key=lambda p: (p.result.accuracy_drop, objective.of(p.result))), False
 
+    def tie_break(p: ScoredPlan) -> tuple:
+        first = -p.result.accuracy if objective is Cost.LATENCY else objective.of(p.result)
+        return first, -p.result.accuracy, p.number
 
+    timed = [p for p in ok if math.isfinite(p.result.latency_ratio)]
+    if not timed:
+        return min(ok, key=tie_break), True
+    fastest = min(timed, key=lambda p: (p.result.latency_ratio, -p.result.accuracy, p.number))
+    equal = [p for p in timed if p.number in tied] if fastest.number in tied else [fastest]
+    return min(equal, key=tie_break), True
 
 
 def scored_points(study: optuna.Study) -> list[ScoredPlan]:
@@ -87,21 +94,23 @@ def scored_points(study: optuna.Study) -> list[ScoredPlan]:
     return points
 
 
-# Trial figures of one plan move by up to ~11 % against side-by-side re-timing (EfficientNet-Lite1, 2 cores):
-# a plan more than 15 % slower than the fastest is not a candidate for the export.
+# A trial's figure moves against side-by-side re-timing (benchmarks/latency_trust.py): a plan more than this much
+# slower than the fastest is not a candidate for the export; at most RETIME_MAX are re-timed together.
 RETIME_BAND, RETIME_MAX = 1.15, 5
+# Under bitops or size, the plans within the limit timed after the study: the front's, and this many more that the
+# latency table predicts fastest (the fastest plan is often not on a bitops front: transitions cost no bitops).
+SHORTLIST = 8
 
 
 def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
                    max_drop: float) -> tuple[list[ScoredPlan], frozenset[int]]:  # fmt: skip
-    """Under objective latency the export is the fastest plan that meets the constraint, but each trial was
-    timed at its own moment, and the least of many noisy figures is biased low. The plans that meet it
-    within RETIME_BAND of the fastest figure are timed again, together and interleaved with FP32 in the
-    same rounds, and those figures replace theirs (stored on the study). Also returned: the trial numbers
-    of the plans these rounds cannot tell apart from the fastest (evaluate/latency.py: not_slower), which
-    choose() treats as equally fast."""
-    ok = sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop),
-                key=lambda p: p.result.latency_ratio)  # fmt: skip
+    """The export is the fastest plan that meets the constraint, but each plan was timed at its own moment (or in
+    its own group), and the least of many noisy figures is biased low. The plans that meet it within RETIME_BAND
+    of the fastest figure are timed again, together and interleaved with FP32 in the same rounds, and those
+    figures replace theirs (stored on the study). Also returned: the trial numbers of the plans these rounds
+    cannot tell apart from the fastest (evaluate/latency.py: not_slower), which choose() treats as equally fast."""
+    ok = sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop
+                 and math.isfinite(p.result.latency_ratio)), key=lambda p: p.result.latency_ratio)  # fmt: skip
     band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
     if len(band) < 2:
         return points, frozenset()
@@ -119,7 +128,7 @@ TIME_TOGETHER = 6
 def time_points(ws: Workspace, study: optuna.Study, points: list[ScoredPlan], which: list[ScoredPlan]) -> list[ScoredPlan]:
     """`points` with paired latency (interleaved with FP32) for those of `which` that were not timed as trials
     (a study that minimises bitops or size times only its front); stored on the study for later exports."""
-    todo = [p for p in which if math.isnan(p.result.latency_ratio)]
+    todo = list({p.number: p for p in which if math.isnan(p.result.latency_ratio)}.values())
     if not todo:
         return points
     meter, timed = Meter(ws), {}
@@ -146,12 +155,19 @@ class Selection:
     met: bool  # whether `chosen` is within the limit
 
 
-def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost) -> Selection:
-    """The study's front and export under `max_drop` and `objective`: under latency every point is timed and the
-    fastest again side by side (retime_fastest); the front is timed after the study either way."""
-    points, tied = scored_points(study), frozenset()
-    if objective is Cost.LATENCY:
-        points, tied = retime_fastest(ws, study, time_points(ws, study, points, points), max_drop)
+def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
+           predicted: Callable[[QuantPlan], float] | None = None) -> Selection:  # fmt: skip
+    """The study's front and export under `max_drop`: the plans that could be the export are timed (under latency
+    every trial already is; otherwise the front's plans within the limit and the SHORTLIST that `predicted` — the
+    latency table's price — says are fastest), the fastest again side by side (retime_fastest), and choose() takes
+    the fastest; the front, in the objective's cost, is timed for the table."""
+    points = scored_points(study)
+    feasible = [p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop]
+    shortlist = pareto_front(feasible, objective)
+    if predicted is not None:
+        shortlist += sorted(feasible, key=lambda p: predicted(p.plan))[:SHORTLIST]
+    points = time_points(ws, study, points, points if objective is Cost.LATENCY else shortlist)
+    points, tied = retime_fastest(ws, study, points, max_drop)
     front = pareto_front(points, objective)
     points = time_points(ws, study, points, front)
     front = pareto_front(points, objective)

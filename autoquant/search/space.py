@@ -46,6 +46,11 @@ class LayerSpace:
     def values(self) -> list[str]:
         return [encode(c) for c in self.options]
 
+    @property
+    def usual(self) -> LayerChoice:
+        """INT8 per channel where the layer may take it, else its first quantized option, else float."""
+        return LayerChoice() if LayerChoice() in self.options else next((c for c in self.options if c.quantize), FLOAT)
+
 
 def _options(allowed: dict[str, tuple], layer_modes: tuple[str, ...]) -> tuple[LayerChoice, ...]:
     options = []
@@ -118,7 +123,7 @@ class SearchSpace:
                   for layer in self.layers}  # fmt: skip
         if not any(firsts.values()):
             return None
-        return QuantPlan(tuple((n, c or LayerChoice()) for n, c in firsts.items()))
+        return QuantPlan(tuple((s.name, firsts[s.name] or s.usual) for s in self.layers))
 
     def algorithms(self) -> set[str]:
         """The range algorithms of the calibrated choices the space offers."""

@@ -18,7 +18,7 @@ class TrialKey:
     LABEL = "label"  # the warm start's name, for enqueued trials
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
-    PRUNED = "pruned"  # stopped early: {"prefix_accuracy", "prefix_samples", "reason"}
+    PRUNED = "pruned"  # stopped early: {"prefix_accuracy", "prefix_samples", "prefix_nmse", "reason"}
 
 
 class StudyKey:
@@ -71,8 +71,9 @@ def set_failure(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(TrialKey.FAIL_REASON, reason)
 
 
-def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason: str) -> None:
-    trial.set_user_attr(TrialKey.PRUNED, {"prefix_accuracy": prefix_accuracy, "prefix_samples": samples, "reason": reason})
+def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason: str, prefix_nmse: float) -> None:
+    trial.set_user_attr(TrialKey.PRUNED, {"prefix_accuracy": prefix_accuracy, "prefix_samples": samples, "reason": reason,
+                                          "prefix_nmse": prefix_nmse})  # fmt: skip
 
 
 def pruned(trial: Trial) -> dict | None:

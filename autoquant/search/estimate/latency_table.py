@@ -194,11 +194,10 @@ def _profile(ws: Workspace, model: onnx.ModelProto, feed: dict[str, np.ndarray],
 def _plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
     """(kind, plan) to profile: per mode, the layers that may take it in it (the others static INT8);
     float: two plans alternating float and static INT8 along the graph."""
-    names = ws.graph.names
     plans = [(mode, plan) for mode in modes.names() if (plan := space.mode_plan(mode)) is not None]
     for parity in (0, 1):
-        plans.append(("float", QuantPlan(tuple((n, FLOAT if i % 2 == parity else LayerChoice())
-                                               for i, n in enumerate(names)))))  # fmt: skip
+        plans.append(("float", QuantPlan(tuple((s.name, FLOAT if i % 2 == parity else s.usual)
+                                               for i, s in enumerate(space.layers)))))  # fmt: skip
     return plans
 
 

@@ -2,15 +2,16 @@
 
 | label | proposer | when | why |
 |---|---|---|---|
-| `all-float`, `int8-per-channel`, `int8-per-tensor`, `int8-per-channel-ALGORITHM`, `all-MODE` | baselines.uniform_plans | before the first trial | the uniform plans a user tries by hand: the export must beat them |
-| `sensitive-K-float` | baselines.sensitive_plans | before the first trial | the hand-made mixed plan: all INT8 but the K most sensitive layers (`search.sensitivity_k`) |
-| `guided-int8`, `guided-K-float`, `guided-budget-I` | guided.guided_plans | before the first trial | the error model across the cost range: least error, the greedy float path, a λ sweep |
+| `ladder-K` | ladder.Ladder | first, one rung at a time | a first plan within the limit, fast: all-INT8, then the cheapest plan (in latency) the calibrated error model puts within it |
+| `all-float`, `int8-per-channel`, `int8-per-tensor`, `int8-per-channel-ALGORITHM`, `all-MODE` | baselines.uniform_plans | when the ladder ends | the uniform plans a user tries by hand: the export must beat them |
+| `sensitive-K-float` | baselines.sensitive_plans | when the ladder ends | the hand-made mixed plan: all INT8 but the K most sensitive layers (`search.sensitivity_k`) |
+| `guided-int8`, `guided-K-float`, `guided-budget-I` | guided.guided_plans | when the ladder ends | the error model across the cost range: least error, the greedy float path, a λ sweep |
 | `refined-R-I` | refine.Refine.proposals | every `every` finished trials | the cheapest plans the calibrated model puts at the accuracy limit |
 | `front-R-I` | refine.Refine.front_gaps | every `every` finished trials | the plans predicted to add the most hypervolume to the front |
 | `descent-R-I` | refine.Refine.descent | every `every` finished trials | local search a move or two below the cheapest plan that meets the limit |
 | (none) | sampler.GuidedNSGAII | between | NSGA-II breeding from the plans above, drawing fresh choices among the plausible ones |
 
-Switches: `search.warm_start` (the plans made before the first trial), `search.refine` (the rounds),
+Switches: `search.warm_start` (the ladder and the plans enqueued when it ends), `search.refine` (the rounds),
 `search.guided_mutation` (plausible draws), `search.sensitivity_k`. Every constant: settings.ProposeSettings.
 """
 
@@ -22,17 +23,18 @@ from ..estimate.layer_errors import LayerErrors
 from ..space import SearchSpace
 from .baselines import Labelled, sensitive_layers, sensitive_plans, uniform_plans
 from .guided import guided_plans
+from .ladder import Ladder, first_rung
 from .refine import Refine
 from .sampler import make_sampler, plausible_options
 from .settings import SETTINGS, ProposeSettings
 
-__all__ = ["SETTINGS", "Labelled", "ProposeSettings", "Refine", "guided_plans", "make_sampler", "plausible_options",
-           "sensitive_layers", "sensitive_plans", "uniform_plans", "warm_starts"]  # fmt: skip
+__all__ = ["SETTINGS", "Labelled", "Ladder", "ProposeSettings", "Refine", "first_rung", "guided_plans", "make_sampler",
+           "mapped", "plausible_options", "sensitive_layers", "sensitive_plans", "uniform_plans", "warm_starts"]  # fmt: skip
 
 
 def warm_starts(names: tuple[str, ...], space: SearchSpace, errors: LayerErrors, model: ErrorModel,
                 sensitivity_k: list[int]) -> list[Labelled]:  # fmt: skip
-    """The plans enqueued before the first trial, in order: uniform, hand-made mixed, the error model's."""
+    """The plans enqueued when the ladder ends, in order: uniform, hand-made mixed, the error model's."""
     return uniform_plans(names, space) + sensitive_plans(names, errors, sensitivity_k) + guided_plans(model)
 
 

@@ -26,6 +26,7 @@ the plans a user compares against the export (more accurate for more cost) on th
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -41,10 +42,16 @@ class Refine:
     """Optuna callback: every `settings.every` finished trials (complete or stopped early), one round of calibrated
     proposals from the complete ones."""
 
-    def __init__(self, model: ErrorModel, max_drop: float, settings: ProposeSettings = SETTINGS):
-        self.model, self.max_drop, self.settings = model, max_drop, settings
+    def __init__(self, model: ErrorModel | Callable[[], ErrorModel], max_drop: float, settings: ProposeSettings = SETTINGS):
+        """`model`: the error model, or what makes it when first needed (a study's first rounds come after its
+        estimates are made)."""
+        self._model, self.max_drop, self.settings = model, max_drop, settings
         self.next_at = settings.every
         self.rounds = 0
+
+    @functools.cached_property
+    def model(self) -> ErrorModel:
+        return self._model if isinstance(self._model, ErrorModel) else self._model()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))

@@ -15,6 +15,9 @@ parameters only): the draw goes through `sample_independent`, which this subclas
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -39,16 +42,17 @@ def plausible_options(model: ErrorModel, factor: float = SETTINGS.plausible) -> 
 
 
 class GuidedNSGAII(NSGAIISampler):
-    """NSGA-II whose fresh draws of a layer's option are uniform over its plausible options."""
+    """NSGA-II whose fresh draws of a layer's option are uniform over its plausible options (`plausible()`, asked
+    at the first draw: the error table it reads is made after a study's first trials)."""
 
-    def __init__(self, plausible: dict[str, tuple[str, ...]], *, seed: int | None = None, **kwargs):
+    def __init__(self, plausible: Callable[[], dict[str, tuple[str, ...]]], *, seed: int | None = None, **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self._plausible = plausible
+        self._plausible = functools.cache(plausible)
         self._draw = np.random.default_rng(seed)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution) -> object:  # fmt: skip
-        allowed = self._plausible.get(param_name, ())
+        allowed = self._plausible().get(param_name, ())
         choices = [c for c in param_distribution.choices if c in allowed] \
             if isinstance(param_distribution, CategoricalDistribution) else []  # fmt: skip
         if not choices:
@@ -56,13 +60,13 @@ class GuidedNSGAII(NSGAIISampler):
         return choices[int(self._draw.integers(len(choices)))]
 
 
-def make_sampler(cfg: SearchConfig, model: ErrorModel | None = None) -> optuna.samplers.BaseSampler:
-    """The configured sampler; NSGA-II draws from the plausible options when the error `model` is given and
-    `search.guided_mutation` is on. NSGA-II and TPE rank trials with a violated constraint (the Objective
-    sets it: points lost beyond max_accuracy_drop) behind those that keep it."""
+def make_sampler(cfg: SearchConfig, model: Callable[[], ErrorModel] | None = None) -> optuna.samplers.BaseSampler:
+    """The configured sampler; NSGA-II draws from the plausible options of the error `model` (asked for when first
+    needed) when it is given and `search.guided_mutation` is on. NSGA-II and TPE rank trials with a violated
+    constraint (the Objective sets it: points lost beyond max_accuracy_drop) behind those that keep it."""
     if cfg.sampler == "nsga2":
         if model is not None and cfg.guided_mutation:
-            return GuidedNSGAII(plausible_options(model), population_size=cfg.population_size, seed=cfg.seed)
+            return GuidedNSGAII(lambda: plausible_options(model()), population_size=cfg.population_size, seed=cfg.seed)
         return NSGAIISampler(population_size=cfg.population_size, seed=cfg.seed)
     if cfg.sampler == "tpe":
         return TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True)

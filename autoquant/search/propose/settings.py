@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProposeSettings:
+    # ladder.py: the first plans of a study, until one meets the limit
+    rungs: int = 6  # rungs at most (all-INT8 is the first)
+    ladder_margin: float = 0.7  # a rung's predicted NMSE at most this share of where the limit is read to be
     # guided.py: the warm starts the error model proposes before the sampler runs
     float_counts: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)  # guided-k-float: the greedy path's plans with k float layers
     budget_plans: int = 16  # guided-budget-*: λ values of the sweep

@@ -1,0 +1,126 @@
+"""The ladder: a first plan within the limit, fast. Before anything else a study tries all-INT8 (`ladder-0`), which
+needs nothing but calibration; while a rung misses the limit, the next one (`ladder-K`) is the plan the latency
+table prices cheapest among those the error model, calibrated on the rungs so far, puts within the limit — the
+fewest float layers, or cheaper per-layer choices (range algorithm, granularity, mode), that it needs. The ladder
+ends at the first rung that meets the limit, or after `ProposeSettings.rungs` rungs; the other warm starts are
+enqueued then. So a study of any size tries the error model's plans first, and its first feasible plan (exported
+at once) comes after a rung or two rather than after every uniform plan.
+
+Where the limit lies in output NMSE is read off the rungs: the drop of a plan grows with its output NMSE, about as a
+power of it; a line through (log NMSE, log drop) of the rungs so far, inside the bracket of the rungs that met and
+broke the limit, says at which NMSE the drop reaches the limit (a secant step on that boundary). A rung stopped early
+counts with its prefix's figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from ...quantize.plan import LayerChoice, QuantPlan
+from .. import trial_attrs as attrs
+from ..estimate.error_model import ErrorModel
+from ..space import SearchSpace
+from .baselines import Labelled
+from .settings import SETTINGS, ProposeSettings
+
+PREFIX = "ladder-"
+DONE_KEY = "ladder_done"  # a study attribute: the ladder ended and the warm starts are enqueued
+
+
+def first_rung(names: tuple[str, ...]) -> Labelled:
+    """All-INT8 per channel, minmax: what every quantizer tries first; it needs no per-layer estimate."""
+    return f"{PREFIX}0", QuantPlan.uniform(names, LayerChoice())
+
+
+def boundary(points: list[tuple[float, float]], max_drop: float) -> float | None:
+    """The output NMSE at which the drop reaches `max_drop`, from (NMSE, drop) of measured plans."""
+    points = [(n, d) for n, d in points if n > 0 and math.isfinite(n) and math.isfinite(d)]
+    if not points:
+        return None
+    lo = max((n for n, d in points if d <= max_drop), default=0.0)
+    hi = min((n for n, d in points if d > max_drop and n > lo), default=math.inf)
+    fit = [(math.log(n), math.log(d)) for n, d in points if d > 0]
+    guess = None
+    if max_drop > 0 and fit:
+        x, y = np.array(fit).T
+        slope = float(np.polyfit(x, y, 1)[0]) if len(set(x)) > 1 else 1.0
+        if slope > 0:
+            guess = math.exp(float(np.mean(x)) + (math.log(max_drop) - float(np.mean(y))) / slope)
+    if guess is not None and lo < guess < hi:
+        return guess
+    if lo > 0 and hi < math.inf:
+        return math.sqrt(lo * hi)
+    return hi / 2 if hi < math.inf else 2 * lo
+
+
+class Ladder:
+    """Optuna callback: after each rung, the next rung or the end of the ladder (then `rest()`'s warm starts)."""
+
+    def __init__(self, space: SearchSpace, max_drop: float, fp32_accuracy: float, model: Callable[[], ErrorModel],
+                 rest: Callable[[], list[Labelled]], settings: ProposeSettings = SETTINGS):  # fmt: skip
+        """`model`: the error model priced in latency (computed when first asked: the first rung needs none);
+        `rest`: the warm starts to enqueue when the ladder ends."""
+        self.space, self.max_drop, self.fp32 = space, max_drop, fp32_accuracy
+        self.model, self.rest, self.settings = model, rest, settings
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if attrs.label(trial).startswith(PREFIX):
+            self.advance(study)
+
+    def advance(self, study: optuna.Study) -> None:
+        """The next rung, or the end of the ladder, unless it ended or a rung is still to run (a resumed study
+        whose last rung was lost to a kill goes on from here)."""
+        if study.user_attrs.get(DONE_KEY):
+            return
+        rungs = [t for t in study.get_trials(deepcopy=False) if attrs.label(t).startswith(PREFIX)]
+        if any(t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in rungs):
+            return  # a rung is waiting or running (here or in another worker)
+        met = any(t.state == TrialState.COMPLETE and attrs.result(t).accuracy_drop <= self.max_drop
+                  and attrs.plan(t).quantized for t in rungs)  # fmt: skip
+        step = None if met or len(rungs) >= self.settings.rungs else self.next_rung(rungs, study)
+        if step is not None:
+            study.enqueue_trial(self.space.params_for(step), user_attrs=attrs.enqueue_attrs(f"{PREFIX}{len(rungs)}"),
+                                skip_if_exists=True)  # fmt: skip
+            return
+        study.set_user_attr(DONE_KEY, True)
+        for label, plan in self.rest():
+            study.enqueue_trial(self.space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
+
+    def measured(self, trials: list[optuna.trial.FrozenTrial]) -> list[tuple[QuantPlan, float, float]]:
+        """(plan, output NMSE, drop) of the quantized trials, a stopped one with its prefix's figures."""
+        out = []
+        for t in trials:
+            plan = attrs.plan(t)
+            if not plan.quantized:
+                continue
+            if t.state == TrialState.COMPLETE:
+                out.append((plan, attrs.result(t).output_mse, attrs.result(t).accuracy_drop))
+            elif t.state == TrialState.PRUNED and attrs.pruned(t).get("prefix_nmse") is not None:
+                prefix = attrs.pruned(t)
+                out.append((plan, float(prefix["prefix_nmse"]), self.fp32 - float(prefix["prefix_accuracy"])))
+        return out
+
+    def next_rung(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
+        """The cheapest plan (the latency table's price) of the error model's untried candidates whose calibrated
+        predicted NMSE is within the boundary × `settings.ladder_margin`; when the model puts none there (a drop
+        that falls slowly with the NMSE: near-tie decisions), the candidate it predicts most accurate."""
+        measured = self.measured(rungs)
+        target = boundary([(n, d) for _, n, d in measured], self.max_drop)
+        model = self.model()
+        ratios = [n / p for plan, n, _ in measured if n > 0 and 0 < (p := model.predict(plan)) < math.inf]
+        if target is None or not ratios:
+            return None
+        scale = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
+        candidates = [model.least_error(), *model.sweep(self.settings.sweep),
+                      *model.float_path(model.least_error(), self.settings.path)]  # fmt: skip
+        untried = [p for p in candidates if p.quantized and p.key() not in tried]
+        ok = [p for p in untried if model.predict(p) * scale <= target * self.settings.ladder_margin]
+        if ok:
+            return min(ok, key=lambda p: (model.plan_cost(p), model.predict(p)))
+        return min(untried, key=lambda p: (model.predict(p), model.plan_cost(p)), default=None)
