@@ -126,7 +126,9 @@ def test_lagrangian_plan_with_transitions_is_the_exact_minimum(digits_ws):
     float/INT8 assignment (brute force over all 2^6 of the digits CNN)."""
     import itertools
 
-    space = SearchSpace.from_yaml(space_path(digits_ws.exp.search), digits_ws.graph)
+    # float or INT8 per layer, nothing else: the brute force below covers every plan of this space
+    space = SearchSpace.from_dict({"choices": {"quantize": [True, False], "weight_granularity": ["per_channel"],
+                                               "activation_algorithm": ["minmax"]}}, digits_ws.graph)  # fmt: skip
     digits_ws.precompute_ranges(space.algorithms())
     model = ErrorModel.build(layer_errors(digits_ws, space), space, LatencyCost(latency_table(digits_ws, space), digits_ws.graph))
     base = model.least_error()

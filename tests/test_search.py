@@ -55,8 +55,8 @@ def test_search_warm_starts_exports_and_writes_its_reports(finished):
     trials = completed(out)
     assert len(trials) == 10 == result.completed
     labels = {t.user_attrs.get("label") for t in trials.values()}
-    # the ladder's first rung is all-INT8 per channel; the uniform and hand-made plans follow when it ends
-    assert {"all-float", "ladder-0", "int8-per-tensor", "sensitive-1-float"} <= labels
+    # the ladder's first rung is all-INT8 per channel; all-float, the hand-made and the error model's plans follow
+    assert {"ladder-0", "all-float", "sensitive-1-float", "guided-int8"} <= labels
     for name in ("pareto.csv", "pareto.png", "sensitivity.csv", "sensitivity.png", "best/model.int8.onnx",
                  "best/record.json"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name

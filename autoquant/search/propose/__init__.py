@@ -34,8 +34,14 @@ __all__ = ["SETTINGS", "Labelled", "Ladder", "ProposeSettings", "Refine", "first
 
 def warm_starts(names: tuple[str, ...], space: SearchSpace, errors: LayerErrors, model: ErrorModel,
                 sensitivity_k: list[int]) -> list[Labelled]:  # fmt: skip
-    """The plans enqueued when the ladder ends, in order: uniform, hand-made mixed, the error model's."""
-    return uniform_plans(names, space) + sensitive_plans(names, errors, sensitivity_k) + guided_plans(model)
+    """The plans enqueued when the ladder ends, in the order a small budget gets most from: all-float (the front's
+    reference), the hand-made mixed plans, the error model's least-error and float-path plans, the other uniform
+    plans (per-tensor, each range algorithm, each mode), the error model's λ sweep."""
+    uniform = uniform_plans(names, space)
+    guided = guided_plans(model)
+    budget = [lp for lp in guided if lp[0].startswith("guided-budget-")]
+    return (uniform[:1] + sensitive_plans(names, errors, sensitivity_k) + [lp for lp in guided if lp not in budget]
+            + uniform[1:] + budget)  # fmt: skip
 
 
 def mapped(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:
