@@ -30,6 +30,7 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from autoquant.search.pareto import choose
 from common import RESULTS, hypervolume, machine, ort_quantize_static, write_result
 
 from autoquant.api import search
@@ -37,7 +38,6 @@ from autoquant.calibrate.ranges import ALGORITHMS
 from autoquant.config import Cost, load_experiment
 from autoquant.evaluate.cost import bitops_fraction
 from autoquant.quantize.plan import LayerChoice, QuantPlan
-from autoquant.search.pareto import choose
 from autoquant.search.study import scored_points
 from autoquant.workspace import Workspace
 

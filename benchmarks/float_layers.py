@@ -26,13 +26,13 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from autoquant.search.sensitivity import layer_sensitivity, most_sensitive
 from common import RESULTS, machine, write_result
 
 from autoquant.config import load_experiment
 from autoquant.evaluate.cost import bitops_fraction
 from autoquant.evaluate.executed import executed_layers
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
-from autoquant.search.sensitivity import layer_sensitivity, most_sensitive
 from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

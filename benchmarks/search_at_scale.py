@@ -42,6 +42,9 @@ import numpy as np
 import onnx
 import optuna
 import yaml
+from autoquant.search.guided import ErrorModel, sensitive_layers
+from autoquant.search.layer_errors import layer_errors
+from autoquant.search.pareto import pareto_front
 from common import RESULTS, hypervolume, machine, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, evaluate, load_experiment, search
@@ -49,9 +52,6 @@ from autoquant.config import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT
-from autoquant.search.guided import ErrorModel, sensitive_layers
-from autoquant.search.layer_errors import layer_errors
-from autoquant.search.pareto import pareto_front
 from autoquant.search.space import SearchSpace
 from autoquant.search.study import scored_points, space_path
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import onnx
 import optuna
 import yaml
+from autoquant.search.pareto import choose
 from common import machine, ort_quantize_static, save_figure, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment, quantize, search
 from autoquant.config import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
-from autoquant.search.pareto import choose
 from autoquant.search.study import retime_fastest, scored_points
 
 REAL = Path(__file__).resolve().parent / "real"

@@ -83,7 +83,7 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
                                        user_attrs={**t.user_attrs, "result": {**t.user_attrs["result"], "accuracy_drop": -5.0}})
              if t.user_attrs["result"]["accuracy_drop"] <= 1.5 else t for t in cheap]  # fmt: skip
     assert [g.key() for g in refine.front_gaps(lucky, {plan_of(t).key() for t in cheap})] == [g.key() for g in gaps]
-    assert refine.front_gaps(done, {plan_of(t).key() for t in study.trials if plan_spec(t)}) == []
+    assert refine.front_gaps(done, {p.key() for p in refine.candidates}) == []  # every candidate tried: none
     # descent: the cheaper neighbours of the cheapest quantized plan that meets the limit — each float layer
     # back to its least-error INT8 option, or swapped for a cheaper layer — which the study tried
     base = min((plan_of(t) for t in done if t.user_attrs["result"]["accuracy_drop"] <= 1.5 and plan_of(t).quantized),
