@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -53,6 +53,7 @@ class SearchResult:
     tracking_error: str = ""  # MLflow failed after the study finished (the results stand)
     objective: Cost = Cost.BITOPS  # the cost the front and the choice were made on
     first_export_seconds: float | None = None  # from the start of the search to the first plan exported
+    fastest: list[ScoredPlan] = field(default_factory=list)  # timed plans within the limit, fastest first
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
@@ -171,7 +172,7 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     exported = export_plan(ws, chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
-                        chosen.met, exported, study.study_name, objective=objective)  # fmt: skip
+                        chosen.met, exported, study.study_name, objective=objective, fastest=chosen.fastest)  # fmt: skip
 
 
 def slower_note(chosen: ScoredPlan) -> list[str]:

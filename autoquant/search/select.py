@@ -102,6 +102,12 @@ RETIME_BAND, RETIME_MAX = 1.15, 5
 SHORTLIST = 8
 
 
+def fastest_within(points: list[ScoredPlan], max_drop: float) -> list[ScoredPlan]:
+    """The timed quantized plans within the limit, fastest first."""
+    return sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop
+                   and math.isfinite(p.result.latency_ratio)), key=lambda p: p.result.latency_ratio)  # fmt: skip
+
+
 def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
                    max_drop: float) -> tuple[list[ScoredPlan], frozenset[int]]:  # fmt: skip
     """The export is the fastest plan that meets the constraint, but each plan was timed at its own moment (or in
@@ -109,8 +115,7 @@ def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
     of the fastest figure are timed again, together and interleaved with FP32 in the same rounds, and those
     figures replace theirs (stored on the study). Also returned: the trial numbers of the plans these rounds
     cannot tell apart from the fastest (evaluate/latency.py: not_slower), which choose() treats as equally fast."""
-    ok = sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop
-                 and math.isfinite(p.result.latency_ratio)), key=lambda p: p.result.latency_ratio)  # fmt: skip
+    ok = fastest_within(points, max_drop)
     band = [p for p in ok if p.result.latency_ratio <= ok[0].result.latency_ratio * RETIME_BAND][:RETIME_MAX] if ok else []
     if len(band) < 2:
         return points, frozenset()
@@ -153,6 +158,7 @@ class Selection:
     front: list[ScoredPlan]
     chosen: ScoredPlan | None
     met: bool  # whether `chosen` is within the limit
+    fastest: list[ScoredPlan]  # the timed quantized plans within the limit, fastest first
 
 
 def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
@@ -172,4 +178,4 @@ def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
     points = time_points(ws, study, points, front)
     front = pareto_front(points, objective)
     chosen, met = choose(points, max_drop, objective, tied)
-    return Selection(points, front, chosen, met)
+    return Selection(points, front, chosen, met, fastest_within(points, max_drop))
