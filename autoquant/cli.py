@@ -83,13 +83,17 @@ def cmd_quantize(args) -> int:
     from .engine import PRESETS, preset_plan, quantize
     from .quantize.plan import QuantPlan
 
-    ws = _workspace(args.experiment)
-    if args.plan in PRESETS:
-        plan = preset_plan(ws, args.plan, args.algorithm or "minmax")
-    else:
+    spec = None
+    if args.plan not in PRESETS:
         spec = load_yaml(Path(args.plan))
+        # A plan's own mistakes are reported before calibration and the FP32 reference are prepared.
+        QuantPlan.from_spec(spec, None, where=Path(args.plan).name)
         if args.algorithm:
             spec = {**spec, "default": {**(spec.get("default") or {}), "activation_algorithm": args.algorithm}}
+    ws = _workspace(args.experiment)
+    if spec is None:
+        plan = preset_plan(ws, args.plan, args.algorithm or "minmax")
+    else:
         plan = QuantPlan.from_spec(spec, ws.graph.names, where=Path(args.plan).name)
     r = quantize(ws, plan, args.out)
     if args.json:
@@ -384,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="build one plan's INT8 model from cached calibration; score it vs FP32")
     q.add_argument("experiment", type=Path)
-    q.add_argument("--plan", default="int8-per-channel", help="int8-per-channel, int8-per-tensor or PLAN.yaml")
+    q.add_argument("--plan", default="int8-per-channel", help="int8-per-channel or int8-per-tensor, either with +bc "
+                   "(bias correction) and/or +adaround (adaptive rounding); or PLAN.yaml")
     q.add_argument("--algorithm", help="activation range algorithm for every layer (minmax, percentile, mse, entropy, histogram)")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--json", action="store_true", help="print one JSON line")

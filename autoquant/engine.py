@@ -22,10 +22,10 @@ from .record import Record, make_record, validate_record, validate_smoothing
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-PRESETS = {
-    "int8-per-channel": "per_channel",
-    "int8-per-tensor": "per_tensor",
-}
+GRANULARITY_PRESETS = {"int8-per-channel": "per_channel", "int8-per-tensor": "per_tensor"}
+RECOVERY_SUFFIXES = {"+bc": {"bias_correction": True}, "+adaround": {"weight_rounding": "adaptive"}}
+PRESETS = tuple(g + "".join(s) for g in GRANULARITY_PRESETS
+                for s in ((), ("+bc",), ("+adaround",), ("+bc", "+adaround")))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,20 @@ class QuantizeResult(Measurement):
 
 
 def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantPlan:
-    """`int8-per-channel` / `int8-per-tensor`: every layer INT8 with one activation algorithm."""
+    """`int8-per-channel` / `int8-per-tensor`, with `+bc` (bias correction, on every layer that has a bias to
+    correct) and `+adaround` (adaptive rounding): every layer INT8 with one activation algorithm."""
     if preset not in PRESETS:
         raise PlanError(f"unknown plan '{preset}': use {', '.join(PRESETS)} or a plan YAML file")
+    head, *suffixes = preset.replace("+", " +").split()
+    fields = {k: v for s in suffixes for k, v in RECOVERY_SUFFIXES[s].items()}
+    choice = LayerChoice(True, GRANULARITY_PRESETS[head], algorithm, **fields)
     broken = [layer.name for layer in ws.graph.layers if not layer.finite]
     if broken:
         log.info("%d layer(s) have NaN or Inf in their weights and stay float (e.g. %s)", len(broken), broken[0])
-    return QuantPlan.uniform(ws.graph.names, LayerChoice(True, PRESETS[preset], algorithm)).with_choices(
-        dict.fromkeys(broken, FLOAT))
+    no_bias = [la.name for la in ws.graph.layers if not la.bias_slot]
+    plan = QuantPlan.uniform(ws.graph.names, choice).with_choices(
+        dict.fromkeys(no_bias, replace(choice, bias_correction=False)))
+    return plan.with_choices(dict.fromkeys(broken, FLOAT))
 
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None,
@@ -79,7 +85,8 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,
-                         weight_range=ws.weight_range, smoothing=ws.smoothing, notes=notes)  # fmt: skip
+                         weight_range=ws.weight_range, smoothing=ws.smoothing, notes=notes,
+                         recovery=ws.recovery)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
     atomic_write_files({model_path: blob, record_path: record.to_json().encode()})
@@ -112,6 +119,6 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
         graph = analyze(model, sized=False)
     validate_record(record, model, graph, str(record_path))
     qmodel = build_model(model, graph, record.plan(), record.activation_params(), record.activation_type,
-                       record.weight_range)
+                       record.weight_range, recovery=record.recovery(graph))
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())
 

@@ -7,8 +7,9 @@ exactly.
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,18 @@ import onnx
 from .errors import ConfigError, PlanError
 from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
-from .graph.layers import GraphInfo
+from .graph.layers import GraphInfo, LayerInfo
 from .quantize import modes
 from .quantize.modes.static import dequantize_params, tensor_algorithms
-from .quantize.plan import LayerChoice, QuantPlan
+from .quantize.plan import ROUNDINGS, LayerChoice, QuantPlan
+from .quantize.recovery import Recovery, recovers
 from .quantize.scales import ActivationParams
 from .quantize.smoothing import Smoothing, smoothable
 from .versions import versions
 
-FORMAT_VERSION = 3
-READS = (1, 2, 3)  # 2 added the layer's mode and int4 blocks (a version-1 record is all static); 3 added notes
+FORMAT_VERSION = 4
+# 2 added the layer's mode and int4 blocks (a version-1 record is all static); 3 added notes; 4 the recovery
+READS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class LayerRecord:
     kernel: str = ""  # what onnxruntime ran for the layer when the record was made (e.g. QLinearConv, Conv)
     mode: str = "static"  # a registered mode (quantize/modes/)
     accuracy_level: int = 0  # int4: MatMulNBits compute precision
+    # Recovery (quantize/recovery/): how each weight was rounded from its floor on the grid (packed bits, base64),
+    # and the shift per output channel added to the layer's bias; `apply` rebuilds from the FP32 weights with them
+    weight_rounding: str = "nearest"
+    rounding_mask: str = ""
+    bias_correction: bool = False
+    bias_shift: list[float] = field(default_factory=list)
 
 
     def choice(self) -> LayerChoice:
@@ -68,8 +77,11 @@ class LayerRecord:
         if mode.calibrated and self.data is None:
             raise PlanError(f"layer {self.name} is {self.mode} but has no data entry")
         w = self.weight
-        return mode.from_record(w.bits, w.granularity, w.block_size, self.data.algorithm if self.data else "minmax",
-                                self.accuracy_level)  # fmt: skip
+        choice = mode.from_record(w.bits, w.granularity, w.block_size, self.data.algorithm if self.data else "minmax",
+                                  self.accuracy_level)  # fmt: skip
+        if self.weight_rounding == "nearest" and not self.bias_correction:
+            return choice
+        return replace(choice, weight_rounding=self.weight_rounding, bias_correction=self.bias_correction)
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,9 @@ class Record:
 
     def plan(self) -> QuantPlan:
         return QuantPlan(tuple((layer.name, layer.choice()) for layer in self.layers))
+
+    def recovery(self, graph: GraphInfo) -> RecordedRecovery:
+        return RecordedRecovery({lr.name: lr for lr in self.layers}, graph)
 
     def activation_params(self) -> dict[str, ActivationParams]:
         return {t: ActivationParams(float(a["scale"]), int(a["zero_point"])) for t, a in self.activations.items()}
@@ -156,6 +171,27 @@ def validate_smoothing(record: Record, graph: GraphInfo, where: str) -> None:
             _number(v, f"{where}: smoothing[{tensor!r}][{i}]", positive=True)
 
 
+def _validate_recovery(lr: LayerRecord, info: LayerInfo, at: str) -> None:
+    if lr.weight_rounding not in ROUNDINGS:
+        raise PlanError(f"{at}: weight_rounding {lr.weight_rounding!r} must be one of {', '.join(ROUNDINGS)}")
+    if lr.weight_rounding != "nearest":
+        try:
+            packed = base64.b64decode(lr.rounding_mask, validate=True)
+        except (ValueError, TypeError):
+            raise PlanError(f"{at}: rounding_mask is not base64") from None
+        if len(packed) != -(-int(np.prod(info.weight_shape)) // 8):
+            raise PlanError(f"{at}: rounding_mask must hold one bit per weight ({int(np.prod(info.weight_shape))})")
+    if not isinstance(lr.bias_correction, bool):
+        raise PlanError(f"{at}: bias_correction must be true or false, got {lr.bias_correction!r}")
+    if lr.bias_correction:
+        if not info.bias_slot:
+            raise PlanError(f"{at}: the layer has no bias to correct")
+        if not isinstance(lr.bias_shift, list) or len(lr.bias_shift) != info.out_channels:
+            raise PlanError(f"{at}: bias_shift needs {info.out_channels} values")
+        for i, v in enumerate(lr.bias_shift):
+            _number(v, f"{at}: bias_shift[{i}]")
+
+
 def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, where: str) -> None:
     """Check a record completely against the model before anything is built from it: a record with a
     zero or negative scale, a wrong number of channel scales or a missing tensor builds a broken model
@@ -181,9 +217,10 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
         if not isinstance(lr.weight, WeightRecord) or (static and not isinstance(lr.data, DataRecord)):
             raise PlanError(f"{at} is quantized but has no {'weight' if not isinstance(lr.weight, WeightRecord) else 'data'} entry")
         try:
-            lr.choice()  # bits, granularity, block size and accuracy level fit the mode
+            lr.choice()  # bits, granularity, block size, accuracy level and recovery fit the mode
         except ConfigError as exc:
             raise PlanError(f"{at}: {exc}") from None
+        _validate_recovery(lr, info, at)
         w = lr.weight
         count = {"per_channel": info.out_channels, "per_tensor": 1}.get(w.granularity, 0)
         if w.granularity == "per_block":
@@ -211,6 +248,33 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
         _zero_point(entry["zero_point"], f"{where}: activations[{tensor!r}].zero_point", record.activation_type)
 
 
+class RecordedRecovery:
+    """The rounding and bias shifts a record holds, for rebuilding its model (quantize/recovery/: Recovery)."""
+
+    def __init__(self, layers: dict[str, LayerRecord], graph: GraphInfo):
+        self.layers, self.graph = layers, graph
+
+    def rounding(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        count = int(np.prod(layer.weight_shape))
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(self.layers[layer.name].rounding_mask), np.uint8))
+        return bits[:count].reshape(layer.weight_shape)
+
+    def shift(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        return np.array(self.layers[layer.name].bias_shift, np.float32)
+
+
+def _recovery_fields(info: LayerInfo, choice: LayerChoice, recovery: Recovery | None) -> dict[str, Any]:
+    if not (choice.quantize and recovers(choice)):
+        return {}
+    out: dict[str, Any] = {"weight_rounding": choice.weight_rounding, "bias_correction": choice.bias_correction}
+    if choice.weight_rounding != "nearest":
+        mask = recovery.rounding(info, choice).astype(np.uint8).ravel()
+        out["rounding_mask"] = base64.b64encode(np.packbits(mask).tobytes()).decode()
+    if choice.bias_correction:
+        out["bias_shift"] = [float(v) for v in recovery.shift(info, choice)]
+    return out
+
+
 def make_record(
     qmodel: onnx.ModelProto,
     graph: GraphInfo,
@@ -226,6 +290,7 @@ def make_record(
     weight_range: str = "full",
     smoothing: Smoothing | None = None,
     notes: list[str] = (),
+    recovery: Recovery | None = None,
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
     kernels = {e.name: e.kernel for e in executed}
@@ -246,7 +311,8 @@ def make_record(
                 data = DataRecord(choice.activation_bits, choice.activation_algorithm,
                                   float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
         layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data,
-                                  kernels.get(info.name, ""), choice.mode, choice.accuracy_level))  # fmt: skip
+                                  kernels.get(info.name, ""), choice.mode, choice.accuracy_level,
+                                  **_recovery_fields(info, choice, recovery)))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
                   graph.unquantized_flops, smoothing.alpha if smoothing else 0.0,

@@ -33,6 +33,7 @@ from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import build_model
 from .quantize.modes.static import WeightParams, tensor_algorithms
 from .quantize.plan import QuantPlan
+from .quantize.recovery.tables import RecoverySource, RecoveryTables
 from .quantize.scales import ActivationParams, params_from_range
 from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
 from .quantize.weight_range import TARGET_ENV
@@ -263,4 +264,12 @@ class Workspace:
         """The plan's QDQ model; `params` are the plan's activations() when the caller already has them."""
         params = params if params is not None else self.activations(plan)[0]
         return build_model(self.model, self.graph, plan, params, self.exp.quantization.activation_type,
-                           self.weight_range, self.weight_params)  # fmt: skip
+                           self.weight_range, self.weight_params, self.recovery)  # fmt: skip
+
+    @functools.cached_property
+    def recovery(self) -> RecoveryTables:
+        """Adaptive rounding and bias shifts of this model on this calibration data, computed as plans ask."""
+        return RecoveryTables(RecoverySource(
+            self.model, self.model_key, self.graph, self.splits.calibration, frozenset(i.name for i in self.prepared.inputs),
+            self.range_params, self.exp.quantization.activation_type, self.weight_range, self.exp.cache,
+            self._threads, self.calibration_batches))  # fmt: skip

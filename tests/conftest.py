@@ -3,6 +3,7 @@ calibrated once), real data from ../shared/data and the embedded digits default.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AUTOQUANT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def library_logging():
+    """A test that runs the CLI in-process leaves the "autoquant" logger as a command line sets it (its own stderr
+    handler, not propagating): put it back, so later tests' caplog sees the library's messages."""
+    own = logging.getLogger("autoquant")
+    handlers, level, propagate = list(own.handlers), own.level, own.propagate
+    yield
+    own.handlers[:], own.propagate = handlers, propagate
+    own.setLevel(level)
 
 
 @pytest.fixture(scope="session", autouse=True)

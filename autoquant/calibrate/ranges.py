@@ -40,8 +40,7 @@ def _sq_error(sums: tuple[np.ndarray, ...], lo: np.ndarray, hi: np.ndarray, leve
 
     Inside the range the rounding error is uniform (step²/12); outside it is the clipping distance². The
     clipped sums come from the prefix sums — Σ n (c − hi)² over c > hi is Σnc² − 2·hi·Σnc + hi²·Σn there —
-    so a candidate costs a binary search, not a pass over 4,096 bins (MSE and histogram ranges of all 125
-    tensors of EfficientNet-Lite1: 5.0 s → 0.09 s, the same ranges)."""
+    so a candidate costs a binary search, not a pass over 4,096 bins."""
     c, k0, k1, k2 = sums
     lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
     a = np.searchsorted(c, lo, side="left")  # bins [0, a) lie below lo

@@ -99,7 +99,7 @@ def export_torch(module, example: np.ndarray | dict[str, np.ndarray], path: Path
     tmp = path.with_suffix(".tmp.onnx")
     module.eval()
     with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo, but it is 40× faster here and
+        # The TorchScript exporter is deprecated in favour of dynamo, but it is much faster and
         # keeps the shape-computation subgraphs real user models have, which the engine must handle.
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -37,6 +37,9 @@ class LayerInfo:
     depthwise: bool
     flops: int
     finite: bool = True  # no NaN or Inf in the weights: a layer that has some can only stay float
+    # Where a correction of its output's mean can go: "bias" (Conv and Gemm: their bias input, added if absent),
+    # "add" (a MatMul whose output only feeds an Add of a constant vector), "" (nowhere without a new op)
+    bias_slot: str = "bias"
 
     @property
     def out_channels(self) -> int:
@@ -133,6 +136,28 @@ class _Sizer:
         return float("nan"), ()
 
 
+def bias_add(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, channels: int) -> tuple[onnx.NodeProto, int] | None:
+    """The Add that is the only reader of a MatMul's output and adds a constant vector of its `channels` (a
+    Linear layer exported as MatMul + Add), and which of its inputs the constant is."""
+    readers = [n for n in model.graph.node if node.output[0] in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in (o.name for o in model.graph.output):
+        return None
+    add = readers[0]
+    for i, t in enumerate(add.input):
+        if t != node.output[0] and t in inits and tuple(inits[t].dims) == (channels,):
+            return add, i
+    return None
+
+
+def _bias_slot(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, channels: int) -> str:
+    if node.op_type == "MatMul":
+        return "add" if bias_add(model, node, inits, channels) is not None else ""
+    if len(node.input) < 3 or not node.input[2]:
+        return "bias"  # none yet: one is added
+    bias = inits.get(node.input[2])
+    return "bias" if bias is not None and tuple(bias.dims) in ((), (channels,), (1, channels)) else ""
+
+
 def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None = None, batch: int = 1,
             sized: bool = True) -> GraphInfo:  # fmt: skip
     """Find the compute ops; quantizable layers are Conv/Gemm/MatMul nodes with a constant weight. With
@@ -165,7 +190,8 @@ def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None 
                 k, axis, depthwise = w.shape[-2], w.ndim - 1, False
             layers.append(LayerInfo(node.name, node.op_type, node.input[0], node.input[1], node.output[0], tuple(w.shape),
                                     out_shape, axis, depthwise, _flops(per_out * k),
-                                    bool(np.isfinite(w).all()) if np.issubdtype(w.dtype, np.floating) else True))  # fmt: skip
+                                    bool(np.isfinite(w).all()) if np.issubdtype(w.dtype, np.floating) else True,
+                                    _bias_slot(model, node, inits, w.shape[axis])))  # fmt: skip
         else:
             float_ops.append(ComputeOp(node.name, node.op_type, _float_op_flops(node, per_out, shapes, inits, sizer)))
     if sizer.unknown and sized:

@@ -13,6 +13,7 @@ from . import modes
 from .float_layers import isolate_float_layers
 from .modes.static import WeightParams
 from .plan import QuantPlan
+from .recovery import Recovery, substitute
 from .scales import ActivationParams, activation_qtype
 
 
@@ -24,16 +25,20 @@ def build_model(
     activation_type: str,
     weight_range: str = "full",
     weights: WeightParams | None = None,
+    recovery: Recovery | None = None,
 ) -> onnx.ModelProto:
     """Compile the plan into one model (`model` is not changed). `activations` holds the static layers' (and
     glue's) activation parameters; `weight_range` "reduced" keeps 8-bit weights in [-64, 64] (see
     weight_range.py: CPUs whose kernels saturate); `weights` keeps weight parameters across builds of the same
-    model."""
+    model; `recovery` gives the rounding and bias shifts of layers whose choice has them (recovery/)."""
     modes.check_plan(graph.layers, plan)
     activation_qtype(activation_type)  # an unknown activation type fails before anything is built
+    # The weight grids come from the FP32 weights, which recovered layers no longer read
+    weights = weights if weights is not None else WeightParams(model)
     ctx = modes.BuildContext(graph, activations, activation_type, weight_range, weights)
     qmodel = onnx.ModelProto()
     qmodel.CopyFrom(model)
+    substitute(qmodel, graph, plan, weight_range, recovery)
     for mode in modes.modes():
         if plan.in_mode(mode.name):
             qmodel = mode.build(qmodel, plan, ctx)

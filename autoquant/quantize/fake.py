@@ -17,15 +17,21 @@ def fake_quant_activation(x: np.ndarray, p: ActivationParams, activation_type: s
     return ((np.clip(np.round(x / p.scale) + p.zero_point, lo, hi) - p.zero_point) * p.scale).astype(np.float32)
 
 
-def fake_quant_weight(w: np.ndarray, channel_axis: int, granularity: str, bits: int, weight_range: str) -> np.ndarray:
-    """Symmetric, as onnxruntime's quantizer does it for the built model (qmax 127, 64 reduced, 7 for 4 bits)."""
+def weight_scale(w: np.ndarray, channel_axis: int, granularity: str, bits: int, weight_range: str) -> tuple[np.ndarray, int]:
+    """(scale broadcastable to `w`, qmax) of the symmetric grid onnxruntime's quantizer puts `w` on for the built
+    model (qmax 127, 64 reduced, 7 for 4 bits)."""
     qmax = 7 if bits == 4 else (REDUCED_MAX if weight_range == "reduced" else 127)
     if granularity == "per_channel":
         axes = tuple(a for a in range(w.ndim) if a != channel_axis)
         absmax = np.abs(w).max(axis=axes, keepdims=True)
     else:
         absmax = np.abs(w).max()
-    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    return np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32), qmax
+
+
+def fake_quant_weight(w: np.ndarray, channel_axis: int, granularity: str, bits: int, weight_range: str) -> np.ndarray:
+    """Symmetric, rounded to nearest, as onnxruntime's quantizer does it for the built model."""
+    scale, qmax = weight_scale(w, channel_axis, granularity, bits, weight_range)
     return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ConfigError, PlanError
 
 GRANULARITIES = ("per_tensor", "per_channel")
+ROUNDINGS = ("nearest", "adaptive")  # weight_rounding: round to nearest, or learned per weight (quantize/recovery/)
 PLAN_FORMAT_VERSION = 1
 
 
@@ -41,6 +42,8 @@ class LayerChoice:
     mode: str = "static"
     block_size: int = 0  # int4: weights share a scale per block of this many input channels
     accuracy_level: int = 0  # int4: MatMulNBits compute precision
+    bias_correction: bool = False  # static: the mean output shift quantization adds, folded back into the bias
+    weight_rounding: str = "nearest"  # static: "adaptive" rounds each weight the way that fits its layer's output
 
     def __post_init__(self):
         if not self.quantize:  # float is float: the other fields say nothing
@@ -89,7 +92,7 @@ class LayerChoice:
             raise ConfigError(f"{where}: {exc}") from None
         merged.update({k: v for k, v in {**mode.fixed, **mode.defaults}.items() if k not in raw})  # fields the mode sets
         for key, typ in (("quantize", bool), ("weight_bits", int), ("activation_bits", int), ("block_size", int),
-                         ("accuracy_level", int)):
+                         ("accuracy_level", int), ("bias_correction", bool), ("weight_rounding", str)):
             if not isinstance(merged[key], typ) or (typ is int and isinstance(merged[key], bool)):
                 raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {merged[key]!r}")
         if not merged["quantize"]:
@@ -140,13 +143,14 @@ class QuantPlan:
         return cls(tuple((name, choice) for name in layer_names))
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], layer_names: Iterable[str], where: str = "plan") -> QuantPlan:
+    def from_spec(cls, spec: Mapping[str, Any], layer_names: Iterable[str] | None, where: str = "plan") -> QuantPlan:
         """Resolve `{default: {...}, layers: {name or "re:pattern": {...}}}` against the model's layers.
 
         Later entries win over earlier ones; an exact name that is not a layer is an error, a pattern
-        that matches nothing is a warning.
+        that matches nothing is a warning. Without `layer_names` (the model not loaded yet) only the
+        options are checked and the plan returned is empty.
         """
-        names = list(layer_names)
+        names = list(layer_names or ())
         if not isinstance(spec, Mapping) or not spec:
             got = "empty" if not spec else f"a {type(spec).__name__}"
             raise ConfigError(f"{where} is {got}: a plan is a mapping with 'default' and/or 'layers'")
@@ -161,6 +165,9 @@ class QuantPlan:
                               f"{type(layers).__name__}")  # fmt: skip
         for key, raw in layers.items():
             pattern = name_pattern(key, f"{where}: layers")
+            if layer_names is None:
+                LayerChoice.from_dict(raw, f"{where}: layers.{key}", base=default)
+                continue
             if key.startswith("re:"):
                 hits = [n for n in names if pattern.fullmatch(n)]
                 if not hits:

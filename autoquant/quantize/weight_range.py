@@ -1,11 +1,10 @@
 """Weight range for the CPU that runs the model: full int8 ([-127, 127]) or reduced to 7 bits ([-64, 64]).
 
-On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI; e.g. the AMD EPYC this was measured on),
-onnxruntime's integer GEMM for uint8 activations × int8 weights multiplies adjacent pairs with
+On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), onnxruntime's integer GEMM for uint8 activations × int8 weights multiplies adjacent pairs with
 VPMADDUBSW, which saturates the pair's sum at int16: 255 × 127 × 2 = 64,770 > 32,767. Every
-QLinearConv / QGemm then computes wrong sums wherever large activations meet large weights — the stem
-of ResNet-20 most of all (output NMSE against the QDQ simulation 3.9e-2, 25× the quantization error
-itself, while the same model on a VNNI CPU matches the simulation). Weights in [-64, 64] cannot
+QLinearConv / QGemm then computes wrong sums wherever large activations meet large weights (a network's
+stem most of all), far beyond the quantization error itself, while the same model on a VNNI CPU matches
+its QDQ simulation. Weights in [-64, 64] cannot
 saturate (255 × 64 × 2 = 32,640). int8 activations (s8s8) take another kernel that does not saturate.
 
 onnxruntime documents the remedy (`reduce_range`) and leaves the choice to the user; Intel Neural

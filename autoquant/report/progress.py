@@ -4,6 +4,8 @@ without --quiet)."""
 
 from __future__ import annotations
 
+from typing import Self
+
 import optuna
 
 from ..config import Cost
@@ -43,7 +45,7 @@ class Progress:
     def close(self) -> None:
         self.bar.close()
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

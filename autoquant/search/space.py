@@ -29,7 +29,8 @@ from ..quantize.modes import decode, encode
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan, name_pattern
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
-PARAMS = ("quantize", "mode", "weight_bits", "weight_granularity", "activation_algorithm", "block_size", "accuracy_level")
+PARAMS = ("quantize", "mode", "weight_bits", "weight_granularity", "activation_algorithm", "block_size", "accuracy_level",
+          "bias_correction", "weight_rounding")
 _MATCH_KEYS = ("op_type", "depthwise", "name")
 
 
@@ -52,14 +53,14 @@ class LayerSpace:
         return LayerChoice() if LayerChoice() in self.options else next((c for c in self.options if c.quantize), FLOAT)
 
 
-def _options(allowed: dict[str, tuple], layer_modes: tuple[str, ...]) -> tuple[LayerChoice, ...]:
+def _options(allowed: dict[str, tuple], layer: LayerInfo) -> tuple[LayerChoice, ...]:
     options = []
     for q in allowed["quantize"]:
         if not q:
             options.append(FLOAT)
             continue
-        for mode in (modes.get(m) for m in allowed["mode"] if m in layer_modes):
-            options += mode.choices(allowed)
+        for mode in (modes.get(m) for m in allowed["mode"] if m in modes.allowed_modes(layer)):
+            options += [c for c in mode.choices(allowed) if mode.fits(layer, c)]
     return tuple(dict.fromkeys(options))
 
 
@@ -109,7 +110,7 @@ class SearchSpace:
         for layer in graph.layers:
             name = layer.name
             # a layer no mode can quantize (NaN weights) stays float whatever the space allows
-            options = _options(per_layer[name], modes.allowed_modes(layer)) if modes.allowed_modes(layer) else (FLOAT,)
+            options = _options(per_layer[name], layer) if modes.allowed_modes(layer) else (FLOAT,)
             if not options:
                 raise ConfigError(f"{where}: layer {name} ({layer.op_type}) has no valid choice left (4-bit Q/DQ weights "
                                   "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")  # fmt: skip

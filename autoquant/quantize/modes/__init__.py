@@ -39,3 +39,6 @@ def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:
             raise PlanError(f"layer {layer.name} is a {layer.op_type} with {len(layer.weight_shape)}-D weights: mode "
                             f"{choice.mode} applies to {get(choice.mode).scope}; use mode "
                             f"{' or '.join(allowed_modes(layer))}")  # fmt: skip
+        if choice.quantize and not get(choice.mode).fits(layer, choice):
+            raise PlanError(f"layer {layer.name} ({layer.op_type}) has nowhere to put a bias correction (a MatMul needs "
+                            "an Add of a constant vector after it): set bias_correction: false for it")  # fmt: skip

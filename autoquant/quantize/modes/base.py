@@ -26,6 +26,7 @@ from ...errors import ConfigError
 if TYPE_CHECKING:
     from ...graph.layers import GraphInfo, LayerInfo
     from ..plan import LayerChoice, QuantPlan
+    from ..recovery import Recovery
     from ..scales import ActivationParams
     from .static import WeightParams
 
@@ -43,11 +44,13 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class EmulationContext:
-    """What emulating a layer's input needs: the calibrated parameters of a tensor under a range algorithm."""
+    """What emulating a layer needs: the calibrated parameters of a tensor under a range algorithm, the weight grid,
+    and the rounding and bias shifts of recovering choices (quantize/recovery/)."""
 
     activation: Callable[[str, str], ActivationParams]  # (tensor, algorithm) → parameters
     activation_type: str
     weight_range: str
+    recovery: Recovery | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class Mode(ABC):
     def check(self, choice: LayerChoice) -> None:
         """Raise ConfigError naming the field when the choice's fields do not fit this mode."""
 
+    def fits(self, layer: LayerInfo, choice: LayerChoice) -> bool:
+        """Whether `choice` (one of this mode's) can be built for `layer` (applies_to said the mode can)."""
+        return True
+
     def cost_bits(self, choice: LayerChoice) -> tuple[int, int]:
         """(activation bits, weight bits) of its multiplies, for the bitops model."""
         return choice.activation_bits, choice.weight_bits
@@ -126,7 +133,7 @@ class Mode(ABC):
         return (self.name, choice.weight_granularity, choice.weight_bits)
 
     @abstractmethod
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
         """The layer's weights as the built model computes with them."""
 
     def input_key(self, choice: LayerChoice) -> tuple:
@@ -136,6 +143,14 @@ class Mode(ABC):
     @abstractmethod
     def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
         """The layer's input as the built model's kernel sees it."""
+
+    def output_key(self, choice: LayerChoice) -> tuple:
+        """What emulate_output's change depends on beyond the emulated weights and input (none: no change)."""
+        return ()
+
+    def emulate_output(self, y: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        """The layer's output as the built model computes it, from the output of its emulated weights and input."""
+        return y
 
     # -- building and recording ----------------------------------------------------------------------------
     @abstractmethod
@@ -148,7 +163,7 @@ class Mode(ABC):
 
     @abstractmethod
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
-        """The choice a record's layer entry describes."""
+        """The choice a record's layer entry describes (its recovery fields are the record's to set)."""
 
     @abstractmethod
     def recognize(self, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],

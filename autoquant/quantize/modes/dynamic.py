@@ -101,7 +101,8 @@ class Dynamic(Mode):
     name = "dynamic"
     scope = "MatMul/Gemm layers with 2-D weights"
     order = 1
-    fixed = MappingProxyType({"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0})
+    fixed = MappingProxyType({"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0,
+                              "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
     kernels = frozenset({"MatMulInteger"})
 
     def applies_to(self, layer: LayerInfo) -> bool:
@@ -124,8 +125,8 @@ class Dynamic(Mode):
     def weight_key(self, choice: LayerChoice) -> tuple:
         return ("symmetric", choice.weight_granularity, 8)  # the weights static INT8 has: one emulation for both
 
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
-        return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, 8, weight_range)
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, 8, ctx.weight_range)
 
     def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_dynamic_input(x)

@@ -57,7 +57,8 @@ class Int4(Mode):
     name = "int4"
     scope = "MatMul/Gemm layers with 2-D weights"
     order = 2
-    fixed = MappingProxyType({"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4})
+    fixed = MappingProxyType({"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4,
+                              "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
     defaults = MappingProxyType({"block_size": 32, "accuracy_level": 4})
     kernels = frozenset({"MatMulNBits"})
 
@@ -91,7 +92,7 @@ class Int4(Mode):
     def weight_key(self, choice: LayerChoice) -> tuple:
         return (self.name, choice.block_size)
 
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_blockwise(w, 1 - layer.channel_axis, choice.block_size)
 
     def input_key(self, choice: LayerChoice) -> tuple:

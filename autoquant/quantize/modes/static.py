@@ -13,6 +13,7 @@ import contextlib
 import unittest.mock
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -27,7 +28,8 @@ from ...calibrate.ranges import ALGORITHMS
 from ...errors import ConfigError, PlanError
 from ...graph.layers import GraphInfo, LayerInfo
 from ..fake import fake_quant_activation, fake_quant_weight
-from ..plan import GRANULARITIES, LayerChoice, QuantPlan
+from ..plan import GRANULARITIES, ROUNDINGS, LayerChoice, QuantPlan
+from ..recovery import recovered_weight
 from ..scales import activation_qtype
 from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
 
@@ -45,9 +47,9 @@ class WeightParams:
     """Each weight's scale and zero point per (bits, axis, range), computed once per model and handed to
     the quantizer as overrides; and each weight's quantized initializer, kept once made.
 
-    QDQQuantizer computes both itself on every build, each one Python call per output channel: on a
-    65-layer EfficientNet (24k channels) all-INT8 builds take 2.8-3.3 s without either cache, 1.6 s with the
-    parameters cached, 0.6 s with both — repeated identically in every trial. The parameters come from
+    QDQQuantizer computes both itself on every build, each one Python call per output channel, repeated
+    identically in every trial: on a network with tens of thousands of channels that is most of a build's
+    time. The parameters come from
     onnxruntime's own `compute_data_quant_params` with the arguments its quantizer would pass (symmetric,
     no minimum range); the initializers are what its own `quantize_onnx_initializer` returned for the same
     weight, type, scale, zero point and axis. So the model is byte-identical to one built without this cache.
@@ -148,11 +150,14 @@ def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations
             highest=np.array(p.scale * (int(qmax) - p.zero_point), np.float32),
         )
     static = [layer for layer in graph.layers if layer.name in set(plan.in_mode("static"))]
+    reads = {n.name: n.input[1] for n in model.graph.node if len(n.input) > 1}
     for layer in static:
         choice = plan[layer.name]
         axis = layer.channel_axis if choice.weight_granularity == "per_channel" else None
         reduced = weight_range == "reduced" and choice.weight_bits == 8
-        overrides[layer.weight] = weights.overrides(layer.weight, WEIGHT_TYPES[choice.weight_bits], axis, reduced)
+        # The grid is the FP32 weights' even where the layer reads recovered ones (quantize/recovery/): their
+        # values sit on it, so the quantizer writes the recovered integers
+        overrides[reads[layer.name]] = weights.overrides(layer.weight, WEIGHT_TYPES[choice.weight_bits], axis, reduced)
     nodes = quantized_nodes(model, plan)
     if not nodes:
         return model
@@ -191,6 +196,8 @@ class Static(Mode):
         return True
 
     def check(self, choice: LayerChoice) -> None:
+        if choice.weight_rounding not in ROUNDINGS:
+            raise ConfigError(f"weight_rounding '{choice.weight_rounding}' is unknown: use one of {', '.join(ROUNDINGS)}")
         if choice.weight_granularity not in GRANULARITIES:
             raise ConfigError(f"weight_granularity '{choice.weight_granularity}' is unknown: use one of "
                               f"{', '.join(GRANULARITIES)}")  # fmt: skip
@@ -202,6 +209,9 @@ class Static(Mode):
         if choice.weight_bits == 4 and choice.weight_granularity != "per_channel":
             raise ConfigError("4-bit weights need weight_granularity: per_channel")
 
+    def fits(self, layer: LayerInfo, choice: LayerChoice) -> bool:
+        return not choice.bias_correction or bool(layer.bias_slot)
+
     def label(self, choice: LayerChoice) -> str:
         return "int8" if choice.weight_bits == 8 else "int4-qdq"
 
@@ -211,36 +221,57 @@ class Static(Mode):
 
     def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
         out = []
+        recovery = [(bc, r) for r in allowed["weight_rounding"] for bc in allowed["bias_correction"]]
         for bits in allowed["weight_bits"]:
             grans = [g for g in allowed["weight_granularity"] if g in GRANULARITIES]
             for g in grans if bits == 8 else [g for g in grans if g == "per_channel"]:  # 4 bits: per channel only
-                out += [LayerChoice(True, g, a, bits) for a in allowed["activation_algorithm"]]
+                out += [LayerChoice(True, g, a, bits, bias_correction=bc, weight_rounding=r)
+                        for bc, r in recovery for a in allowed["activation_algorithm"]]  # fmt: skip
         return out
+
+    # Suffixes of the encoding; a choice without recovery encodes as it always has (stored studies stay valid).
+    SUFFIXES: ClassVar[dict[str, tuple[str, object]]] = {"bc": ("bias_correction", True), "ar": ("weight_rounding", "adaptive")}
 
     def encode(self, choice: LayerChoice) -> str:
         bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
-        return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}"
+        extra = "".join(f":{s}" for s, (field, value) in self.SUFFIXES.items() if getattr(choice, field) == value)
+        return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}{extra}"
 
     def decode(self, value: str) -> LayerChoice | None:
         head, *rest = value.split(":")
         if head not in GRANULARITIES or not rest:
             return None
-        return LayerChoice(True, head, rest[0], int(rest[1][1:]) if len(rest) > 1 else 8)
+        fields = dict(self.SUFFIXES[s] for s in rest[1:] if s in self.SUFFIXES)
+        bits = next((int(s[1:]) for s in rest[1:] if s.startswith("w")), 8)
+        return LayerChoice(True, head, rest[0], bits, **fields)
 
     def plan_label(self, choices: list[LayerChoice]) -> str:
         return "int8-per-channel"
 
     def weight_key(self, choice: LayerChoice) -> tuple:
-        return ("symmetric", choice.weight_granularity, choice.weight_bits)
+        nearest = ("symmetric", choice.weight_granularity, choice.weight_bits)  # shared with dynamic's emulation
+        return nearest if choice.weight_rounding == "nearest" else (*nearest, choice.weight_rounding)
 
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str) -> np.ndarray:
-        return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, weight_range)
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        if choice.weight_rounding == "nearest":
+            return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, ctx.weight_range)
+        return recovered_weight(w, layer, choice, ctx.weight_range, ctx.recovery)
 
     def input_key(self, choice: LayerChoice) -> tuple:
         return (self.name, choice.activation_algorithm)
 
     def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_activation(x, ctx.activation(layer.input, choice.activation_algorithm), ctx.activation_type)
+
+    def output_key(self, choice: LayerChoice) -> tuple:
+        return ("bias_correction",) if choice.bias_correction else ()
+
+    def emulate_output(self, y: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+        if not choice.bias_correction:
+            return y
+        shift = ctx.recovery.shift(layer, choice)
+        axis = 1 if layer.op_type == "Conv" else y.ndim - 1
+        return y + shift.reshape([-1 if a == axis else 1 for a in range(y.ndim)])
 
     def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
         return apply(model, ctx.graph, plan, ctx.activations, activation_qtype(ctx.activation_type), ctx.weight_range,

@@ -4,7 +4,7 @@ few whole models, so the search can price a plan's latency without timing it.
 
 Bitops price a float layer by its FLOPs alone. On a CPU the float layer also pays for its surroundings:
 the DequantizeLinear in front of it, a QuantizeLinear behind it and the layout changes between onnxruntime's
-NHWC integer kernels and its NCHWc float ones — on EfficientNet-Lite1, several times the float
+NHWC integer kernels and its NCHWc float ones — on depthwise networks often more than the float
 convolution itself, most for depthwise layers whose FLOPs are few and whose activations are large. The
 table catches that: per layer, the time of every kernel of the optimized graph that belongs to it.
 

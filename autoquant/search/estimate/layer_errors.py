@@ -38,7 +38,7 @@ from ...runtime import Batches, session
 from ...workspace import Workspace
 from ..space import SearchSpace
 
-LAYER_ERRORS_VERSION = 4
+LAYER_ERRORS_VERSION = 5
 # Every sample contributes a whole activation tensor, so few samples pin the figures down (benchmarks/
 # layer_errors.py compares tables from 16 and 64 samples).
 DEFAULT_SAMPLES = 16
@@ -95,7 +95,9 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
     subset = ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
     q = ws.exp.quantization
     encoded = [modes.encode(c) for c in choices]  # the cache key: stable across autoquant versions
-    key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.model_key}:{subset.sha256()}:{tuple(encoded)}:{q}:{ws.weight_range}:"
+    # The calibration data sets the activation ranges and the recovery the table emulates
+    key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.model_key}:{subset.sha256()}:{ws.splits.calibration.sha256()}:"
+           f"{tuple(encoded)}:{q}:{ws.weight_range}:{ws.recovery.version}:"
            f"{[(layer.name, tuple(layer.values)) for layer in space.layers]}:{'output' if propagated else 'local'}")  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -119,13 +121,14 @@ def _measure(ws: Workspace, space: SearchSpace, choices: tuple[LayerChoice, ...]
     singles = [session(_single_layer(model, layer), threads) for layer in layers]
     inits = {i.name: i for i in model.graph.initializer}
     weights = [numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers]
+    emulation = EmulationContext(ws.range_params, q.activation_type, ws.weight_range, ws.recovery)
+    ws.recovery.prepare([(layer, c) for layer in layers for c in choices if c in offered[layer.name]])
     fq_weights: dict[tuple, np.ndarray] = {}  # per weight emulation: shared by the choices that have it
     for i, layer in enumerate(layers):
         for c in (c for c in choices if c in offered[layer.name]):
             key = modes.get(c.mode).weight_key(c)
             if (i, key) not in fq_weights:
-                fq_weights[i, key] = modes.get(c.mode).emulate_weight(weights[i], layer, c, ws.weight_range)
-    emulation = EmulationContext(ws.range_params, q.activation_type, ws.weight_range)
+                fq_weights[i, key] = modes.get(c.mode).emulate_weight(weights[i], layer, c, emulation)
     num = np.zeros((len(layers), len(choices)))
     den = np.zeros(len(layers))
     batches = (ws.evaluator.batches if ws.evaluator.batches.fixed else Batches(16)).within(full, fetch, subset, "eval")
@@ -136,6 +139,7 @@ def _measure(ws: Workspace, space: SearchSpace, choices: tuple[LayerChoice, ...]
             x, y_fp = values[layer.input], values[layer.output]
             den[i] += float(np.square(y_fp, dtype=np.float64).sum())
             fq_inputs: dict[tuple, np.ndarray] = {}  # per input emulation: shared by the choices that have it
+            runs: dict[tuple, np.ndarray] = {}  # per (input, weight) emulation: choices differing in output only share it
             for j, c in enumerate(choices):
                 if c not in offered[layer.name]:
                     continue
@@ -147,7 +151,10 @@ def _measure(ws: Workspace, space: SearchSpace, choices: tuple[LayerChoice, ...]
                     except PlanError:  # a tensor that cannot be quantized (mask constants): the worst option
                         num[i, j] = np.inf
                         continue
-                (y,) = singles[i].run(None, {"x": fq_inputs[key], "w": fq_weights[i, mode.weight_key(c)]})
+                run = (key, mode.weight_key(c))
+                if run not in runs:
+                    (runs[run],) = singles[i].run(None, {"x": fq_inputs[key], "w": fq_weights[i, run[1]]})
+                y = mode.emulate_output(runs[run], layer, c, emulation)
                 num[i, j] += float(np.square(y - y_fp, dtype=np.float64).sum())
     table = num / np.maximum(den, 1e-30)[:, None]
     for i, layer in enumerate(layers):

@@ -1,0 +1,18 @@
+"""Bias correction (Nagel et al. 2019; NNCF's fast bias correction): quantized weights — and a quantized input —
+shift the mean of each output channel, and every later layer sees that shift. Measured on calibration rows, the
+shift E[y_fp32 − y_quantized] per output channel is added to the layer's bias, which then cancels it on average.
+It matters most where a channel has few weights (depthwise convolutions), whose rounding errors do not average
+out within the channel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def output_shift(rows: np.ndarray, quantized_rows: np.ndarray, w_matrix: np.ndarray, w_quantized: np.ndarray) -> np.ndarray:
+    """Per output channel (groups × outputs per group, in the layer's channel order), the mean of the FP32 output
+    minus the quantized one over the rows: `rows` and `quantized_rows` are the FP32 and the quantized input
+    ([groups, rows, inputs]), `w_matrix` and `w_quantized` the FP32 and quantized weights ([groups, outputs, inputs])."""
+    fp32 = np.einsum("gk,gok->go", rows.mean(axis=1, dtype=np.float64), w_matrix)
+    quant = np.einsum("gk,gok->go", quantized_rows.mean(axis=1, dtype=np.float64), w_quantized)
+    return (fp32 - quant).reshape(-1).astype(np.float32)

@@ -1,0 +1,158 @@
+"""Recovery without training (quantize/recovery/): bias correction removes a known mean shift; adaptive rounding
+lowers a layer's output error on held-out inputs; both are choices the space, the error table, the builder, the
+record and `apply` agree on; bad values are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from conftest import conv_model, write_experiment
+
+from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment
+from autoquant.engine import apply_record, preset_plan, quantize
+from autoquant.errors import ConfigError, PlanError
+from autoquant.quantize.recovery.rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
+from autoquant.record import Record, validate_record
+from autoquant.search.space import SearchSpace
+
+# One depthwise 3x3 conv over 4 channels: the centre weight 1 sets each channel's grid (scale 1/127); the eight
+# others are 1.4 steps, which round to 1 step: each loses 0.4/127 times its input.
+STEP = 1 / 127
+SHIFTED = 1.4 * STEP
+
+
+def _shift_bed(tmp_path):
+    w = np.full((4, 1, 3, 3), SHIFTED, np.float32)
+    w[:, :, 1, 1] = 1.0
+    onnx.save(conv_model([w], relu=False, groups=[4]), tmp_path / "dw.onnx")
+    x = np.random.default_rng(0).uniform(0, 1, (600, 4, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=x)
+    return write_experiment(tmp_path / "dw.yaml", name="dw", model={"onnx": "dw.onnx"},
+                            data={"source": "npz", "path": "x.npz", "y_key": None, "calibration_size": 200,
+                                  "eval_size": 400},
+                            eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+
+
+def test_bias_correction_removes_a_known_mean_shift(tmp_path):
+    ws = Workspace(load_experiment(_shift_bed(tmp_path)))
+    layer = ws.graph.layers[0]
+    # Inputs uniform on [0, 1] (mean 1/2); with padding 1 on 8 x 8, an output position has on average
+    # (36·8 + 24·5 + 4·3) / 64 = 6.5625 neighbours inside the image, each losing 0.4 steps.
+    expected = 6.5625 * 0.5 * 0.4 * STEP
+    shift = ws.recovery.shift(layer, LayerChoice(bias_correction=True))
+    assert shift == pytest.approx(np.full(4, expected), rel=0.05)
+
+    ev, data = ws.evaluator, ws.splits.eval
+    fp32 = ev.outputs(ev.session(ws.fp32_model), data)
+    plain = ev.outputs(ev.session(ws.build(preset_plan(ws, "int8-per-channel"))), data)
+    corrected = ev.outputs(ev.session(ws.build(preset_plan(ws, "int8-per-channel+bc"))), data)
+
+    def per_channel(out):
+        return (out - fp32).mean(axis=(0, 2, 3))
+
+    assert per_channel(plain) == pytest.approx(np.full(4, -expected), rel=0.1)
+    assert np.abs(per_channel(corrected)).max() < 0.1 * expected
+
+
+def test_adaptive_rounding_lowers_a_layers_error_on_held_out_inputs():
+    rng = np.random.default_rng(1)
+    # A layer whose inputs are correlated (as real activations are): the rounding errors of a row add up unless
+    # their directions are chosen together.
+    mix = rng.normal(size=(24, 48)).astype(np.float32)
+    train = (rng.normal(size=(1, 1024, 24)) @ mix).astype(np.float32)
+    held = (rng.normal(size=(1, 256, 24)) @ mix).astype(np.float32)
+    w = rng.normal(size=(1, 16, 48)).astype(np.float32)
+    scale = (np.abs(w).max(axis=2, keepdims=True) / 7).astype(np.float32)  # 4-bit grid, per output
+    mask, nearest, learned = adaround(w, np.broadcast_to(scale, w.shape), 7, train, held, RoundingSettings())
+    assert learned < 0.7 * nearest
+    target = np.einsum("grk,gok->gro", held, w)
+    errors = [float(np.square(np.einsum("grk,gok->gro", held, rounded_weight(w, scale, 7, m)) - target).sum())
+              for m in (nearest_mask(w, scale), mask)]  # fmt: skip
+    assert errors == pytest.approx([nearest, learned])
+    assert set(np.unique(mask)) <= {0, 1}
+    # every weight stays on the grid, at most one step from the nearest grid point
+    assert np.abs(rounded_weight(w, scale, 7, mask) - rounded_weight(w, scale, 7, nearest_mask(w, scale))).max() <= scale.max() + 1e-7
+
+
+def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digits_ws, tmp_path):
+    plain = quantize(digits_ws, preset_plan(digits_ws, "int8-per-channel"), tmp_path / "plain")
+    r = quantize(digits_ws, preset_plan(digits_ws, "int8-per-channel+bc+adaround"), tmp_path / "recovered")
+    assert all(e.integer for e in r.executed)  # the same kernels: recovery changes values, not which kernel runs
+    assert r.output_mse < plain.output_mse
+    record = Record.load(r.record_path)
+    assert record.format_version == 4
+    assert all(lr.weight_rounding == "adaptive" and lr.bias_correction and lr.rounding_mask for lr in record.layers)
+    out = apply_record(digits_ws.prepared.source, r.record_path, tmp_path / "applied.onnx", digits_ws.exp.cache)
+    assert out.read_bytes() == r.model_path.read_bytes()
+
+
+def test_the_error_table_prices_recovery_and_the_space_offers_it_where_it_fits(digits_ws):
+    from autoquant.search.estimate.layer_errors import layer_errors
+
+    space = SearchSpace.from_dict({"choices": {"quantize": [True], "mode": ["static"], "activation_algorithm": ["minmax"],
+                                               "weight_granularity": ["per_tensor"], "bias_correction": [False, True],
+                                               "weight_rounding": ["nearest", "adaptive"]}}, digits_ws.graph)  # fmt: skip
+    assert all(len(layer.options) == 4 for layer in space.layers)
+    table = layer_errors(digits_ws, space)
+    plain = LayerChoice(weight_granularity="per_tensor")
+    both = LayerChoice(weight_granularity="per_tensor", bias_correction=True, weight_rounding="adaptive")
+    errors = np.array([[table.of(n, plain), table.of(n, both)] for n in digits_ws.graph.names])
+    assert np.all(np.isfinite(errors)) and (errors[:, 1] < errors[:, 0]).sum() >= len(errors) - 1
+
+
+def _matmul_without_bias():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])
+    w = onnx.numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    return onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x], [y], [w]),
+                                  opset_imports=[onnx.helper.make_opsetid("", 17)])  # fmt: skip
+
+
+def test_bias_correction_is_not_offered_where_there_is_no_bias_to_correct(tmp_path):
+    from autoquant.graph.layers import analyze
+    from autoquant.quantize import modes
+
+    graph = analyze(_matmul_without_bias())
+    assert graph.layers[0].bias_slot == ""
+    space = SearchSpace.from_dict({"choices": {"bias_correction": [False, True]}}, graph)
+    assert not any(c.bias_correction for c in space.layers[0].options)
+    with pytest.raises(PlanError, match="nowhere to put a bias correction"):
+        modes.check_plan(graph.layers, QuantPlan((("mm", LayerChoice(bias_correction=True)),)))
+
+
+def test_bad_recovery_values_are_one_line_errors(digits_yaml, digits_ws, tmp_path):
+    with pytest.raises(ConfigError, match="weight_rounding 'sometimes' is unknown"):
+        LayerChoice.from_dict({"weight_rounding": "sometimes"}, "plan")
+    with pytest.raises(ConfigError, match="'bias_correction' must be bool"):
+        LayerChoice.from_dict({"bias_correction": "yes"}, "plan")
+    with pytest.raises(ConfigError, match="weight_rounding"):
+        SearchSpace.from_dict({"choices": {"weight_rounding": ["sometimes"]}}, digits_ws.graph)
+    with pytest.raises(ConfigError, match="belong|fixes"):
+        LayerChoice.from_dict({"mode": "dynamic", "bias_correction": True}, "plan")
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"default": {"weight_rounding": "sometimes"}}))
+    proc = subprocess.run([sys.executable, "-m", "autoquant.cli", "quantize", str(digits_yaml), "--plan", str(plan),
+                           "--out", str(tmp_path / "q")], capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "weight_rounding" in proc.stderr
+
+    r = quantize(digits_ws, preset_plan(digits_ws, "int8-per-channel+bc+adaround"), tmp_path / "r")
+    raw = json.loads(r.record_path.read_text())
+    for damage, message in ((lambda lr: lr.update(rounding_mask="!!"), "not base64"),
+                            (lambda lr: lr.update(rounding_mask="AAAA"), "one bit per weight"),
+                            (lambda lr: lr.update(bias_shift=[1.0]), "bias_shift needs"),
+                            (lambda lr: lr.update(bias_shift=[float("nan")] * len(lr["bias_shift"])), "finite")):  # fmt: skip
+        broken = json.loads(json.dumps(raw))
+        damage(broken["layers"][0])
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(PlanError, match=message):
+            validate_record(Record.load(path), digits_ws.model, digits_ws.graph, "record")
