@@ -154,7 +154,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class QuantizationConfig:
-    activation_type: str = "uint8"  # measured faster than int8 on this x86 CPU (see README)
+    activation_type: str = "uint8"  # with int8, onnxruntime's CPU provider leaves some convolutions unfused
     percentile: float = 99.99
     calibration_batch_size: int = bounded(32, 1)
     # auto: 7-bit weights where this CPU's uint8 x int8 kernels saturate (quantize/weight_range.py), else 8
@@ -196,14 +196,14 @@ SAMPLERS = ("nsga2", "tpe", "random")
 @dataclass(frozen=True)
 class SearchConfig:
     space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
-    objective: Cost = Cost.BITOPS  # the cost minimised next to accuracy: bitops, latency or size
+    objective: Cost = Cost.LATENCY  # the cost minimised next to accuracy: latency, bitops or size
     max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
     trials: int = bounded(40, 1)
     timeout_minutes: float | None = bounded(None, 0, above=True)
     trial_timeout_seconds: float | None = bounded(None, 0, above=True)  # a longer trial fails, the study goes on
     sampler: str = "nsga2"
-    # NSGA-II breeds once this many trials of a generation are complete (stopped-early ones do not count):
-    # with 16, a 60-trial study on EfficientNet-Lite1 never got past its first generation's random draws
+    # NSGA-II breeds once this many trials of a generation are complete (stopped-early ones do not count): a
+    # larger generation is never complete in a study whose plans mostly stop early, and every plan is a random draw
     population_size: int = bounded(8, 2)
     seed: int = bounded(0, 0)
     warm_start: bool = True  # enqueue all-float, all-INT8 and sensitivity-guided plans first

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import Cost, Experiment
 from ..errors import ConfigError
 from ..evaluate.cost import bitops_fraction
+from ..evaluate.latency import not_slower
 from ..fileio import atomic_write_bytes
 from ..graph.ingest import load_onnx
 from ..measure import Measurement, Meter
@@ -31,7 +32,24 @@ class ReoptimizeResult:
     plot: Path
 
 
-def decide(old: Measurement, new: Measurement | None, max_drop: float, objective: Cost, tolerance: float) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class Race:
+    """The deployed model and the candidate timed side by side: whether the candidate is measurably faster, and
+    whether it is not measurably slower (a one-sided sign test over the paired rounds, as the export's choice)."""
+
+    faster: bool
+    not_slower: bool
+
+
+def race(meter: Meter, deployed: bytes, candidate: bytes) -> Race:
+    rounds = meter.paired_rounds([deployed, candidate])
+    return Race(faster=not not_slower(rounds, 0, 1), not_slower=not_slower(rounds, 1, 0))
+
+
+def decide(old: Measurement, new: Measurement | None, max_drop: float, objective: Cost, tolerance: float,
+           timed: Race | None = None) -> tuple[bool, str]:  # fmt: skip
+    """Whether the candidate replaces the deployed model. Under objective latency `timed` decides cheaper: two
+    separate timings differ by noise, so only a difference the paired rounds show counts."""
     if new is None:
         return False, "no new plan meets the accuracy constraint"
     cost = objective.of
@@ -39,7 +57,9 @@ def decide(old: Measurement, new: Measurement | None, max_drop: float, objective
         return True, f"the deployed model now loses {old.accuracy_drop:.2f} pt, beyond the allowed {max_drop:g}"
     if new.accuracy < old.accuracy - tolerance:
         return False, f"the candidate is {old.accuracy - new.accuracy:.2f} pt less accurate (tolerance {tolerance:g})"
-    if cost(new) < cost(old) * 0.98 or (new.accuracy > old.accuracy + tolerance and cost(new) <= cost(old)):
+    cheaper, as_cheap = ((timed.faster, timed.not_slower) if timed is not None else
+                         (cost(new) < cost(old) * 0.98, cost(new) <= cost(old)))  # fmt: skip
+    if cheaper or (new.accuracy > old.accuracy + tolerance and as_cheap):
         return True, f"{objective.value} {cost(old):.4g} -> {cost(new):.4g} at accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
     return False, f"not better: {objective.value} {cost(old):.4g} -> {cost(new):.4g}, accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
 
@@ -57,10 +77,15 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     source_changed = ws.sha != deployed.record.model_sha256
     # The deployed model, measured on today's data the way the export was (paired with FP32); its bitops
     # come from its own record, as its layers may differ from today's model.
-    old = replace(Meter(ws)(load_onnx(deployed.model), timed=True),
+    meter = Meter(ws)
+    deployed_model = load_onnx(deployed.model)
+    old = replace(meter(deployed_model, timed=True),
                   bitops_fraction=bitops_fraction(deployed.record, deployed.record.plan()))  # fmt: skip
     new = result.export if result.met else None
-    promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance)
+    timed = None
+    if new is not None and exp.search.objective is Cost.LATENCY:
+        timed = race(meter, deployed_model.SerializeToString(), Path(new.model_path).read_bytes())
+    promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance, timed)
     candidate_version = None
     if new is not None:
         candidate_version = register(result, name)
