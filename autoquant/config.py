@@ -196,7 +196,7 @@ SAMPLERS = ("nsga2", "tpe", "random")
 @dataclass(frozen=True)
 class SearchConfig:
     space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
-    objective: Cost = Cost.LATENCY  # the cost minimised next to accuracy: latency, bitops or size
+    objective: Cost = Cost.BITOPS  # the cost minimised next to accuracy: bitops, latency or size
     max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
     trials: int = bounded(40, 1)
     timeout_minutes: float | None = bounded(None, 0, above=True)
