@@ -44,7 +44,7 @@ def measure(bed: str, tmp: Path) -> dict:
         rows.append({"plan": label, "metric": m.accuracy, "drop": m.accuracy_drop, "output_nmse": m.output_mse,
                      "runs": dict(runs)})  # fmt: skip
         models.append(model)
-    timed = meter.latencies([ws.evaluator.session(m) for m in models])
+    timed = meter.latencies([m.SerializeToString() for m in models])
     for r, (ms, ratio, rounds) in zip(rows[1:], timed):
         r |= {"latency_ms": ms, "latency_ratio": ratio, "latency_rounds": rounds}
     rows[0] |= {"latency_ms": timed[0][0] / timed[0][1], "latency_ratio": 1.0, "latency_rounds": timed[0][2]}

@@ -68,6 +68,13 @@ def experiment(bed: str, **search) -> dict:
     return exp
 
 
+def experiment_with(exp: dict, **search) -> dict:
+    """A copy of `exp` with its search section updated with `search`."""
+    exp = json.loads(json.dumps(exp))
+    exp["search"] = {**exp["search"], **search}
+    return exp
+
+
 def write(exp: dict, directory: Path, tag: str = "") -> Path:
     """The experiment as a YAML file in `directory` (its name carries `tag`, so variants do not collide)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from autoquant.search.pareto import hypervolume as pareto_hypervolume
 
+from autoquant.search.select import hypervolume as pareto_hypervolume
 from autoquant.versions import versions
 
 RESULTS = Path(__file__).resolve().parent / "results"

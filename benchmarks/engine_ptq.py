@@ -97,23 +97,20 @@ def algorithm_table(ws, rounds: int) -> list[dict]:
     from autoquant.quantize.plan import LayerChoice, QuantPlan
 
     ev = ws.evaluator
-    rows, sessions = [], [ev.session(ws.model)]
+    rows, blobs = [], [ws.model.SerializeToString()]
     for gran in ("per_tensor", "per_channel"):
         for algo in ALGORITHMS:
             plan = QuantPlan.uniform(ws.graph.names, LayerChoice(True, gran, algo))
             t0 = time.perf_counter()
             qmodel = ws.build(plan)
             build_s = time.perf_counter() - t0
-            sessions.append(ev.session(qmodel))
-            acc = ev.score(sessions[-1]).accuracy
+            blobs.append(qmodel.SerializeToString())
+            acc = ev.score(ev.session(qmodel)).accuracy
             rows.append({"granularity": gran, "algorithm": algo, "accuracy": acc,
                          "drop": ws.reference.accuracy - acc, "bitops_fraction": bitops_fraction(ws.graph, plan),
                          "build_seconds": build_s})  # fmt: skip
-    ratios = []
-    for _ in range(rounds):
-        ms = ev.latency_ms(*sessions)
-        ratios.append([m / ms[0] for m in ms[1:]])
-    ratios = np.array(ratios)
+    per_round = np.concatenate([ev.latency_rounds(*blobs) for _ in range(rounds)])  # rounds x models, interleaved
+    ratios = per_round[:, 1:] / per_round[:, :1]
     for i, r in enumerate(rows):
         r["latency_ratio"] = float(np.median(ratios[:, i]))
         r["latency_ratio_range"] = [float(ratios[:, i].min()), float(ratios[:, i].max())]
@@ -129,13 +126,12 @@ def activation_type_latency(experiments: list[Path], repeats: int) -> list[dict]
     for path in experiments:
         exp = load_experiment(path)
         exp = replace(exp, eval=replace(exp.eval, latency_repeats=repeats))
-        sessions, accs = {}, {}
+        blobs, accs = {}, {}
         for at in ("uint8", "int8"):
             ws = Workspace(replace(exp, quantization=replace(exp.quantization, activation_type=at)))
-            sessions[at] = ws.evaluator.session(ws.build(preset_plan(ws, "int8-per-channel")))
-            accs[at] = ws.evaluator.score(sessions[at]).accuracy
-        fp32 = ws.evaluator.session(ws.model)
-        u, i, f = ws.evaluator.latency_ms(sessions["uint8"], sessions["int8"], fp32)
+            blobs[at] = ws.build(preset_plan(ws, "int8-per-channel")).SerializeToString()
+            accs[at] = ws.evaluator.score(ws.evaluator.session(blobs[at])).accuracy
+        u, i, f = ws.evaluator.latency_ms(blobs["uint8"], blobs["int8"], ws.model.SerializeToString())
         rows.append({"model": exp.name, "uint8_ms": u, "int8_ms": i, "fp32_ms": f, "int8_over_uint8": i / u,
                      "uint8_accuracy": accs["uint8"], "int8_accuracy": accs["int8"]})  # fmt: skip
     return rows

@@ -26,13 +26,13 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from autoquant.search.sensitivity import layer_sensitivity, most_sensitive
 from common import RESULTS, machine, write_result
 
 from autoquant.config import load_experiment
 from autoquant.evaluate.cost import bitops_fraction
 from autoquant.evaluate.executed import executed_layers
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
+from autoquant.search.estimate.sensitivity import layer_sensitivity, most_sensitive
 from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def family(experiment: str, rounds: int) -> dict:
                          "runs": dict(modes)})  # fmt: skip
             models.append((f"k={k} {how}", model))
             print(f"  k={k} {how:6s} top-1 {acc:6.2f} %  runs {dict(modes)}")
-    sessions = [ev.session(m) for _, m in models]
-    per_round = np.array([ev.latency_ms(*sessions) for _ in range(rounds)])  # rounds x models, interleaved
+    blobs = [m.SerializeToString() for _, m in models]
+    per_round = np.concatenate([ev.latency_rounds(*blobs) for _ in range(rounds)])  # rounds x models, interleaved
     ratios = per_round[:, 1:] / per_round[:, :1]
     for row, col in zip(rows, ratios.T):
         row["latency_ratio"] = float(np.median(col))

@@ -32,47 +32,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import beds
 import numpy as np
 import onnx
 import optuna
 import yaml
-from autoquant.search.guided import ErrorModel, sensitive_layers
-from autoquant.search.layer_errors import layer_errors
-from autoquant.search.pareto import pareto_front
 from common import RESULTS, hypervolume, machine, write_result
+from peers.driver import PEER_NAMES, run_peer
 
 from autoquant import LayerChoice, QuantPlan, Workspace, evaluate, load_experiment, search
 from autoquant.config import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT
-from autoquant.search.space import SearchSpace
-from autoquant.search.study import scored_points, space_path
+from autoquant.search.estimate.error_model import ErrorModel
+from autoquant.search.estimate.layer_errors import layer_errors
+from autoquant.search.propose.baselines import sensitive_layers
+from autoquant.search.select import pareto_front, scored_points
+from autoquant.search.space import SearchSpace, space_path
 
-HERE = Path(__file__).resolve().parent
-REAL = HERE / "real"
-SHARED = HERE.parents[1] / "shared" / "data"
+REAL = beds.REAL
 ALGORITHMS = ("minmax", "percentile", "mse", "entropy", "histogram")
 
 
 def bed_experiment(bed: str, tmp: Path) -> dict:
-    if bed == "efficientnet-lite1":
-        exp = yaml.safe_load((REAL / "efficientnet_lite1.yaml").read_text())
-        exp["model"]["torch"] = str(REAL / "efficientnet_lite.py") + ":lite1"
-        exp["data"]["loader"] = str(REAL / "efficientnet_lite.py") + ":cifar_240"
-        return exp
-    depth = {"resnet56": 56, "resnet20": 20}[bed]
-    ckpt = next(SHARED.glob(f"resnet{depth}-*.th"))
-    return {"name": bed, "model": {"builtin": f"cifar10_resnet{depth}", "checkpoint": str(ckpt)},
-            "data": {"source": "cifar10", "path": str(SHARED / "cifar10_test.npz"), "train_size": 5000,
-                     "calibration_size": 500, "eval_size": 1000},
-            "eval": {"metric": "top1", "latency_repeats": 10}, "search": {"trials": 60}}  # fmt: skip
+    return beds.experiment(bed)
 
 
 def write_exp(exp: dict, tmp: Path, **search) -> Path:
@@ -166,29 +155,6 @@ def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
     return info, result
 
 
-def run_peer(peer: str, python: str, ws: Workspace, max_drop: float, tmp: Path) -> tuple[onnx.ModelProto | None, dict]:
-    work = tmp / peer
-    work.mkdir()
-    onnx.save(onnx.load(str(ws.prepared.preprocessed)), str(work / "model.onnx"))
-    calib, ev = ws.splits.calibration, ws.splits.eval
-    arrays = {f"calib_{n}": calib.column(n) for n in calib.inputs} | {f"eval_{n}": ev.column(n) for n in ev.inputs}
-    if ws.exp.eval.metric == "top1":
-        arrays["eval_labels"] = ev.y
-    arrays["eval_reference"] = ws.reference.outputs
-    from autoquant.quantize.weight_range import uint8_kernels_saturate
-
-    np.savez(work / "data.npz", **arrays, metric=ws.exp.eval.metric, fp32_accuracy=ws.reference.accuracy,
-             max_drop=max_drop, reduce_range=uint8_kernels_saturate())  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run([python, str(HERE / "peers" / "run_peer.py"), peer, str(work)], capture_output=True, text=True,
-                          check=False)  # fmt: skip
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not (work / "peer.onnx").is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return None, {"failed": " | ".join(tail), "seconds": wall}
-    return onnx.load(str(work / "peer.onnx")), {**json.loads((work / "peer.json").read_text()), "wall_seconds": wall}
-
-
 class HeldOut:
     """The CIFAR-10 test images no split uses (after train | calibration | eval). The search keeps the plans
     that scored best on its eval set; re-scored on images it never saw, a front shows how much of that score
@@ -256,13 +222,10 @@ def print_hypervolumes(hv: dict) -> None:
               + (" (on unseen images " + ", ".join(f"{u:.4f}" for u in unseen) + ")" if unseen else ""))  # fmt: skip
 
 
-PEER_NAMES = {"inc": "INC autotune (QDQ)", "nncf": "NNCF quantize_with_accuracy_control"}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bed", required=True, choices=["efficientnet-lite1", "resnet56", "resnet20"])
-    p.add_argument("--peers-python", default="/tmp/peers/bin/python")
+    p.add_argument("--bed", required=True, choices=beds.BEDS)
+    p.add_argument("--peers-python", default="/work/peers/bin/python")
     p.add_argument("--no-peers", action="store_true",
                    help="do not run INC and NNCF; keep the bed's stored peer runs when the constraint is the same")
     p.add_argument("--hypervolume", type=float, default=0.0, help="minutes per study for the hypervolume runs")
@@ -321,8 +284,8 @@ def main() -> None:
             model = onnx.load(str(result.export.model_path))
             # the export and every hand-made plan that meets the limit, timed in the same interleaved rounds
             rivals = [(r["method"], m) for r, m, _ in hand_models if r["drop"] <= max_drop]
-            sessions = [meter.fp32_session, ws.evaluator.session(model), *(ws.evaluator.session(m) for _, m in rivals)]
-            ms = ws.evaluator.latency_ms(*sessions)
+            ms = ws.evaluator.latency_ms(ws.model.SerializeToString(), model.SerializeToString(),
+                                         *(m.SerializeToString() for _, m in rivals))  # fmt: skip
             side_by_side = {"export": ms[1] / ms[0]} | {name: t / ms[0] for (name, _), t in zip(rivals, ms[2:])}
             again = evaluate(result.export.model_path, ws)
             rows.append(row(f"autoquant search ({info['trials']} trials, {info['pruned']} stopped early), export",
@@ -339,7 +302,7 @@ def main() -> None:
             rows += [r | {"from_stored_run": True} for r in stored["rows"] if r["method"] in PEER_NAMES.values()]
         elif not args.no_peers:
             for peer, name in PEER_NAMES.items():
-                model, peer_info = run_peer(peer, args.peers_python, ws, max_drop, tmp)
+                model, peer_info = run_peer(peer, args.peers_python, ws, max_drop, tmp / peer)
                 peers[peer] = peer_info
                 if model is not None:
                     rows.append(row(name, meter(model, timed=True), model, peer_info["wall_seconds"]))

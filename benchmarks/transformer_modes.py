@@ -28,14 +28,13 @@ from pathlib import Path
 import onnx
 import optuna
 import yaml
-from autoquant.search.pareto import choose
 from common import machine, ort_quantize_static, save_figure, write_result
 
 from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment, quantize, search
 from autoquant.config import Cost
 from autoquant.evaluate.executed import executed_layers
 from autoquant.measure import Meter
-from autoquant.search.study import retime_fastest, scored_points
+from autoquant.search.select import choose, retime_fastest, scored_points
 
 REAL = Path(__file__).resolve().parent / "real"
 
@@ -137,7 +136,6 @@ def main() -> None:
         result = search(dataclasses.replace(exp, search=dataclasses.replace(exp.search, max_accuracy_drop=constraints[0])),
                         run)  # fmt: skip
         search_s = time.perf_counter() - t0
-        qd_session = ws.evaluator.session(dynamic)
         study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{run / 'study.db'}")
         points = scored_points(study)  # objective latency: every trial was timed, interleaved with FP32
         for i, c in enumerate(constraints):
@@ -152,7 +150,7 @@ def main() -> None:
                 continue
             exported = quantize(ws, chosen.plan, tmp / f"export{i}")  # the export step: model + record, re-measured
             model = onnx.load(str(exported.model_path))
-            ms, qd_ms = ws.evaluator.latency_ms(ws.evaluator.session(model), qd_session)
+            ms, qd_ms = ws.evaluator.latency_ms(model.SerializeToString(), dynamic.SerializeToString())
             modes: dict[str, int] = {}
             for _, ch in chosen.plan.choices:
                 modes[ch.label] = modes.get(ch.label, 0) + 1

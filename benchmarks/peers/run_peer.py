@@ -35,15 +35,28 @@ def batches(arrays: dict, size: int):
         yield {k: v[start : start + size] for k, v in arrays.items()}
 
 
-def scorer(d, evals: dict):
-    """The experiment's metric (top1 against labels, or agreement with FP32), in percent."""
+def per_sample(d, out: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """The experiment's metric per eval sample, as a fraction: top-1 hit against the labels, agreement with FP32's
+    top-1, or cosine similarity to FP32's output."""
     metric = str(d["metric"])
+    if metric == "cosine":
+        ref = d["eval_reference"] if idx is None else d["eval_reference"][idx]
+        out, ref = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+        return (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+    target = d["eval_labels"] if metric == "top1" else d["eval_reference"].argmax(axis=-1)
+    return (out.argmax(axis=-1) == (target if idx is None else target[idx])).astype(float)
+
+
+def outputs(model, arrays: dict) -> np.ndarray:
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, b)[0] for b in batches(arrays, 50)])
+
+
+def scorer(d, evals: dict):
+    """The experiment's metric in percent, of a model file."""
 
     def score(model_path: str) -> float:
-        sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-        out = np.concatenate([sess.run(None, b)[0] for b in batches(evals, 50)])
-        target = d["eval_labels"] if metric == "top1" else d["eval_reference"].argmax(axis=-1)
-        return float((out.argmax(axis=-1) == target).mean() * 100.0)
+        return float(per_sample(d, outputs(model_path, evals)).mean() * 100.0)
 
     return score
 
@@ -84,20 +97,18 @@ def run_nncf(work: Path) -> dict:
     import onnx
 
     d, names, calib, evals = load(work)
-    target = d["eval_labels"] if str(d["metric"]) == "top1" else d["eval_reference"].argmax(axis=-1)
     model = onnx.load(str(work / "model.onnx"))
     calibration = nncf.Dataset(list(batches(calib, 1)))
     # One item per eval sample, as NNCF's documentation sets it up: its ranking draws a subset of items (300)
     # and, in metric mode, scores items one at a time through validate — which must therefore score only
     # the items it is given (scoring the whole eval set per item made one NNCF run take over 18 minutes).
-    validation = nncf.Dataset(list(range(len(target))), lambda i: {n: evals[n][i : i + 1] for n in names})
+    n = len(next(iter(evals.values())))
+    validation = nncf.Dataset(list(range(n)), lambda i: {k: evals[k][i : i + 1] for k in names})
 
     def validate(m: onnx.ModelProto, items) -> tuple[float, list[float]]:
         idx = np.fromiter(items, dtype=np.int64)
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        out = np.concatenate([sess.run(None, b)[0] for b in batches({n: evals[n][idx] for n in names}, 50)])
-        hits = (out.argmax(axis=-1) == target[idx]).astype(float)
-        return float(hits.mean()), hits.tolist()
+        values = per_sample(d, outputs(m.SerializeToString(), {k: evals[k][idx] for k in names}), idx)
+        return float(values.mean()), values.tolist()
 
     quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, validate,
                                                      max_drop=float(d["max_drop"]) / 100.0,

@@ -1,0 +1,129 @@
+"""Recovery without training (bias correction, adaptive rounding): what each recovers of all-INT8's loss, what it
+costs, and whether a search that may use them exports a faster model at a limit plain all-INT8 misses.
+
+Per bed (benchmarks/beds.py), on the same eval split:
+- FP32 and the uniform plans int8-per-channel, +bc, +adaround, +bc+adaround: the metric's drop, each method's
+  share of all-INT8's drop it recovers, and latency as a ratio to FP32, every model timed side by side in the
+  same interleaved rounds (recovery changes weights and biases, not kernels: the ratios should agree);
+- the seconds adaptive rounding takes per layer (fitted once per layer and weight grid, then cached);
+- two fresh studies at each limit (default: half of all-INT8's drop, which all-INT8 misses): the default space,
+  and search_spaces/recovery.yaml (the default plus `bias_correction` and `weight_rounding`), the second from a
+  cold recovery cache, so its time includes fitting every layer's rounding on both grids. Their exports' float
+  layers, kernels run, drop, and paired latency against each other and FP32.
+
+    pip install -e ".[bench]" && python benchmarks/recovery.py [--beds efficientnet-lite1 resnet56] [--limits 1.0]
+
+Writes benchmarks/results/recovery.json (each bed's entry replaced as it goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import beds
+import numpy as np
+from common import RESULTS, machine, write_result
+from studies import cold_study, kernels
+
+from autoquant import Workspace, load_experiment
+from autoquant.engine import preset_plan
+from autoquant.evaluate.latency import not_slower
+from autoquant.measure import Meter, paired_figures
+
+PRESETS = ("int8-per-channel", "int8-per-channel+bc", "int8-per-channel+adaround", "int8-per-channel+bc+adaround")
+SPACES = {"default space": None, "with recovery": "recovery"}
+
+
+def uniform(ws: Workspace, meter: Meter) -> list[dict]:
+    rows, blobs = [], []
+    for preset in PRESETS:
+        model = ws.build(preset_plan(ws, preset))
+        m = meter(model)
+        rows.append({"plan": preset, "metric": m.accuracy, "drop": m.accuracy_drop, "runs": kernels(model)})
+        blobs.append(model.SerializeToString())
+        print(f"  {preset:32s} drop {m.accuracy_drop:+.2f}", flush=True)
+    plain = rows[0]["drop"]
+    for r, (ms, ratio, n) in zip(rows, paired_figures(meter.paired_rounds(blobs))):
+        r |= {"latency_ms": ms, "latency_ratio": ratio, "latency_rounds": n,
+              "share_recovered": (plain - r["drop"]) / plain if plain > 0 else None}  # fmt: skip
+    return rows
+
+
+def exports(exp: dict, limit: float, meter: Meter, work: Path) -> list[dict]:
+    rows, models = [], []
+    for name, space in SPACES.items():
+        if space:
+            shutil.rmtree(Path(exp["cache_dir"]) / "recovery", ignore_errors=True)
+        search_cfg = {"max_accuracy_drop": limit} | ({"space": space} if space else {})
+        model, info, result = cold_study(exp, work, f"{limit:g}-{space or 'default'}", **search_cfg)
+        fitted = result.workspace.recovery.seconds if space else {}
+        row = {"space": name, **info, "rounding_seconds": fitted}
+        if model is not None:
+            m = meter(model)
+            row |= {"metric": m.accuracy, "drop": m.accuracy_drop, "feasible": m.accuracy_drop <= limit,
+                    "runs": kernels(model), "recovery_layers": _recovery_layers(result)}  # fmt: skip
+            models.append(model.SerializeToString())
+        rows.append(row)
+        print(f"  {name:16s} at {limit:g}: {'exported' if model else 'none'} float layers {row['float_layers']}  "
+              f"{row['seconds']:.0f} s", flush=True)  # fmt: skip
+    if len(models) == len(rows):
+        rounds = meter.paired_rounds(models)
+        for r, (ms, ratio, n) in zip(rows, paired_figures(rounds)):
+            r |= {"latency_ms": ms, "latency_ratio": ratio, "latency_rounds": n}
+        rows[1]["not_slower_than_default_space"] = not_slower(rounds, 1, 0)
+        rows[1]["over_default_space"] = float(np.median(rounds[:, 1] / rounds[:, 0]))
+    return rows
+
+
+def _recovery_layers(result) -> dict[str, int]:
+    plan = result.chosen.plan
+    return {"bias_correction": sum(c.quantize and c.bias_correction for _, c in plan.choices),
+            "adaptive_rounding": sum(c.quantize and c.weight_rounding == "adaptive" for _, c in plan.choices)}
+
+
+def bed_entry(bed: str, args, work: Path, save) -> dict:
+    exp = beds.experiment(bed)
+    exp["cache_dir"] = str(work / "cache")
+    ws = Workspace(load_experiment(beds.write(exp, work)))
+    meter = Meter(ws)
+    print(f"{bed}:", flush=True)
+    rows = uniform(ws, meter)
+    entry = {**beds.describe(exp), "fp32_metric": ws.reference.accuracy, "layers": len(ws.graph.layers),
+             "trials": exp["search"]["trials"], "uniform": rows, "rounding_seconds": dict(ws.recovery.seconds),
+             "limits": {}}  # fmt: skip
+    save(entry)
+    for limit in args.limits or [round(rows[0]["drop"] / 2, 2)]:
+        entry["limits"][f"{limit:g}"] = exports(exp, limit, meter, work)
+        save(entry)
+    return entry
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--beds", nargs="+", default=["efficientnet-lite1", "resnet56"], choices=beds.BEDS)
+    p.add_argument("--limits", nargs="*", type=float, help="default: half of all-INT8 per-channel's drop")
+    p.add_argument("--work", help="keep studies and models here instead of a temporary directory")
+    args = p.parse_args()
+    previous = RESULTS / "recovery.json"
+    results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
+    command = " ".join(["python benchmarks/recovery.py", *sys.argv[1:]])
+    with tempfile.TemporaryDirectory() as scratch:
+        for bed in args.beds:
+            work = Path(args.work or scratch) / bed
+            work.mkdir(parents=True, exist_ok=True)
+
+            def save(entry: dict, bed: str = bed) -> None:
+                results["beds"][bed] = entry | {"machine": machine(), "command": command}
+                write_result("recovery", results)
+
+            bed_entry(bed, args, work, save)
+    print(f"wrote {previous}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The tables of README.md, docs/ and benchmarks/README.md, generated from benchmarks/results/*.json (never typed).
+
+A generated table sits between `<!-- table: NAME -->` and `<!-- /table -->` in a markdown file; this script
+rewrites what is between them from the results, each table with a line naming the machine it was measured on.
+
+    python benchmarks/tables.py          # rewrite the tables
+    python benchmarks/tables.py --check  # exit 1 when a table differs from its results (CI runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from common import RESULTS, machine_line
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+HEADLINE_BED = "efficientnet-lite1"
+AUTOQUANT = "autoquant"
+PEERS = ("INC autotune (QDQ)", "NNCF quantize_with_accuracy_control", "quantize_static u8", "quantize_static s8",
+         "quantize_dynamic")  # fmt: skip
+SHORT = {"INC autotune (QDQ)": "Neural Compressor", "NNCF quantize_with_accuracy_control": "NNCF",
+         "quantize_static u8": "quantize_static u8", "quantize_static s8": "quantize_static s8",
+         "quantize_dynamic": "quantize_dynamic"}  # fmt: skip
+
+
+def load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run benchmarks/{name}.py")
+    return json.loads(path.read_text())
+
+
+def _cell(row: dict | None) -> str:
+    """A tool's answer at a limit: its latency as a ratio to FP32 and its drop, or why there is none."""
+    if row is None:
+        return "not run"
+    if not row.get("feasible"):
+        if str(row.get("failed", "")).startswith("stopped after"):
+            return f"unfinished at {row['seconds']:.0f} s"
+        return "none within" if row.get("drop") is None else f"misses ({row['drop']:+.2f})"
+    return f"**{row['latency_ratio']:.2f}x** ({row['drop']:+.2f})"
+
+
+def _verdict(value: bool | None) -> str:
+    """A paired-latency verdict: yes, **no**, or blank where it was not measured."""
+    return {True: "yes", False: "**no**"}.get(value, "")
+
+
+def _machine(entry: dict) -> str:
+    return f"\n_Measured on {machine_line(entry['machine'])}; command: `{entry['command']}`._\n"
+
+
+def headline() -> str:
+    """README: on natural photos, per limit, each tool's model — latency vs FP32 (drop in agreement points)."""
+    entry = load("limit_sweep")["beds"][HEADLINE_BED]
+    tools = [AUTOQUANT, *(p for p in PEERS if any(r["tool"] == p for rows in entry["limits"].values() for r in rows))]
+    lines = [f"| limit (points) | {' | '.join(SHORT.get(t, t) for t in tools)} |", "|---" * (len(tools) + 1) + "|"]
+    for limit, rows in entry["limits"].items():
+        by_tool = {r["tool"]: r for r in rows}
+        lines.append(f"| {limit} | " + " | ".join(_cell(by_tool.get(t)) for t in tools) + " |")
+    return (f"EfficientNet-Lite1 on {entry['data']} ({entry['eval_samples']} scored, metric: {entry['metric']} with "
+            f"FP32), latency at batch {entry['latency_batch']} as a ratio to FP32, timed side by side (drop in points "
+            "in brackets):\n\n" + "\n".join(lines) + "\n" + _machine(entry))  # fmt: skip
+
+
+def limit_sweep() -> str:
+    """benchmarks/README: every bed, limit and tool, with times to the first feasible model and phases."""
+    out = []
+    for bed, entry in load("limit_sweep")["beds"].items():
+        out.append(f"**{bed}** — {entry['model']} on {entry['data']} ({entry['calibration_samples']} calibration / "
+                   f"{entry['eval_samples']} eval samples, {entry['metric']}, FP32 {entry['fp32_metric']:.2f}, "
+                   f"{entry['layers']} layers, autoquant {entry['trials']} trials)\n")  # fmt: skip
+        out.append("| limit | tool | model | latency IQR | first feasible s | total s | integer / float layers | "
+                   "autoquant not slower |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|---|---|")
+        for limit, rows in entry["limits"].items():
+            for r in rows:
+                iqr = "–".join(f"{x:.2f}" for x in r["latency_ratio_iqr"]) if "latency_ratio_iqr" in r else ""
+                first = f"{r['first_feasible_seconds']:.0f}" if r.get("first_feasible_seconds") else "–"
+                runs = f"{r['runs'].get('integer', 0)} / {r['runs'].get('float', 0)}" if "runs" in r else ""
+                out.append(f"| {limit} | {SHORT.get(r['tool'], r['tool'])} | {_cell(r)} | {iqr} | {first} | "
+                           f"{r.get('seconds') or 0:.0f} | {runs} | {_verdict(r.get('autoquant_not_slower'))} |")  # fmt: skip
+        out.append(_machine(entry))
+    return "\n".join(out)
+
+
+def objective_choice() -> str:
+    """benchmarks/README: the default objective's evidence — autoquant's studies under each objective the sweep ran
+    (`limit_sweep.py --objectives ...`), per bed and limit, timed side by side in the same rounds."""
+    results = load("limit_sweep")
+    lines = ["| bed | limit | objective | export | first feasible s | study s |", "|---|---|---|---|---|---|"]
+    for bed, entry in results["beds"].items():
+        for limit, rows in entry["limits"].items():
+            for r in (r for r in rows if r["tool"].startswith(AUTOQUANT)):
+                first = f"{r['first_feasible_seconds']:.0f}" if r.get("first_feasible_seconds") else "–"
+                lines.append(f"| {bed} | {limit} | {r.get('objective', '?')} | {_cell(r)} | {first} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n" + _machine(next(iter(results["beds"].values())))
+
+
+def recovery() -> str:
+    """benchmarks/README: each recovery method's share of all-INT8's drop, and the exports with and without them."""
+    out = []
+    for bed, entry in load("recovery")["beds"].items():
+        fitted = entry["rounding_seconds"]
+        rounding = (f"adaptive rounding {sum(fitted.values()):.0f} s for {len(fitted)} layers (per layer "
+                    f"{min(fitted.values()):.1f}–{max(fitted.values()):.1f} s)" if fitted else "")  # fmt: skip
+        out.append(f"**{bed}** — {entry['model']} on {entry['data']} ({entry['eval_samples']} eval samples, "
+                   f"{entry['metric']}, FP32 {entry['fp32_metric']:.2f}); {rounding}\n")  # fmt: skip
+        out += ["| plan | drop | share of all-INT8's drop recovered | latency vs FP32 |", "|---|---|---|---|"]
+        for r in entry["uniform"]:
+            share = f"{r['share_recovered']:.0%}" if r.get("share_recovered") is not None else "–"
+            out.append(f"| {r['plan']} | {r['drop']:+.2f} | {share} | {r['latency_ratio']:.2f}x |")
+        ranked = ", ".join(sorted({r["objective"] for rows in entry["limits"].values() for r in rows}))
+        out += ["", f"Two fresh studies per limit, ranked by {ranked or '–'}:", "",
+                ("| limit | space | export | float layers | layers with bc / adaround | study s | "
+                 "not slower than the default space's |"), "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for limit, rows in entry["limits"].items():
+            for r in rows:
+                used = r.get("recovery_layers") or {}
+                used = f"{used['bias_correction']} / {used['adaptive_rounding']}" if used else "–"
+                floats = "–" if r["float_layers"] is None else r["float_layers"]
+                out.append(f"| {limit} | {r['space']} | {_cell(r)} | {floats} | {used} | {r['seconds']:.0f} | "
+                           f"{_verdict(r.get('not_slower_than_default_space'))} |")  # fmt: skip
+        out.append(_machine(entry))
+    return "\n".join(out)
+
+
+def baselines() -> str:
+    """benchmarks/README: what uniform all-INT8 loses on each bed (the search's starting point)."""
+    results = load("baselines")
+    lines = ["| bed | data | FP32 | all INT8 per-channel | all INT8 per-tensor |", "|---|---|---|---|---|"]
+    for bed, e in results["beds"].items():
+        rows = {r["plan"]: r for r in e["rows"]}
+        cells = [f"{rows[p]['drop']:+.2f} pt, {rows[p]['latency_ratio']:.2f}x" for p in ("all INT8 per-channel",
+                                                                                           "all INT8 per-tensor")]  # fmt: skip
+        lines.append(f"| {bed} | {e['data']}, {e['metric']} | {rows['FP32']['metric']:.2f} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n" + _machine(results)
+
+
+def real_models() -> str:
+    """benchmarks/README: six real models through every command, as shipped."""
+    results = load("real_models")
+    lines = [("| model | limit | all INT8 per-channel drop | search | export drop | export latency | `evaluate` latency | "
+             "every command exit 0, no traceback |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, m in results["models"].items():
+        steps = m["steps"]
+        search, again = steps.get("search", {}), steps.get("evaluate", {}).get("json") or {}
+        exported = (search.get("json") or {}).get("chosen") if (search.get("json") or {}).get("met") else None
+        ok = all(s.get("exit") == 0 and not s.get("traceback") for s in steps.values())
+        cells = [f"{exported['accuracy_drop']:+.2f}", f"{exported['latency_ratio']:.2f}x"] if exported else ["–", "–"]
+        cells.append(f"{again['latency_ratio']:.2f}x" if again else "–")
+        lines.append(f"| {name} | {m['limit']} | {m['all_int8_drop']:+.2f} | exit {search.get('exit', '–')} | "
+                     f"{' | '.join(cells)} | {'yes' if ok else 'no'} |")  # fmt: skip
+    return "\n".join(lines) + "\n" + _machine(results)
+
+
+TABLES: dict[str, Callable[[], str]] = {"headline": headline, "limit-sweep": limit_sweep,
+                                        "objective-choice": objective_choice, "recovery": recovery, "baselines": baselines,
+                                        "real-models": real_models}  # fmt: skip
+
+
+def render(text: str) -> str:
+    def table(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"unknown table {name!r}: known are {', '.join(TABLES)}")
+        return f"{match[1]}{TABLES[name]().rstrip()}\n{match[4]}"
+
+    return BLOCK.sub(table, text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a table is out of date")
+    args = p.parse_args()
+    stale = []
+    for doc in (d for d in DOCUMENTS if d.is_file()):
+        text = doc.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(doc.relative_to(ROOT))
+            if not args.check:
+                doc.write_text(new)
+    if args.check and stale:
+        sys.exit(f"generated tables out of date in {', '.join(map(str, stale))}: run python benchmarks/tables.py")
+    print(("up to date" if not stale else f"rewrote {', '.join(map(str, stale))}") if not args.check else "tables up to date")
+
+
+if __name__ == "__main__":
+    main()
