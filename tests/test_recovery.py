@@ -17,17 +17,18 @@ from conftest import conv_model, write_experiment
 from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment
 from autoquant.engine import apply_record, preset_plan, quantize
 from autoquant.errors import ConfigError, PlanError
+from autoquant.quantize.fake import REDUCED_MAX
 from autoquant.quantize.recovery.rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
 from autoquant.record import Record, validate_record
 from autoquant.search.space import SearchSpace
 
-# One depthwise 3x3 conv over 4 channels: the centre weight 1 sets each channel's grid (scale 1/127); the eight
-# others are 1.4 steps, which round to 1 step: each loses 0.4/127 times its input.
-STEP = 1 / 127
-SHIFTED = 1.4 * STEP
+# One depthwise 3x3 conv over 4 channels: the centre weight 1 sets each channel's grid (scale 1/qmax: 1/127 with
+# full 8-bit weights, 1/REDUCED_MAX with reduced); the eight others are 1.4/127, which on the full grid round to
+# 1 step (each loses 0.4/127 times its input) and on the reduced grid round up (each gains).
+SHIFTED = 1.4 / 127
 
 
-def _shift_bed(tmp_path):
+def _shift_bed(tmp_path, weight_range: str = "full"):
     w = np.full((4, 1, 3, 3), SHIFTED, np.float32)
     w[:, :, 1, 1] = 1.0
     onnx.save(conv_model([w], relu=False, groups=[4]), tmp_path / "dw.onnx")
@@ -36,15 +37,18 @@ def _shift_bed(tmp_path):
     return write_experiment(tmp_path / "dw.yaml", name="dw", model={"onnx": "dw.onnx"},
                             data={"source": "npz", "path": "x.npz", "y_key": None, "calibration_size": 200,
                                   "eval_size": 400},
-                            eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                            eval={"metric": "cosine", "latency_repeats": 2},
+                            quantization={"weight_range": weight_range})  # fmt: skip
 
 
-def test_bias_correction_removes_a_known_mean_shift(tmp_path):
-    ws = Workspace(load_experiment(_shift_bed(tmp_path)))
+@pytest.mark.parametrize("weight_range", ["full", "reduced"])  # both grids on every machine, whatever auto picks
+def test_bias_correction_removes_a_known_mean_shift(tmp_path, weight_range):
+    ws = Workspace(load_experiment(_shift_bed(tmp_path, weight_range)))
     layer = ws.graph.layers[0]
     # Inputs uniform on [0, 1] (mean 1/2); with padding 1 on 8 x 8, an output position has on average
-    # (36·8 + 24·5 + 4·3) / 64 = 6.5625 neighbours inside the image, each losing 0.4 steps.
-    expected = 6.5625 * 0.5 * 0.4 * STEP
+    # (36·8 + 24·5 + 4·3) / 64 = 6.5625 neighbours inside the image, each losing SHIFTED minus its rounded value.
+    qmax = {"full": 127, "reduced": REDUCED_MAX}[weight_range]
+    expected = 6.5625 * 0.5 * (SHIFTED - round(SHIFTED * qmax) / qmax)
     shift = ws.recovery.shift(layer, LayerChoice(bias_correction=True))
     assert shift == pytest.approx(np.full(4, expected), rel=0.05)
 
@@ -57,7 +61,7 @@ def test_bias_correction_removes_a_known_mean_shift(tmp_path):
         return (out - fp32).mean(axis=(0, 2, 3))
 
     assert per_channel(plain) == pytest.approx(np.full(4, -expected), rel=0.1)
-    assert np.abs(per_channel(corrected)).max() < 0.1 * expected
+    assert np.abs(per_channel(corrected)).max() < 0.1 * abs(expected)
 
 
 def test_adaptive_rounding_lowers_a_layers_error_on_held_out_inputs():
