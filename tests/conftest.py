@@ -19,13 +19,13 @@ SHARED = Path(os.environ.get("AUTOQUANT_SHARED_DATA", REPO.parent / "shared" / "
 
 @pytest.fixture(autouse=True)
 def library_logging():
-    """A test that runs the CLI in-process leaves the "autoquant" logger as a command line sets it (its own stderr
-    handler, not propagating): put it back, so later tests' caplog sees the library's messages."""
+    """Each test starts with the "autoquant" logger as the library leaves it (no handler of its own, propagating):
+    a test, or a module fixture, that runs the CLI in-process sets it up as a command line does (its own stderr
+    handler, not propagating), and caplog would then see none of the library's messages."""
     own = logging.getLogger("autoquant")
-    handlers, level, propagate = list(own.handlers), own.level, own.propagate
+    own.handlers[:], own.propagate = [], True
+    own.setLevel(logging.NOTSET)
     yield
-    own.handlers[:], own.propagate = handlers, propagate
-    own.setLevel(level)
 
 
 @pytest.fixture(scope="session", autouse=True)
