@@ -15,6 +15,7 @@ from .fileio import atomic_write_bytes, atomic_write_files
 from .graph.ingest import load_onnx, prepare
 from .graph.layers import analyze
 from .measure import Measurement, Meter
+from .quantize import modes
 from .quantize.build import build_model
 from .quantize.plan import FLOAT, LayerChoice, QuantPlan
 from .quantize.smoothing import smooth
@@ -51,7 +52,7 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
     broken = [layer.name for layer in ws.graph.layers if not layer.finite]
     if broken:
         log.info("%d layer(s) have NaN or Inf in their weights and stay float (e.g. %s)", len(broken), broken[0])
-    no_bias = [la.name for la in ws.graph.layers if not la.bias_slot]
+    no_bias = [la.name for la in ws.graph.layers if not modes.get(choice.mode).fits(la, choice)]
     plan = QuantPlan.uniform(ws.graph.names, choice).with_choices(
         dict.fromkeys(no_bias, replace(choice, bias_correction=False)))
     return plan.with_choices(dict.fromkeys(broken, FLOAT))

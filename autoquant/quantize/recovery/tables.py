@@ -5,6 +5,7 @@ and serve both."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -112,14 +113,16 @@ class RecoveryTables:
         if key in self._memo:
             return self._memo[key]
         s = self.source
-        full = (f"recovery:{self.version}:{s.model_key}:{self._subset().sha256()}:{s.calibration.sha256()}:{key}:"
+        full = (f"recovery:{self.version}:{s.model_key}:{self._subset.sha256()}:{s.calibration.sha256()}:{key}:"
                 f"{s.activation_type}:{s.weight_range}")  # fmt: skip
         digest = hashlib.sha256(full.encode()).hexdigest()[:20]
         path = s.cache / "recovery" / f"{s.model_key[:16]}-{digest}.npz"
         self._memo[key] = cached_arrays(path, full, lambda: {"value": compute()})["value"]
         return self._memo[key]
 
+    @functools.cached_property
     def _subset(self) -> Dataset:
+        """The calibration samples the rows come from; one object, so its content hash is computed once."""
         calib = self.source.calibration
         return calib.subset(np.arange(min(SAMPLES, len(calib))))
 
@@ -134,7 +137,7 @@ class RecoveryTables:
         layers = [la for la in s.graph.layers if self._forms[la.name] is not None]
         fetch = list(dict.fromkeys(la.input for la in layers if la.input not in s.fed))
         sess = session(augment(s.model, tuple(fetch)), s.threads)
-        data = self._subset()
+        data = self._subset
         batches = s.batches.within(sess, fetch, data, "calibration")
         batch_count = max(1, -(-len(data) // batches.size))
         rng = np.random.default_rng(0)
