@@ -142,3 +142,49 @@ def test_lagrangian_plan_with_transitions_is_the_exact_minimum(digits_ws):
 
     for lam in np.geomspace(min(finite), max(finite) * 100, 7):
         assert objective(model.at(lam), lam) == pytest.approx(min(objective(p, lam) for p in every), rel=1e-9, abs=1e-12)
+
+
+def test_a_latency_priced_round_proposes_untried_plans_where_its_sweep_collapses(resnet20_ws, space20, table20):
+    """Transitions dominate (10 ms each side of a float run, 1 ms per kernel): the latency-priced λ sweep jumps
+    between a few plans, so the candidates also hold the bitops-priced sweep and the whole float path. A round whose
+    cheapest candidate within the limit is measured already proposes the next cheapest rather than nothing (a
+    latency-ranked study at 0.25 pt on the photo bed ended without a plan within the limit that way), and a trial
+    stopped early calibrates the round with its prefix's figures."""
+    import optuna
+
+    from autoquant.measure import Measurement
+    from autoquant.search.propose import Refine
+
+    names = resnet20_ws.graph.names
+    ms = np.zeros_like(table20.ms)
+    ms[:, :4] = [1.0, 10.0, 10.0, 1.0]
+    table = LatencyTable(names, ms, table20.producer, table20.consumers)
+    model = ErrorModel.build(layer_errors(resnet20_ws, space20), space20, LatencyCost(table, resnet20_ws.graph))
+    by_bitops = replace(model, cost=model.cost.bitops)
+    candidates = {p.key() for p in model.candidates(64)}
+    assert {p.key() for p in model.sweep(64)} < candidates
+    assert {p.key() for p in by_bitops.sweep(64)} <= candidates
+    assert {p.key() for p in model.float_path(model.least_error(), len(names))} <= candidates
+
+    def trial(plan, drop: float, *, stopped: bool = False):
+        nmse = model.predict(plan)
+        attrs = {"plan": plan.to_spec()}
+        if stopped:
+            attrs["pruned"] = {"prefix_accuracy": 90.0 - drop, "prefix_samples": 100, "reason": "", "prefix_nmse": nmse}
+        else:
+            attrs["result"] = Measurement(90.0 - drop, drop, 0.5, 1.0, 0.5, 1, nmse, "").to_dict()
+        state = optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.COMPLETE
+        return optuna.trial.create_trial(state=state, values=None if stopped else [0.5, drop], user_attrs=attrs)
+
+    least = model.least_error()
+    miss = trial(least, 3.0)  # all at the least-error choice misses a 1-point limit: the allowed NMSE is below it
+    refine = Refine(model, 1.0, 90.0)
+    first = refine.proposals([miss], set())
+    assert first and all(model.predict(p) < model.predict(least) for p in first)
+    again = refine.proposals([miss], {first[0].key()})
+    assert again and first[0].key() not in {p.key() for p in again}
+    # a stopped trial counts as one that broke the limit, at its prefix's NMSE, even where its prefix's drop is not
+    stopped = trial(first[0], 0.5, stopped=True)
+    cal = refine.calibrated([miss, stopped])
+    assert len(cal.trials) == 2 and not cal.feasible(1.0)
+    assert cal.allowed == pytest.approx(0.5 * model.predict(first[0]))

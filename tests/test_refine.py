@@ -71,8 +71,8 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     ws = Workspace(load_experiment(exp))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
     model = ErrorModel.build(layer_errors(ws, space), space, BitopsCost(ws.graph))
-    refine = Refine(model, 1.5)
-    proposals = refine.proposals(done)
+    refine = Refine(model, 1.5, ws.reference.accuracy)
+    proposals = refine.proposals(done, set())
     assert proposals and all(p.quantized for p in proposals)
     # the front's gaps: measured only below 0.4 of the cost, a round proposes untried plans predicted within
     # the limit (the dearer ones the study measured here); once every candidate is tried, none

@@ -119,7 +119,8 @@ def optimize(setup: StudySetup, exp: Experiment, target: int, *, callbacks=()) -
             ladder.advance(study)  # a resumed study whose ladder a kill interrupted goes on
             proposers.append(ladder)
         if cfg.refine:
-            proposers.append(Refine(lambda: setup.estimates.model, cfg.max_accuracy_drop))
+            proposers.append(Refine(lambda: setup.estimates.model, cfg.max_accuracy_drop,
+                                    setup.workspace.reference.accuracy))  # fmt: skip
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
                        callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *callbacks, *proposers])  # fmt: skip
     return time.perf_counter() - t0, objective.evaluated

@@ -6,7 +6,10 @@ storage format: studies written by an earlier autoquant are resumed with them, s
 
 from __future__ import annotations
 
+import math
+
 import optuna
+from optuna.trial import TrialState
 
 from ..measure import Measurement
 from ..quantize.plan import QuantPlan
@@ -78,6 +81,18 @@ def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason
 
 def pruned(trial: Trial) -> dict | None:
     return trial.user_attrs.get(TrialKey.PRUNED)
+
+
+def figures(trial: Trial, fp32_accuracy: float, max_drop: float) -> tuple[float, float] | None:
+    """(output NMSE, accuracy drop) of a complete trial, or of a stopped one from its prefix: a stopped plan
+    cannot meet the limit (its bound said so), so its drop counts as above the limit even where the prefix's own
+    figure is not."""
+    if trial.state == TrialState.COMPLETE and (r := result(trial)) is not None:
+        return r.output_mse, r.accuracy_drop
+    stopped = pruned(trial) if trial.state == TrialState.PRUNED else None
+    if stopped is None or stopped.get("prefix_nmse") is None or not math.isfinite(float(stopped["prefix_nmse"])):
+        return None
+    return float(stopped["prefix_nmse"]), max(fp32_accuracy - float(stopped["prefix_accuracy"]), math.nextafter(max_drop, math.inf))
 
 
 def set_duplicate_of(trial: optuna.Trial, number: int) -> None:

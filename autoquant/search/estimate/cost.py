@@ -40,10 +40,10 @@ class LatencyCost:
     """Milliseconds from the latency table; a layer the table has no figure for is priced by its bitops."""
 
     def __init__(self, table: LatencyTable, graph: GraphInfo):
-        self.table, self._bitops = table, BitopsCost(graph)
+        self.table, self.bitops = table, BitopsCost(graph)
 
     def layer(self, name: str, choice: LayerChoice) -> float:
-        return self.table.share(name, choice, fallback=self._bitops.layer(name, choice))
+        return self.table.share(name, choice, fallback=self.bitops.layer(name, choice))
 
     def plan(self, plan: QuantPlan) -> float:
         return self.table.predict(plan) / self.table.all_float_ms

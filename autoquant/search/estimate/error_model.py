@@ -17,7 +17,7 @@ What it answers, for the proposers (search/propose/):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -139,6 +139,16 @@ class ErrorModel:
             plan = self.at(lam)
             plans.setdefault(plan.key(), plan)
         return list(plans.values())
+
+    def candidates(self, sweep: int) -> list[QuantPlan]:
+        """The plans a proposer chooses among: the least-error plan, the λ sweep (`sweep` values) and the whole float
+        path from the least-error plan to all-float, distinct. A latency-priced model adds the bitops-priced
+        sweep and path: the transitions a float layer pays next to quantized ones make the latency optimum jump
+        between a few plans (13 distinct of 64 λ on the quickstart model), and between them a limit can fall where
+        no candidate is."""
+        models = [self] + ([replace(self, cost=self.cost.bitops)] if isinstance(self.cost, LatencyCost) else [])
+        plans = [self.least_error()] + [p for m in models for p in m.sweep(sweep) + m.float_path(m.least_error(), len(self.space.layers))]
+        return list({p.key(): p for p in plans}.values())
 
     def cheaper_neighbours(self, plan: QuantPlan) -> list[QuantPlan]:
         """The plans one or two layer moves away from `plan` that cost less: one layer a step down in bits (its

@@ -93,17 +93,8 @@ class Ladder:
 
     def measured(self, trials: list[optuna.trial.FrozenTrial]) -> list[tuple[QuantPlan, float, float]]:
         """(plan, output NMSE, drop) of the quantized trials, a stopped one with its prefix's figures."""
-        out = []
-        for t in trials:
-            plan = attrs.plan(t)
-            if not plan.quantized:
-                continue
-            if t.state == TrialState.COMPLETE:
-                out.append((plan, attrs.result(t).output_mse, attrs.result(t).accuracy_drop))
-            elif t.state == TrialState.PRUNED and attrs.pruned(t).get("prefix_nmse") is not None:
-                prefix = attrs.pruned(t)
-                out.append((plan, float(prefix["prefix_nmse"]), self.fp32 - float(prefix["prefix_accuracy"])))
-        return out
+        return [(attrs.plan(t), *f) for t in trials
+                if attrs.plan(t).quantized and (f := attrs.figures(t, self.fp32, self.max_drop)) is not None]  # fmt: skip
 
     def next_rung(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
         """The cheapest plan (the latency table's price) of the error model's untried candidates whose calibrated
@@ -117,9 +108,7 @@ class Ladder:
             return None
         scale = math.exp(sum(map(math.log, ratios)) / len(ratios))
         tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
-        candidates = [model.least_error(), *model.sweep(self.settings.sweep),
-                      *model.float_path(model.least_error(), self.settings.path)]  # fmt: skip
-        untried = [p for p in candidates if p.quantized and p.key() not in tried]
+        untried = [p for p in model.candidates(self.settings.sweep) if p.quantized and p.key() not in tried]
         ok = [p for p in untried if model.predict(p) * scale <= target * self.settings.ladder_margin]
         if ok:
             return min(ok, key=lambda p: (model.plan_cost(p), model.predict(p)))

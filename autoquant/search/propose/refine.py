@@ -4,12 +4,13 @@ The per-layer table (estimate/layer_errors.py) predicts a plan's output NMSE as 
 trial measures the NMSE (Measurement.output_mse) and the accuracy drop. Each round, once the trials
 enqueued before it have run:
 
-1. calibration: measured ≈ a · predicted, a the geometric mean of their ratio over the quantized trials;
+1. calibration: measured ≈ a · predicted, a the geometric mean of their ratio over the quantized trials (a trial
+   stopped early with its prefix's figures);
 2. the NMSE the constraint allows, T: the geometric middle between the largest NMSE of a trial that met
    it and the smallest NMSE of one that broke it above that (twice the largest while none broke it; half
    the smallest while none met it);
 3. the cheapest plans of the λ sweep and of the greedy float path (estimate/error_model.py) whose calibrated prediction
-   is within T · {0.6, 1, 1.6}, enqueued (Optuna's enqueue_trial, skipping plans already tried);
+   is within T · {0.6, 1, 1.6} and that no trial measured yet, enqueued (Optuna's enqueue_trial);
 4. the front's gaps: of the same candidates, the ones predicted to add the most hypervolume, in (cost,
    NMSE) up to T, to the front of the trials that meet the constraint (their NMSE measured, the
    candidates' calibrated), chosen one at a time so two do not fill one gap;
@@ -40,12 +41,13 @@ from .settings import SETTINGS, ProposeSettings
 
 class Refine:
     """Optuna callback: every `settings.every` finished trials (complete or stopped early), one round of calibrated
-    proposals from the complete ones."""
+    proposals from them."""
 
-    def __init__(self, model: ErrorModel | Callable[[], ErrorModel], max_drop: float, settings: ProposeSettings = SETTINGS):
+    def __init__(self, model: ErrorModel | Callable[[], ErrorModel], max_drop: float, fp32_accuracy: float,
+                 settings: ProposeSettings = SETTINGS):  # fmt: skip
         """`model`: the error model, or what makes it when first needed (a study's first rounds come after its
         estimates are made)."""
-        self._model, self.max_drop, self.settings = model, max_drop, settings
+        self._model, self.max_drop, self.fp32, self.settings = model, max_drop, fp32_accuracy, settings
         self.next_at = settings.every
         self.rounds = 0
 
@@ -58,11 +60,10 @@ class Refine:
         if len(done) < self.next_at or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
         self.next_at = len(done) + self.settings.every
-        complete = [t for t in done if t.state == TrialState.COMPLETE]
-        boundary = self.proposals(complete)
         tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
-        gaps = self.front_gaps(complete, tried | {p.key() for p in boundary})
-        below = self.descent(complete, tried | {p.key() for p in boundary + gaps})
+        boundary = self.proposals(done, tried)
+        gaps = self.front_gaps(done, tried | {p.key() for p in boundary})
+        below = self.descent(done, tried | {p.key() for p in boundary + gaps})
         for kind, plans in (("refined", boundary), ("front", gaps), ("descent", below)):
             for i, plan in enumerate(plans):
                 study.enqueue_trial(self.model.space.params_for(plan),
@@ -72,26 +73,30 @@ class Refine:
     @functools.cached_property
     def candidates(self) -> list[QuantPlan]:
         """The plans a round chooses from; they depend on the model only, so every round shares them."""
-        return self.model.sweep(self.settings.sweep) + self.model.float_path(self.model.least_error(), self.settings.path)
+        return self.model.candidates(self.settings.sweep)
 
     def calibrated(self, trials: list[optuna.trial.FrozenTrial]) -> Calibration:
-        """The model calibrated against the complete quantized trials."""
+        """The model calibrated against the quantized trials, complete or stopped early (with their prefix's
+        figures: in a study where most plans are stopped, they are most of what says where the limit is)."""
         measured = []
         for t in trials:
-            result, plan = attrs.result(t), attrs.plan(t)
-            if plan.quantized and result.output_mse > 0:
-                measured.append(Measured(plan, result.output_mse, result.accuracy_drop))
+            plan, figures = attrs.plan(t), attrs.figures(t, self.fp32, self.max_drop)
+            if plan.quantized and figures is not None and figures[0] > 0:
+                measured.append(Measured(plan, *figures))
         return Calibration.of(self.model, measured, self.max_drop)
 
-    def proposals(self, trials: list[optuna.trial.FrozenTrial]) -> list[QuantPlan]:
-        """The cheapest candidates whose calibrated prediction is within the NMSE the limit allows × each margin."""
+    def proposals(self, trials: list[optuna.trial.FrozenTrial], tried: set[str]) -> list[QuantPlan]:
+        """The cheapest untried candidates whose calibrated prediction is within the NMSE the limit allows × each
+        margin. Untried: where the cheapest is already measured (the ladder takes the same candidates), the
+        next one is what the round has to offer."""
         cal = self.calibrated(trials)
         if cal.allowed is None or cal.scale is None:
             return []
+        untried = [p for p in self.candidates if p.quantized and p.key() not in tried]
         plans = {}
         for margin in self.settings.margins:
-            plan = self.model.cheapest_within(cal.allowed * margin / cal.scale, self.candidates)
-            if plan is not None and plan.quantized:
+            plan = self.model.cheapest_within(cal.allowed * margin / cal.scale, untried)
+            if plan is not None:
                 plans.setdefault(plan.key(), plan)
         return list(plans.values())
 

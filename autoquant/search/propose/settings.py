@@ -17,7 +17,6 @@ class ProposeSettings:
     every: int = 8  # finished trials between two rounds
     margins: tuple[float, ...] = (0.6, 1.0, 1.6)  # refined-*: the cheapest plan within these × the NMSE the limit allows
     sweep: int = 64  # λ values per round
-    path: int = 24  # float layers added one by one to the least-error plan, as further candidates
     front: int = 2  # front-*: plans per round chosen for the hypervolume they are predicted to add
     descent: int = 3  # descent-*: plans per round just below the cheapest plan that meets the limit
     # sampler.py: NSGA-II's fresh draws skip a choice another of the same layer beats at no more cost by this factor
