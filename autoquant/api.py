@@ -1,7 +1,7 @@
 """The public Python API, in one place (re-exported by `autoquant`): what the command line does, as functions.
 
 Engine (one model at a time):   quantize, evaluate, apply_record, preset_plan, layer_sensitivity
-Jobs (a study and after it):    search, export_from_run, register, reoptimize
+Jobs (a study and after it):    search, export_from_run, finetune_run, register, reoptimize
 Types a caller builds or reads: Experiment / load_experiment, Workspace, QuantPlan, LayerChoice, Measurement,
                                 QuantizeResult, SearchResult, Record, Cost, and the errors.
 """
@@ -12,6 +12,7 @@ from .config import Cost, Experiment, load_experiment
 from .engine import PRESETS, QuantizeResult, apply_record, evaluate, preset_plan, quantize
 from .errors import AutoquantError, ConfigError, DataError, ModelError, PlanError
 from .graph.ingest import export_torch
+from .jobs.finetune import FinetuneResult, finetune_run
 from .jobs.reoptimize import ReoptimizeResult, reoptimize
 from .jobs.search import SearchResult, export_from_run, register, search
 from .measure import Measurement
@@ -27,6 +28,7 @@ __all__ = [
     "Cost",
     "DataError",
     "Experiment",
+    "FinetuneResult",
     "LayerChoice",
     "LayerSensitivity",
     "Measurement",
@@ -42,6 +44,7 @@ __all__ = [
     "evaluate",
     "export_from_run",
     "export_torch",
+    "finetune_run",
     "layer_sensitivity",
     "load_experiment",
     "preset_plan",

@@ -305,6 +305,28 @@ def cmd_export(args) -> int:
     return _report_search(result, args.objective or result.objective, args)
 
 
+def cmd_finetune(args) -> int:
+    from .api import finetune_run
+
+    r = finetune_run(args.run_dir, args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                     record=args.record)  # fmt: skip
+    a = r.after
+    before = r.before.get("accuracy_drop", math.nan)
+    resumed = f" (resumed at step {r.resumed_at})" if r.resumed_at else ""
+    if args.json:
+        print(json.dumps({"ptq_accuracy_drop": before, "accuracy": a.accuracy, "accuracy_drop": a.accuracy_drop,
+                          "latency_ratio": a.latency_ratio, "output_mse": a.output_mse, "seconds": r.seconds,
+                          "resumed_at": r.resumed_at, "loss_first": r.losses[0], "loss_last": r.losses[-1],
+                          "model": str(a.model_path), "record": str(a.record_path), "mlflow_run_id": r.mlflow_run_id}))  # fmt: skip
+    else:
+        print(f"fine-tuned {len(r.losses)} steps in {r.seconds:.0f} s{resumed}: accuracy drop {before:.2f} -> "
+              f"{a.accuracy_drop:.2f} points, latency {a.latency_ratio:.2f}x FP32; wrote {a.model_path} and "
+              f"{a.record_path}")  # fmt: skip
+    if r.tracking_error:
+        log.warning("warning: %s", r.tracking_error)
+    return 0
+
+
 def cmd_reoptimize(args) -> int:
     from .api import reoptimize
     from .config import load_experiment
@@ -446,6 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--register", metavar="NAME", help="register the export as a new version of NAME")
     ex.add_argument("--alias", help="with --register: point this alias at the new version")
     ex.set_defaults(fn=cmd_export)
+
+    ft = sub.add_parser("finetune", help="fine-tune a search's export (quantization-aware, distilled from FP32)")
+    ft.add_argument("run_dir", type=Path)
+    ft.add_argument("--steps", type=COUNT, help="optimizer steps (default: the experiment's finetune.steps, or 300)")
+    ft.add_argument("--lr", type=_number(float, 0, above=True), help="learning rate (default: finetune.lr, or 1e-4)")
+    ft.add_argument("--batch-size", type=COUNT, help="samples per step (default: finetune.batch_size, or 32)")
+    ft.add_argument("--record", type=Path, help="fine-tune this record's plan (default: RUN_DIR/best/record.json)")
+    ft.add_argument("--out", type=Path, help="directory for the fine-tuned export (default: RUN_DIR/finetuned)")
+    ft.add_argument("--json", action="store_true")
+    ft.add_argument("--quiet", action="store_true")
+    ft.set_defaults(fn=cmd_finetune)
 
     ro = sub.add_parser("reoptimize", help="re-run the search, compare with the deployed version, promote if better")
     ro.add_argument("experiment", type=Path)

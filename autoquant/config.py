@@ -223,6 +223,23 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Quantization-aware fine-tuning of the export (finetune/): distillation from FP32 on the calibration data."""
+
+    steps: int = bounded(300, 1)
+    lr: float = bounded(1e-4, 0, above=True)  # Adam's learning rate on the weights and biases
+    batch_size: int = bounded(32, 1)
+    seed: int = bounded(0, 0)
+    checkpoint_every: int = bounded(25, 1)  # steps between two checkpoints (a killed run resumes from the last)
+    data: str = "calibration"  # or "train": the data.train_size samples (never calibrated or evaluated on)
+
+    def __post_init__(self):
+        check_fields(self, "finetune")
+        if self.data not in ("calibration", "train"):
+            raise ConfigError(f"finetune.data '{self.data}' is unknown: use calibration or train")
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     model: ModelConfig
@@ -230,6 +247,7 @@ class Experiment:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: FinetuneConfig | None = None  # set: the search fine-tunes its export as its last stage
     cache_dir: Path | None = None  # default: $AUTOQUANT_CACHE_DIR or ~/.cache/autoquant
     source_file: Path | None = None
 

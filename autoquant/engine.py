@@ -8,10 +8,13 @@ import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from .config import Experiment
 from .errors import PlanError
 from .evaluate.executed import ExecutedLayer, executed_layers
 from .fileio import atomic_write_bytes, atomic_write_files
+from .finetune import weights as tuned_weights
 from .graph.ingest import load_onnx, prepare
 from .graph.layers import analyze
 from .measure import Measurement, Meter
@@ -19,7 +22,7 @@ from .quantize import modes
 from .quantize.build import build_model
 from .quantize.plan import FLOAT, LayerChoice, QuantPlan
 from .quantize.smoothing import smooth
-from .record import Record, make_record, validate_record, validate_smoothing
+from .record import FinetuneRecord, Record, make_record, validate_record, validate_smoothing
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -58,17 +61,27 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
     return plan.with_choices(dict.fromkeys(broken, FLOAT))
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """Fine-tuned FP32 weights (finetune/) a model is built from, and how they were made (without the file's hash,
+    which the writer fills in)."""
+
+    weights: dict[str, np.ndarray]
+    record: FinetuneRecord
+
+
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None,
-             notes: list[str] = ()) -> QuantizeResult:  # fmt: skip
+             notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:  # fmt: skip
     """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
     write model + record. A plan onnxruntime would not run as written is refused before anything is written.
 
     `measured`: the figures of a model built from this plan before (a search trial's). When the model built
     now is that model, byte for byte, they are its figures and it is not measured again (only timed, if it
     was not); when it is not, the cache or the builder changed since and the figures would describe another
-    model: PlanError. `notes` go into the record: what whoever deploys the model should know."""
+    model: PlanError. `notes` go into the record: what whoever deploys the model should know. `tuned`: build from
+    fine-tuned weights, written beside the record."""
     acts, algorithms = ws.activations(plan)
-    qmodel = ws.build(plan, acts)
+    qmodel = ws.build(plan, acts, tuned.weights if tuned else None)
     blob, meter = qmodel.SerializeToString(), Meter(ws)
     if measured is None or not measured.model_sha256:
         measured = meter(qmodel, plan, timed=True)
@@ -87,10 +100,16 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,
                          weight_range=ws.weight_range, smoothing=ws.smoothing, notes=notes,
-                         recovery=ws.recovery)  # fmt: skip
+                         recovery=ws.recovery, finetune=tuned.record if tuned else None)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
-    atomic_write_files({model_path: blob, record_path: record.to_json().encode()})
+    files = {model_path: blob}
+    if tuned is not None:
+        weights = tuned_weights.to_bytes(tuned.weights)
+        files[out_dir / tuned_weights.FILE] = weights
+        record = replace(record, finetune=replace(tuned.record, weights_file=tuned_weights.FILE,
+                                                  weights_sha256=tuned_weights.sha256(weights)))  # fmt: skip
+    atomic_write_files({**files, record_path: record.to_json().encode()})
     return QuantizeResult(**asdict(measured), fp32_accuracy=ws.reference.accuracy, fp32_latency_ms=fp32_ms,
                           fp32_size_bytes=ws.prepared.source.stat().st_size, model_path=model_path,
                           record_path=record_path, executed=tuple(executed))  # fmt: skip
@@ -119,6 +138,10 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
         model, _ = smooth(model, graph, record.smoothing, record.smoothquant_alpha)
         graph = analyze(model, sized=False)
     validate_record(record, model, graph, str(record_path))
+    if record.finetune is not None:
+        f = record.finetune
+        model = tuned_weights.with_weights(model, tuned_weights.load(Path(record_path).parent / f.weights_file,
+                                                                     f.weights_sha256))  # fmt: skip
     qmodel = build_model(model, graph, record.plan(), record.activation_params(), record.activation_type,
                        record.weight_range, recovery=record.recovery(graph))
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())

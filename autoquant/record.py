@@ -28,9 +28,10 @@ from .quantize.scales import ActivationParams
 from .quantize.smoothing import Smoothing, smoothable
 from .versions import versions
 
-FORMAT_VERSION = 4
-# 2 added the layer's mode and int4 blocks (a version-1 record is all static); 3 added notes; 4 the recovery
-READS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+# 2 added the layer's mode and int4 blocks (a version-1 record is all static); 3 added notes; 4 the recovery;
+# 5 fine-tuning
+READS = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,24 @@ class LayerRecord:
 
 
 @dataclass(frozen=True)
+class FinetuneRecord:
+    """How the model's FP32 weights were fine-tuned (finetune/), and the file beside the record that holds them."""
+
+    steps: int
+    lr: float
+    batch_size: int
+    seed: int
+    data: str  # which samples it was fine-tuned on: calibration or train (FinetuneConfig.data)
+    data_sha256: str
+    samples: int
+    loss_first: float  # distillation loss (output NMSE to FP32) of the first and the last 10 steps' batches
+    loss_last: float
+    seconds: float
+    weights_file: str  # beside the record
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
 class Record:
     model_sha256: str
     activation_type: str
@@ -99,6 +118,7 @@ class Record:
     smoothquant_alpha: float = 0.0
     smoothing: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what whoever deploys it should know (e.g. slower than FP32 here)
+    finetune: FinetuneRecord | None = None  # the weights were fine-tuned: `apply` rebuilds from its weights file
     format_version: int = FORMAT_VERSION
     autoquant_version: str = ""
     onnxruntime_version: str = ""
@@ -134,7 +154,8 @@ class Record:
                                "data": lr["data"] and DataRecord(**lr["data"])})
                 for lr in raw.pop("layers")
             ]  # fmt: skip
-            return cls(layers=layers, **raw)
+            tuned = raw.pop("finetune", None)
+            return cls(layers=layers, finetune=FinetuneRecord(**tuned) if tuned else None, **raw)
         except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
             raise PlanError(f"{path} is not an autoquant record file ({exc.__class__.__name__}: {exc})") from exc
 
@@ -291,6 +312,7 @@ def make_record(
     smoothing: Smoothing | None = None,
     notes: list[str] = (),
     recovery: Recovery | None = None,
+    finetune: FinetuneRecord | None = None,
 ) -> Record:
     nodes = {n.name: n for n in qmodel.graph.node}
     kernels = {e.name: e.kernel for e in executed}
@@ -316,4 +338,4 @@ def make_record(
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
                   graph.unquantized_flops, smoothing.alpha if smoothing else 0.0,
-                  dict(smoothing.scales) if smoothing else {}, list(notes), **versions())  # fmt: skip
+                  dict(smoothing.scales) if smoothing else {}, list(notes), finetune, **versions())  # fmt: skip

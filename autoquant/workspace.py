@@ -28,6 +28,7 @@ from .data import Splits
 from .errors import DataError, PlanError
 from .evaluate.evaluator import EvalResult, Evaluator
 from .evaluate.metrics import check_metric, resolve_metric
+from .finetune.weights import with_weights
 from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import build_model
@@ -86,7 +87,8 @@ class Workspace:
     def splits(self) -> Splits:
         """The splits bound to the model's inputs: one array per input, named and typed as it declares."""
         s, inputs = self.source_splits, self.prepared.inputs
-        return Splits(bind_inputs(s.calibration, inputs, "calibration"), bind_inputs(s.eval, inputs, "eval"), s.train)
+        train = bind_inputs(s.train, inputs, "train") if s.train is not None else None
+        return Splits(bind_inputs(s.calibration, inputs, "calibration"), bind_inputs(s.eval, inputs, "eval"), train)
 
     @functools.cached_property
     def prepared(self) -> PreparedModel:
@@ -260,11 +262,14 @@ class Workspace:
     def weight_params(self) -> WeightParams:
         return WeightParams(self.model)
 
-    def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None) -> onnx.ModelProto:
-        """The plan's QDQ model; `params` are the plan's activations() when the caller already has them."""
+    def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None,
+              weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:  # fmt: skip
+        """The plan's QDQ model; `params` are the plan's activations() when the caller already has them; `weights`
+        replace initializers of the model by name (fine-tuned ones: their grids are computed from them)."""
         params = params if params is not None else self.activations(plan)[0]
-        return build_model(self.model, self.graph, plan, params, self.exp.quantization.activation_type,
-                           self.weight_range, self.weight_params, self.recovery)  # fmt: skip
+        model = self.model if weights is None else with_weights(self.model, weights)
+        return build_model(model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range,
+                           self.weight_params if weights is None else None, self.recovery)  # fmt: skip
 
     @functools.cached_property
     def recovery(self) -> RecoveryTables:

@@ -40,15 +40,16 @@ def dequantized_weight(model: onnx.ModelProto, layer_name: str) -> np.ndarray:
     return q * scale.reshape(shape)
 
 
-@pytest.mark.parametrize("granularity, weight_range", [("per_channel", "full"), ("per_tensor", "full"),
-                                                        ("per_channel", "reduced"), ("per_tensor", "reduced")])  # fmt: skip
-def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, granularity, weight_range):
+@pytest.mark.parametrize("granularity, weight_range, bits", [("per_channel", "full", 8), ("per_tensor", "full", 8),
+                                                              ("per_channel", "reduced", 8), ("per_tensor", "reduced", 8),
+                                                              ("per_channel", "full", 4)])  # fmt: skip
+def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, granularity, weight_range, bits):
     exp = resnet20_ws.exp
     ws = Workspace(dataclasses.replace(exp, quantization=dataclasses.replace(exp.quantization, weight_range=weight_range)))
     layer = ws.graph.layers[3]
-    built = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice(weight_granularity=granularity)))
+    built = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice(weight_granularity=granularity, weight_bits=bits)))
     w = numpy_helper.to_array(next(i for i in ws.model.graph.initializer if i.name == layer.weight))
-    np.testing.assert_allclose(fake_quant_weight(w, layer.channel_axis, granularity, 8, weight_range),
+    np.testing.assert_allclose(fake_quant_weight(w, layer.channel_axis, granularity, bits, weight_range),
                                dequantized_weight(built, layer.name), rtol=1e-6, atol=1e-7)  # fmt: skip
 
 

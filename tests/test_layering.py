@@ -15,7 +15,7 @@ LAYERS = {
     "graph": 1, "data": 1, "runtime": 1,
     "calibrate": 2,
     "quantize": 3,
-    "evaluate": 4,
+    "evaluate": 4, "finetune": 4,
     "sources": 5, "zoo": 5, "workspace": 5, "measure": 5, "record": 5, "engine": 5,
     "search": 6,
     "report": 7, "track": 7, "jobs": 8,

@@ -73,15 +73,15 @@ def test_adaptive_rounding_lowers_a_layers_error_on_held_out_inputs():
     held = (rng.normal(size=(1, 256, 24)) @ mix).astype(np.float32)
     w = rng.normal(size=(1, 16, 48)).astype(np.float32)
     scale = (np.abs(w).max(axis=2, keepdims=True) / 7).astype(np.float32)  # 4-bit grid, per output
-    mask, nearest, learned = adaround(w, np.broadcast_to(scale, w.shape), 7, train, held, RoundingSettings())
+    mask, nearest, learned = adaround(w, np.broadcast_to(scale, w.shape), (-7, 7), train, held, RoundingSettings())
     assert learned < 0.7 * nearest
     target = np.einsum("grk,gok->gro", held, w)
-    errors = [float(np.square(np.einsum("grk,gok->gro", held, rounded_weight(w, scale, 7, m)) - target).sum())
+    errors = [float(np.square(np.einsum("grk,gok->gro", held, rounded_weight(w, scale, (-7, 7), m)) - target).sum())
               for m in (nearest_mask(w, scale), mask)]  # fmt: skip
     assert errors == pytest.approx([nearest, learned])
     assert set(np.unique(mask)) <= {0, 1}
     # every weight stays on the grid, at most one step from the nearest grid point
-    assert np.abs(rounded_weight(w, scale, 7, mask) - rounded_weight(w, scale, 7, nearest_mask(w, scale))).max() <= scale.max() + 1e-7
+    assert np.abs(rounded_weight(w, scale, (-7, 7), mask) - rounded_weight(w, scale, (-7, 7), nearest_mask(w, scale))).max() <= scale.max() + 1e-7
 
 
 def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digits_ws, tmp_path):

@@ -6,14 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
-from ..engine import QuantizeResult, quantize
+from ..engine import QuantizeResult, Tuned, quantize
 from ..errors import AutoquantError, ConfigError
 from ..fileio import atomic_write_bytes, replace_dir
+from ..finetune import weights as tuned_weights
+from ..measure import Measurement
+from ..quantize.plan import QuantPlan
 from ..search.select import ScoredPlan
 from ..workspace import Workspace
 
 MARKER = ".autoquant-export"
-OWNED = frozenset({"model.int8.onnx", "record.json", MARKER})
+OWNED = frozenset({"model.int8.onnx", "record.json", MARKER, tuned_weights.FILE})
 
 
 def check_export_target(out_dir: Path) -> None:
@@ -38,17 +41,24 @@ def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[st
     same bytes (engine.quantize checks), so the trial's figures are its figures. A trial stored by an older
     autoquant has no model hash: its model is measured again and must score the trial's accuracy.
     """
+    return write_export(ws, chosen.plan, out_dir, f"trial {chosen.number}", measured=chosen.result, notes=notes)
+
+
+def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, measured: Measurement | None = None,
+                 notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:  # fmt: skip
+    """Build, measure and write the plan's model (engine.quantize) into a new directory that replaces `out_dir`
+    whole once every file is written; `measured`, a trial's figures, must be the rebuilt model's."""
     out_dir = Path(out_dir)
     check_export_target(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = quantize(ws, chosen.plan, tmp, chosen.result, notes)
-    atomic_write_bytes(tmp / MARKER, f"written by autoquant: trial {chosen.number}\n".encode())
-    if result.accuracy != chosen.result.accuracy:
+    result = quantize(ws, plan, tmp, measured, notes, tuned)
+    atomic_write_bytes(tmp / MARKER, f"written by autoquant: {origin}\n".encode())
+    if measured is not None and result.accuracy != measured.accuracy:
         shutil.rmtree(tmp, ignore_errors=True)
         raise AutoquantError(
-            f"the rebuilt model of trial {chosen.number} scores {result.accuracy:.3f}, the trial reported "
-            f"{chosen.result.accuracy:.3f}: the eval data or the cache changed since the study ran; re-run the search"
+            f"the rebuilt model of {origin} scores {result.accuracy:.3f}, the trial reported "
+            f"{measured.accuracy:.3f}: the eval data or the cache changed since the study ran; re-run the search"
         )
     replace_dir(tmp, out_dir)
     return QuantizeResult(**{**result.__dict__, "model_path": out_dir / result.model_path.name,

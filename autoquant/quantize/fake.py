@@ -17,22 +17,33 @@ def fake_quant_activation(x: np.ndarray, p: ActivationParams, activation_type: s
     return ((np.clip(np.round(x / p.scale) + p.zero_point, lo, hi) - p.zero_point) * p.scale).astype(np.float32)
 
 
-def weight_scale(w: np.ndarray, channel_axis: int, granularity: str, bits: int, weight_range: str) -> tuple[np.ndarray, int]:
-    """(scale broadcastable to `w`, qmax) of the symmetric grid onnxruntime's quantizer puts `w` on for the built
-    model (qmax 127, 64 reduced, 7 for 4 bits)."""
-    qmax = 7 if bits == 4 else (REDUCED_MAX if weight_range == "reduced" else 127)
+def weight_bounds(bits: int, weight_range: str) -> tuple[int, int]:
+    """The integers of onnxruntime's symmetric weight grid: int8 [-127, 127] ([-64, 64] reduced); int4 uses its
+    whole range, [-8, 7], so its scale is absmax / 7.5 and only the value at -absmax reaches -8."""
+    if bits == 4:
+        return -8, 7
+    qmax = REDUCED_MAX if weight_range == "reduced" else 127
+    return -qmax, qmax
+
+
+def weight_scale(w: np.ndarray, channel_axis: int, granularity: str, bits: int,
+                 weight_range: str) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+    """(scale broadcastable to `w`, (qmin, qmax)) of the symmetric grid onnxruntime's quantizer puts `w` on for the
+    built model: absmax over (qmax - qmin) / 2."""
+    bounds = weight_bounds(bits, weight_range)
     if granularity == "per_channel":
         axes = tuple(a for a in range(w.ndim) if a != channel_axis)
         absmax = np.abs(w).max(axis=axes, keepdims=True)
     else:
         absmax = np.abs(w).max()
-    return np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32), qmax
+    half = (bounds[1] - bounds[0]) / 2
+    return np.where(absmax > 0, absmax / half, 1.0).astype(np.float32), bounds
 
 
 def fake_quant_weight(w: np.ndarray, channel_axis: int, granularity: str, bits: int, weight_range: str) -> np.ndarray:
     """Symmetric, rounded to nearest, as onnxruntime's quantizer does it for the built model."""
-    scale, qmax = weight_scale(w, channel_axis, granularity, bits, weight_range)
-    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
+    scale, bounds = weight_scale(w, channel_axis, granularity, bits, weight_range)
+    return (np.clip(np.round(w / scale), *bounds) * scale).astype(np.float32)
 
 
 def fake_quant_dynamic_input(x: np.ndarray) -> np.ndarray:

@@ -35,8 +35,8 @@ def recovers(choice: LayerChoice) -> bool:
 def recovered_weight(w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str,
                      recovery: Recovery) -> np.ndarray:  # fmt: skip
     """The layer's weights on the grid of `choice`, rounded as the recovery says (what the built model holds)."""
-    scale, qmax = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, weight_range)
-    return rounded_weight(w, scale, qmax, recovery.rounding(layer, choice))
+    scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, weight_range)
+    return rounded_weight(w, scale, bounds, recovery.rounding(layer, choice))
 
 
 def substitute(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, weight_range: str,

@@ -40,10 +40,10 @@ def nearest_mask(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (np.round(v) > np.floor(v)).astype(np.uint8)
 
 
-def rounded_weight(w: np.ndarray, scale: np.ndarray, qmax: int, mask: np.ndarray) -> np.ndarray:
+def rounded_weight(w: np.ndarray, scale: np.ndarray, bounds: tuple[int, int], mask: np.ndarray) -> np.ndarray:
     """The weight on the grid with each entry rounded as `mask` says (1 up from the floor, 0 down), as float32:
     the values the quantizer then maps to exactly these integers."""
-    q = np.clip(np.floor(w / scale) + mask, -qmax, qmax)
+    q = np.clip(np.floor(w / scale) + mask, *bounds)
     return (q * scale).astype(np.float32)
 
 
@@ -57,7 +57,7 @@ def _error(x: np.ndarray, w_matrix: np.ndarray, target: np.ndarray) -> float:
     return float(np.square(np.einsum("grk,gok->gro", x, w_matrix) - target, dtype=np.float64).sum())
 
 
-def adaround(w_matrix: np.ndarray, scale: np.ndarray, qmax: int, train: np.ndarray, held: np.ndarray,
+def adaround(w_matrix: np.ndarray, scale: np.ndarray, bounds: tuple[int, int], train: np.ndarray, held: np.ndarray,
              settings: RoundingSettings) -> tuple[np.ndarray, float, float]:  # fmt: skip
     """The rounding mask of `w_matrix` ([groups, outputs, inputs], `scale` broadcast to it) learned on the `train`
     rows ([groups, rows, inputs]), and the held-out rows' output error of (nearest, the returned mask)."""
@@ -76,7 +76,7 @@ def adaround(w_matrix: np.ndarray, scale: np.ndarray, qmax: int, train: np.ndarr
     for step in range(settings.iterations):
         rows = torch.tensor(rng.choice(train.shape[1], min(settings.batch_rows, train.shape[1]), replace=False))
         h = _h(v)
-        w_soft = torch.clamp(floor_t + h, -qmax, qmax) * scale_t
+        w_soft = torch.clamp(floor_t + h, *bounds) * scale_t
         recon = torch.square(torch.einsum("grk,gok->gro", x_t[:, rows], w_soft) - y_t[:, rows]).sum(-1).mean()
         loss = recon
         if step >= warm:
@@ -88,8 +88,8 @@ def adaround(w_matrix: np.ndarray, scale: np.ndarray, qmax: int, train: np.ndarr
     learned = (v.detach().numpy() >= 0).astype(np.uint8)  # h(V) ≥ 0.5
     nearest = nearest_mask(w_matrix, scale)
     target = np.einsum("grk,gok->gro", held, w_matrix)
-    err_nearest = _error(held, rounded_weight(w_matrix, scale, qmax, nearest), target)
-    err_learned = _error(held, rounded_weight(w_matrix, scale, qmax, learned), target)
+    err_nearest = _error(held, rounded_weight(w_matrix, scale, bounds, nearest), target)
+    err_learned = _error(held, rounded_weight(w_matrix, scale, bounds, learned), target)
     if err_learned >= err_nearest:
         return nearest, err_nearest, err_nearest
     return learned, err_nearest, err_learned

@@ -30,7 +30,7 @@ from .bias import output_shift
 from .forms import LayerForm
 from .rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
 
-RECOVERY_VERSION = 1
+RECOVERY_VERSION = 2
 TRAIN_ROWS = 2048  # input rows per layer the rounding is fitted on (and the bias shift measured on, with the held-out)
 HELD_ROWS = 512  # rows per layer the fitted rounding is checked on
 SAMPLES = 64  # calibration samples the rows come from
@@ -162,12 +162,12 @@ class RecoveryTables:
     def _fit(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
         t0 = time.perf_counter()
         form, w = self._forms[layer.name], self._weights[layer.name]
-        scale, qmax = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
-                                   self.source.weight_range)  # fmt: skip
+        scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
+                                     self.source.weight_range)  # fmt: skip
         train, held = self.rows(layer)
         m = form.matrix(w)
         s = form.matrix(np.broadcast_to(scale, w.shape).astype(np.float32))
-        mask, before, after = adaround(m, s, qmax, train, held, self.settings)
+        mask, before, after = adaround(m, s, bounds, train, held, self.settings)
         self.seconds[layer.name] = self.seconds.get(layer.name, 0.0) + time.perf_counter() - t0
         log.debug("adaptive rounding of %s: held-out output error %.3g -> %.3g", layer.name, before, after)
         return form.weight(mask, w.shape).astype(np.uint8)
@@ -176,9 +176,9 @@ class RecoveryTables:
         form, w = self._forms[layer.name], self._weights[layer.name]
         if form is None:
             return np.zeros(layer.out_channels, np.float32)
-        scale, qmax = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
-                                   self.source.weight_range)  # fmt: skip
-        w_q = rounded_weight(w, scale, qmax, self.rounding(layer, choice))
+        scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
+                                     self.source.weight_range)  # fmt: skip
+        w_q = rounded_weight(w, scale, bounds, self.rounding(layer, choice))
         train, held = self.rows(layer)
         rows = np.concatenate([train, held], axis=1)
         params = self.source.activation(layer.input, choice.activation_algorithm)

@@ -38,7 +38,7 @@ from ...runtime import Batches, session
 from ...workspace import Workspace
 from ..space import SearchSpace
 
-LAYER_ERRORS_VERSION = 5
+LAYER_ERRORS_VERSION = 6
 # Every sample contributes a whole activation tensor, so few samples pin the figures down (benchmarks/
 # layer_errors.py compares tables from 16 and 64 samples).
 DEFAULT_SAMPLES = 16

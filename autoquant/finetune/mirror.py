@@ -1,0 +1,137 @@
+"""The plan's fake-quantized copy of the model, read off the QDQ model the plan builds: every QuantizeLinear of that
+model becomes a fake quantizer on the same tensor with the same scale and zero point (the layers' inputs, the
+requantized outputs and the glue between them), every quantized layer's weights are put on the grid its choice
+gives them (granularity, bits, weight range), computed from the weights as they train, as onnxruntime's quantizer
+will compute it from the fine-tuned weights at export, and its bias on the int32 grid of input scale × weight
+scale. Layers the plan keeps float stay float. torch's fake_quantize functions give the straight-through
+gradient (zero outside the quantizer's range), as PyTorch's own QAT uses them.
+
+Only static layers are mirrored: dynamic layers quantize their input at run time from its own range and
+MatMulNBits rounds in blocks; a plan with either is refused (fine-tune the static plan, or keep them float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ..errors import PlanError
+from ..graph.layers import GraphInfo, LayerInfo
+from ..quantize.fake import weight_bounds
+from ..quantize.plan import QuantPlan
+from .graph import GraphModule, Tensor
+
+QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
+
+
+@dataclass(frozen=True)
+class ActivationQuantizer:
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+
+def activation_quantizers(qmodel: onnx.ModelProto, tensors: set[str]) -> dict[str, ActivationQuantizer]:
+    """Tensor of the FP32 graph → the quantizer the QDQ model puts on it. The quantizer keeps a tensor's name where
+    it can; where it renamed the producer's output (a graph output), the DequantizeLinear's output carries it."""
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    dq_of = {n.input[0]: n for n in qmodel.graph.node if n.op_type == "DequantizeLinear"}
+    found: dict[str, ActivationQuantizer] = {}
+    for q in (n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits):
+        dq = dq_of.get(q.output[0])
+        tensor = q.input[0] if q.input[0] in tensors else (dq.output[0] if dq is not None else "")
+        if tensor not in tensors:
+            raise PlanError(f"the QDQ model quantizes '{q.input[0]}', which the FP32 graph does not have: this plan "
+                            "cannot be mirrored for fine-tuning")  # fmt: skip
+        zp = inits[q.input[2]]
+        quantizer = ActivationQuantizer(float(numpy_helper.to_array(inits[q.input[1]])),
+                                        int(numpy_helper.to_array(zp)), *QRANGE[zp.data_type])  # fmt: skip
+        if found.setdefault(tensor, quantizer) != quantizer:
+            raise PlanError(f"the QDQ model quantizes '{tensor}' twice with different scales: this plan cannot be "
+                            "mirrored for fine-tuning")  # fmt: skip
+    return found
+
+
+def weight_grid(w: Tensor, layer: LayerInfo, granularity: str, bits: int,
+                weight_range: str) -> tuple[Tensor, tuple[int, int]]:  # fmt: skip
+    """The symmetric grid onnxruntime's quantizer puts `w` on (quantize/fake.py: weight_scale, in torch): the
+    scales, broadcastable to `w`, as constants of the step, and the integers' bounds."""
+    bounds = weight_bounds(bits, weight_range)
+    with torch.no_grad():
+        if granularity == "per_channel":
+            dims = [d for d in range(w.dim()) if d != layer.channel_axis]
+            absmax = w.abs().amax(dim=dims, keepdim=True)
+        else:
+            absmax = w.abs().max()
+        half = (bounds[1] - bounds[0]) / 2
+        return torch.where(absmax > 0, absmax / half, torch.ones_like(absmax)), bounds
+
+
+def _round_ste(x: Tensor) -> Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class Mirror:
+    """`module`: the GraphModule of `model` with the plan's fake quantizers on; its parameters are every layer's
+    weight and bias (float layers' too: they adapt to the quantized ones around them)."""
+
+    def __init__(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, qmodel: onnx.ModelProto,
+                 weight_range: str):  # fmt: skip
+        other = [(n, plan[n].mode) for n in plan.quantized if plan[n].mode != "static"]
+        if other:
+            raise PlanError(f"fine-tuning mirrors static INT8 layers, and layer '{other[0][0]}' is {other[0][1]}: "
+                            "fine-tune a plan whose quantized layers are all static")  # fmt: skip
+        nodes = {n.name: n for n in model.graph.node}
+        inits = {i.name for i in model.graph.initializer}
+        self.layers = graph.layers
+        self.bias = {layer.name: nodes[layer.name].input[2] for layer in graph.layers
+                     if len(nodes[layer.name].input) > 2 and nodes[layer.name].input[2] in inits}  # fmt: skip
+        trainable = {layer.weight for layer in graph.layers} | set(self.bias.values())
+        self.module = GraphModule(model, trainable)
+        tensors = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
+        self.activations = activation_quantizers(qmodel, tensors)
+        self.plan, self.weight_range = plan, weight_range
+        self._weights = {layer.weight: layer for layer in graph.layers if plan[layer.name].quantize}
+        self._biases = {b: next(la for la in graph.layers if la.name == name) for name, b in self.bias.items()
+                        if plan[name].quantize}  # fmt: skip
+        self.module.hook = self._activation
+        self.module.weight = self._weight
+
+    def _activation(self, name: str, x: Tensor) -> Tensor:
+        quantizer = self.activations.get(name)
+        return quantizer(x) if quantizer is not None and x.is_floating_point() else x
+
+    def _grid(self, layer: LayerInfo) -> tuple[Tensor, tuple[int, int]]:
+        choice = self.plan[layer.name]
+        w = self.module.parameter(layer.weight)
+        return weight_grid(w, layer, choice.weight_granularity, choice.weight_bits, self.weight_range)
+
+    def _weight(self, name: str, w: Tensor) -> Tensor:
+        layer = self._weights.get(name)
+        if layer is not None:
+            scale, bounds = self._grid(layer)
+            return self._on_grid(w, scale, bounds)
+        layer = self._biases.get(name)
+        if layer is not None and layer.input in self.activations:
+            scale, _ = self._grid(layer)
+            step = (self.activations[layer.input].scale * scale).reshape(-1)
+            return _round_ste(w / step) * step
+        return w
+
+    @staticmethod
+    def _on_grid(w: Tensor, scale: Tensor, bounds: tuple[int, int]) -> Tensor:
+        """Rounded to the grid and clipped to its bounds, the gradient straight through inside them."""
+        q = torch.clamp(_round_ste(w / scale), *bounds)
+        return q * scale
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The trained FP32 weights and biases, by initializer name."""
+        return {n: self.module.parameter(n).detach().numpy().copy() for n in self.module.trainable}

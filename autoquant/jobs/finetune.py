@@ -1,0 +1,144 @@
+"""Fine-tune an exported plan (finetune/): `autoquant finetune RUN_DIR`, or the last stage of a search whose
+experiment has a `finetune` section. The plan is the export's (its recovery choices dropped: the weights the
+fine-tuning learns replace the rounding and bias shifts they would apply); the fine-tuned model is built,
+measured (paired latency with FP32) and written like every export, with its FP32 weights beside the record."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Experiment, FinetuneConfig, load_experiment
+from ..data import Dataset
+from ..engine import QuantizeResult, Tuned
+from ..errors import ConfigError, PlanError
+from ..fileio import recover_dir
+from ..quantize.plan import QuantPlan
+from ..record import FinetuneRecord, Record
+from ..runtime import session
+from ..search.storage import RunPaths
+from ..workspace import Workspace
+from .export import check_export_target, write_export
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "finetune.ckpt"  # in the run directory: a killed fine-tuning resumes from it
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    before: dict[str, float]  # the plan's export before fine-tuning: the record's objectives
+    after: QuantizeResult  # the fine-tuned export
+    losses: tuple[float, ...]
+    seconds: float
+    resumed_at: int
+    mlflow_run_id: str | None = None
+    tracking_error: str = ""
+
+
+def without_recovery(plan: QuantPlan) -> QuantPlan:
+    return QuantPlan(tuple((n, dataclasses.replace(c, bias_correction=False, weight_rounding="nearest") if c.quantize
+                           else c) for n, c in plan.choices))  # fmt: skip
+
+
+def training_data(ws: Workspace, which: str) -> Dataset:
+    if which == "calibration":
+        return ws.splits.calibration
+    if ws.splits.train is None:
+        raise ConfigError("finetune.data is train but the experiment reserves no training samples: set data.train_size "
+                          "or use finetune.data: calibration")  # fmt: skip
+    return ws.splits.train
+
+
+def teacher_outputs(ws: Workspace, data: Dataset, outputs: list[str]) -> dict[str, np.ndarray]:
+    """The FP32 model's outputs on `data`, batch on axis 0."""
+    sess = session(ws.fp32_model, ws.evaluator.threads)
+    parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+    for values, _, n in ws.calibration_batches.run(sess, outputs, data, "fine-tuning"):
+        for o, v in zip(outputs, values):
+            parts[o].append(np.asarray(v, np.float32)[:n])
+    return {o: np.concatenate(v) for o, v in parts.items()}
+
+
+def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_dir: Path, checkpoint: Path,
+                  before: dict[str, float], tracker=None) -> FinetuneResult:  # fmt: skip
+    """Fine-tune `plan` on `ws`'s calibration data and write its export to `out_dir`."""
+    from ..finetune.mirror import Mirror
+    from ..finetune.train import train
+
+    check_export_target(out_dir)
+    plan = without_recovery(plan)
+    acts, _ = ws.activations(plan)
+    mirror = Mirror(ws.model, ws.graph, plan, ws.build(plan, acts), ws.weight_range)
+    calib = training_data(ws, settings.data)
+    teacher = teacher_outputs(ws, calib, mirror.module.outputs)
+    log.info("fine-tuning a plan with %d of %d layers quantized on %d %s samples: %d steps of %d, lr %g",
+             len(plan.quantized), len(plan.names), len(calib), settings.data, settings.steps, settings.batch_size,
+             settings.lr)  # fmt: skip
+    trained = train(mirror, calib, teacher, settings, checkpoint, f"{ws.model_key}:{calib.sha256()}:{plan.key()}")
+    losses = trained.losses
+    record = FinetuneRecord(settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data,
+                            calib.sha256(), len(calib),
+                            float(np.mean(losses[:10])), float(np.mean(losses[-10:])), trained.seconds, "", "")  # fmt: skip
+    result = write_export(ws, plan, out_dir, f"fine-tuning ({settings.steps} steps)",
+                          tuned=Tuned(trained.weights, record))  # fmt: skip
+    checkpoint.unlink(missing_ok=True)
+    run_id, error = None, ""
+    if tracker is not None:
+        try:
+            run_id = tracker(settings, losses, result, before)
+        except Exception as exc:  # noqa: BLE001 - the export is on disk: tracking must not undo it
+            error = f"MLflow tracking failed ({exc.__class__.__name__}: {exc}); the fine-tuned export is complete"
+    return FinetuneResult(before, result, losses, trained.seconds, trained.resumed_at, run_id, error)
+
+
+def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = None, lr: float | None = None,
+                 batch_size: int | None = None, record: Path | None = None) -> FinetuneResult:  # fmt: skip
+    """Fine-tune the export of the search in `run_dir` (or the plan of `record`)."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.run_file.is_file():
+        raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json): give the --out of a search")
+    exp = load_experiment(Path(json.loads(paths.run_file.read_text())["experiment"]))
+    record_path = Path(record) if record else paths.root / "best" / "record.json"
+    if not record_path.is_file():
+        raise ConfigError(f"{record_path} not found: fine-tuning starts from an export; run the search until it exports "
+                          "one, or give --record")  # fmt: skip
+    out = Path(out) if out else paths.root / "finetuned"
+    check_export_target(out)
+    recover_dir(out)
+    rec = Record.load(record_path)
+    ws = Workspace(exp)
+    if rec.model_sha256 != ws.sha:
+        raise PlanError(f"{record_path} was made for another model than {exp.source_file}'s: give that experiment's "
+                        "run directory")  # fmt: skip
+    base = exp.finetune or FinetuneConfig()
+    overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+    settings = dataclasses.replace(base, **overrides)
+    return finetune_plan(ws, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
+                         mlflow_logger(exp, paths))  # fmt: skip
+
+
+def mlflow_logger(exp: Experiment, paths: RunPaths):
+    """What logs a fine-tuning as an MLflow run nested under the study's: settings, the loss of every step as a
+    metric history, the export's figures and files."""
+
+    def log_run(settings: FinetuneConfig, losses, result: QuantizeResult, before: dict[str, float]) -> str:
+        import optuna
+
+        from ..search import trial_attrs as attrs
+        from ..track.tracker import Tracker
+
+        storage = exp.search.storage or paths.storage
+        parent = attrs.parent_run(optuna.load_study(study_name=exp.name, storage=storage))
+        tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
+        params = {**{f"finetune.{k}": str(v) for k, v in dataclasses.asdict(settings).items()}}
+        metrics = {"accuracy": result.accuracy, "accuracy_drop": result.accuracy_drop,
+                   "latency_ratio": result.latency_ratio, "ptq_accuracy_drop": before.get("accuracy_drop", np.nan)}  # fmt: skip
+        return tracker.log_finetune(parent, params, list(losses), metrics, [result.model_path, result.record_path])
+
+    return log_run
+
