@@ -208,7 +208,8 @@ class GraphModule(nn.Module):
     """The ONNX graph as a torch module: `forward(**inputs)` returns its outputs in order. `trainable` names the
     initializers that are parameters (the rest are constants); `hook(name, tensor)` sees every tensor the graph
     produces or takes as input, and what it returns is what the graph goes on with; `weight(name, tensor)` does
-    the same for each trainable initializer as a node reads it."""
+    the same for each trainable initializer; `consume(node, index, tensor)` for each input as one node reads it
+    (what only that node's kernel does to it, e.g. quantize it at run time)."""
 
     def __init__(self, model: onnx.ModelProto, trainable: set[str]):
         super().__init__()
@@ -228,6 +229,7 @@ class GraphModule(nn.Module):
         self.constants = {n: torch.from_numpy(np.array(v)) for n, v in inits.items() if n not in self._index}
         self.hook: Callable[[str, Tensor], Tensor] = lambda name, t: t
         self.weight: Callable[[str, Tensor], Tensor] = lambda name, t: t
+        self.consume: Callable[[onnx.NodeProto, int, Tensor], Tensor] = lambda node, i, t: t
 
     def parameter(self, name: str) -> nn.Parameter:
         return self.params[self._index[name]]
@@ -244,7 +246,8 @@ class GraphModule(nn.Module):
             elif node.op_type == "Constant":
                 outs = [torch.from_numpy(np.array(numpy_helper.to_array(_attrs(node)["value"])))]
             else:
-                result = OPS[node.op_type](node, *(env[i] if i else None for i in node.input))
+                result = OPS[node.op_type](node, *(self.consume(node, k, env[i]) if i else None
+                                                   for k, i in enumerate(node.input)))  # fmt: skip
                 outs = result if isinstance(result, tuple) else [result]
             for name, value in zip(node.output, outs):
                 if name:

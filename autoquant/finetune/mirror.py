@@ -6,8 +6,9 @@ will compute it from the fine-tuned weights at export, and its bias on the int32
 scale. Layers the plan keeps float stay float. torch's fake_quantize functions give the straight-through
 gradient (zero outside the quantizer's range), as PyTorch's own QAT uses them.
 
-Only static layers are mirrored: dynamic layers quantize their input at run time from its own range and
-MatMulNBits rounds in blocks; a plan with either is refused (fine-tune the static plan, or keep them float).
+A dynamic layer's input is quantized as DynamicQuantizeLinear does it, from the batch's own range (uint8, the range
+widened to include 0), on that layer's edge only; its weights on the same symmetric grid, its bias float. int4
+weight-only layers (MatMulNBits, rounded in blocks at build time) are not mirrored: a plan with one is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..quantize.fake import weight_bounds
 from ..quantize.plan import QuantPlan
 from .graph import GraphModule, Tensor
 
+MIRRORED = ("static", "dynamic")
 QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 
@@ -75,6 +77,14 @@ def weight_grid(w: Tensor, layer: LayerInfo, granularity: str, bits: int,
         return torch.where(absmax > 0, absmax / half, torch.ones_like(absmax)), bounds
 
 
+def dynamic_quantize(x: Tensor) -> Tensor:
+    """DynamicQuantizeLinear's uint8 from the tensor's own min and max, widened to include 0 (quantize/fake.py:
+    fake_quant_dynamic_input, in torch); the range is a constant of the step."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (hi - lo) / 255 or 1.0
+    return torch.fake_quantize_per_tensor_affine(x, scale, int(min(max(round(-lo / scale), 0), 255)), 0, 255)
+
+
 def _round_ste(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -85,10 +95,10 @@ class Mirror:
 
     def __init__(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, qmodel: onnx.ModelProto,
                  weight_range: str):  # fmt: skip
-        other = [(n, plan[n].mode) for n in plan.quantized if plan[n].mode != "static"]
+        other = [(n, plan[n].mode) for n in plan.quantized if plan[n].mode not in MIRRORED]
         if other:
-            raise PlanError(f"fine-tuning mirrors static INT8 layers, and layer '{other[0][0]}' is {other[0][1]}: "
-                            "fine-tune a plan whose quantized layers are all static")  # fmt: skip
+            raise PlanError(f"fine-tuning mirrors static and dynamic INT8 layers, and layer '{other[0][0]}' is "
+                            f"{other[0][1]}: fine-tune a plan without {other[0][1]} layers")  # fmt: skip
         nodes = {n.name: n for n in model.graph.node}
         inits = {i.name for i in model.graph.initializer}
         self.layers = graph.layers
@@ -101,9 +111,14 @@ class Mirror:
         self.plan, self.weight_range = plan, weight_range
         self._weights = {layer.weight: layer for layer in graph.layers if plan[layer.name].quantize}
         self._biases = {b: next(la for la in graph.layers if la.name == name) for name, b in self.bias.items()
-                        if plan[name].quantize}  # fmt: skip
+                        if plan[name].quantize and plan[name].mode == "static"}  # fmt: skip
+        self._dynamic = {layer.name for layer in graph.layers if plan[layer.name].quantize and plan[layer.name].mode == "dynamic"}
         self.module.hook = self._activation
         self.module.weight = self._weight
+        self.module.consume = self._consume
+
+    def _consume(self, node: onnx.NodeProto, index: int, x: Tensor) -> Tensor:
+        return dynamic_quantize(x) if index == 0 and node.name in self._dynamic else x
 
     def _activation(self, name: str, x: Tensor) -> Tensor:
         quantizer = self.activations.get(name)
