@@ -225,7 +225,18 @@ def result_json(result) -> dict:
     return {"completed": result.completed, "met": result.met, "fp32_accuracy": result.fp32_accuracy,
             "chosen_trial": chosen.number if chosen else None,
             "chosen": asdict(chosen.result) if chosen else None,
-            "export": str(result.export.model_path) if result.export else None}  # fmt: skip
+            "export": str(result.export.model_path) if result.export else None,
+            "finetuned": _finetuned_json(result.finetuned, result.finetuned_trial)}  # fmt: skip
+
+
+def _finetuned_json(r, trial: int | None) -> dict | None:
+    if r is None:
+        return None
+    a = r.after
+    return {"trial": trial, "ptq_accuracy_drop": r.before.get("accuracy_drop", math.nan), "accuracy": a.accuracy,
+            "accuracy_drop": a.accuracy_drop, "latency_ratio": a.latency_ratio, "output_mse": a.output_mse,
+            "seconds": r.seconds, "resumed_at": r.resumed_at, "loss_first": r.losses[0], "loss_last": r.losses[-1],
+            "model": str(a.model_path), "record": str(a.record_path), "mlflow_run_id": r.mlflow_run_id}  # fmt: skip
 
 
 EXIT_NO_PLAN = 3
@@ -241,6 +252,14 @@ def _report_search(result, objective: Cost, args) -> int:
         print(f"\n{result.completed} trials, FP32 accuracy {result.fp32_accuracy:.2f} %; the fastest plans within the "
               f"limit, then the {objective.value} front beyond it (latency as a ratio to FP32):")  # fmt: skip
         print(summary_table(result))
+    tuned = result.finetuned
+    tuned_within = tuned is not None and tuned.after.accuracy_drop <= result.max_drop
+    if tuned is not None and not args.json:
+        print(f"trial {result.finetuned_trial} {_finetuned_line(tuned)}")
+    if not result.met and tuned_within:
+        print("autoquant: no plan met the limit after post-training quantization; the fine-tuned model above does",
+              file=sys.stderr)  # fmt: skip
+        return 0
     if not result.met:
         c = result.chosen
         if c is None:
@@ -310,21 +329,20 @@ def cmd_finetune(args) -> int:
 
     r = finetune_run(args.run_dir, args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                      record=args.record)  # fmt: skip
-    a = r.after
-    before = r.before.get("accuracy_drop", math.nan)
-    resumed = f" (resumed at step {r.resumed_at})" if r.resumed_at else ""
     if args.json:
-        print(json.dumps({"ptq_accuracy_drop": before, "accuracy": a.accuracy, "accuracy_drop": a.accuracy_drop,
-                          "latency_ratio": a.latency_ratio, "output_mse": a.output_mse, "seconds": r.seconds,
-                          "resumed_at": r.resumed_at, "loss_first": r.losses[0], "loss_last": r.losses[-1],
-                          "model": str(a.model_path), "record": str(a.record_path), "mlflow_run_id": r.mlflow_run_id}))  # fmt: skip
+        print(json.dumps(_finetuned_json(r, None)))
     else:
-        print(f"fine-tuned {len(r.losses)} steps in {r.seconds:.0f} s{resumed}: accuracy drop {before:.2f} -> "
-              f"{a.accuracy_drop:.2f} points, latency {a.latency_ratio:.2f}x FP32; wrote {a.model_path} and "
-              f"{a.record_path}")  # fmt: skip
+        print(_finetuned_line(r))
     if r.tracking_error:
         log.warning("warning: %s", r.tracking_error)
     return 0
+
+
+def _finetuned_line(r) -> str:
+    a, before = r.after, r.before.get("accuracy_drop", math.nan)
+    resumed = f" (resumed at step {r.resumed_at})" if r.resumed_at else ""
+    return (f"fine-tuned {len(r.losses)} steps in {r.seconds:.0f} s{resumed}: accuracy drop {before:.2f} -> "
+            f"{a.accuracy_drop:.2f} points, latency {a.latency_ratio:.2f}x FP32; wrote {a.model_path} and {a.record_path}")
 
 
 def cmd_reoptimize(args) -> int:

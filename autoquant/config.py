@@ -232,6 +232,10 @@ class FinetuneConfig:
     seed: int = bounded(0, 0)
     checkpoint_every: int = bounded(25, 1)  # steps between two checkpoints (a killed run resumes from the last)
     data: str = "calibration"  # or "train": the data.train_size samples (never calibrated or evaluated on)
+    # As a search's last stage: the plans faster than the export whose PTQ drop misses the limit by at most `margin`
+    # points are fine-tuned, the fastest (in the latency table's price) first, at most `candidates` of them
+    margin: float = bounded(2.0, 0)
+    candidates: int = bounded(2, 1)
 
     def __post_init__(self):
         check_fields(self, "finetune")

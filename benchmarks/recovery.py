@@ -19,15 +19,12 @@ Writes benchmarks/results/recovery.json (each bed's entry replaced as it goes).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import beds
 import numpy as np
-from common import RESULTS, machine, write_result
+from common import run_beds
 from studies import cold_study, kernels
 
 from autoquant import Workspace, load_experiment
@@ -109,20 +106,7 @@ def main() -> None:
     p.add_argument("--limits", nargs="*", type=float, help="default: half of all-INT8 per-channel's drop")
     p.add_argument("--work", help="keep studies and models here instead of a temporary directory")
     args = p.parse_args()
-    previous = RESULTS / "recovery.json"
-    results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
-    command = " ".join(["python benchmarks/recovery.py", *sys.argv[1:]])
-    with tempfile.TemporaryDirectory() as scratch:
-        for bed in args.beds:
-            work = Path(args.work or scratch) / bed
-            work.mkdir(parents=True, exist_ok=True)
-
-            def save(entry: dict, bed: str = bed) -> None:
-                results["beds"][bed] = entry | {"machine": machine(), "command": command}
-                write_result("recovery", results)
-
-            bed_entry(bed, args, work, save)
-    print(f"wrote {previous}")
+    run_beds("recovery", args.beds, args.work, lambda bed, work, save: bed_entry(bed, args, work, save))
 
 
 if __name__ == "__main__":

@@ -132,6 +132,21 @@ def recovery() -> str:
     return "\n".join(out)
 
 
+def finetune() -> str:
+    """README and benchmarks/README: a uniform plan after PTQ and after fine-tuning, per bed, at its limit."""
+    results = load("finetune")
+    lines = [("| bed | plan | limit | after PTQ | fine-tuned | fine-tuning s | a search's export at the limit | "
+              "fine-tuned not slower than it |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for bed, e in results["beds"].items():
+        search = e.get("search")
+        found = "not run" if search is None else _cell({**search, "feasible": search.get("met")})
+        lines.append(f"| {bed} ({e['data']}, {e['metric']}) | {e['plan']} | {e['limit']:g} | {_cell(e['ptq'])} | "
+                     f"{_cell(e['finetuned'])} | {e['finetuned']['seconds']:.0f} | {found} | "
+                     f"{_verdict(e['finetuned'].get('not_slower_than_search'))} |")  # fmt: skip
+    entries = list(results["beds"].values())
+    return "\n".join(lines) + "\n" + "".join(dict.fromkeys(_machine(e) for e in entries))
+
+
 def baselines() -> str:
     """benchmarks/README: what uniform all-INT8 loses on each bed (the search's starting point)."""
     results = load("baselines")
@@ -163,7 +178,7 @@ def real_models() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {"headline": headline, "limit-sweep": limit_sweep,
                                         "objective-choice": objective_choice, "recovery": recovery, "baselines": baselines,
-                                        "real-models": real_models}  # fmt: skip
+                                        "real-models": real_models, "finetune": finetune}  # fmt: skip
 
 
 def render(text: str) -> str:

@@ -24,9 +24,9 @@ from ..errors import PlanError
 from ..graph.layers import GraphInfo, LayerInfo
 from ..quantize.fake import weight_bounds
 from ..quantize.plan import QuantPlan
+from . import MIRRORED
 from .graph import GraphModule, Tensor
 
-MIRRORED = ("static", "dynamic")
 QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 
@@ -80,7 +80,7 @@ def weight_grid(w: Tensor, layer: LayerInfo, granularity: str, bits: int,
 def dynamic_quantize(x: Tensor) -> Tensor:
     """DynamicQuantizeLinear's uint8 from the tensor's own min and max, widened to include 0 (quantize/fake.py:
     fake_quant_dynamic_input, in torch); the range is a constant of the step."""
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
     scale = (hi - lo) / 255 or 1.0
     return torch.fake_quantize_per_tensor_affine(x, scale, int(min(max(round(-lo / scale), 0), 255)), 0, 255)
 

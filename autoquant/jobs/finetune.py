@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from ..data import Dataset
 from ..engine import QuantizeResult, Tuned
 from ..errors import ConfigError, PlanError
 from ..fileio import recover_dir
+from ..finetune import MIRRORED
 from ..quantize.plan import QuantPlan
 from ..record import FinetuneRecord, Record
 from ..runtime import session
+from ..search import ScoredPlan
 from ..search.storage import RunPaths
 from ..workspace import Workspace
 from .export import check_export_target, write_export
@@ -94,6 +98,37 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
         except Exception as exc:  # noqa: BLE001 - the export is on disk: tracking must not undo it
             error = f"MLflow tracking failed ({exc.__class__.__name__}: {exc}); the fine-tuned export is complete"
     return FinetuneResult(before, result, losses, trained.seconds, trained.resumed_at, run_id, error)
+
+
+def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: float, settings: FinetuneConfig,
+               predicted: Callable[[QuantPlan], float]) -> list[ScoredPlan]:  # fmt: skip
+    """What a search fine-tunes: the quantized plans the latency table prices below the export (all of them when
+    nothing was exported) whose drop misses the limit by at most `settings.margin`, cheapest first, at most
+    `settings.candidates`; when there is none, the export itself (more accuracy at its speed)."""
+    bar = predicted(export.plan) if export is not None else math.inf
+    mirrored = [p for p in points if p.plan.quantized and all(p.plan[n].mode in MIRRORED for n in p.plan.quantized)]
+    near = sorted((p for p in mirrored if max_drop < p.result.accuracy_drop <= max_drop + settings.margin
+                   and predicted(p.plan) < bar), key=lambda p: (predicted(p.plan), p.result.accuracy_drop))  # fmt: skip
+    picked: dict[str, ScoredPlan] = {}
+    for p in near:
+        picked.setdefault(p.plan.key(), p)
+    return list(picked.values())[: settings.candidates] or ([export] if export is not None else [])
+
+
+def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list[ScoredPlan], export: ScoredPlan | None,
+                   max_drop: float, predicted: Callable[[QuantPlan], float]) -> tuple[ScoredPlan, FinetuneResult] | None:  # fmt: skip
+    """A search's last stage: fine-tune its candidates (above) until one is within the limit; RUN/finetuned holds
+    the last one fine-tuned. Returns (the plan fine-tuned, its result), or None without a candidate."""
+    outcome = None
+    for chosen in candidates(points, export, max_drop, exp.finetune, predicted):
+        log.info("fine-tuning trial %d (drop %.2f after post-training quantization)", chosen.number,
+                 chosen.result.accuracy_drop)  # fmt: skip
+        result = finetune_plan(ws, chosen.plan, exp.finetune, paths.root / "finetuned", paths.root / CHECKPOINT,
+                               chosen.result.to_dict(), mlflow_logger(exp, paths))  # fmt: skip
+        outcome = (chosen, result)
+        if result.after.accuracy_drop <= max_drop:
+            break
+    return outcome
 
 
 def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = None, lr: float | None = None,

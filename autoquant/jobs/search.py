@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,7 @@ from ..record import Record
 from ..report.pareto import plot_pareto, write_pareto_csv
 from ..report.progress import Progress
 from ..report.sensitivity import write_layer_errors_report
-from ..search import ScoredPlan, SearchSpace, select, space_path
+from ..search import ScoredPlan, SearchSpace, scored_points, select, space_path
 from ..search import trial_attrs as attrs
 from ..search.estimate.cost import LatencyCost
 from ..search.estimate.latency_table import latency_table
@@ -30,6 +31,7 @@ from ..search.storage import RunPaths, make_storage, study_fingerprint
 from ..search.study import optimize, setup_study
 from ..workspace import Workspace
 from .export import check_export_target, export_plan
+from .finetune import FinetuneResult, finetune_stage
 from .workers import spawn_worker, with_threads
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ class SearchResult:
     objective: Cost = Cost.BITOPS  # the cost the front and the choice were made on
     first_export_seconds: float | None = None  # from the start of the search to the first plan exported
     fastest: list[ScoredPlan] = field(default_factory=list)  # timed plans within the limit, fastest first
+    max_drop: float = math.nan  # the limit the export was chosen by
+    finetuned: FinetuneResult | None = None  # the experiment's finetune stage: RUN/finetuned
+    finetuned_trial: int | None = None  # the trial whose plan it fine-tuned
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
@@ -141,6 +146,11 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
                      tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws,
                      first_export_seconds=first.seconds)  # fmt: skip
     write_layer_errors_report(setup.estimates.errors, paths.root)
+    if exp.finetune is not None:
+        export = result.chosen if result.met else None
+        tuned = finetune_stage(ws, exp, paths, scored_points(setup.study), export, exp.search.max_accuracy_drop, predicted)
+        if tuned is not None:
+            result = replace(result, finetuned=tuned[1], finetuned_trial=tuned[0].number)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
@@ -172,7 +182,8 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
     exported = export_plan(ws, chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
-                        chosen.met, exported, study.study_name, objective=objective, fastest=chosen.fastest)  # fmt: skip
+                        chosen.met, exported, study.study_name, objective=objective, fastest=chosen.fastest,
+                        max_drop=max_drop)  # fmt: skip
 
 
 def slower_note(chosen: ScoredPlan) -> list[str]:
