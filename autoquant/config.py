@@ -232,6 +232,7 @@ class FinetuneConfig:
     seed: int = bounded(0, 0)
     checkpoint_every: int = bounded(25, 1)  # steps between two checkpoints (a killed run resumes from the last)
     data: str = "calibration"  # or "train": the data.train_size samples (never calibrated or evaluated on)
+    learn_scales: bool = False  # also train the activation scales (LSQ), exported in place of the calibrated ones
     # As a search's last stage: the plans faster than the export whose PTQ drop misses the limit by at most `margin`
     # points are fine-tuned, the fastest (in the latency table's price) first, at most `candidates` of them
     margin: float = bounded(2.0, 0)

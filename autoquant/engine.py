@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from .measure import Measurement, Meter
 from .quantize import modes
 from .quantize.build import build_model
 from .quantize.plan import FLOAT, LayerChoice, QuantPlan
+from .quantize.scales import ActivationParams
 from .quantize.smoothing import smooth
 from .record import FinetuneRecord, Record, make_record, validate_record, validate_smoothing
 from .workspace import Workspace
@@ -68,6 +69,7 @@ class Tuned:
 
     weights: dict[str, np.ndarray]
     record: FinetuneRecord
+    activations: dict[str, ActivationParams] = field(default_factory=dict)  # learnt scales, by tensor
 
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None,
@@ -81,6 +83,8 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     model: PlanError. `notes` go into the record: what whoever deploys the model should know. `tuned`: build from
     fine-tuned weights, written beside the record."""
     acts, algorithms = ws.activations(plan)
+    if tuned is not None and tuned.activations:
+        acts = {t: tuned.activations.get(t, p) for t, p in acts.items()}
     qmodel = ws.build(plan, acts, tuned.weights if tuned else None)
     blob, meter = qmodel.SerializeToString(), Meter(ws)
     if measured is None or not measured.model_sha256:

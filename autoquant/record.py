@@ -94,6 +94,7 @@ class FinetuneRecord:
     batch_size: int
     seed: int
     data: str  # which samples it was fine-tuned on: calibration or train (FinetuneConfig.data)
+    learned_scales: bool  # the activation scales were trained too (the record's activations hold them)
     data_sha256: str
     samples: int
     loss_first: float  # distillation loss (output NMSE to FP32) of the first and the last 10 steps' batches

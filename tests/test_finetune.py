@@ -179,3 +179,18 @@ def test_finetuning_bad_input_is_one_line(searched, digits_ws, tmp_path, capsys)
         training_data(Workspace(load_experiment(no_train)), "train")
     bad = write_experiment(tmp_path / "bad.yaml", name="bad", model={"builtin": "digits_cnn"}, finetune={"data": "eval"})
     one_line_error(capsys, ["layers", bad], "finetune.data 'eval' is unknown: use calibration or train")
+
+
+def test_learnt_activation_scales_are_the_exports_and_apply_rebuilds_them(digits_ws, tmp_path):
+    plan = preset_plan(digits_ws, "int8-per-channel")
+    calibrated, _ = digits_ws.activations(plan)
+    settings = FinetuneConfig(steps=30, batch_size=32, learn_scales=True)
+    result = finetune_plan(digits_ws, plan, settings, tmp_path / "ft", tmp_path / "ckpt", {})
+    record = Record.load(result.after.record_path)
+    assert record.finetune.learned_scales
+    learnt = record.activation_params()
+    assert learnt.keys() == calibrated.keys()
+    moved = [t for t in learnt if learnt[t].scale != calibrated[t].scale]
+    assert moved and all(learnt[t].zero_point == calibrated[t].zero_point for t in learnt)
+    rebuilt = apply_record(digits_ws.prepared.source, result.after.record_path, tmp_path / "a.onnx", digits_ws.exp.cache)
+    assert rebuilt.read_bytes() == result.after.model_path.read_bytes()

@@ -232,6 +232,7 @@ class GraphModule(nn.Module):
         self.consume: Callable[[onnx.NodeProto, int, Tensor], Tensor] = lambda node, i, t: t
 
     def parameter(self, name: str) -> nn.Parameter:
+        """The trainable initializer `name`."""
         return self.params[self._index[name]]
 
     def forward(self, **feeds: Tensor) -> list[Tensor]:

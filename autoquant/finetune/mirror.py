@@ -13,17 +13,20 @@ weight-only layers (MatMulNBits, rounded in blocks at build time) are not mirror
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from torch import nn
 
 from ..errors import PlanError
 from ..graph.layers import GraphInfo, LayerInfo
 from ..quantize.fake import weight_bounds
 from ..quantize.plan import QuantPlan
+from ..quantize.scales import ActivationParams
 from . import MIRRORED
 from .graph import GraphModule, Tensor
 
@@ -94,7 +97,9 @@ class Mirror:
     weight and bias (float layers' too: they adapt to the quantized ones around them)."""
 
     def __init__(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, qmodel: onnx.ModelProto,
-                 weight_range: str):  # fmt: skip
+                 weight_range: str, learn_scales: bool = False):  # fmt: skip
+        """`learn_scales`: the activation quantizers' scales are parameters too, trained with the weights by LSQ's
+        gradient (Esser et al., 2020: torch's learnable fake quantizer), their zero points kept."""
         other = [(n, plan[n].mode) for n in plan.quantized if plan[n].mode not in MIRRORED]
         if other:
             raise PlanError(f"fine-tuning mirrors static and dynamic INT8 layers, and layer '{other[0][0]}' is "
@@ -116,13 +121,33 @@ class Mirror:
         self.module.hook = self._activation
         self.module.weight = self._weight
         self.module.consume = self._consume
+        self._learned = {t: i for i, t in enumerate(sorted(self.activations))} if learn_scales else {}
+        self.module.scales = nn.ParameterList(nn.Parameter(torch.tensor([self.activations[t].scale], dtype=torch.float32))
+                                              for t in self._learned)  # fmt: skip
+
+    def scale(self, tensor: str) -> float:
+        """The activation scale of `tensor` now (the calibrated one, or as learnt)."""
+        i = self._learned.get(tensor)
+        return self.activations[tensor].scale if i is None else float(self.module.scales[i].detach()[0])
+
+    def activation_params(self) -> dict[str, ActivationParams]:
+        """The learnt scales with their zero points, by tensor (empty when the scales were not learnt)."""
+        return {t: ActivationParams(float(np.float32(self.scale(t))), self.activations[t].zero_point) for t in self._learned}
 
     def _consume(self, node: onnx.NodeProto, index: int, x: Tensor) -> Tensor:
         return dynamic_quantize(x) if index == 0 and node.name in self._dynamic else x
 
     def _activation(self, name: str, x: Tensor) -> Tensor:
         quantizer = self.activations.get(name)
-        return quantizer(x) if quantizer is not None and x.is_floating_point() else x
+        if quantizer is None or not x.is_floating_point():
+            return x
+        i = self._learned.get(name)
+        if i is None:
+            return quantizer(x)
+        scale = self.module.scales[i].abs().clamp_min(1e-12)
+        zero = torch.tensor([float(quantizer.zero_point)])
+        grad = 1.0 / math.sqrt(x.numel() * quantizer.qmax)  # LSQ's step-size gradient scale
+        return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, quantizer.qmin, quantizer.qmax, grad)
 
     def _grid(self, layer: LayerInfo) -> tuple[Tensor, tuple[int, int]]:
         choice = self.plan[layer.name]
@@ -137,7 +162,7 @@ class Mirror:
         layer = self._biases.get(name)
         if layer is not None and layer.input in self.activations:
             scale, _ = self._grid(layer)
-            step = (self.activations[layer.input].scale * scale).reshape(-1)
+            step = (self.scale(layer.input) * scale).reshape(-1)
             return _round_ste(w / step) * step
         return w
 

@@ -53,7 +53,7 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
     inputs = {k: torch.from_numpy(np.ascontiguousarray(data.column(k))) for k in module.inputs}
     targets = [torch.from_numpy(np.ascontiguousarray(teacher[o])) for o in module.outputs]
     optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
-    what = (settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data)
+    what = (settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data, settings.learn_scales)
     key = hashlib.sha256(f"{run_key}:{what}".encode()).hexdigest()
     losses: list[float] = []
     start = 0

@@ -77,7 +77,7 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     check_export_target(out_dir)
     plan = without_recovery(plan)
     acts, _ = ws.activations(plan)
-    mirror = Mirror(ws.model, ws.graph, plan, ws.build(plan, acts), ws.weight_range)
+    mirror = Mirror(ws.model, ws.graph, plan, ws.build(plan, acts), ws.weight_range, settings.learn_scales)
     calib = training_data(ws, settings.data)
     teacher = teacher_outputs(ws, calib, mirror.module.outputs)
     log.info("fine-tuning a plan with %d of %d layers quantized on %d %s samples: %d steps of %d, lr %g",
@@ -86,10 +86,10 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     trained = train(mirror, calib, teacher, settings, checkpoint, f"{ws.model_key}:{calib.sha256()}:{plan.key()}")
     losses = trained.losses
     record = FinetuneRecord(settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data,
-                            calib.sha256(), len(calib),
+                            settings.learn_scales, calib.sha256(), len(calib),
                             float(np.mean(losses[:10])), float(np.mean(losses[-10:])), trained.seconds, "", "")  # fmt: skip
     result = write_export(ws, plan, out_dir, f"fine-tuning ({settings.steps} steps)",
-                          tuned=Tuned(trained.weights, record))  # fmt: skip
+                          tuned=Tuned(trained.weights, record, mirror.activation_params()))  # fmt: skip
     checkpoint.unlink(missing_ok=True)
     run_id, error = None, ""
     if tracker is not None:
