@@ -162,6 +162,18 @@ def _resize(node, x, roi=None, scales=None, sizes=None):
     raise PlanError(f"Resize node '{node.name}' ({mode}, {ct}) is not one fine-tuning can run")
 
 
+def _gather(node, x, index):
+    axis = _attrs(node).get("axis", 0)
+    axis = axis if axis >= 0 else x.dim() + axis
+    index = index.long()
+    index = torch.where(index < 0, index + x.shape[axis], index)
+    out = torch.index_select(x, axis, index.reshape(-1))
+    return out.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1 :]))
+
+
+CAST = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
+        onnx.TensorProto.BOOL: torch.bool, onnx.TensorProto.DOUBLE: torch.float64}  # fmt: skip
+
 OPS: dict[str, Callable] = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -200,6 +212,17 @@ OPS: dict[str, Callable] = {
     "BatchNormalization": _batch_norm,
     "ReduceMean": _reduce(lambda x, axes, keep: x.mean(dim=axes, keepdim=keep)),
     "ReduceSum": _reduce(lambda x, axes, keep: x.sum(dim=axes, keepdim=keep)),
+    "ReduceMax": _reduce(lambda x, axes, keep: x.amax(dim=axes, keepdim=keep)),
+    "ReduceL2": _reduce(lambda x, axes, keep: torch.sqrt((x * x).sum(dim=axes, keepdim=keep))),
+    "Gather": _gather,
+    "Cast": lambda node, x: x.to(CAST[_attrs(node)["to"]]),
+    "Expand": lambda node, x, shape: x * torch.ones(_ints(shape), dtype=x.dtype),
+    "Neg": lambda node, x: -x,
+    "Equal": lambda node, a, b: a == b,
+    "Where": lambda node, c, a, b: torch.where(c, a, b),
+    "Not": lambda node, x: ~x,
+    "Shape": lambda node, x: torch.tensor(x.shape[_attrs(node).get("start", 0) : _attrs(node).get("end")], dtype=torch.int64),
+    "Constant": lambda node: torch.from_numpy(np.array(numpy_helper.to_array(_attrs(node)["value"]))),
     "Resize": _resize,
 }
 
@@ -242,14 +265,9 @@ class GraphModule(nn.Module):
         for name in self.inputs:
             env[name] = self.hook(name, feeds[name])
         for node in self.nodes:
-            if node.op_type == "Shape":
-                outs = [torch.tensor(env[node.input[0]].shape, dtype=torch.int64)]
-            elif node.op_type == "Constant":
-                outs = [torch.from_numpy(np.array(numpy_helper.to_array(_attrs(node)["value"])))]
-            else:
-                result = OPS[node.op_type](node, *(self.consume(node, k, env[i]) if i else None
-                                                   for k, i in enumerate(node.input)))  # fmt: skip
-                outs = result if isinstance(result, tuple) else [result]
+            result = OPS[node.op_type](node, *(self.consume(node, k, env[i]) if i else None
+                                               for k, i in enumerate(node.input)))  # fmt: skip
+            outs = result if isinstance(result, tuple) else [result]
             for name, value in zip(node.output, outs):
                 if name:
                     env[name] = self.hook(name, value)
