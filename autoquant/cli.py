@@ -236,6 +236,7 @@ def _finetuned_json(r, trial: int | None) -> dict | None:
     return {"trial": trial, "ptq_accuracy_drop": r.before.get("accuracy_drop", math.nan), "accuracy": a.accuracy,
             "accuracy_drop": a.accuracy_drop, "latency_ratio": a.latency_ratio, "output_mse": a.output_mse,
             "seconds": r.seconds, "resumed_at": r.resumed_at, "loss_first": r.losses[0], "loss_last": r.losses[-1],
+            "chosen_step": r.chosen_step, "held_out": r.held_out,
             "model": str(a.model_path), "record": str(a.record_path), "mlflow_run_id": r.mlflow_run_id}  # fmt: skip
 
 
@@ -341,7 +342,8 @@ def cmd_finetune(args) -> int:
 def _finetuned_line(r) -> str:
     a, before = r.after, r.before.get("accuracy_drop", math.nan)
     resumed = f" (resumed at step {r.resumed_at})" if r.resumed_at else ""
-    return (f"fine-tuned {len(r.losses)} steps in {r.seconds:.0f} s{resumed}: accuracy drop {before:.2f} -> "
+    chosen = f", kept step {r.chosen_step}" if r.chosen_step != len(r.losses) else ""
+    return (f"fine-tuned {len(r.losses)} steps in {r.seconds:.0f} s{resumed}{chosen}: accuracy drop {before:.2f} -> "
             f"{a.accuracy_drop:.2f} points, latency {a.latency_ratio:.2f}x FP32; wrote {a.model_path} and {a.record_path}")
 
 

@@ -196,7 +196,7 @@ SAMPLERS = ("nsga2", "tpe", "random")
 @dataclass(frozen=True)
 class SearchConfig:
     space: Path | None = None  # default: search_spaces/default.yaml shipped with autoquant
-    objective: Cost = Cost.BITOPS  # the cost minimised next to accuracy: bitops, latency or size
+    objective: Cost = Cost.LATENCY  # the cost minimised next to accuracy: latency, bitops or size
     max_accuracy_drop: float = 1.0  # points of the metric; selects the export (negative: must beat FP32)
     trials: int = bounded(40, 1)
     timeout_minutes: float | None = bounded(None, 0, above=True)
@@ -233,6 +233,7 @@ class FinetuneConfig:
     checkpoint_every: int = bounded(25, 1)  # steps between two checkpoints (a killed run resumes from the last)
     data: str = "calibration"  # or "train": the data.train_size samples (never calibrated or evaluated on)
     learn_scales: bool = False  # also train the activation scales (LSQ), exported in place of the calibrated ones
+    validation: float = bounded(0.2, 0)  # share of the data held out to keep the weights that generalise best
     # As a search's last stage: the plans faster than the export whose PTQ drop misses the limit by at most `margin`
     # points are fine-tuned, the fastest (in the latency table's price) first, at most `candidates` of them
     margin: float = bounded(2.0, 0)
@@ -240,6 +241,8 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_fields(self, "finetune")
+        if self.validation >= 0.5:
+            raise ConfigError(f"finetune.validation must be below 0.5 (a share of the data), got {self.validation}")
         if self.data not in ("calibration", "train"):
             raise ConfigError(f"finetune.data '{self.data}' is unknown: use calibration or train")
 

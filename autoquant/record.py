@@ -95,10 +95,13 @@ class FinetuneRecord:
     seed: int
     data: str  # which samples it was fine-tuned on: calibration or train (FinetuneConfig.data)
     learned_scales: bool  # the activation scales were trained too (the record's activations hold them)
+    validation: float  # share of the samples held out
     data_sha256: str
     samples: int
     loss_first: float  # distillation loss (output NMSE to FP32) of the first and the last 10 steps' batches
     loss_last: float
+    chosen_step: int  # the step whose weights were kept (the held-out samples' least output NMSE; 0: none beat PTQ)
+    held_out_nmse: float | None  # at that step (None: nothing held out)
     seconds: float
     weights_file: str  # beside the record
     weights_sha256: str

@@ -38,7 +38,7 @@ from autoquant.quantize.plan import QuantPlan
 PLANS = {"resnet20": "int4-weights", "resnet56": "int4-weights", "mobilenet": "int8-per-tensor",
          "efficientnet-lite1": "int8-per-channel", "efficientnet-lite2": "int8-per-channel"}  # fmt: skip
 # The photo beds have no reserved training photos: their 100 calibration photos, in smaller batches
-SETTINGS = {"photos": FinetuneConfig(steps=200, batch_size=16, data="calibration"),
+SETTINGS = {"photos": FinetuneConfig(steps=200, batch_size=16, lr=1e-5, data="calibration"),
             "cifar": FinetuneConfig(steps=300, batch_size=32, data="train")}  # fmt: skip
 
 

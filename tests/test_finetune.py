@@ -76,9 +76,13 @@ def test_finetuning_lowers_the_held_out_error_and_apply_rebuilds_its_export(digi
     assert after.output_mse < 0.5 * ptq.output_mse, (ptq.output_mse, after.output_mse)
     assert after.accuracy_drop < ptq.accuracy_drop
     assert len(result.losses) == 60 and np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+    # the weights kept are those the held-out fifth of the calibration samples rated best, looked at every 25 steps
+    assert [s for s, _ in result.held_out] == [0, 25, 50, 60]
+    assert result.chosen_step == min(result.held_out, key=lambda look: look[1])[0]
     assert not (tmp_path / "ckpt").exists()  # a finished run leaves no checkpoint
     record = Record.load(after.record_path)
     assert record.format_version == 5 and record.finetune.steps == 60 and record.finetune.samples == 300
+    assert record.finetune.chosen_step == result.chosen_step
     assert record.finetune.data_sha256 == digits_ws.splits.calibration.sha256()
     # the export runs the same kernels as the plan's PTQ model: fine-tuning changed values, not the graph
     kernels = sorted((e.name, e.kernel) for e in executed_layers(digits_ws.build(plan)))
@@ -148,6 +152,7 @@ def test_a_killed_finetuning_resumes_where_its_checkpoint_is(searched, tmp_path,
     client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
     history = client.get_metric_history(resumed["mlflow_run_id"], "distillation_loss")
     assert len(history) == 120
+    assert len(client.get_metric_history(resumed["mlflow_run_id"], "held_out_nmse")) == 120 // 10 + 1
     assert client.get_run(resumed["mlflow_run_id"]).data.tags.get("mlflow.parentRunId")
 
 

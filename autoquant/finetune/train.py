@@ -1,6 +1,6 @@
-"""The fine-tuning loop: the mirror (mirror.py) learns to give the FP32 model's outputs on the calibration data —
-distillation, no labels — with Adam on every layer's weights and biases; the activation scales stay the ones the
-plan was calibrated with, so the export's quantizers are the ones trained against.
+"""The fine-tuning loop: the mirror (mirror.py) learns to give the FP32 model's outputs on the fine-tuning data —
+distillation, no labels — with Adam on every layer's weights and biases (and, with `learn_scales`, the
+activation scales); the weights kept are those a held-out share of the data rates best.
 
 Step k's batch is drawn by a generator seeded with (seed, k), so a run is a function of its settings and a resumed
 run takes the batches the killed one would have; a checkpoint (parameters, optimizer state, losses) is written
@@ -9,11 +9,11 @@ atomically every `checkpoint_every` steps and picked up by a run with the same s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch
 from ..config import FinetuneConfig
 from ..data import Dataset
 from ..progress import bar
+from ..quantize.scales import ActivationParams
 from .mirror import Mirror
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Trained:
-    weights: dict[str, np.ndarray]  # initializer name → fine-tuned FP32 value
+    weights: dict[str, np.ndarray]  # initializer name → fine-tuned FP32 value (of the chosen step)
+    activations: dict[str, ActivationParams]  # learnt activation scales by tensor (none unless learn_scales)
     losses: tuple[float, ...]  # the distillation loss (output NMSE to FP32) of each step's batch
+    held_out: tuple[tuple[int, float], ...]  # (step, output NMSE on the held-out samples) at each look
+    chosen_step: int  # the step whose weights these are (0: training did not beat the plan as calibrated)
     seconds: float  # of training in this process (a resumed run counts its own)
     resumed_at: int  # the step a checkpoint let it start from (0: none)
 
@@ -42,50 +46,91 @@ def nmse(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tens
     return torch.stack(terms).mean()
 
 
-def batch_rows(n: int, size: int, seed: int, step: int) -> np.ndarray:
-    return np.sort(np.random.default_rng([seed, step]).choice(n, min(size, n), replace=False))
+def batch_rows(rows: np.ndarray, size: int, seed: int, step: int) -> np.ndarray:
+    """Step `step`'s batch among `rows`: a function of (seed, step) only, so a resumed run draws the same."""
+    return np.sort(np.random.default_rng([seed, step]).choice(rows, min(size, len(rows)), replace=False))
+
+
+def split_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): `share` of the samples held out to choose the weights by, none when that
+    would leave fewer than 4 on either side."""
+    held = round(n * share)
+    if held < 4 or n - held < 4:
+        return np.arange(n), np.arange(0)
+    perm = np.random.default_rng([seed, n]).permutation(n)
+    return np.sort(perm[held:]), np.sort(perm[:held])
 
 
 def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], settings: FinetuneConfig,
-          checkpoint: Path, run_key: str, on_step: Callable[[int, float], None] = lambda step, loss: None) -> Trained:  # fmt: skip
-    """Fine-tune `mirror` on `data` towards `teacher` (FP32 outputs by output name, one row per sample)."""
+          checkpoint: Path, run_key: str) -> Trained:  # fmt: skip
+    """Fine-tune `mirror` on `data` towards `teacher` (FP32 outputs by output name, one row per sample). The weights
+    returned are those with the least output NMSE on the held-out share of `data` (`settings.validation`),
+    looked at before the first step and every `checkpoint_every` steps: on a small data set, training longer fits
+    the training samples better and the others worse, and the held-out samples say when that starts."""
     module = mirror.module
     inputs = {k: torch.from_numpy(np.ascontiguousarray(data.column(k))) for k in module.inputs}
     targets = [torch.from_numpy(np.ascontiguousarray(teacher[o])) for o in module.outputs]
+    rows, held = split_rows(len(data), settings.validation, settings.seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
-    what = (settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data, settings.learn_scales)
+    what = (settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data, settings.learn_scales,
+            settings.validation)  # fmt: skip
     key = hashlib.sha256(f"{run_key}:{what}".encode()).hexdigest()
     losses: list[float] = []
+    looks: list[tuple[int, float]] = []
+    best: dict | None = None
     start = 0
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("key") == key:
             module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
-            losses, start = list(state["losses"]), int(state["step"])
+            losses, looks, best, start = list(state["losses"]), list(state["looks"]), state["best"], int(state["step"])
             log.info("fine-tuning resumes at step %d of %d from %s", start, settings.steps, checkpoint)
         else:
             log.info("%s is another fine-tuning's checkpoint (settings, plan or data differ): starting over", checkpoint)
+
+    def look(step: int) -> None:
+        nonlocal best
+        if not len(held):
+            return
+        with torch.no_grad():
+            parts = [module(**{k: v[torch.from_numpy(held[i : i + settings.batch_size])] for k, v in inputs.items()})
+                     for i in range(0, len(held), settings.batch_size)]  # fmt: skip
+            outs = [torch.cat(o) for o in zip(*parts)]
+            value = float(nmse(outs, [t[torch.from_numpy(held)] for t in targets]))
+        looks.append((step, value))
+        if best is None or value < best["nmse"]:
+            best = {"step": step, "nmse": value, "module": copy.deepcopy(module.state_dict())}
+
+    if start == 0:
+        look(0)
     shown = bar(settings.steps, "fine-tuning", unit="step", initial=start)
     t0 = time.perf_counter()
     try:
         for step in range(start, settings.steps):
-            rows = torch.from_numpy(batch_rows(len(data), settings.batch_size, settings.seed, step))
-            out = module(**{k: v[rows] for k, v in inputs.items()})
-            loss = nmse(out, [t[rows] for t in targets])
+            batch = torch.from_numpy(batch_rows(rows, settings.batch_size, settings.seed, step))
+            out = module(**{k: v[batch] for k, v in inputs.items()})
+            loss = nmse(out, [t[batch] for t in targets])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            on_step(step, losses[-1])
             shown.update(1)
-            shown.set_postfix(loss=f"{losses[-1]:.3g}")
-            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-                _save(checkpoint, {"key": key, "step": step + 1, "module": module.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "losses": losses})  # fmt: skip
+            shown.set_postfix(loss=f"{losses[-1]:.3g}", held_out=f"{best['nmse']:.3g}" if best else "-")
+            done = step + 1
+            if done % settings.checkpoint_every == 0 or done == settings.steps:
+                look(done)
+            if done % settings.checkpoint_every == 0 and done < settings.steps:
+                _save(checkpoint, {"key": key, "step": done, "module": module.state_dict(), "looks": looks,
+                                   "optimizer": optimizer.state_dict(), "losses": losses, "best": best})  # fmt: skip
     finally:
         shown.close()
-    return Trained(mirror.weights(), tuple(losses), time.perf_counter() - t0, start)
+    if best is not None:
+        module.load_state_dict(best["module"])
+        log.info("fine-tuning: the weights of step %d (held-out output NMSE %.3g; before training %.3g)", best["step"],
+                 best["nmse"], looks[0][1])  # fmt: skip
+    return Trained(mirror.weights(), mirror.activation_params(), tuple(losses), tuple(looks),
+                   best["step"] if best else settings.steps, time.perf_counter() - t0, start)
 
 
 def _save(path: Path, state: dict) -> None:

@@ -38,6 +38,8 @@ class FinetuneResult:
     before: dict[str, float]  # the plan's export before fine-tuning: the record's objectives
     after: QuantizeResult  # the fine-tuned export
     losses: tuple[float, ...]
+    held_out: tuple[tuple[int, float], ...]  # (step, output NMSE on the held-out samples)
+    chosen_step: int  # whose weights were exported
     seconds: float
     resumed_at: int
     mlflow_run_id: str | None = None
@@ -70,7 +72,8 @@ def teacher_outputs(ws: Workspace, data: Dataset, outputs: list[str]) -> dict[st
 
 def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_dir: Path, checkpoint: Path,
                   before: dict[str, float], tracker=None) -> FinetuneResult:  # fmt: skip
-    """Fine-tune `plan` on `ws`'s calibration data and write its export to `out_dir`."""
+    """Fine-tune `plan` on the data `settings.data` names and write its export to `out_dir`; `tracker(settings,
+    losses, result, before)` logs the run (MLflow) and returns its id."""
     from ..finetune.mirror import Mirror
     from ..finetune.train import train
 
@@ -85,19 +88,22 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
              settings.lr)  # fmt: skip
     trained = train(mirror, calib, teacher, settings, checkpoint, f"{ws.model_key}:{calib.sha256()}:{plan.key()}")
     losses = trained.losses
+    held = dict(trained.held_out).get(trained.chosen_step)
     record = FinetuneRecord(settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data,
-                            settings.learn_scales, calib.sha256(), len(calib),
-                            float(np.mean(losses[:10])), float(np.mean(losses[-10:])), trained.seconds, "", "")  # fmt: skip
+                            settings.learn_scales, settings.validation, calib.sha256(), len(calib),
+                            float(np.mean(losses[:10])), float(np.mean(losses[-10:])), trained.chosen_step, held,
+                            trained.seconds, "", "")  # fmt: skip
     result = write_export(ws, plan, out_dir, f"fine-tuning ({settings.steps} steps)",
-                          tuned=Tuned(trained.weights, record, mirror.activation_params()))  # fmt: skip
+                          tuned=Tuned(trained.weights, record, trained.activations))  # fmt: skip
     checkpoint.unlink(missing_ok=True)
     run_id, error = None, ""
     if tracker is not None:
         try:
-            run_id = tracker(settings, losses, result, before)
+            run_id = tracker(settings, losses, trained.held_out, result, before)
         except Exception as exc:  # noqa: BLE001 - the export is on disk: tracking must not undo it
             error = f"MLflow tracking failed ({exc.__class__.__name__}: {exc}); the fine-tuned export is complete"
-    return FinetuneResult(before, result, losses, trained.seconds, trained.resumed_at, run_id, error)
+    return FinetuneResult(before, result, losses, trained.held_out, trained.chosen_step, trained.seconds,
+                          trained.resumed_at, run_id, error)  # fmt: skip
 
 
 def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: float, settings: FinetuneConfig,
@@ -161,7 +167,7 @@ def mlflow_logger(exp: Experiment, paths: RunPaths):
     """What logs a fine-tuning as an MLflow run nested under the study's: settings, the loss of every step as a
     metric history, the export's figures and files."""
 
-    def log_run(settings: FinetuneConfig, losses, result: QuantizeResult, before: dict[str, float]) -> str:
+    def log_run(settings: FinetuneConfig, losses, held_out, result: QuantizeResult, before: dict[str, float]) -> str:
         import optuna
 
         from ..search import trial_attrs as attrs
@@ -173,7 +179,8 @@ def mlflow_logger(exp: Experiment, paths: RunPaths):
         params = {**{f"finetune.{k}": str(v) for k, v in dataclasses.asdict(settings).items()}}
         metrics = {"accuracy": result.accuracy, "accuracy_drop": result.accuracy_drop,
                    "latency_ratio": result.latency_ratio, "ptq_accuracy_drop": before.get("accuracy_drop", np.nan)}  # fmt: skip
-        return tracker.log_finetune(parent, params, list(losses), metrics, [result.model_path, result.record_path])
+        return tracker.log_finetune(parent, params, list(losses), list(held_out), metrics,
+                                    [result.model_path, result.record_path])  # fmt: skip
 
     return log_run
 

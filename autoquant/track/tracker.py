@@ -128,15 +128,17 @@ class Tracker:
         return self.parent_id
 
     def log_finetune(self, parent_id: str | None, params: dict[str, str], losses: list[float],
-                     metrics: dict[str, float], artifacts: list[Path]) -> str:  # fmt: skip
-        """One run per fine-tuning, under the study's parent run: the loss of every step as the metric history
-        `distillation_loss`, the export's figures and files."""
+                     held_out: list[tuple[int, float]], metrics: dict[str, float], artifacts: list[Path]) -> str:  # fmt: skip
+        """One run per fine-tuning, under the study's parent run: the loss of every step and the held-out output
+        NMSE at each look as metric histories (`distillation_loss`, `held_out_nmse`), the export's figures and
+        files."""
         from mlflow.entities import Metric, Param
 
         tags = {"autoquant.kind": "finetune", **({"mlflow.parentRunId": parent_id} if parent_id else {})}
         run_id = self.client.create_run(self.experiment_id, run_name="finetune", tags=tags).info.run_id
         now = int(time.time() * 1000)
         history = [Metric("distillation_loss", float(v), now, step) for step, v in enumerate(losses)]
+        history += [Metric("held_out_nmse", float(v), now, step) for step, v in held_out]
         final = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         for start in range(0, len(history), 900):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(run_id, metrics=history[start : start + 900])
