@@ -169,10 +169,10 @@ def test_hung_trial_times_out_and_the_study_goes_on(tmp_path, monkeypatch):
 
     real = Workspace.build
 
-    def hangs_on_all_float(self, plan, params=None):
+    def hangs_on_all_float(self, plan, params=None, weights=None):
         if not plan.quantized:  # the all-float warm start: a plan whose build never returns
             time.sleep(30)
-        return real(self, plan, params)
+        return real(self, plan, params, weights)
 
     monkeypatch.setattr(Workspace, "build", hangs_on_all_float)
     t0 = time.time()

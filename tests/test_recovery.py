@@ -19,7 +19,7 @@ from autoquant.engine import apply_record, preset_plan, quantize
 from autoquant.errors import ConfigError, PlanError
 from autoquant.quantize.fake import REDUCED_MAX
 from autoquant.quantize.recovery.rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
-from autoquant.record import Record, validate_record
+from autoquant.record import FORMAT_VERSION, Record, validate_record
 from autoquant.search.space import SearchSpace
 
 # One depthwise 3x3 conv over 4 channels: the centre weight 1 sets each channel's grid (scale 1/qmax: 1/127 with
@@ -90,7 +90,7 @@ def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digit
     assert all(e.integer for e in r.executed)  # the same kernels: recovery changes values, not which kernel runs
     assert r.output_mse < plain.output_mse
     record = Record.load(r.record_path)
-    assert record.format_version == 4
+    assert record.format_version == FORMAT_VERSION
     assert all(lr.weight_rounding == "adaptive" and lr.bias_correction and lr.rounding_mask for lr in record.layers)
     out = apply_record(digits_ws.prepared.source, r.record_path, tmp_path / "applied.onnx", digits_ws.exp.cache)
     assert out.read_bytes() == r.model_path.read_bytes()
