@@ -65,6 +65,27 @@ def activation_quantizers(qmodel: onnx.ModelProto, tensors: set[str]) -> dict[st
     return found
 
 
+def quantized_constants(qmodel: onnx.ModelProto, constants: set[str]) -> dict[str, np.ndarray]:
+    """The FP32 graph's constants (not trained) that the QDQ model reads through a DequantizeLinear — e.g. the
+    constant operand of a quantized Add — as their dequantized values, by their FP32 name."""
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    out = {}
+    for dq in (n for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits):
+        name = dq.output[0].removesuffix("_DequantizeLinear_Output")
+        if name not in constants:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else 0.0
+        if np.ndim(scale) == 1 and q.ndim > 1:
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+        out[name] = ((q - zero) * scale).astype(np.float32)
+    return out
+
+
 def weight_grid(w: Tensor, layer: LayerInfo, granularity: str, bits: int,
                 weight_range: str) -> tuple[Tensor, tuple[int, int]]:  # fmt: skip
     """The symmetric grid onnxruntime's quantizer puts `w` on (quantize/fake.py: weight_scale, in torch): the
@@ -106,17 +127,18 @@ class Mirror:
                             f"{other[0][1]}: fine-tune a plan without {other[0][1]} layers")  # fmt: skip
         nodes = {n.name: n for n in model.graph.node}
         inits = {i.name for i in model.graph.initializer}
-        self.layers = graph.layers
         self.bias = {layer.name: nodes[layer.name].input[2] for layer in graph.layers
                      if len(nodes[layer.name].input) > 2 and nodes[layer.name].input[2] in inits}  # fmt: skip
         trainable = {layer.weight for layer in graph.layers} | set(self.bias.values())
         self.module = GraphModule(model, trainable)
         tensors = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
         self.activations = activation_quantizers(qmodel, tensors)
+        for name, value in quantized_constants(qmodel, inits - trainable).items():
+            self.module.constants[name] = torch.from_numpy(value)
         self.plan, self.weight_range = plan, weight_range
         self._weights = {layer.weight: layer for layer in graph.layers if plan[layer.name].quantize}
-        self._biases = {b: next(la for la in graph.layers if la.name == name) for name, b in self.bias.items()
-                        if plan[name].quantize and plan[name].mode == "static"}  # fmt: skip
+        by_name = {layer.name: layer for layer in graph.layers}
+        self._biases = {b: by_name[name] for name, b in self.bias.items() if plan[name].quantize and plan[name].mode == "static"}
         self._dynamic = {layer.name for layer in graph.layers if plan[layer.name].quantize and plan[layer.name].mode == "dynamic"}
         self.module.hook = self._activation
         self.module.weight = self._weight
