@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..graph.layers import GraphInfo, LayerInfo
-from ..quantize.fake import weight_bounds
+from ..quantize.fake import dynamic_params, weight_scale
 from ..quantize.plan import QuantPlan
 from ..quantize.scales import ActivationParams
 from . import MIRRORED
@@ -88,25 +88,17 @@ def quantized_constants(qmodel: onnx.ModelProto, constants: set[str]) -> dict[st
 
 def weight_grid(w: Tensor, layer: LayerInfo, granularity: str, bits: int,
                 weight_range: str) -> tuple[Tensor, tuple[int, int]]:  # fmt: skip
-    """The symmetric grid onnxruntime's quantizer puts `w` on (quantize/fake.py: weight_scale, in torch): the
-    scales, broadcastable to `w`, as constants of the step, and the integers' bounds."""
-    bounds = weight_bounds(bits, weight_range)
-    with torch.no_grad():
-        if granularity == "per_channel":
-            dims = [d for d in range(w.dim()) if d != layer.channel_axis]
-            absmax = w.abs().amax(dim=dims, keepdim=True)
-        else:
-            absmax = w.abs().max()
-        half = (bounds[1] - bounds[0]) / 2
-        return torch.where(absmax > 0, absmax / half, torch.ones_like(absmax)), bounds
+    """The symmetric grid onnxruntime's quantizer puts `w` on (quantize/fake.py: weight_scale, on the weights as
+    they are now): the scales, broadcastable to `w`, as constants of the step, and the integers' bounds."""
+    scale, bounds = weight_scale(w.detach().numpy(), layer.channel_axis, granularity, bits, weight_range)
+    return torch.from_numpy(np.asarray(scale)), bounds
 
 
 def dynamic_quantize(x: Tensor) -> Tensor:
-    """DynamicQuantizeLinear's uint8 from the tensor's own min and max, widened to include 0 (quantize/fake.py:
-    fake_quant_dynamic_input, in torch); the range is a constant of the step."""
-    lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
-    scale = (hi - lo) / 255 or 1.0
-    return torch.fake_quantize_per_tensor_affine(x, scale, int(min(max(round(-lo / scale), 0), 255)), 0, 255)
+    """DynamicQuantizeLinear's uint8 from the tensor's own min and max (quantize/fake.py: dynamic_params); the
+    range is a constant of the step."""
+    p = dynamic_params(float(x.detach().min()), float(x.detach().max()))
+    return torch.fake_quantize_per_tensor_affine(x, p.scale, int(min(max(p.zero_point, 0), 255)), 0, 255)
 
 
 def _round_ste(x: Tensor) -> Tensor:

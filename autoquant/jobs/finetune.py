@@ -6,7 +6,6 @@ measured (paired latency with FP32) and written like every export, with its FP32
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -141,9 +140,7 @@ def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = 
                  batch_size: int | None = None, record: Path | None = None) -> FinetuneResult:  # fmt: skip
     """Fine-tune the export of the search in `run_dir` (or the plan of `record`)."""
     paths = RunPaths(Path(run_dir))
-    if not paths.run_file.is_file():
-        raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json): give the --out of a search")
-    exp = load_experiment(Path(json.loads(paths.run_file.read_text())["experiment"]))
+    exp = load_experiment(paths.experiment())
     record_path = Path(record) if record else paths.root / "best" / "record.json"
     if not record_path.is_file():
         raise ConfigError(f"{record_path} not found: fine-tuning starts from an export; run the search until it exports "

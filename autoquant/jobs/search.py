@@ -203,11 +203,7 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     """Re-choose the export from a finished study (e.g. under another constraint) without re-running it."""
     paths = RunPaths(Path(run_dir))
     check_export_target(Path(out))
-    if experiment is None:
-        if not paths.run_file.is_file():
-            raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json): give the --out of a search")
-        experiment = Path(json.loads(paths.run_file.read_text())["experiment"])
-    exp = load_experiment(experiment)
+    exp = load_experiment(experiment if experiment is not None else paths.experiment())
     recover_dir(Path(out))
     url = exp.search.storage or paths.storage
     if url == paths.storage and not (paths.root / "study.db").is_file():

@@ -46,11 +46,16 @@ def fake_quant_weight(w: np.ndarray, channel_axis: int, granularity: str, bits: 
     return (np.clip(np.round(w / scale), *bounds) * scale).astype(np.float32)
 
 
-def fake_quant_dynamic_input(x: np.ndarray) -> np.ndarray:
-    """DynamicQuantizeLinear: uint8 from the tensor's own min/max, the range widened to include 0."""
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+def dynamic_params(lowest: float, highest: float) -> ActivationParams:
+    """DynamicQuantizeLinear's uint8 parameters for a tensor with these extremes: the range widened to include 0."""
+    lo, hi = min(lowest, 0.0), max(highest, 0.0)
     scale = (hi - lo) / 255 or 1.0
-    return fake_quant_activation(x, ActivationParams(scale, round(-lo / scale)), "uint8")
+    return ActivationParams(scale, round(-lo / scale))
+
+
+def fake_quant_dynamic_input(x: np.ndarray) -> np.ndarray:
+    """DynamicQuantizeLinear: uint8 from the tensor's own min/max."""
+    return fake_quant_activation(x, dynamic_params(float(x.min()), float(x.max())), "uint8")
 
 
 def in_blocks(a: np.ndarray, axis: int, block: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -4,7 +4,6 @@ plans as a heat map. Reads the studies' storages only; builds no model."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,7 @@ def _category(choice) -> int:
 
 def load_run(run_dir: Path) -> tuple[str, float, list[ScoredPlan]]:
     paths = RunPaths(Path(run_dir))
-    if not paths.run_file.is_file():
-        raise ConfigError(f"{run_dir} is not an autoquant search directory (no run.json)")
-    exp = load_experiment(Path(json.loads(paths.run_file.read_text())["experiment"]))
+    exp = load_experiment(paths.experiment())
     study = optuna.load_study(study_name=exp.name, storage=make_storage(exp.search.storage or paths.storage))
     points = scored_points(study)
     if not points:

@@ -4,6 +4,7 @@ comparable, checked when it is resumed."""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ class RunPaths:
     @property
     def run_file(self) -> Path:
         return self.root / "run.json"
+
+    def experiment(self) -> Path:
+        """The experiment file the search in this directory ran (run.json)."""
+        if not self.run_file.is_file():
+            raise ConfigError(f"{self.root} is not an autoquant search directory (no run.json): give the --out of a search")
+        return Path(json.loads(self.run_file.read_text())["experiment"])
 
     def check_storage_file(self, url: str) -> None:
         """A study.db that exists but is empty or not SQLite would silently become a new, empty study —

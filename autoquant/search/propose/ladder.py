@@ -14,6 +14,7 @@ counts with its prefix's figures.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -91,6 +92,11 @@ class Ladder:
         for label, plan in self.rest():
             study.enqueue_trial(self.space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
 
+    @functools.cached_property
+    def candidates(self) -> list[QuantPlan]:
+        """The plans a rung chooses from; they depend on the model only, so every rung shares them."""
+        return self.model().candidates(self.settings.sweep)
+
     def measured(self, trials: list[optuna.trial.FrozenTrial]) -> list[tuple[QuantPlan, float, float]]:
         """(plan, output NMSE, drop) of the quantized trials, a stopped one with its prefix's figures."""
         return [(attrs.plan(t), *f) for t in trials
@@ -108,7 +114,7 @@ class Ladder:
             return None
         scale = math.exp(sum(map(math.log, ratios)) / len(ratios))
         tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
-        untried = [p for p in model.candidates(self.settings.sweep) if p.quantized and p.key() not in tried]
+        untried = [p for p in self.candidates if p.quantized and p.key() not in tried]
         ok = [p for p in untried if model.predict(p) * scale <= target * self.settings.ladder_margin]
         if ok:
             return min(ok, key=lambda p: (model.plan_cost(p), model.predict(p)))
