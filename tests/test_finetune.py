@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -199,3 +200,17 @@ def test_learnt_activation_scales_are_the_exports_and_apply_rebuilds_them(digits
     assert moved and all(learnt[t].zero_point == calibrated[t].zero_point for t in learnt)
     rebuilt = apply_record(digits_ws.prepared.source, result.after.record_path, tmp_path / "a.onnx", digits_ws.exp.cache)
     assert rebuilt.read_bytes() == result.after.model_path.read_bytes()
+
+
+def test_a_finetuned_mixed_plan_runs_as_planned_in_a_default_session(digits_ws, tmp_path):
+    # What a default onnxruntime session executes (its optimized graph, evaluate/executed.py), per layer: the
+    # float layers a float kernel, the static ones QLinearConv/QGemm, the dynamic one DynamicQuantizeMatMul.
+    names = digits_ws.graph.names
+    plan = QuantPlan.uniform(names, LayerChoice()).with_choices(
+        {names[1]: FLOAT, names[4]: FLOAT, names[-1]: LayerChoice(mode="dynamic")})
+    result = finetune_plan(digits_ws, plan, FinetuneConfig(steps=20), tmp_path / "ft", tmp_path / "ckpt", {})
+    ran = {e.name: e for e in executed_layers(onnx.load(str(result.after.model_path)))}
+    assert ran.keys() == set(names)
+    for name in names:
+        assert ran[name].integer == plan[name].quantize, (name, ran[name].kernel)
+    assert ran[names[-1]].kernel == "DynamicQuantizeMatMul"
