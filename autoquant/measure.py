@@ -83,12 +83,13 @@ class Meter:
         1/(n+1) of the timing instead of half of it."""
         return paired_figures(self.paired_rounds(models))
 
-    def paired_rounds(self, models: list[bytes], enough=None) -> np.ndarray:
+    def paired_rounds(self, models: list[bytes], enough=None, repeats: int = 0) -> np.ndarray:
         """Every round's milliseconds of `models` (serialized) and, in the last column, of FP32, timed side by
-        side. The models' sessions in the timing process are dropped afterwards (FP32's stays)."""
+        side, in at least `repeats` rounds and eval.latency_repeats. The models' sessions in the timing process
+        are dropped afterwards (FP32's stays)."""
         ev = self.ws.evaluator
         try:
-            return ev.latency_rounds(*models, self.fp32_blob, enough=enough)
+            return ev.latency_rounds(*models, self.fp32_blob, enough=enough, repeats=repeats)
         finally:
             fp32 = ev.timer.load(self.fp32_blob)
             for m in models:

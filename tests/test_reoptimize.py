@@ -13,6 +13,9 @@ from onnx import numpy_helper
 from autoquant import Workspace, load_experiment
 from autoquant.api import reoptimize
 from autoquant.cli import main
+from autoquant.config import Cost
+from autoquant.jobs.reoptimize import RACE_ROUNDS, Race, decide
+from autoquant.measure import Measurement
 
 
 def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
@@ -24,7 +27,10 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
         tmp_path / "prod.yaml", name="digits_prod", model={"onnx": str(model_path)},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 3},
-        search={"tracking_uri": registry, "population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 6.0},
+        # bitops: which plan a study exports, and whether it is cheaper, do not depend on the CPU's timing
+        # (the latency race is tested below).
+        search={"tracking_uri": registry, "population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 6.0,
+                "objective": "bitops"},
     )  # fmt: skip
     # v1: a study whose space keeps the second conv float (the all-float plan is never exported), so a
     # later study on the default space has cheaper plans to offer.
@@ -65,6 +71,32 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
     assert code == 0 and "kept" in out and "'production' -> version 2" in out
     assert str(client.get_model_version_by_alias("digits", "production").version) == "2"
     assert client.get_model_version("digits", "3").tags["autoquant.decision"] == "kept"
+
+    # Under objective latency, a re-run that exports the deployed plan on the unchanged model is kept, whatever
+    # its timing says: the one trial of a one-trial study is the deployed plan (enqueued first).
+    fastest = replace(exp, search=replace(exp.search, objective=Cost.LATENCY))
+    r = reoptimize(fastest, "digits", tmp_path / "run5", trials=1)
+    assert r.decision == "kept" and "deployed plan" in r.reason and not r.source_changed, r.reason
+    assert str(client.get_model_version_by_alias("digits", "production").version) == "2"
+
+
+def test_a_latency_promotion_needs_a_significant_paired_gain():
+    """The race is a sign test over paired rounds: noise between equal models, a gain too small to matter, or
+    too few rounds to be significant never promotes; a consistent gain of more than PROMOTE_GAIN does."""
+    rng = np.random.default_rng(0)
+    equal = 1.0 + 0.2 * rng.random((RACE_ROUNDS, 2))  # the same model timed twice, 20 % jitter per run
+    assert not Race.of(equal).faster and Race.of(equal).not_slower
+    gain = np.column_stack([1.1 + 0.01 * rng.random(RACE_ROUNDS), np.ones(RACE_ROUNDS)])
+    assert Race.of(gain).faster
+    assert not Race.of(gain[:3]).faster  # three rounds cannot be significant at 1/16
+    marginal = np.column_stack([np.full(RACE_ROUNDS, 1.01), np.ones(RACE_ROUNDS)])
+    assert not Race.of(marginal).faster  # 1 % faster in every round: below the 2 % a promotion asks
+    old = Measurement(accuracy=99.0, accuracy_drop=0.0, bitops_fraction=0.1, latency_ms=2.0, latency_ratio=0.6,
+                      size_bytes=1000, output_mse=1e-4, model_sha256="")  # fmt: skip
+    new = replace(old, latency_ratio=0.3)
+    assert decide(old, new, 1.0, Cost.LATENCY, 0.1, Race(faster=False, not_slower=True))[0] is False
+    assert decide(old, new, 1.0, Cost.LATENCY, 0.1, Race(faster=True, not_slower=True))[0] is True
+    assert decide(old, new, 1.0, Cost.LATENCY, 0.1, Race(faster=True, not_slower=True), same_plan=True)[0] is False
 
 
 def test_reoptimize_without_a_registry_or_alias_is_exit_2(digits_yaml, tmp_path, capsys):

@@ -104,11 +104,11 @@ class Evaluator:
         timer.feed(self.latency_feed())
         return timer
 
-    def latency_rounds(self, *models: bytes, enough=None) -> np.ndarray:
-        """Every round's milliseconds (rounds × models) of serialized models timed side by side (evaluate/timer.py);
-        `enough` as in Timer.rounds."""
+    def latency_rounds(self, *models: bytes, enough=None, repeats: int = 0) -> np.ndarray:
+        """Every round's milliseconds (rounds × models) of serialized models timed side by side (evaluate/timer.py),
+        in max(repeats, eval.latency_repeats) rounds; `enough` as in Timer.rounds."""
         keys = [self.timer.load(m) for m in models]
-        return self.timer.rounds(keys, self.cfg.latency_repeats, enough)
+        return self.timer.rounds(keys, max(repeats, self.cfg.latency_repeats), enough)
 
     def latency_ms(self, *models: bytes) -> list[float]:
         """Median milliseconds per run of each model, timed side by side."""

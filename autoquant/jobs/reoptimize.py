@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import Cost, Experiment
 from ..errors import ConfigError
 from ..evaluate.cost import bitops_fraction
-from ..evaluate.latency import not_slower
+from ..evaluate.latency import not_slower, slower_than
 from ..fileio import atomic_write_bytes
 from ..graph.ingest import load_onnx
 from ..measure import Measurement, Meter
@@ -32,29 +32,41 @@ class ReoptimizeResult:
     plot: Path
 
 
+PROMOTE_GAIN = 1.02  # under objective latency, as under bitops: a candidate replaces the deployed model when 2 % faster
+RACE_ROUNDS = 15  # at least this many paired rounds decide a promotion: fewer cannot make the sign test significant
+
+
 @dataclass(frozen=True)
 class Race:
-    """The deployed model and the candidate timed side by side: whether the candidate is measurably faster, and
-    whether it is not measurably slower (a one-sided sign test over the paired rounds, as the export's choice)."""
+    """The deployed model and the candidate timed side by side: whether the candidate is measurably faster (the
+    deployed model slower than PROMOTE_GAIN × the candidate in significantly many rounds), and whether it is not
+    measurably slower (the sign test the export's choice uses)."""
 
     faster: bool
     not_slower: bool
 
+    @classmethod
+    def of(cls, rounds) -> Race:
+        """From paired rounds, column 0 the deployed model, column 1 the candidate."""
+        return cls(faster=slower_than(rounds, 0, 1, PROMOTE_GAIN), not_slower=not_slower(rounds, 1, 0))
+
 
 def race(meter: Meter, deployed: bytes, candidate: bytes) -> Race:
-    rounds = meter.paired_rounds([deployed, candidate])
-    return Race(faster=not not_slower(rounds, 0, 1), not_slower=not_slower(rounds, 1, 0))
+    return Race.of(meter.paired_rounds([deployed, candidate], repeats=RACE_ROUNDS))
 
 
 def decide(old: Measurement, new: Measurement | None, max_drop: float, objective: Cost, tolerance: float,
-           timed: Race | None = None) -> tuple[bool, str]:  # fmt: skip
+           timed: Race | None = None, same_plan: bool = False) -> tuple[bool, str]:  # fmt: skip
     """Whether the candidate replaces the deployed model. Under objective latency `timed` decides cheaper: two
-    separate timings differ by noise, so only a difference the paired rounds show counts."""
+    separate timings differ by noise, so only a difference the paired rounds show counts. `same_plan`: the
+    candidate is the deployed plan on an unchanged model, which a new version would only churn."""
     if new is None:
         return False, "no new plan meets the accuracy constraint"
     cost = objective.of
     if old.accuracy_drop > max_drop + 1e-9:
         return True, f"the deployed model now loses {old.accuracy_drop:.2f} pt, beyond the allowed {max_drop:g}"
+    if same_plan:
+        return False, "the candidate is the deployed plan, and the source model is unchanged"
     if new.accuracy < old.accuracy - tolerance:
         return False, f"the candidate is {old.accuracy - new.accuracy:.2f} pt less accurate (tolerance {tolerance:g})"
     cheaper, as_cheap = ((timed.faster, timed.not_slower) if timed is not None else
@@ -82,10 +94,11 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     old = replace(meter(deployed_model, timed=True),
                   bitops_fraction=bitops_fraction(deployed.record, deployed.record.plan()))  # fmt: skip
     new = result.export if result.met else None
+    same_plan = new is not None and not source_changed and result.chosen.plan == deployed.record.plan()
     timed = None
-    if new is not None and exp.search.objective is Cost.LATENCY:
+    if new is not None and not same_plan and exp.search.objective is Cost.LATENCY:
         timed = race(meter, deployed_model.SerializeToString(), Path(new.model_path).read_bytes())
-    promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance, timed)
+    promote, reason = decide(old, new, exp.search.max_accuracy_drop, exp.search.objective, tolerance, timed, same_plan)
     candidate_version = None
     if new is not None:
         candidate_version = register(result, name)
