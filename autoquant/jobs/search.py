@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -118,11 +119,13 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         if exp.source_file is None:
             raise ConfigError("parallel workers start from an experiment file: load the experiment with load_experiment")
         exp = with_threads(exp, max(1, (os.cpu_count() or 1) // workers))
-    # The tracking store is opened first: a server that does not answer fails the command in seconds,
-    # before calibration and sensitivity are spent.
-    tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts",
-                      own_store=not exp.search.tracking_uri)  # fmt: skip
-    setup = setup_study(exp, paths, prior_plans=prior_plans)
+    # The tracking store opens while the study is set up: MLflow's imports and a new store's schema take as long
+    # as calibrating a small model. A server that does not answer still fails the command before any trial.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open") as pool:
+        opening = pool.submit(Tracker, exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts",
+                              own_store=not exp.search.tracking_uri)  # fmt: skip
+        setup = setup_study(exp, paths, prior_plans=prior_plans)
+        tracker = opening.result()
     ws = setup.workspace
     try:
         tracker.start_parent(setup.study, study_params(exp, ws), [p for p in (exp.source_file, setup.space_file) if p])

@@ -113,10 +113,15 @@ class ErrorModel:
         pick: dict[tuple[str, LayerChoice, str], LayerChoice] = {}  # (layer, choice, consumer) → the consumer's
         for n in reversed(names):  # consumers come after their producer in the graph's order
             best[n] = {}
+            # An edge depends only on whether each side is quantized: per consumer, its best quantized and its
+            # best float choice are the only ones a producer's choice can pick (the first in the space's order
+            # on a tie, as a minimum over all of them would).
+            kinds = {c: [min(xs, key=best[c].get) for q in (True, False) if (xs := [x for x in best[c] if x.quantize == q])]
+                     for c in children[n]}  # fmt: skip
             for o in options[n]:
                 total = own(n, o)
                 for c in children[n]:
-                    co = min(best[c], key=lambda x: best[c][x] + lam * edge(n, o, c, x))
+                    co = min(kinds[c], key=lambda x: (best[c][x] + lam * edge(n, o, c, x), options[c].index(x)))
                     pick[n, o, c] = co
                     total += best[c][co] + lam * edge(n, o, c, co)
                 best[n][o] = total
@@ -148,7 +153,7 @@ class ErrorModel:
         no candidate is."""
         models = [self] + ([replace(self, cost=self.cost.bitops)] if isinstance(self.cost, LatencyCost) else [])
         plans = [self.least_error()] + [p for m in models for p in m.sweep(sweep) + m.float_path(m.least_error(), len(self.space.layers))]
-        return list({p.key(): p for p in plans}.values())
+        return list(dict.fromkeys(plans))
 
     def cheaper_neighbours(self, plan: QuantPlan) -> list[QuantPlan]:
         """The plans one or two layer moves away from `plan` that cost less: one layer a step down in bits (its

@@ -27,5 +27,13 @@ def load(cfg, ctx: SourceContext) -> Dataset:
 
 
 def normalize_cifar(images: np.ndarray) -> np.ndarray:
-    x = (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    # Channel by channel into the NCHW array: the same operations in the same order as (x / 255 - mean) / std on
+    # the whole array, without its four temporaries of the 10,000 images (most of a second of a study's start).
+    out = np.empty((len(images), 3, *images.shape[1:3]), np.float32)
+    for c in range(3):
+        x = out[:, c]
+        np.copyto(x, images[..., c], casting="unsafe")
+        x /= np.float32(255.0)
+        x -= IMAGENET_MEAN[c]
+        x /= IMAGENET_STD[c]
+    return out

@@ -23,8 +23,6 @@ def resolve(exp, splits) -> Path:
 
 
 def _path(exp, get_splits, cache: Path) -> Path:
-    from ... import zoo
-
     m = exp.model
     if m.builtin in _CHECKPOINT_DEPTH:
         if m.checkpoint is None:
@@ -35,6 +33,9 @@ def _path(exp, get_splits, cache: Path) -> Path:
             )
         out = cache / f"{m.builtin}-{file_sha256(m.checkpoint)[:12]}.onnx"
         if not out.is_file():
+            # torch is imported only when the cached export must be made: the import takes a second
+            from ... import zoo
+
             export_torch(zoo.load_cifar_resnet(_CHECKPOINT_DEPTH[m.builtin], m.checkpoint),
                          np.zeros((1, 3, 32, 32), np.float32), out)  # fmt: skip
         return out
@@ -45,6 +46,8 @@ def _path(exp, get_splits, cache: Path) -> Path:
     tag = f"{m.builtin}-{train.sha256()[:12]}-seed{exp.data.seed}"
     out = cache / f"{tag}.onnx"
     if not out.is_file():
+        from ... import zoo
+
         if m.builtin == "digits_cnn":
             net = zoo.train_digits_cnn(train.x, train.y, cache, seed=exp.data.seed)
         else:
