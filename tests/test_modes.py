@@ -29,7 +29,7 @@ from autoquant.quantize.smoothing import smoothable
 from autoquant.record import Record
 from autoquant.search import ErrorModel
 from autoquant.search.estimate.cost import BitopsCost
-from autoquant.search.propose import warm_starts
+from autoquant.search.propose import first_rung, warm_starts
 from autoquant.search.space import SearchSpace, space_path
 
 INTEGER = {"static": {"QLinearMatMul", "QGemm"}, "dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"},
@@ -137,6 +137,20 @@ def test_transformer_space_offers_the_modes_and_warm_starts_use_them(ws):
     assert labels["all-dynamic"].modes() == {"dynamic"} and labels["all-int4-b32"].modes() == {"int4"}
     budget = [p for label, p in labels.items() if label.startswith("guided-budget")]
     assert budget and any("int4" in p.modes() for p in budget)  # the cheap mode enters across the cost range
+
+
+def test_the_first_rung_is_dynamic_on_a_model_without_convolutions(ws, digits_yaml, tmp_path):
+    """onnxruntime's recipe per kind of model: the study's first plan on the encoder runs every layer dynamic; on
+    the digits CNN (a Gemm head after convolutions) every layer static."""
+    from autoquant.api import search
+
+    label, plan = first_rung(ws.graph.layers)
+    assert label == "ladder-0" and plan.modes() == {"dynamic"}
+    assert first_rung(Workspace(load_experiment(digits_yaml)).graph.layers)[1].modes() == {"static"}
+    exp = dataclasses.replace(ws.exp, search=dataclasses.replace(ws.exp.search, max_accuracy_drop=50.0))
+    result = search(exp, tmp_path / "run", trials=1)
+    assert result.met and result.chosen.label == "ladder-0" and result.chosen.plan.modes() == {"dynamic"}
+    assert {e.kernel for e in result.export.executed} <= INTEGER["dynamic"]  # what a default session runs
 
 
 def test_cnn_layers_keep_static_options(digits_yaml):

@@ -90,7 +90,7 @@ def setup_study(exp: Experiment, paths: RunPaths, *, storage_url: str | None = N
                         max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
     if not study.trials:
         priors = [(label, mapped(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
-        for label, plan in priors + ([first_rung(ws.graph.names)] if cfg.warm_start else []):
+        for label, plan in priors + ([first_rung(ws.graph.layers)] if cfg.warm_start else []):
             study.enqueue_trial(space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
