@@ -1,10 +1,11 @@
 """The ladder: a first plan within the limit, fast. Before anything else a study tries all-INT8 (`ladder-0`: static,
-or dynamic on a model without convolutions), which needs nothing but calibration; while a rung misses the limit, the next one (`ladder-K`) is the plan the latency
-table prices cheapest among those the error model, calibrated on the rungs so far, puts within the limit — the
-fewest float layers, or cheaper per-layer choices (range algorithm, granularity, mode), that it needs. The ladder
-ends at the first rung that meets the limit, or after `ProposeSettings.rungs` rungs; the other warm starts are
-enqueued then. So a study of any size tries the error model's plans first, and its first feasible plan (exported
-at once) comes after a rung or two rather than after every uniform plan.
+or dynamic on a model without convolutions), which needs nothing but calibration; while a rung misses the limit,
+the next one (`ladder-K`) is the plan the latency table prices cheapest among those the error model, calibrated on
+the rungs so far, puts within the limit — the fewest float layers, or cheaper per-layer choices (range algorithm,
+granularity, mode), that it needs. The ladder ends at the first rung that meets the limit, or after
+`ProposeSettings.rungs` rungs; the other warm starts are enqueued then. So a study of any size tries the error
+model's plans first, and its first feasible plan (exported at once) comes after a rung or two rather than after
+every uniform plan.
 
 Where the limit lies in output NMSE is read off the rungs: the drop of a plan grows with its output NMSE, about as a
 power of it; a line through (log NMSE, log drop) of the rungs so far, inside the bracket of the rungs that met and

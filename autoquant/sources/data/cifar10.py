@@ -28,7 +28,7 @@ def load(cfg, ctx: SourceContext) -> Dataset:
 
 def normalize_cifar(images: np.ndarray) -> np.ndarray:
     # Channel by channel into the NCHW array: the same operations in the same order as (x / 255 - mean) / std on
-    # the whole array, without its four temporaries of the 10,000 images (most of a second of a study's start).
+    # the whole array (bit for bit), without its four whole-array temporaries.
     out = np.empty((len(images), 3, *images.shape[1:3]), np.float32)
     for c in range(3):
         x = out[:, c]
