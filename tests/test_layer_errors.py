@@ -128,6 +128,7 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
     (not from an FP32 figure measured once at study start); the all-float plan then reads about 1. A plan
     that cannot be the export — slower than the bar in each of the first rounds, or over the accuracy limit —
     is timed with FEW_ROUNDS only."""
+    from autoquant.evaluate.latency import slower_than
     from autoquant.evaluate.timer import FEW_ROUNDS
     from autoquant.measure import Timing
     from autoquant.quantize.plan import FLOAT
@@ -135,29 +136,39 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
 
     exp = resnet20_ws.exp
     ws = Workspace(dataclasses.replace(exp, eval=dataclasses.replace(exp.eval, latency_repeats=15)))
-    timed = []
+    timed, rounds = [], []
     real = type(ws.evaluator).latency_rounds
 
     def spy(self, *sessions, **kwargs):
         timed.append(len(sessions))
-        return real(self, *sessions, **kwargs)
+        rounds.append(real(self, *sessions, **kwargs))
+        return rounds[-1]
+
+    def about_one(ratio: float, i: int) -> bool:
+        """The same model timed as a plan and as FP32 reads 1 within the noise: 0.3, or twice the spread
+        (interquartile range) of its per-round ratios where this machine's rounds scatter more (a loaded CPU)."""
+        per_round = rounds[-1][:, i] / rounds[-1][:, -1]
+        q1, q3 = np.percentile(per_round, [25, 75])
+        return abs(ratio - 1) < max(0.3, 2 * (q3 - q1))
 
     monkeypatch.setattr(type(ws.evaluator), "latency_rounds", spy)
     scorer, all_float = PlanScorer(ws, timed=True), QuantPlan.uniform(ws.graph.names, FLOAT)
     result = scorer(all_float)
     assert timed == [2]  # the plan and FP32, in the same rounds
-    assert 0.7 < result.latency_ratio < 1.3
-    assert result.latency_rounds == 15
-    # all-float against a bar of half FP32's time: slower in every round, so timing stops after FEW_ROUNDS
-    assert scorer(all_float, Timing(max_drop=1.0, bar=0.5)).latency_rounds == FEW_ROUNDS == 4
-    assert scorer(all_float, Timing(max_drop=1.0, bar=3.0)).latency_rounds == 15  # might be the export: every round
+    assert about_one(result.latency_ratio, 0) and result.latency_rounds == 15
+    # all-float against a bar of half FP32's time: slower in the first rounds, so timing stops early — after
+    # FEW_ROUNDS on a quiet machine; a round that a loaded CPU disturbs only delays the sign test's verdict
+    assert FEW_ROUNDS <= scorer(all_float, Timing(max_drop=1.0, bar=0.5)).latency_rounds < 15
     assert scorer(all_float, Timing(max_drop=-1.0, bar=3.0)).latency_rounds == FEW_ROUNDS  # breaks the limit
+    # Might be the export: every round, unless a disturbed CPU made its rounds show it 3x slower than FP32
+    rounds_taken = scorer(all_float, Timing(max_drop=1.0, bar=3.0)).latency_rounds
+    assert rounds_taken == 15 or slower_than(rounds[-1], 0, 1, 3.0)
     # plans timed after a study share their rounds: three sessions and one FP32 run per round
     from autoquant.measure import Meter
 
     timed.clear()
     int8 = QuantPlan.uniform(ws.graph.names, LayerChoice())
     together = Meter(ws).latencies([ws.build(p).SerializeToString() for p in (all_float, int8, all_float)])
-    assert timed == [4] and [rounds for _, _, rounds in together] == [15, 15, 15]
-    assert 0.7 < together[0][1] < 1.3 and 0.7 < together[2][1] < 1.3
+    assert timed == [4] and [n for _, _, n in together] == [15, 15, 15]
+    assert about_one(together[0][1], 0) and about_one(together[2][1], 2)
     assert together[1][1] < min(together[0][1], together[2][1])  # INT8 is faster than float on ResNet-20
