@@ -9,6 +9,7 @@ onnxruntime's entropy/percentile calibrators, which keep every batch's outputs
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,14 +40,18 @@ class TensorStats:
 
     def update(self, values: np.ndarray) -> None:
         v = values.reshape(-1)
-        # ±inf (an attention mask's "minus infinity") has no place on any grid; ranges describe the rest
-        finite = np.isfinite(v)
-        if not finite.all():
-            self.nonfinite += int(v.size - finite.sum())
-            v = v[finite]
         if v.size == 0:
             return
         lo, hi = float(v.min()), float(v.max())
+        # ±inf (an attention mask's "minus infinity") has no place on any grid; ranges describe the rest. NaN and
+        # ±inf show in the extremes, so the common all-finite tensor costs no pass of its own.
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(v)
+            self.nonfinite += int(v.size - np.count_nonzero(finite))
+            v = v[finite]
+            if v.size == 0:
+                return
+            lo, hi = float(v.min()), float(v.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         absmax = max(abs(lo), abs(hi))
         if self.radius == 0.0:
@@ -54,8 +59,10 @@ class TensorStats:
         while absmax > self.radius:
             self._double()
         n = len(self.counts)
-        idx = ((v + self.radius) * (n / (2 * self.radius))).astype(np.int64)
-        np.clip(idx, 0, n - 1, out=idx)
+        scaled = v + self.radius  # ≥ 0: |v| ≤ radius, and rounding the radius to v's type cannot cross |v|
+        scaled *= n / (2 * self.radius)
+        idx = scaled.astype(np.intp)
+        np.minimum(idx, n - 1, out=idx)  # v = radius lands on n
         self.counts += np.bincount(idx, minlength=n)
 
     def _double(self) -> None:
