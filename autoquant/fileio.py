@@ -106,3 +106,48 @@ def file_lock(path: Path, *, wait: bool = True):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def seed_sqlite(db: Path, template: Path) -> bool:
+    """Make the new SQLite database `db` a copy of `template` (an empty store kept by keep_sqlite_template): opening
+    a copy of a store takes milliseconds where creating its schema takes Optuna a third of a second and MLflow over
+    one. False, and nothing done, when `db` exists or no sound template does. The copy is linked into place, so a
+    process that creates `db` meanwhile keeps its own."""
+    try:
+        with open(template, "rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return False
+    except OSError:
+        return False
+    if db.exists():
+        return False
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{db.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(template, tmp)
+        os.link(tmp, db)
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
+def keep_sqlite_template(db: Path, template: Path) -> None:
+    """Keep the store `db`, just created and still empty, as `template` for seed_sqlite (SQLite's backup API: a
+    consistent copy while it is open; written atomically)."""
+    import sqlite3
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=template.parent, prefix=f".{template.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+        os.replace(tmp, template)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

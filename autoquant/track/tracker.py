@@ -17,6 +17,7 @@ import yaml
 
 from ..config import Experiment
 from ..errors import ConfigError, first_line
+from ..fileio import keep_sqlite_template, seed_sqlite
 from ..quantize.plan import QuantPlan
 from ..search import trial_attrs as attrs
 from ..workspace import Workspace
@@ -81,15 +82,24 @@ def fail_fast(uri: str) -> None:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path, own_store: bool = False):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path, own_store: bool = False,
+                 template_dir: Path | None = None):  # fmt: skip
+        """`own_store`: the run directory's own SQLite store, which a new run creates as a copy of the empty store
+        kept in `template_dir` (made by the first run with this MLflow; its schema migrations take over a second)."""
+        import mlflow
         from mlflow import MlflowClient
 
         fail_fast(tracking_uri)
+        db = Path(tracking_uri.removeprefix("sqlite:///")) if own_store and tracking_uri.startswith("sqlite:///") else None
+        template = None if db is None or template_dir is None else template_dir / f"mlflow-{mlflow.__version__}.db"
+        created = template is not None and not db.exists() and not seed_sqlite(db, template)
         try:
             if own_store:
                 follow_moved_run_dir(tracking_uri, experiment_name, artifact_dir)
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment_name)
+            if created and len(self.client.search_experiments()) <= 1:  # MLflow's Default experiment alone
+                keep_sqlite_template(db, template)
             self.experiment_id = (
                 exp.experiment_id if exp else
                 self.client.create_experiment(experiment_name, artifact_location=artifact_dir.resolve().as_uri())
