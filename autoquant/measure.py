@@ -21,6 +21,7 @@ from .evaluate.cost import bitops_fraction
 from .evaluate.early_stop import EarlyStop, Hopeless
 from .evaluate.executed import count_disagreement, disagreements, executed_layers
 from .evaluate.latency import slower_than
+from .evaluate.metrics import HITS
 from .quantize.plan import QuantPlan
 from .workspace import Workspace
 
@@ -36,6 +37,9 @@ class Measurement:
     output_mse: float  # mean squared difference to the FP32 outputs, relative to their mean square
     model_sha256: str  # of the serialized model measured ("": not known, e.g. a result stored by an older autoquant)
     latency_rounds: int = field(default=0, kw_only=True)  # interleaved rounds the latency is the median of (0: not timed, or not known)
+    # The drop's standard error from which eval samples happen to be scored (NaN: the metric has no per-sample hits,
+    # or a result stored by an older autoquant): drop_stderr().
+    drop_stderr: float = field(default=math.nan, kw_only=True)
 
     def to_dict(self) -> dict[str, float | str]:
         return {k: v if isinstance(v, str) else float(v) for k, v in asdict(self).items()}
@@ -132,7 +136,33 @@ class Meter:
         mse = self._nmse(scored.outputs, ws.reference.outputs)
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
         return Measurement(scored.accuracy, drop, bitops, ms, ratio, len(blob), mse, hashlib.sha256(blob).hexdigest(),
-                           latency_rounds=rounds)  # fmt: skip
+                           latency_rounds=rounds, drop_stderr=self._drop_stderr(scored.outputs))  # fmt: skip
+
+    @functools.cached_property
+    def _hits(self):
+        """(the metric's per-sample hits function, FP32's hits), or None for a metric without them."""
+        ws = self.ws
+        hits = HITS.get(ws.exp.eval.metric)
+        reference = ws.reference.outputs
+        fp32 = None if hits is None else hits(reference, ws.evaluator.data.y, reference)
+        return None if fp32 is None else (hits, np.asarray(fp32, bool))
+
+    def _drop_stderr(self, outputs: np.ndarray) -> float:
+        if self._hits is None:
+            return math.nan
+        hits, fp32 = self._hits
+        ws = self.ws
+        return drop_stderr(np.asarray(hits(outputs, ws.evaluator.data.y, ws.reference.outputs), bool), fp32)
+
+
+def drop_stderr(hits: np.ndarray, fp32_hits: np.ndarray) -> float:
+    """Standard error, in points, of a percentage metric's drop against FP32 scored on the same samples: only the
+    samples where the two disagree carry it (the paired, McNemar view), b + c of them, b − c net:
+    100 · √(b + c − (b − c)² / N) / N. A plan that misses the limit by less than a couple of these may meet it on
+    other samples: its miss is the eval set's luck as much as its error."""
+    n = len(hits)
+    lost, gained = int(np.sum(fp32_hits & ~hits)), int(np.sum(hits & ~fp32_hits))
+    return 100.0 * math.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0)) / n if n else math.nan
 
 
 def paired_figures(rounds: np.ndarray) -> list[tuple[float, float, int]]:

@@ -63,13 +63,22 @@ class StudySetup:
         model = by_latency if self.exp.search.objective is Cost.LATENCY else ErrorModel.build(errors, space, BitopsCost(ws.graph))
         return Estimates(errors, latency, model, by_latency)
 
+    @functools.cached_property
+    def local_errors(self) -> LayerErrors:
+        """Each choice's error at its own layer: the ladder ranks equal-kernel variants by it before the estimates
+        (which reuse it) are made."""
+        t0 = time.perf_counter()
+        local = layer_errors(self.workspace, self.space, propagated=False)
+        self.workspace.add_seconds("sensitivity", time.perf_counter() - t0)
+        return local
+
     def warm_starts(self) -> list:
         e, cfg = self.estimates, self.exp.search
         return warm_starts(self.workspace.graph.names, self.space, e.errors, e.model, cfg.sensitivity_k)
 
     def ladder(self) -> Ladder:
         return Ladder(self.space, self.exp.search.max_accuracy_drop, self.workspace.reference.accuracy,
-                      lambda: self.estimates.by_latency, self.warm_starts)  # fmt: skip
+                      lambda: self.estimates.by_latency, self.warm_starts, lambda: self.local_errors)  # fmt: skip
 
 
 def setup_study(exp: Experiment, paths: RunPaths, *, storage_url: str | None = None,
@@ -84,7 +93,8 @@ def setup_study(exp: Experiment, paths: RunPaths, *, storage_url: str | None = N
     space = SearchSpace.from_yaml(space_file, ws.graph)
     url = storage_url or cfg.storage or paths.storage
     paths.check_storage_file(url)
-    study = open_study(exp, make_storage(url), study_fingerprint(exp, ws))
+    storage = make_storage(url, exp.cache / "stores" if url == paths.storage else None)
+    study = open_study(exp, storage, study_fingerprint(exp, ws))
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
     scorer = PlanScorer(ws, cfg.trial_timeout_seconds, timed=cfg.objective is Cost.LATENCY,
                         max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip

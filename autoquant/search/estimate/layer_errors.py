@@ -102,8 +102,10 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build():
-        local = _measure(ws, space, choices, subset)
-        return {"table": local * _gains(ws, local, choices, subset) if propagated else local}
+        if not propagated:
+            return {"table": _measure(ws, space, choices, subset)}
+        local = layer_errors(ws, space, samples, propagated=False).table  # cached: the ladder may have asked first
+        return {"table": local * _gains(ws, local, choices, subset)}
 
     arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.model_key[:16]}-{digest}.npz", key, build)
     return LayerErrors(ws.graph.names, choices, arrays["table"])

@@ -7,6 +7,11 @@ granularity, mode), that it needs. The ladder ends at the first rung that meets 
 model's plans first, and its first feasible plan (exported at once) comes after a rung or two rather than after
 every uniform plan.
 
+A rung that misses by less than the eval set can tell (a couple of its drop's standard errors: near a limit of a
+tenth of a point, which samples are scored decides as much as the plan does) is followed first by a variant
+(`ladder-K-ranges`): its own kernels with other activation ranges or weight granularity, as fast as it, ranked by
+the layers' own errors alone, which take a fraction of the time the error model's per-layer gains do.
+
 Where the limit lies in output NMSE is read off the rungs: the drop of a plan grows with its output NMSE, about as a
 power of it; a line through (log NMSE, log drop) of the rungs so far, inside the bracket of the rungs that met and
 broke the limit, says at which NMSE the drop reaches the limit (a secant step on that boundary). A rung stopped early
@@ -18,20 +23,24 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from ...errors import ConfigError
 from ...graph.layers import LayerInfo
 from ...quantize.plan import LayerChoice, QuantPlan
 from .. import trial_attrs as attrs
 from ..estimate.error_model import ErrorModel
+from ..estimate.layer_errors import LayerErrors
 from ..space import SearchSpace
 from .baselines import Labelled
 from .settings import SETTINGS, ProposeSettings
 
 PREFIX = "ladder-"
+VARIANT = "-ranges"  # the suffix of a rung that keeps the kernels of the rung it varies
 DONE_KEY = "ladder_done"  # a study attribute: the ladder ended and the warm starts are enqueued
 
 
@@ -69,11 +78,13 @@ class Ladder:
     """Optuna callback: after each rung, the next rung or the end of the ladder (then `rest()`'s warm starts)."""
 
     def __init__(self, space: SearchSpace, max_drop: float, fp32_accuracy: float, model: Callable[[], ErrorModel],
-                 rest: Callable[[], list[Labelled]], settings: ProposeSettings = SETTINGS):  # fmt: skip
+                 rest: Callable[[], list[Labelled]], local: Callable[[], LayerErrors],
+                 settings: ProposeSettings = SETTINGS):  # fmt: skip
         """`model`: the error model priced in latency (computed when first asked: the first rung needs none);
-        `rest`: the warm starts to enqueue when the ladder ends."""
+        `rest`: the warm starts to enqueue when the ladder ends; `local`: the per-layer errors without their gains
+        (what a variant rung is ranked by)."""
         self.space, self.max_drop, self.fp32 = space, max_drop, fp32_accuracy
-        self.model, self.rest, self.settings = model, rest, settings
+        self.model, self.rest, self.local, self.settings = model, rest, local, settings
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if attrs.label(trial).startswith(PREFIX):
@@ -89,10 +100,14 @@ class Ladder:
             return  # a rung is waiting or running (here or in another worker)
         met = any(t.state == TrialState.COMPLETE and attrs.result(t).accuracy_drop <= self.max_drop
                   and attrs.plan(t).quantized for t in rungs)  # fmt: skip
-        step = None if met or len(rungs) >= self.settings.rungs else self.next_rung(rungs, study)
+        step, suffix = None, ""
+        if not met and len(rungs) < self.settings.rungs:
+            step, suffix = self.variant(rungs, study), VARIANT
+            if step is None:
+                step, suffix = self.next_rung(rungs, study), ""
         if step is not None:
-            study.enqueue_trial(self.space.params_for(step), user_attrs=attrs.enqueue_attrs(f"{PREFIX}{len(rungs)}"),
-                                skip_if_exists=True)  # fmt: skip
+            study.enqueue_trial(self.space.params_for(step),
+                                user_attrs=attrs.enqueue_attrs(f"{PREFIX}{len(rungs)}{suffix}"), skip_if_exists=True)  # fmt: skip
             return
         study.set_user_attr(DONE_KEY, True)
         for label, plan in self.rest():
@@ -107,6 +122,34 @@ class Ladder:
         """(plan, output NMSE, drop) of the quantized trials, a stopped one with its prefix's figures."""
         return [(attrs.plan(t), *f) for t in trials
                 if attrs.plan(t).quantized and (f := attrs.figures(t, self.fp32, self.max_drop)) is not None]  # fmt: skip
+
+    def variant(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
+        """When the rung closest to the limit missed it by at most `settings.noise_z` standard errors of its drop
+        (Measurement.drop_stderr; NaN for a metric without per-sample hits: never), its plan with every quantized
+        layer on one other (activation range algorithm, weight granularity) where the layer is offered it: the
+        same kernels, so as fast. The untried one whose layers' summed local error is least, if within
+        `settings.variant_error` × the rung's; at most `settings.variants` of them in a ladder."""
+        if sum(attrs.label(t).endswith(VARIANT) for t in rungs) >= self.settings.variants:
+            return None
+        missed = [(r, attrs.plan(t)) for t in rungs
+                  if t.state == TrialState.COMPLETE and (r := attrs.result(t)) is not None and attrs.plan(t).quantized]  # fmt: skip
+        if not missed:
+            return None
+        closest, plan = min(missed, key=lambda m: m[0].accuracy_drop)
+        if not closest.accuracy_drop - self.max_drop <= self.settings.noise_z * closest.drop_stderr:
+            return None
+        local = self.local()
+        offered = {layer.name: set(layer.options) for layer in self.space.layers}
+        keys = {(o.activation_algorithm, o.weight_granularity) for n in plan.quantized for o in offered[n] if o.quantize}
+        tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
+
+        def error(p: QuantPlan) -> float:
+            return sum(local.of(n, c) for n, c in p.choices)
+
+        variants = [v for key in sorted(keys)
+                    if (v := QuantPlan(tuple((n, _with_ranges(c, key, offered[n])) for n, c in plan.choices))).key() not in tried]  # fmt: skip
+        bound = error(plan) * self.settings.variant_error
+        return min((v for v in variants if error(v) <= bound), key=error, default=None)
 
     def next_rung(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
         """The cheapest plan (the latency table's price) of the error model's untried candidates whose calibrated
@@ -125,3 +168,14 @@ class Ladder:
         if ok:
             return min(ok, key=lambda p: (model.plan_cost(p), model.predict(p)))
         return min(untried, key=lambda p: (model.predict(p), model.plan_cost(p)), default=None)
+
+
+def _with_ranges(choice: LayerChoice, key: tuple[str, str], offered: set[LayerChoice]) -> LayerChoice:
+    """`choice` with activation range algorithm and weight granularity `key`, if its layer is offered that."""
+    if not choice.quantize:
+        return choice
+    try:
+        other = replace(choice, activation_algorithm=key[0], weight_granularity=key[1])
+    except ConfigError:  # a mode that fixes either (int4's granularity)
+        return choice
+    return other if other in offered else choice

@@ -10,6 +10,9 @@ class ProposeSettings:
     # ladder.py: the first plans of a study, until one meets the limit
     rungs: int = 6  # rungs at most (all-INT8 is the first)
     ladder_margin: float = 0.7  # a rung's predicted NMSE at most this share of where the limit is read to be
+    noise_z: float = 2.0  # a rung that misses by at most this many standard errors of its drop is varied first
+    variants: int = 2  # such variant rungs at most
+    variant_error: float = 2.0  # a variant's summed local error at most this × its rung's
     # guided.py: the warm starts the error model proposes before the sampler runs
     float_counts: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)  # guided-k-float: the greedy path's plans with k float layers
     budget_plans: int = 16  # guided-budget-*: λ values of the sweep
