@@ -146,10 +146,9 @@ class Ladder:
         def error(p: QuantPlan) -> float:
             return sum(local.of(n, c) for n, c in p.choices)
 
-        variants = [v for key in sorted(keys)
-                    if (v := QuantPlan(tuple((n, _with_ranges(c, key, offered[n])) for n, c in plan.choices))).key() not in tried]  # fmt: skip
+        variants = [QuantPlan(tuple((n, _with_ranges(c, key, offered[n])) for n, c in plan.choices)) for key in sorted(keys)]
         bound = error(plan) * self.settings.variant_error
-        return min((v for v in variants if error(v) <= bound), key=error, default=None)
+        return min((v for v in variants if v.key() not in tried and error(v) <= bound), key=error, default=None)
 
     def next_rung(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
         """The cheapest plan (the latency table's price) of the error model's untried candidates whose calibrated
