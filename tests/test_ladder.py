@@ -42,7 +42,8 @@ def rung0(tmp_path_factory):
     ws = Workspace(load_experiment(write_experiment(tmp_path_factory.mktemp("ladder") / "e.yaml", **DIGITS)))
     _, plan = first_rung(ws.graph.layers)
     measured = Meter(ws)(ws.build(plan), plan)
-    assert measured.drop_stderr > 0 and measured.accuracy_drop > 3 * measured.drop_stderr, measured
+    # the limits below are set from these two figures, whatever this CPU's kernels make of the plan
+    assert measured.drop_stderr > 0 and measured.accuracy_drop > 0, measured
     return ws, measured.accuracy_drop, measured.drop_stderr
 
 
@@ -80,6 +81,7 @@ def test_a_miss_within_the_noise_is_varied_first_with_the_same_kernels(rung0, tm
 
 
 def test_a_clear_miss_goes_to_the_error_model(rung0, tmp_path):
+    # three standard errors over the limit (which may be negative: the plan must then beat FP32)
     ws, drop, se = rung0
     _, second = second_rung(tmp_path, drop - 3 * se)
     assert second.user_attrs["label"] == "ladder-1"
