@@ -111,6 +111,16 @@ def file_lock(path: Path, *, wait: bool = True):
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def seed_sqlite_url(url: str, template: Path | None) -> Path | None:
+    """For a store at a `sqlite:///` URL whose file does not exist yet: seed it from `template` (seed_sqlite). The
+    file's path when it still has to be created (no template to copy): the caller keeps it as the template once its
+    library has created it; None otherwise (another backend, no template wanted, an existing file, a copy made)."""
+    if template is None or not url.startswith("sqlite:///"):
+        return None
+    db = Path(url.removeprefix("sqlite:///"))
+    return None if db.exists() or seed_sqlite(db, template) else db
+
+
 def seed_sqlite(db: Path, template: Path) -> bool:
     """Make the new SQLite database `db` a copy of `template` (an empty store kept by keep_sqlite_template): opening
     a copy of a store takes milliseconds where creating its schema takes Optuna a third of a second and MLflow over

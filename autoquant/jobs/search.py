@@ -119,9 +119,10 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         if exp.source_file is None:
             raise ConfigError("parallel workers start from an experiment file: load the experiment with load_experiment")
         exp = with_threads(exp, max(1, (os.cpu_count() or 1) // workers))
-    # The tracking store opens while the study is set up: a new store's schema (where no empty one is kept to copy)
-    # takes as long as calibrating a small model. A server that does not answer still fails the command before any trial. MLflow is imported
-    # here first: two threads importing packages that import each other can see half-initialised modules.
+    # The tracking store opens while the study is set up: a new store's schema (where no empty one is kept to
+    # copy) takes as long as calibrating a small model. A server that does not answer still fails the command
+    # before any trial. MLflow is imported here first: two threads importing packages that import each other can
+    # see half-initialised modules.
     import mlflow  # noqa: F401
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open") as pool:

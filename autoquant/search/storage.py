@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from ..config import Experiment
 from ..errors import ConfigError, first_line
-from ..fileio import keep_sqlite_template, seed_sqlite
+from ..fileio import keep_sqlite_template, seed_sqlite_url
 from ..workspace import Workspace
 from . import trial_attrs as attrs
 from .propose.sampler import make_sampler
@@ -65,9 +65,8 @@ def make_storage(url: str, template_dir: Path | None = None) -> RDBStorage:
     """Open (or create) the Optuna storage at `url`. A new SQLite file starts as a copy of the empty store kept in
     `template_dir` (made by the first study with this Optuna), not from Optuna's schema creation."""
     storage = None
-    db = Path(url.removeprefix("sqlite:///")) if template_dir is not None and url.startswith("sqlite:///") else None
-    template = None if db is None else template_dir / f"optuna-{optuna.__version__}.db"
-    created = db is not None and not db.exists() and not seed_sqlite(db, template)
+    template = None if template_dir is None else template_dir / f"optuna-{optuna.__version__}.db"
+    fresh = seed_sqlite_url(url, template)
     for attempt in range(STORAGE_CREATE_ATTEMPTS):
         try:
             # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
@@ -93,8 +92,8 @@ def make_storage(url: str, template_dir: Path | None = None) -> RDBStorage:
         # killed process (only an OS crash can drop the last commits) and halves the cost.
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
         storage.engine.dispose()
-    if created and not storage.get_all_studies():  # empty still: no other process has started a study in it
-        keep_sqlite_template(db, template)
+    if fresh is not None and not storage.get_all_studies():  # empty still: no other process has started a study
+        keep_sqlite_template(fresh, template)
     return storage
 
 

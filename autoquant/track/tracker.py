@@ -17,7 +17,7 @@ import yaml
 
 from ..config import Experiment
 from ..errors import ConfigError, first_line
-from ..fileio import keep_sqlite_template, seed_sqlite
+from ..fileio import keep_sqlite_template, seed_sqlite_url
 from ..quantize.plan import QuantPlan
 from ..search import trial_attrs as attrs
 from ..workspace import Workspace
@@ -90,16 +90,15 @@ class Tracker:
         from mlflow import MlflowClient
 
         fail_fast(tracking_uri)
-        db = Path(tracking_uri.removeprefix("sqlite:///")) if own_store and tracking_uri.startswith("sqlite:///") else None
-        template = None if db is None or template_dir is None else template_dir / f"mlflow-{mlflow.__version__}.db"
-        created = template is not None and not db.exists() and not seed_sqlite(db, template)
+        template = template_dir / f"mlflow-{mlflow.__version__}.db" if own_store and template_dir is not None else None
+        fresh = seed_sqlite_url(tracking_uri, template)
         try:
             if own_store:
                 follow_moved_run_dir(tracking_uri, experiment_name, artifact_dir)
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment_name)
-            if created and len(self.client.search_experiments()) <= 1:  # MLflow's Default experiment alone
-                keep_sqlite_template(db, template)
+            if fresh is not None and len(self.client.search_experiments()) <= 1:  # MLflow's Default experiment alone
+                keep_sqlite_template(fresh, template)
             self.experiment_id = (
                 exp.experiment_id if exp else
                 self.client.create_experiment(experiment_name, artifact_location=artifact_dir.resolve().as_uri())
