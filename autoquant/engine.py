@@ -28,9 +28,9 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 GRANULARITY_PRESETS = {"int8-per-channel": "per_channel", "int8-per-tensor": "per_tensor"}
-RECOVERY_SUFFIXES = {"+bc": {"bias_correction": True}, "+adaround": {"weight_rounding": "adaptive"}}
-PRESETS = tuple(g + "".join(s) for g in GRANULARITY_PRESETS
-                for s in ((), ("+bc",), ("+adaround",), ("+bc", "+adaround")))  # fmt: skip
+RECOVERY_WORDS = {"bc": {"bias_correction": True}, "adaround": {"weight_rounding": "adaptive"}}
+PRESETS = tuple(g + "".join(f"+{w}" for w in words)
+                for g in GRANULARITY_PRESETS for words in ((), ("bc",), ("adaround",), ("bc", "adaround")))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,28 @@ class QuantizeResult(Measurement):
     executed: tuple[ExecutedLayer, ...] = ()  # per layer, the kernel a default onnxruntime session runs
 
 
+def is_preset(text: str) -> bool:
+    """Whether `text` names a preset (its first word is a granularity preset), rather than a plan file."""
+    return text.split("+")[0] in GRANULARITY_PRESETS
+
+
+def preset_choice(preset: str, algorithm: str = "minmax") -> LayerChoice:
+    """The one choice a preset gives every layer: its granularity, then recovery words in any order
+    (`int8-per-tensor+adaround+bc` is `int8-per-tensor+bc+adaround`)."""
+    head, *words = preset.split("+")
+    unknown = [w for w in words if w not in RECOVERY_WORDS]
+    if head not in GRANULARITY_PRESETS or unknown:
+        what = f"word '+{unknown[0]}'" if unknown else f"'{head}'"
+        raise PlanError(f"plan '{preset}': unknown {what}; a preset is {' or '.join(GRANULARITY_PRESETS)}, optionally "
+                        f"with {' and '.join('+' + w for w in RECOVERY_WORDS)} in any order, or give a plan YAML file")  # fmt: skip
+    fields = {k: v for w in set(words) for k, v in RECOVERY_WORDS[w].items()}
+    return LayerChoice(True, GRANULARITY_PRESETS[head], algorithm, **fields)
+
+
 def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantPlan:
     """`int8-per-channel` / `int8-per-tensor`, with `+bc` (bias correction, on every layer that has a bias to
     correct) and `+adaround` (adaptive rounding): every layer INT8 with one activation algorithm."""
-    if preset not in PRESETS:
-        raise PlanError(f"unknown plan '{preset}': use {', '.join(PRESETS)} or a plan YAML file")
-    head, *suffixes = preset.replace("+", " +").split()
-    fields = {k: v for s in suffixes for k, v in RECOVERY_SUFFIXES[s].items()}
-    choice = LayerChoice(True, GRANULARITY_PRESETS[head], algorithm, **fields)
+    choice = preset_choice(preset, algorithm)
     broken = [layer.name for layer in ws.graph.layers if not layer.finite]
     if broken:
         log.info("%d layer(s) have NaN or Inf in their weights and stay float (e.g. %s)", len(broken), broken[0])

@@ -138,7 +138,11 @@ def seed_sqlite(db: Path, template: Path) -> bool:
     fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{db.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        shutil.copyfile(template, tmp)
+        with _naming(db):  # a full disk is the new store's, not the template's (shutil names its source)
+            try:
+                shutil.copyfile(template, tmp)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror) from exc
         os.link(tmp, db)
     except FileExistsError:
         return False

@@ -23,13 +23,27 @@ log = logging.getLogger(__name__)
 # What the inner tensors fetched from one batch may take (calibration and the per-layer error pass read every
 # activation of a batch at once): on a long-sequence model, 32 samples' activations are many gigabytes.
 FETCH_BUDGET_BYTES = 1 << 30
+# onnxruntime's own log of a session (severity: 2 warning, 3 error, 4 fatal). A run that fails is caught and
+# reported by autoquant in one line (a batch size fixed inside the model, say); onnxruntime's error log of the
+# same failure, several lines with its source location, is chatter the command line keeps off unless --verbose.
+_severity = {"level": 3}
+
+
+def quiet_onnxruntime(quiet: bool = True) -> None:
+    """Keep onnxruntime's session logs to fatal ones (the command line, without --verbose), or to errors."""
+    _severity["level"] = 4 if quiet else 2
+    ort.set_default_logger_severity(_severity["level"])  # sessions onnxruntime's quantization tooling makes
+
+
+def log_severity() -> int:
+    return _severity["level"]
 
 
 def session_options(threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = log_severity()
     # Idle onnxruntime threads spin for a while after each run. Several live sessions (a trial next to FP32, or
     # the models of a benchmark timed interleaved) then steal each other's cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

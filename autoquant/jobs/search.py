@@ -60,6 +60,7 @@ class SearchResult:
     max_drop: float = math.nan  # the limit the export was chosen by
     finetuned: FinetuneResult | None = None  # the experiment's finetune stage: RUN/finetuned
     finetuned_trial: int | None = None  # the trial whose plan it fine-tuned
+    stopped_early: int = 0  # trials whose first eval samples showed they could not meet the limit
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
@@ -188,9 +189,10 @@ def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, o
                 ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")  # fmt: skip
     exported = export_plan(ws, chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
+    stopped = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
                         chosen.met, exported, study.study_name, objective=objective, fastest=chosen.fastest,
-                        max_drop=max_drop)  # fmt: skip
+                        max_drop=max_drop, stopped_early=stopped)  # fmt: skip
 
 
 def slower_note(chosen: ScoredPlan) -> list[str]:

@@ -7,6 +7,7 @@ weights take it (a Gemm in MatMul form, matmul_form.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -27,14 +28,28 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (4, 1)
 
 
+def _quantizer():
+    """onnxruntime's int4 quantizer, imported when a plan first has int4 layers. Importing its module calls
+    logging.basicConfig(level=INFO), which would configure the root logger of whatever program imports autoquant
+    (and print a line per MatMul it skips): with a handler on the root logger, basicConfig does nothing."""
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
+    return DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+
 def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """`model` with the plan's int4 layers as MatMulNBits, one quantizer pass per (block size, accuracy level)."""
-    # Imported here: importing that module calls logging.basicConfig(level=INFO), configuring the root logger
-    # of whatever program imports autoquant; only a plan with int4 layers pays for it.
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+    DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = _quantizer()
 
     groups: dict[tuple[int, int], list[str]] = {}
     for name in plan.in_mode("int4"):
