@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Experiment
-from .errors import PlanError
+from .errors import ConfigError, PlanError
 from .evaluate.executed import ExecutedLayer, executed_layers
 from .fileio import atomic_write_bytes, atomic_write_files
 from .finetune import weights as tuned_weights
@@ -23,7 +23,7 @@ from .quantize.build import build_model
 from .quantize.plan import FLOAT, LayerChoice, QuantPlan
 from .quantize.scales import ActivationParams
 from .quantize.smoothing import smooth
-from .record import FinetuneRecord, Record, make_record, validate_record, validate_smoothing
+from .record import FinetuneRecord, Record, check_rebuilt, make_record, validate_record, validate_smoothing
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,
-                         weight_range=ws.weight_range, smoothing=ws.smoothing, notes=notes,
+                         weight_range=ws.weight_range, smoothing=ws.smoothing, notes=[*notes, *gain_note(measured)],
                          recovery=ws.recovery, finetune=tuned.record if tuned else None)  # fmt: skip
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
@@ -133,6 +133,25 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
                           record_path=record_path, executed=tuple(executed))  # fmt: skip
 
 
+# A quantized model rarely beats its FP32 source, and never by much: a gain beyond this many standard errors of the
+# drop (and a point), or beyond GAIN_POINTS where the metric has no per-sample hits, says the reference or the metric
+# is off (labels of another order, an output that is not the one scored, a metric that is not "higher is better").
+GAIN_STDERRS, GAIN_POINTS = 4.0, 2.0
+
+
+def gain_note(m: Measurement) -> list[str]:
+    """A note (and a warning) when the quantized model scores implausibly far above FP32."""
+    gain = -m.accuracy_drop
+    bound = max(GAIN_STDERRS * m.drop_stderr, 1.0) if math.isfinite(m.drop_stderr) else GAIN_POINTS
+    if not gain > bound:
+        return []
+    note = (f"scores {gain:.2f} points above the FP32 model on the eval data: a gain that large usually means the "
+            "reference or the metric is off (labels, eval.output, or a metric where lower is better); check them "
+            "before trusting any figure")  # fmt: skip
+    log.warning("warning: the quantized model %s", note)
+    return [note]
+
+
 def evaluate(model_path: Path, experiment: Workspace | Experiment) -> Measurement:
     """Accuracy of any ONNX model on the experiment's eval data, and its latency timed interleaved with the
     experiment's FP32 model (bitops are unknown without its plan: NaN)."""
@@ -142,6 +161,13 @@ def evaluate(model_path: Path, experiment: Workspace | Experiment) -> Measuremen
 
 def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path) -> Path:
     """Rebuild the INT8 model a record describes from its FP32 source, without data or calibration."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory: give the path of the ONNX file to write, e.g. "
+                          f"{out / 'model.int8.onnx'}")  # fmt: skip
+    if out.exists() and any(out.resolve() == Path(p).resolve() for p in (model_path, record_path)):
+        raise ConfigError(f"--out {out} is the {'FP32 model' if out.resolve() == Path(model_path).resolve() else 'record'}"
+                          " itself: give another path for the rebuilt model")  # fmt: skip
     record = Record.load(record_path)
     prepared = prepare(model_path, cache_dir)
     if prepared.sha256 != record.model_sha256:
@@ -161,6 +187,7 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
         model = tuned_weights.with_weights(model, tuned_weights.load(Path(record_path).parent / f.weights_file,
                                                                      f.weights_sha256))  # fmt: skip
     qmodel = build_model(model, graph, record.plan(), record.activation_params(), record.activation_type,
-                       record.weight_range, recovery=record.recovery(graph))
+                         record.weight_range, recovery=record.recovery(graph))
+    check_rebuilt(record, qmodel, str(record_path))
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())
 

@@ -1,6 +1,7 @@
 """Progress bars for long work (decoding an image folder, reading a data loader, a study's trials, …): a tqdm bar
-on stderr when the program running autoquant turns them on — the command line does, unless --quiet — and nothing
-otherwise, so a library call stays silent. Messages go through `logging` ("autoquant" loggers); bars only here."""
+on stderr when the program running autoquant turns them on — the command line does, unless --quiet — and stderr
+is a terminal, and nothing otherwise, so a library call stays silent. Messages go through `logging` ("autoquant"
+loggers); bars only here."""
 
 from __future__ import annotations
 
@@ -33,13 +34,29 @@ class _Silent:
         pass
 
 
+def _terminal() -> bool:
+    """Bars are drawn on a terminal only: in a log file (a scheduled run) they are a line of carriage returns."""
+    return sys.stderr.isatty()
+
+
 def bar(total: int | None, desc: str, *, unit: str = "it", initial: int = 0, leave: bool = False):
     """A bar to update by hand (tqdm's update / set_postfix / write / close), or one that shows nothing."""
-    if not _enabled:
+    if not (_enabled and _terminal()):
         return _Silent()
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, leave=leave, dynamic_ncols=True)
+
+
+def write(text: str) -> None:
+    """A line on stderr that does not tear a bar being drawn: printed above it (tqdm.write) while bars are on."""
+    if _enabled and _terminal():
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
 
 def progress(items: Iterable, desc: str, *, total: int | None = None, unit: str = "it") -> Iterator:

@@ -254,9 +254,12 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
         if not isinstance(w.scale_w, list) or len(w.scale_w) != count or not isinstance(w.offset_w, list) \
                 or len(w.offset_w) != count:
             raise PlanError(f"{at}: {w.granularity} weights need {count} scale_w and offset_w values")
+        lo, hi = modes.get(lr.mode).weight_zero_points
         for i, (s, z) in enumerate(zip(w.scale_w, w.offset_w)):
             _number(s, f"{at}: scale_w[{i}]", positive=True)
-            _number(z, f"{at}: offset_w[{i}]", integer=True)
+            if not lo <= _number(z, f"{at}: offset_w[{i}]", integer=True) <= hi:
+                raise PlanError(f"{at}: offset_w[{i}] {z} is outside [{lo}, {hi}], the zero points mode {lr.mode} "
+                                "writes")  # fmt: skip
         if static:
             _number(lr.data.scale_d, f"{at}: scale_d", positive=True)
             _zero_point(lr.data.offset_d, f"{at}: offset_d", record.activation_type)
@@ -271,6 +274,25 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
             raise PlanError(f"{where}: activations[{tensor!r}] must have scale and zero_point")
         _number(entry["scale"], f"{where}: activations[{tensor!r}].scale", positive=True)
         _zero_point(entry["zero_point"], f"{where}: activations[{tensor!r}].zero_point", record.activation_type)
+
+
+def check_rebuilt(record: Record, qmodel: onnx.ModelProto, where: str) -> None:
+    """The model `apply` rebuilt from the FP32 weights holds the record's weight scales and zero points, layer by
+    layer: a record edited by hand (or made from other weights) would otherwise apply without a word, the edit
+    silently ignored, since the builder computes weights from the FP32 model."""
+    nodes = {n.name: n for n in qmodel.graph.node}
+    plan = record.plan()
+    for lr in record.layers:
+        if not lr.quantized:
+            continue
+        choice = plan[lr.name]
+        built = modes.get(lr.mode).recorded_weights(qmodel, nodes[lr.name], choice)
+        scales_equal = np.array_equal(np.float32(built.scales), np.float32(lr.weight.scale_w))
+        if not scales_equal or list(built.zero_points) != [int(z) for z in lr.weight.offset_w]:
+            which = "scale_w" if not scales_equal else "offset_w"
+            raise PlanError(f"{where}: layer {lr.name}: its {which} are not those of the model rebuilt from the FP32 "
+                            "weights: the record was edited, or made for other weights; use the record as "
+                            "autoquant wrote it")  # fmt: skip
 
 
 class RecordedRecovery:

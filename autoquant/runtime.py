@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 
 from .data import Dataset
-from .errors import DataError, ModelError, first_line
+from .errors import DataError, ModelError, first_line, runtime_reason
+from .progress import bar
 
 log = logging.getLogger(__name__)
 # What the inner tensors fetched from one batch may take (calibration and the per-layer error pass read every
@@ -72,20 +73,29 @@ class Batches:
         self.size, self.fixed = size, fixed
 
     def run(self, sess: ort.InferenceSession, fetch: list[str] | None, data: Dataset, what: str, *,
-            drop_short: bool = False) -> Iterator[tuple[list, dict[str, np.ndarray], int]]:  # fmt: skip
+            drop_short: bool = False, shown: str | None = None) -> Iterator[tuple[list, dict[str, np.ndarray], int]]:  # fmt: skip
         """(sess.run(fetch, feed), feed, real samples in it) for each batch of `data`; the outputs of padding
-        copies are still in them (the caller knows each output's batch axis)."""
+        copies are still in them (the caller knows each output's batch axis). `shown`: a progress bar's title (the
+        one-time passes over a data set: calibration, the FP32 reference, the per-layer errors)."""
         full = 0
-        for batch in data.batches(self.size):
-            n = len(next(iter(batch.values())))
-            out = self._try(sess, fetch, batch) if n < self.size and full and not self.fixed else None
-            if n < self.size and self.fixed and out is None:
-                if drop_short and full:
-                    log.info("the model takes batches of %d: the last %d %s sample(s) are left out", self.size, n, what)
-                    return
-                batch = pad(batch, self.size)
-            yield (out if out is not None else self.one(sess, fetch, batch, what)), batch, n
-            full += n == self.size
+        progress = bar(len(data), shown, unit="sample") if shown else None
+        try:
+            for batch in data.batches(self.size):
+                n = len(next(iter(batch.values())))
+                out = self._try(sess, fetch, batch) if n < self.size and full and not self.fixed else None
+                if n < self.size and self.fixed and out is None:
+                    if drop_short and full:
+                        log.info("the model takes batches of %d: the last %d %s sample(s) are left out", self.size, n,
+                                 what)  # fmt: skip
+                        return
+                    batch = pad(batch, self.size)
+                yield (out if out is not None else self.one(sess, fetch, batch, what)), batch, n
+                full += n == self.size
+                if progress is not None:
+                    progress.update(n)
+        finally:
+            if progress is not None:
+                progress.close()
 
     def within(self, sess: ort.InferenceSession, fetch: list[str], data: Dataset, what: str) -> Batches:
         """These batches, or smaller ones (for a model that takes any size) whose fetched tensors fit
@@ -127,7 +137,7 @@ class Batches:
             return sess.run(fetch, batch)
         except Exception as exc:  # onnxruntime's own error types (InvalidArgument, RuntimeException, …)
             n = len(next(iter(batch.values())))
-            raise DataError(f"onnxruntime cannot run the model on a batch of {n} {what} sample(s) ({first_line(exc, 160)}): "
+            raise DataError(f"onnxruntime cannot run the model on a batch of {n} {what} sample(s) ({runtime_reason(exc)}): "
                             "if the model takes one batch size only, set eval.batch_size, eval.latency_batch_size and "
                             "quantization.calibration_batch_size to it, or export it with a dynamic batch") from exc  # fmt: skip
 

@@ -34,6 +34,7 @@ from .graph.layers import GraphInfo, ShapesUnknown, analyze
 from .quantize.build import build_model
 from .quantize.modes.static import WeightParams, tensor_algorithms
 from .quantize.plan import QuantPlan
+from .quantize.recovery import recovers
 from .quantize.recovery.tables import RecoverySource, RecoveryTables
 from .quantize.scales import ActivationParams, params_from_range
 from .quantize.smoothing import Smoothing, channel_absmax, smooth, smoothable, smoothing_scales
@@ -68,6 +69,11 @@ class Workspace:
         check_metric(exp.eval.metric)
         self.exp = exp
         self._seconds: dict[str, float] = {}
+
+    def close(self) -> None:
+        """Release what outlives a call: the timing process (it starts again if the workspace times more)."""
+        if "evaluator" in self.__dict__:
+            self.evaluator.close()
 
     @property
     def timings(self) -> Timings:
@@ -211,7 +217,7 @@ class Workspace:
 
         def build():
             t0 = time.perf_counter()
-            outputs = self.evaluator.outputs(self.evaluator.session(self.fp32_model))
+            outputs = self.evaluator.outputs(self.evaluator.session(self.fp32_model), shown="FP32 reference")
             accuracy = self.evaluator.metric(outputs, ev.y, outputs)  # against itself: agreement 100 %
             self._seconds["reference"] = time.perf_counter() - t0
             return {"accuracy": np.array(accuracy), "outputs": outputs}
@@ -267,6 +273,9 @@ class Workspace:
         """The plan's QDQ model; `params` are the plan's activations() when the caller already has them; `weights`
         replace initializers of the model by name (fine-tuned ones: their grids are computed from them)."""
         params = params if params is not None else self.activations(plan)[0]
+        recovering = [(layer, plan[layer.name]) for layer in self.graph.layers if recovers(plan[layer.name])]
+        if recovering:  # fitted here, with a progress bar, rather than one by one inside the builder
+            self.recovery.prepare(recovering)
         model = self.model if weights is None else with_weights(self.model, weights)
         return build_model(model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range,
                            self.weight_params if weights is None else None, self.recovery)  # fmt: skip

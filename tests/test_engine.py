@@ -16,7 +16,7 @@ from autoquant.errors import ModelError
 from autoquant.evaluate.metrics import top1
 from autoquant.graph.ingest import export_torch
 from autoquant.sources.data.cifar10 import load as load_cifar10_source
-from autoquant.zoo import MobileNetCifar
+from autoquant.zoo.mobilenet_cifar import MobileNetCifar
 
 
 def load_cifar10(shared_data):

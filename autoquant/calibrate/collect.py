@@ -72,7 +72,7 @@ def collect_stats(
     # cores that takes a quarter off a calibration pass, most of which is histogram counting.
     batches = batches.within(sess, fetched, data, "calibration")
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for values, feed, n in batches.run(sess, fetched, data, "calibration", drop_short=True):
+        for values, feed, n in batches.run(sess, fetched, data, "calibration", drop_short=True, shown="calibration"):
             updates = [(stats[name], feed[name]) for name in fed & stats.keys()] + [
                 (stats[name], value) for name, value in zip(fetched, values)]
             for _ in pool.map(lambda u: u[0].update(u[1]), updates):

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 from ..config import Cost
@@ -56,16 +55,17 @@ def add_cost(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
     parser.add_argument(flag, type=Cost, choices=list(Cost), metavar=COST_CHOICES, **kwargs)
 
 
-class _Stderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (tests and embedding programs swap it)."""
+class _Stderr(logging.Handler):
+    """One line per record on whatever sys.stderr is at the time (tests and embedding programs swap it), above any
+    progress bar being drawn."""
 
-    @property
-    def stream(self):
-        return sys.stderr
+    def emit(self, record: logging.LogRecord) -> None:
+        from .. import progress
 
-    @stream.setter
-    def stream(self, _value):
-        pass
+        try:
+            progress.write(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise into the program (logging.Handler's own rule)
+            self.handleError(record)
 
 
 def configure_logging(*, quiet: bool = False, verbose: bool = False) -> None:

@@ -35,7 +35,8 @@ def summary_table(result) -> str:
 
 def result_json(result) -> dict:
     chosen = result.chosen
-    return {"completed": result.completed, "met": result.met, "fp32_accuracy": result.fp32_accuracy,
+    return {"completed": result.completed, "stopped_early": result.stopped_early, "met": result.met,
+            "fp32_accuracy": result.fp32_accuracy,
             "chosen_trial": chosen.number if chosen else None,
             "chosen": asdict(chosen.result) if chosen else None,
             "export": str(result.export.model_path) if result.export else None,
@@ -68,8 +69,9 @@ def report_search(result, objective: Cost, args) -> int:
     if args.json:
         print(json.dumps(result_json(result)))
     else:
-        print(f"\n{result.completed} trials, FP32 accuracy {result.fp32_accuracy:.2f} %; the fastest plans within the "
-              f"limit, then the {objective.value} front beyond it (latency as a ratio to FP32):")  # fmt: skip
+        stopped = f" (and {result.stopped_early} stopped early: too far over the limit)" if result.stopped_early else ""
+        print(f"\n{result.completed} trials{stopped}, FP32 accuracy {result.fp32_accuracy:.2f} %; the fastest plans within "
+              f"the limit, then the {objective.value} front beyond it (latency as a ratio to FP32):")  # fmt: skip
         print(summary_table(result))
     tuned = result.finetuned
     tuned_within = tuned is not None and tuned.after.accuracy_drop <= result.max_drop
@@ -96,8 +98,8 @@ def no_plan_message(result) -> str:
     c, limit = result.chosen, result.max_drop
     beat = f" (a negative limit asks a plan to beat FP32 by {-limit:g} points)" if limit < 0 else ""
     if c is not None:
-        return (f"no quantized plan meets the accuracy constraint{beat}; closest: trial {c.number} with a drop of "
-                f"{c.result.accuracy_drop:.2f} pt. Raise max_accuracy_drop or run more trials")  # fmt: skip
+        return (f"no quantized plan meets the accuracy constraint; closest: trial {c.number} with a drop of "
+                f"{c.result.accuracy_drop:.2f} pt{beat}. Raise max_accuracy_drop or run more trials")  # fmt: skip
     if result.stopped_early:
         return (f"no quantized plan meets a drop of at most {limit:g} pt{beat}: {result.stopped_early} trial(s) were "
                 "stopped early because the first eval samples already showed they could not. Raise "

@@ -54,10 +54,10 @@ class Evaluator:
         return data.with_inputs(self._feed(data.inputs))
 
     def outputs(self, sess: ort.InferenceSession, data: Dataset | None = None, head: np.ndarray | None = None,
-                rows: int | None = None) -> np.ndarray:  # fmt: skip
+                rows: int | None = None, shown: str | None = None) -> np.ndarray:  # fmt: skip
         """The scored output over the eval data (or `data`, e.g. a subset of it), batch moved to axis 0.
         `rows` stops after the first that many samples; `head` holds this session's outputs on the data's first
-        whole batches, computed before, which are not run again."""
+        whole batches, computed before, which are not run again; `shown` titles a progress bar."""
         data = self.data if data is None else data
         axis, size = self.cfg.output_batch_axis, self.batches.size
         done = 0 if head is None else len(head)
@@ -66,7 +66,7 @@ class Evaluator:
         stop = len(data) if rows is None else min(len(data), rows)
         parts = [] if head is None else [head]
         rest = data if not done and stop == len(data) else data.subset(np.arange(done, stop))
-        for (out,), feed, n in self.batches.run(sess, [self.output], self._fed(rest), "eval"):
+        for (out,), feed, n in self.batches.run(sess, [self.output], self._fed(rest), "eval", shown=shown):
             if not isinstance(out, np.ndarray):
                 raise ConfigError(f"output '{self.output}' is a {type(out).__name__}, not a tensor: set eval.output to "
                                   "a tensor output of the model")  # fmt: skip
@@ -103,6 +103,13 @@ class Evaluator:
         timer = Timer(self.threads)
         timer.feed(self.latency_feed())
         return timer
+
+    def close(self) -> None:
+        """End the timing process, if one runs (it starts again when next needed): a library call that measured
+        leaves no process behind."""
+        timer = self.__dict__.pop("timer", None)
+        if timer is not None:
+            timer.close()
 
     def latency_rounds(self, *models: bytes, enough=None, repeats: int = 0) -> np.ndarray:
         """Every round's milliseconds (rounds × models) of serialized models timed side by side (evaluate/timer.py),

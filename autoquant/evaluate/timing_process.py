@@ -13,6 +13,7 @@ Protocol on stdin/stdout: length-prefixed pickles; one reply per request.
 from __future__ import annotations
 
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -36,6 +37,9 @@ def write(stream, value) -> None:
 
 
 def serve(threads: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent ends this process (closing its stdin) on its
+    # way out, without a second traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _pybind_state.set_global_thread_pool_sizes(threads, 1)
     sessions: dict[str, ort.InferenceSession] = {}
     feed: dict[str, np.ndarray] = {}

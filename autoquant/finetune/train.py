@@ -4,7 +4,10 @@ activation scales); the weights kept are those a held-out share of the data rate
 
 Step k's batch is drawn by a generator seeded with (seed, k), so a run is a function of its settings and a resumed
 run takes the batches the killed one would have; a checkpoint (parameters, optimizer state, losses) is written
-atomically every `checkpoint_every` steps and picked up by a run with the same settings, plan and data.
+atomically every `checkpoint_every` steps and when the run is interrupted (Ctrl-C, SIGTERM), and picked up by a run
+with the same settings, plan and data. A checkpoint holds tensors and numbers only and is read with torch's
+weights-only unpickler, so a file planted in a run directory cannot run code; one that cannot be read is set
+aside with a message and the run goes on from the checkpoint before it, or from the start.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import hashlib
 import logging
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,15 +83,10 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
     looks: list[tuple[int, float]] = []
     best: dict | None = None
     start = 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state.get("key") == key:
-            module.load_state_dict(state["module"])
-            optimizer.load_state_dict(state["optimizer"])
-            losses, looks, best, start = list(state["losses"]), list(state["looks"]), state["best"], int(state["step"])
-            log.info("fine-tuning resumes at step %d of %d from %s", start, settings.steps, checkpoint)
-        else:
-            log.info("%s is another fine-tuning's checkpoint (settings, plan or data differ): starting over", checkpoint)
+    state = resume_state(checkpoint, key, module, optimizer)
+    if state is not None:
+        losses, looks, best, start = list(state["losses"]), [tuple(x) for x in state["looks"]], state["best"], int(state["step"])
+        log.info("fine-tuning resumes at step %d of %d", start, settings.steps)
 
     def look(step: int) -> None:
         nonlocal best
@@ -106,6 +105,12 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
         look(0)
     shown = bar(settings.steps, "fine-tuning", unit="step", initial=start)
     t0 = time.perf_counter()
+    done = start
+
+    def state() -> dict:
+        return {"key": key, "step": done, "module": module.state_dict(), "looks": looks,
+                "optimizer": optimizer.state_dict(), "losses": losses, "best": best}  # fmt: skip
+
     try:
         for step in range(start, settings.steps):
             batch = torch.from_numpy(batch_rows(rows, settings.batch_size, settings.seed, step))
@@ -121,8 +126,11 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
             if done % settings.checkpoint_every == 0 or done == settings.steps:
                 look(done)
             if done % settings.checkpoint_every == 0 and done < settings.steps:
-                _save(checkpoint, {"key": key, "step": done, "module": module.state_dict(), "looks": looks,
-                                   "optimizer": optimizer.state_dict(), "losses": losses, "best": best})  # fmt: skip
+                save_checkpoint(checkpoint, state())
+    except KeyboardInterrupt:  # the steps done so far are kept: the same command resumes after them
+        if done > start:
+            save_checkpoint(checkpoint, state())
+        raise
     finally:
         shown.close()
     if best is not None:
@@ -133,8 +141,60 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
                    best["step"] if best else settings.steps, time.perf_counter() - t0, start)
 
 
-def _save(path: Path, state: dict) -> None:
+CHECKPOINT_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+                     AttributeError, IndexError)  # what torch.load and load_state_dict raise on a damaged file  # fmt: skip
+
+
+def previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def resume_state(checkpoint: Path, key: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    """The state of the newest readable checkpoint of this run (`key`), loaded into `module` and `optimizer`; None
+    to start over. A file that cannot be read (truncated, empty, not a checkpoint, or holding anything but tensors
+    and numbers) is renamed aside with a warning, never loaded; one of another run (other settings, plan or data)
+    is left in place and not used."""
+    initial = copy.deepcopy((module.state_dict(), optimizer.state_dict()))
+    for path in (checkpoint, previous(checkpoint)):
+        if not path.is_file():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not isinstance(state.get("key"), str):
+                raise TypeError("not an autoquant fine-tuning checkpoint")
+            if state["key"] != key:
+                log.info("%s is another fine-tuning's checkpoint (settings, plan or data differ): not used", path)
+                continue
+            module.load_state_dict(state["module"])
+            optimizer.load_state_dict(state["optimizer"])
+            if not 0 < int(state["step"]) or not len(state["losses"]) == int(state["step"]):
+                raise ValueError("its step count and losses disagree")
+            return state
+        except CHECKPOINT_ERRORS as exc:
+            module.load_state_dict(initial[0])  # a state that failed half-way in is not trained from
+            optimizer.load_state_dict(initial[1])
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            log.warning("warning: %s cannot be read as a fine-tuning checkpoint (%s): moved to %s; going on without it",
+                        path, f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}",
+                        aside.name)  # fmt: skip
+    return None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` atomically as the checkpoint; the one before it stays as `.prev` until the next one is written, so
+    a kill at any moment leaves a readable checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        if path.exists():
+            os.replace(path, previous(path))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def drop_checkpoints(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    previous(path).unlink(missing_ok=True)

@@ -26,6 +26,11 @@ def with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
         if old is None or tuple(old.dims) != value.shape:
             raise PlanError(f"fine-tuned weight '{name}' does not fit the model (missing or another shape): the "
                             "weights file belongs to another model")  # fmt: skip
+        if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            bad = "is not floating-point" if not np.issubdtype(value.dtype, np.floating) else \
+                f"holds {int(np.size(value) - np.isfinite(value).sum())} NaN or Inf value(s)"  # fmt: skip
+            raise PlanError(f"fine-tuned weight '{name}' {bad}: a model built from it would compute garbage; "
+                            "fine-tune again (a lower finetune.lr if the loss diverged)")  # fmt: skip
         old.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
     return out
 

@@ -63,7 +63,7 @@ def teacher_outputs(ws: Workspace, data: Dataset, outputs: list[str]) -> dict[st
     """The FP32 model's outputs on `data`, batch on axis 0."""
     sess = session(ws.fp32_model, ws.evaluator.threads)
     parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
-    for values, _, n in ws.calibration_batches.run(sess, outputs, data, "fine-tuning"):
+    for values, _, n in ws.calibration_batches.run(sess, outputs, data, "fine-tuning", shown="FP32 outputs to fine-tune towards"):
         for o, v in zip(outputs, values):
             parts[o].append(np.asarray(v, np.float32)[:n])
     return {o: np.concatenate(v) for o, v in parts.items()}
@@ -74,7 +74,7 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     """Fine-tune `plan` on the data `settings.data` names and write its export to `out_dir`; `tracker(settings,
     losses, result, before)` logs the run (MLflow) and returns its id."""
     from ..finetune.mirror import Mirror
-    from ..finetune.train import train
+    from ..finetune.train import drop_checkpoints, train
 
     check_export_target(out_dir)
     plan = without_recovery(plan)
@@ -94,7 +94,7 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
                             trained.seconds, "", "")  # fmt: skip
     result = write_export(ws, plan, out_dir, f"fine-tuning ({settings.steps} steps)",
                           tuned=Tuned(trained.weights, record, trained.activations))  # fmt: skip
-    checkpoint.unlink(missing_ok=True)
+    drop_checkpoints(checkpoint)
     run_id, error = None, ""
     if tracker is not None:
         try:
@@ -156,8 +156,11 @@ def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = 
     base = exp.finetune or FinetuneConfig()
     overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     settings = dataclasses.replace(base, **overrides)
-    return finetune_plan(ws, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
-                         mlflow_logger(exp, paths))  # fmt: skip
+    try:
+        return finetune_plan(ws, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
+                             mlflow_logger(exp, paths))  # fmt: skip
+    finally:
+        ws.close()
 
 
 def mlflow_logger(exp: Experiment, paths: RunPaths):
@@ -165,13 +168,10 @@ def mlflow_logger(exp: Experiment, paths: RunPaths):
     metric history, the export's figures and files."""
 
     def log_run(settings: FinetuneConfig, losses, held_out, result: QuantizeResult, before: dict[str, float]) -> str:
-        import optuna
-
         from ..search import trial_attrs as attrs
         from ..track.tracker import Tracker
 
-        storage = exp.search.storage or paths.storage
-        parent = attrs.parent_run(optuna.load_study(study_name=exp.name, storage=storage))
+        parent = attrs.parent_run(paths.study(exp))
         tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
         params = {**{f"finetune.{k}": str(v) for k, v in dataclasses.asdict(settings).items()}}
         metrics = {"accuracy": result.accuracy, "accuracy_drop": result.accuracy_drop,

@@ -86,6 +86,14 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
     exp = replace(exp, search=replace(exp.search, tracking_uri=uri))
     result = search(exp, out_dir, trials=trials, prior_plans={f"deployed-v{deployed.version}": deployed.record.plan()})
     ws = result.workspace
+    try:
+        return _decide(exp, name, out_dir, alias, uri, registry, deployed, result, ws, tolerance)
+    finally:
+        ws.close()
+
+
+def _decide(exp: Experiment, name: str, out_dir: Path, alias: str, uri: str, registry: Registry, deployed,
+            result: SearchResult, ws, tolerance: float) -> ReoptimizeResult:  # fmt: skip
     source_changed = ws.sha != deployed.record.model_sha256
     # The deployed model, measured on today's data the way the export was (paired with FP32); its bitops
     # come from its own record, as its layers may differ from today's model.

@@ -4,7 +4,6 @@ re-choosing the export from a finished study."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,8 +17,8 @@ import sqlalchemy
 
 from ..config import Cost, Experiment, load_experiment
 from ..engine import QuantizeResult
-from ..errors import ConfigError, first_line
-from ..fileio import atomic_write_bytes, file_lock, recover_dir
+from ..errors import AutoquantError, ConfigError, first_line
+from ..fileio import file_lock, recover_dir
 from ..record import Record
 from ..report.pareto import plot_pareto, write_pareto_csv
 from ..report.progress import Progress
@@ -28,7 +27,7 @@ from ..search import ScoredPlan, SearchSpace, scored_points, select, space_path
 from ..search import trial_attrs as attrs
 from ..search.estimate.cost import LatencyCost
 from ..search.estimate.latency_table import latency_table
-from ..search.storage import RunPaths, make_storage, study_fingerprint
+from ..search.storage import RunPaths, study_fingerprint
 from ..search.study import optimize, setup_study
 from ..workspace import Workspace
 from .export import check_export_target, export_plan
@@ -80,12 +79,35 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers
             raise ConfigError(f"another autoquant search is running in {paths.root}: wait for it to finish, or "
                               "use another --out (workers join a study with `autoquant worker`)") from None
         try:
-            return _search(exp, paths, trials, workers, prior_plans)
-        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            return _search(exp, paths, trials, workers, prior_plans, stack)
+        except AutoquantError:
+            raise
+        except Exception as exc:
+            failed = storage_failure(exc)
+            if failed is None:
+                raise
             # A full disk or a storage server gone mid-study: every trial committed before it is kept.
-            raise ConfigError(f"the study storage failed ({first_line(exc.__cause__ or exc)}); the trials completed "
-                              "before it are saved: free space or fix the storage, then rerun the same command to "
-                              "resume") from exc  # fmt: skip
+            own = (exp.search.storage or paths.storage) == paths.storage
+            where, fix = ((paths.root / "study.db", f"free space on the disk holding {paths.root}") if own else
+                          (exp.search.storage, "fix the storage (or free space on its server)"))  # fmt: skip
+            raise ConfigError(f"the study storage {where} failed ({first_line(failed.__cause__ or failed)}); the trials "
+                              f"completed before it are saved: {fix}, then rerun the same command to resume") from exc
+
+
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
+
+def storage_failure(exc: BaseException) -> BaseException | None:
+    """The storage error behind `exc`, if one is. Optuna can replace it: when the write that ends a trial fails, its
+    clean-up finds the trial still running and asserts (AssertionError "Should not reach."), with the storage's
+    error as the context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, STORAGE_ERRORS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class FirstExport:
@@ -109,12 +131,13 @@ class FirstExport:
                  self.seconds)  # fmt: skip
 
 
-def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, prior_plans: dict | None) -> SearchResult:
+def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, prior_plans: dict | None,
+            stack: contextlib.ExitStack) -> SearchResult:  # fmt: skip
     from ..track.tracker import Tracker, study_params
 
     started = time.perf_counter()
     recover_dir(paths.root / "best")
-    atomic_write_bytes(paths.run_file, json.dumps({"experiment": str(exp.source_file)}).encode())
+    paths.write_run_file(exp.source_file)
     target = trials or exp.search.trials
     if workers > 1:
         if exp.source_file is None:
@@ -132,6 +155,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         setup = setup_study(exp, paths, prior_plans=prior_plans)
         tracker = opening.result()
     ws = setup.workspace
+    stack.callback(ws.close)  # no timing process outlives the call
     try:
         tracker.start_parent(setup.study, study_params(exp, ws), [p for p in (exp.source_file, setup.space_file) if p])
         tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
@@ -214,22 +238,18 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     check_export_target(Path(out))
     exp = load_experiment(experiment if experiment is not None else paths.experiment())
     recover_dir(Path(out))
-    url = exp.search.storage or paths.storage
-    if url == paths.storage and not (paths.root / "study.db").is_file():
-        raise ConfigError(f"{run_dir} has no study.db: give the --out directory of a search that ran")
-    paths.check_storage_file(url)
-    try:
-        study = optuna.load_study(study_name=exp.name, storage=make_storage(url))
-    except KeyError:
-        raise ConfigError(f"no study named '{exp.name}' in {url}: give the run directory of that experiment") from None
+    study = paths.study(exp)
     ws = Workspace(exp)
-    changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws))
-    if changed:
-        raise ConfigError(f"the {changed[0].replace('_', ' ')} of {experiment} changed since the study in {run_dir} "
-                          "ran: re-run the search")  # fmt: skip
-    space = SearchSpace.from_yaml(space_path(exp.search), ws.graph)
-    predicted = LatencyCost(latency_table(ws, space), ws.graph).plan
-    result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, predicted, max_drop, objective)
+    try:
+        changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws))
+        if changed:
+            raise ConfigError(f"the {changed[0].replace('_', ' ')} of {exp.source_file} changed since the study in "
+                              f"{run_dir} ran: re-run the search")  # fmt: skip
+        space = SearchSpace.from_yaml(space_path(exp.search), ws.graph)
+        predicted = LatencyCost(latency_table(ws, space), ws.graph).plan
+        result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, predicted, max_drop, objective)
+    finally:
+        ws.close()
     return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking,
                    parent_run_id=attrs.parent_run(study))  # fmt: skip
 

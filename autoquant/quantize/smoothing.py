@@ -63,7 +63,7 @@ def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: Dataset, ba
     fetch = [t for t in tensors if t not in fed]
     sess = session(augment(model, tuple(fetch)), threads)
     out: dict[str, np.ndarray] = {}
-    for outputs, feed, _ in batches.run(sess, fetch, data, "calibration", drop_short=True):
+    for outputs, feed, _ in batches.run(sess, fetch, data, "calibration", drop_short=True, shown="SmoothQuant statistics"):
         values = dict(zip(fetch, outputs))
         values.update({t: feed[t] for t in tensors if t in fed})
         for t in tensors:

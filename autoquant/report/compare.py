@@ -7,13 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import optuna
 
 from ..config import Cost, load_experiment
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
 from ..search.select import ScoredPlan, choose, pareto_front, scored_points
-from ..search.storage import RunPaths, make_storage
+from ..search.storage import RunPaths
 
 CONSTRAINTS = (0.25, 0.5, 1.0, 2.0)
 # Heat-map colour per layer choice: float, then INT8 per-tensor / per-channel, then 4-bit.
@@ -31,12 +30,30 @@ def _category(choice) -> int:
 def load_run(run_dir: Path) -> tuple[str, float, list[ScoredPlan]]:
     paths = RunPaths(Path(run_dir))
     exp = load_experiment(paths.experiment())
-    study = optuna.load_study(study_name=exp.name, storage=make_storage(exp.search.storage or paths.storage))
+    study = paths.study(exp)
     points = scored_points(study)
     if not points:
         raise ConfigError(f"the study in {run_dir} has no complete trial yet")
     fp32 = points[0].result.accuracy + points[0].result.accuracy_drop
     return f"{exp.name} ({Path(run_dir).name})", fp32, points
+
+
+MARKER = ".autoquant-report"
+
+
+def claim_report_dir(out_dir: Path, files: tuple[str, ...]) -> None:
+    """A report writes its own files into `out_dir` (a folder of the user's may hold others), and replaces them only
+    where an earlier report wrote them (the marker says so): a report.md of the user's is never overwritten."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"report target {out_dir} is a file: give a directory for the report")
+    if not (out_dir / MARKER).is_file():
+        taken = [f for f in files if (out_dir / f).exists()]
+        if taken:
+            raise ConfigError(f"{out_dir / taken[0]} exists and autoquant did not write it: give another --out (a "
+                              "report never replaces a file of yours)")  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / MARKER, b"written by autoquant report\n")
 
 
 def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BITOPS) -> tuple[Path, Path]:
@@ -47,7 +64,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BIT
     from matplotlib.colors import ListedColormap
 
     runs = [load_run(d) for d in run_dirs]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_report_dir(out_dir, ("report.md", "report.png"))
     chosen_rows, lines = [], ["# autoquant studies compared", ""]
     lines += ["| study | trials | FP32 % | max drop pt | trial | accuracy % | drop pt | bitops | latency / FP32 | INT8 layers |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

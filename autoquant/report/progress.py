@@ -24,9 +24,6 @@ class Progress:
         self.pruned = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.FAIL:
-            self.bar.write(f"trial {trial.number} failed: {attrs.fail_reason(trial) or 'unknown reason'}")
-            return
         if trial.state == optuna.trial.TrialState.PRUNED:
             self.pruned += 1
         elif trial.state == optuna.trial.TrialState.COMPLETE:

@@ -4,6 +4,7 @@ in time → (accuracy, cost), with the accuracy limit as Optuna's trial constrai
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import threading
@@ -12,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import Cost
-from ..errors import AutoquantError, first_line
+from ..errors import AutoquantError, runtime_reason
 from ..evaluate.early_stop import EarlyStop, Hopeless
 from ..evaluate.metrics import HITS
 from ..measure import Measurement, Meter, Timing
@@ -22,6 +23,7 @@ from . import trial_attrs as attrs
 from .select import RETIME_BAND
 from .space import SearchSpace
 
+log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 20
 ACCURACY_CONSTRAINT = "accuracy_drop_over_limit"
 
@@ -75,7 +77,7 @@ class PlanScorer:
         except AutoquantError as exc:
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:  # onnxruntime's own error types: the plan is the problem, not the user
-            raise TrialFailed(f"{exc.__class__.__name__}: {first_line(exc, 200)}") from exc
+            raise TrialFailed(f"{exc.__class__.__name__}: {runtime_reason(exc)}") from exc
 
 
 class Objective:
@@ -130,12 +132,15 @@ class Objective:
 
 
 class FailureGuard:
-    """Stops the study when many trials in a row fail: the cause is then the setup, not one plan."""
+    """Reports each failed trial (one line through the logger: a command line shows it, a program's log has it) and
+    stops the study when many fail in a row: the cause is then the setup, not one plan."""
 
     def __init__(self):
         self.streak = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            log.warning("trial %d failed: %s", trial.number, attrs.fail_reason(trial) or "unknown reason")
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= MAX_CONSECUTIVE_FAILURES:
             study.stop()

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from ..config import Experiment
 from ..errors import ConfigError, first_line
-from ..fileio import keep_sqlite_template, seed_sqlite_url
+from ..fileio import atomic_write_bytes, keep_sqlite_template, seed_sqlite_url
 from ..workspace import Workspace
 from . import trial_attrs as attrs
 from .propose.sampler import make_sampler
@@ -27,6 +27,9 @@ STORAGE_CREATE_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class RunPaths:
+    """A run directory and the one checked reader of what a search left in it: run.json (which experiment ran) and
+    the study in study.db (or the experiment's own storage)."""
+
     root: Path
 
     @property
@@ -41,11 +44,26 @@ class RunPaths:
     def run_file(self) -> Path:
         return self.root / "run.json"
 
+    def write_run_file(self, experiment: Path | None) -> None:
+        atomic_write_bytes(self.run_file, json.dumps({"experiment": str(experiment)}).encode())
+
     def experiment(self) -> Path:
         """The experiment file the search in this directory ran (run.json)."""
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root} is not an autoquant search directory (no such directory): give the --out "
+                              "of a search")  # fmt: skip
         if not self.run_file.is_file():
             raise ConfigError(f"{self.root} is not an autoquant search directory (no run.json): give the --out of a search")
-        return Path(json.loads(self.run_file.read_text())["experiment"])
+        try:
+            raw = json.loads(self.run_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            problem = f"is not JSON ({first_line(exc, 80)})"
+        else:
+            if isinstance(raw, dict) and isinstance(raw.get("experiment"), str) and raw["experiment"]:
+                return Path(raw["experiment"])
+            problem = "has no 'experiment' entry"
+        raise ConfigError(f"{self.run_file} {problem}: it names the experiment file the search ran; write "
+                          '{"experiment": "/path/to/experiment.yaml"} into it, or rerun the search')  # fmt: skip
 
     def check_storage_file(self, url: str) -> None:
         """A study.db that exists but is empty or not SQLite would silently become a new, empty study —
@@ -60,13 +78,32 @@ class RunPaths:
             raise ConfigError(f"{db} {state}: the trials it held cannot be read; move it away to start over, or "
                               "use a new --out")  # fmt: skip
 
+    def study(self, exp: Experiment) -> optuna.Study:
+        """The finished (or running) study of `exp` in this directory, read-only use: a missing, empty or damaged
+        store, or one without the experiment's study, is a one-line error that names the file."""
+        url = exp.search.storage or self.storage
+        own = url == self.storage
+        if own and not (self.root / "study.db").is_file():
+            raise ConfigError(f"{self.root} has no study.db: give the --out directory of a search that ran")
+        self.check_storage_file(url)
+        storage = make_storage(url, own=self.root / "study.db" if own else None)
+        try:
+            return optuna.load_study(study_name=exp.name, storage=storage)
+        except KeyError:
+            where = self.root / "study.db" if own else url
+            raise ConfigError(f"{where} holds no study named '{exp.name}': give the run directory of that experiment "
+                              "(or move the damaged file away and rerun the search)") from None
 
-def make_storage(url: str, template_dir: Path | None = None) -> RDBStorage:
+
+def make_storage(url: str, template_dir: Path | None = None, *, own: Path | None = None) -> RDBStorage:
     """Open (or create) the Optuna storage at `url`. A new SQLite file starts as a copy of the empty store kept in
-    `template_dir` (made by the first study with this Optuna), not from Optuna's schema creation."""
+    `template_dir` (made by the first study with this Optuna), not from Optuna's schema creation. `own`: the run
+    directory's study.db the URL points at (what an error names; search.storage is the user's otherwise)."""
     storage = None
     template = None if template_dir is None else template_dir / f"optuna-{optuna.__version__}.db"
     fresh = seed_sqlite_url(url, template)
+    fix = f"{own} is damaged or not a study store: move it away to start over, or use a new --out" if own else \
+        "check search.storage"  # fmt: skip
     for attempt in range(STORAGE_CREATE_ATTEMPTS):
         try:
             # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
@@ -81,11 +118,10 @@ def make_storage(url: str, template_dir: Path | None = None) -> RDBStorage:
             # tables; the loser's stamp of the schema version collides. The tables exist now: open again.
             if attempt == STORAGE_CREATE_ATTEMPTS - 1:
                 raise ConfigError(f"cannot open study storage {url}: another process keeps re-creating its tables; "
-                                  "check search.storage") from None  # fmt: skip
+                                  f"{fix}") from None  # fmt: skip
             time.sleep(0.2 * (attempt + 1))
         except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
-            raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; "
-                              "check search.storage") from exc  # fmt: skip
+            raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; {fix}") from exc
     if url.startswith("sqlite"):
         # Optuna commits once per suggested parameter; with SQLite's default rollback journal and full
         # sync that is ~2.5 ms each, a visible share of a trial. WAL with synchronous=NORMAL survives a

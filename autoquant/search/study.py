@@ -93,7 +93,8 @@ def setup_study(exp: Experiment, paths: RunPaths, *, storage_url: str | None = N
     space = SearchSpace.from_yaml(space_file, ws.graph)
     url = storage_url or cfg.storage or paths.storage
     paths.check_storage_file(url)
-    storage = make_storage(url, exp.cache / "stores" if url == paths.storage else None)
+    own = url == paths.storage
+    storage = make_storage(url, exp.cache / "stores" if own else None, own=paths.root / "study.db" if own else None)
     study = open_study(exp, storage, study_fingerprint(exp, ws))
     ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
     scorer = PlanScorer(ws, cfg.trial_timeout_seconds, timed=cfg.objective is Cost.LATENCY,

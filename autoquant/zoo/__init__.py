@@ -1,14 +1,3 @@
-"""Built-in models: torch definitions whose weights come from a checkpoint or a cached, seeded training run."""
-
-from .cifar_resnet import cifar_resnet, load_cifar_resnet
-from .digits_cnn import DigitsCNN, train_digits_cnn
-from .mobilenet_cifar import MobileNetCifar, train_mobilenet_cifar
-
-__all__ = [
-    "DigitsCNN",
-    "MobileNetCifar",
-    "cifar_resnet",
-    "load_cifar_resnet",
-    "train_digits_cnn",
-    "train_mobilenet_cifar",
-]
+"""Built-in models: torch definitions whose weights come from a checkpoint (cifar_resnet.py) or a seeded training run
+on the experiment's train split (digits_cnn.py, mobilenet_cifar.py, training.py); catalog.py names the trained ones
+and finds their shipped exports without importing torch."""

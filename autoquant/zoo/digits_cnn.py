@@ -18,7 +18,6 @@ from torch import nn
 
 from .training import cached_weights, train_classifier
 
-RECIPE = "digits-cnn-v3:24px:epochs=10:lr=0.01:outliers=2x100"
 OUTLIER_FACTOR, OUTLIER_CHANNELS = 100.0, 2
 
 
@@ -54,8 +53,7 @@ def with_outlier_channels(net: DigitsCNN, factor: float = OUTLIER_FACTOR, channe
     return net
 
 
-def train_digits_cnn(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, seed: int = 0) -> DigitsCNN:
-    key = f"{RECIPE}:seed={seed}:n={len(x_train)}:{x_train.sum():.6f}"
+def train_digits_cnn(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, seed: int, key: str) -> DigitsCNN:
     return cached_weights(
         DigitsCNN, cache_dir, key, seed,
         lambda m: with_outlier_channels(train_classifier(m, x_train, y_train, epochs=10, lr=0.01, seed=seed)),

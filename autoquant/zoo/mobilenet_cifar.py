@@ -14,8 +14,6 @@ from torch import nn
 
 from .training import cached_weights, random_crop_flip, train_classifier
 
-RECIPE = "mobilenet-cifar-v2:epochs=12:lr=0.004:crop-flip"
-
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -37,8 +35,8 @@ class MobileNetCifar(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def train_mobilenet_cifar(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, seed: int = 0) -> MobileNetCifar:
-    key = f"{RECIPE}:seed={seed}:n={len(x_train)}:{float(x_train[:64].sum()):.6f}"
+def train_mobilenet_cifar(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, seed: int,
+                          key: str) -> MobileNetCifar:  # fmt: skip
     return cached_weights(
         MobileNetCifar, cache_dir, key, seed,
         lambda m: train_classifier(m, x_train, y_train, epochs=12, lr=0.004, seed=seed, augment=random_crop_flip),

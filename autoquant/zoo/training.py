@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +14,23 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_write, file_lock
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread while it trains: its parallel reductions (batch-norm statistics, weight gradients) add in
+    an order that depends on the thread count, so the same recipe trained on 2 and on 8 cores gives weights that
+    differ in their last bits, and a model hash that differs (a study could not be resumed on another machine).
+    One thread makes training a function of the recipe, the data, torch's version and the CPU's vector width; the
+    embedded defaults are shipped trained (zoo/shipped/), the same bytes everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_classifier(
@@ -60,9 +80,15 @@ def cached_weights(build: Callable[[], nn.Module], cache_dir: Path, key: str, se
     path = cache_dir / "weights" / f"{digest}.pt"
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        train(model)
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                return model.eval()
+            except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+                log.warning("cached weights %s are unreadable (%s): training again", path, exc.__class__.__name__)
+                torch.manual_seed(seed)
+                model = build()
+        with one_thread():
+            train(model)
         atomic_write(path, lambda f: torch.save(model.state_dict(), f))
     return model.eval()
 

@@ -85,6 +85,7 @@ class Mode(ABC):
     defaults: Mapping[str, Any] = MappingProxyType({})  # fields of its own a plan may set, and their defaults
     calibrated: bool = False  # its activation scales come from calibration (the record's `data` entry)
     kernels: frozenset[str] = frozenset()  # op types its builder writes in a layer's place (named after it)
+    weight_zero_points: tuple[int, int] = (0, 0)  # the weight zero points its builder can write (symmetric: only 0)
 
     # -- which layers, which choices -----------------------------------------------------------------------
     @abstractmethod

@@ -76,6 +76,7 @@ class Int4(Mode):
                               "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
     defaults = MappingProxyType({"block_size": 32, "accuracy_level": 4})
     kernels = frozenset({"MatMulNBits"})
+    weight_zero_points = (0, 15)  # asymmetric 4-bit blocks
 
     def applies_to(self, layer: LayerInfo) -> bool:
         return takes_matmul_form(layer)

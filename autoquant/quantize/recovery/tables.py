@@ -82,20 +82,35 @@ class RecoveryTables:
                                 self.source.weight_range)  # fmt: skip
         if choice.weight_rounding != "adaptive" or self._forms[layer.name] is None:
             return nearest_mask(w, scale)
-        return self._cached(("rounding", layer.name, choice.weight_granularity, choice.weight_bits),
-                            lambda: self._fit(layer, choice))  # fmt: skip
+        return self._cached(self._rounding_key(layer, choice), lambda: self._fit(layer, choice))
 
     def shift(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
         """The bias shift (per output channel, in output units) that cancels the mean error of `choice`."""
-        key = ("shift", layer.name, choice.weight_granularity, choice.weight_bits, choice.weight_rounding,
-               choice.activation_algorithm)  # fmt: skip
-        return self._cached(key, lambda: self._shift(layer, choice))
+        return self._cached(self._shift_key(layer, choice), lambda: self._shift(layer, choice))
+
+    @staticmethod
+    def _rounding_key(layer: LayerInfo, choice: LayerChoice) -> tuple:
+        return ("rounding", layer.name, choice.weight_granularity, choice.weight_bits)
+
+    @staticmethod
+    def _shift_key(layer: LayerInfo, choice: LayerChoice) -> tuple:
+        return ("shift", layer.name, choice.weight_granularity, choice.weight_bits, choice.weight_rounding,
+                choice.activation_algorithm)  # fmt: skip
+
+    def _known(self, layer: LayerInfo, choice: LayerChoice) -> bool:
+        """Whether what `choice` needs of this layer is in this process's memo already."""
+        rounded = (choice.weight_rounding != "adaptive" or self._forms[layer.name] is None
+                   or self._rounding_key(layer, choice) in self._memo)  # fmt: skip
+        return rounded and (not choice.bias_correction or self._shift_key(layer, choice) in self._memo)
 
     def prepare(self, wanted: list[tuple[LayerInfo, LayerChoice]]) -> None:
         """Compute (or read from the cache) everything `wanted` needs, with a progress bar: the error table asks
         for every layer and choice of the space at once."""
-        todo = [(la, c) for la, c in wanted if c.quantize and (c.weight_rounding == "adaptive" or c.bias_correction)]
-        shown = bar(len(todo), "recovery", unit="choice")
+        todo = [(la, c) for la, c in wanted if c.quantize and (c.weight_rounding == "adaptive" or c.bias_correction)
+                and not self._known(la, c)]  # fmt: skip
+        if not todo:
+            return
+        shown = bar(len(todo), "recovery fitting", unit="choice")
         t0 = time.perf_counter()
         for la, c in todo:
             if c.weight_rounding == "adaptive":
@@ -142,7 +157,7 @@ class RecoveryTables:
         batch_count = max(1, -(-len(data) // batches.size))
         rng = np.random.default_rng(0)
         parts: dict[str, list[np.ndarray]] = {la.name: [] for la in layers}
-        for outputs, feed, real in batches.run(sess, fetch, data, "calibration"):
+        for outputs, feed, real in batches.run(sess, fetch, data, "calibration", shown="recovery: layer inputs"):
             values = dict(zip(fetch, outputs)) | {k: v for k, v in feed.items() if k in s.fed}
             size = len(next(iter(feed.values())))
             for la in layers:

@@ -38,6 +38,7 @@ import onnx
 import onnxruntime as ort
 
 from ...calibrate.cache import cached_arrays
+from ...progress import progress
 from ...quantize import modes
 from ...quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ...runtime import session_options
@@ -214,7 +215,7 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
         feed = ws.evaluator.latency_feed()
         ms = np.full((len(ws.graph.names), len(COLUMNS)), np.nan)
         with tempfile.TemporaryDirectory(prefix="autoquant-profile-") as tmp:
-            for kind, plan in plans:
+            for kind, plan in progress(plans, "per-layer latency", unit="model"):
                 times = _profile(ws, ws.build(plan), feed, Path(tmp))
                 for i, (name, choice) in enumerate(plan.choices):
                     if (choice.mode if choice.quantize else "float") != kind or name not in times:

@@ -31,6 +31,7 @@ from ...calibrate.cache import cached_arrays
 from ...calibrate.collect import augment
 from ...errors import AutoquantError, PlanError
 from ...graph.layers import LayerInfo
+from ...progress import progress
 from ...quantize import modes
 from ...quantize.modes import EmulationContext
 from ...quantize.plan import FLOAT, LayerChoice, QuantPlan
@@ -134,7 +135,7 @@ def _measure(ws: Workspace, space: SearchSpace, choices: tuple[LayerChoice, ...]
     num = np.zeros((len(layers), len(choices)))
     den = np.zeros(len(layers))
     batches = (ws.evaluator.batches if ws.evaluator.batches.fixed else Batches(16)).within(full, fetch, subset, "eval")
-    for outputs, batch, _ in batches.run(full, fetch, subset, "eval"):
+    for outputs, batch, _ in batches.run(full, fetch, subset, "eval", shown="per-layer errors"):
         values = dict(zip(fetch, outputs))
         values.update({k: v for k, v in batch.items() if k in fed})
         for i, layer in enumerate(layers):
@@ -176,7 +177,7 @@ def _gains(ws: Workspace, local: np.ndarray, choices: tuple[LayerChoice, ...], s
     reference = ws.reference.outputs[: len(subset)]
     power = float(np.square(reference, dtype=np.float64).mean()) or 1.0
     gains = np.ones_like(local)
-    for i, layer in enumerate(ws.graph.layers):
+    for i, layer in enumerate(progress(ws.graph.layers, "per-layer error gains", unit="layer")):
         for mode in sorted({c.mode for c in choices}):
             finite = {j: local[i, j] for j, c in enumerate(choices)
                       if c.mode == mode and np.isfinite(local[i, j]) and local[i, j] > 0}  # fmt: skip

@@ -81,8 +81,8 @@ def load(cfg, ctx: SourceContext) -> Dataset:
         keys = _input_keys(cfg.path, others, ctx.inputs, cfg.x_key)
         ignored = [k for k in others if k not in keys]
         if ignored:
-            log.info("%s: not reading %s (not a model input nor the labels '%s')", cfg.path.name, ", ".join(ignored),
-                     cfg.y_key)  # fmt: skip
+            labels = f"nor the labels '{cfg.y_key}'" if cfg.y_key else "and data.y_key is null: no labels are read"
+            log.info("%s: not reading %s (not a model input %s)", cfg.path.name, ", ".join(ignored), labels)
         arrays = {k: _array(f, k, cfg.path) for k in keys}
         labels = _array(f, labels_key, cfg.path) if labels_key else None
     return Dataset(arrays, labels)
