@@ -60,7 +60,8 @@ def preset_choice(preset: str, algorithm: str = "minmax") -> LayerChoice:
         raise PlanError(f"plan '{preset}': unknown {what}; a preset is {' or '.join(GRANULARITY_PRESETS)}, optionally "
                         f"with {' and '.join('+' + w for w in RECOVERY_WORDS)} in any order, or give a plan YAML file")  # fmt: skip
     fields = {k: v for w in set(words) for k, v in RECOVERY_WORDS[w].items()}
-    return LayerChoice(True, GRANULARITY_PRESETS[head], algorithm, **fields)
+    return LayerChoice.parse({"weight_granularity": GRANULARITY_PRESETS[head], "activation_algorithm": algorithm,
+                              **fields}, f"plan '{preset}'")  # fmt: skip
 
 
 def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantPlan:
@@ -70,9 +71,10 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
     broken = [layer.name for layer in ws.graph.layers if not layer.finite]
     if broken:
         log.info("%d layer(s) have NaN or Inf in their weights and stay float (e.g. %s)", len(broken), broken[0])
-    no_bias = [la.name for la in ws.graph.layers if not modes.get(choice.mode).fits(la, choice)]
+    # bias correction on the layers that have a bias to correct
     plan = QuantPlan.uniform(ws.graph.names, choice).with_choices(
-        dict.fromkeys(no_bias, replace(choice, bias_correction=False)))
+        {la.name: choice.with_fields(bias_correction=False) for la in ws.graph.layers
+         if not modes.get(choice.mode).fits(la, choice)})  # fmt: skip
     return plan.with_choices(dict.fromkeys(broken, FLOAT))
 
 
@@ -186,8 +188,8 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
         f = record.finetune
         model = tuned_weights.with_weights(model, tuned_weights.load(Path(record_path).parent / f.weights_file,
                                                                      f.weights_sha256))  # fmt: skip
-    qmodel = build_model(model, graph, record.plan(), record.activation_params(), record.activation_type,
-                         record.weight_range, recovery=record.recovery(graph))
+    qmodel = build_model(model, graph, record.plan(str(record_path)), record.activation_params(), record.activation_type,
+                         record.weight_range, recorded=record.recorded())
     check_rebuilt(record, qmodel, str(record_path))
     return atomic_write_bytes(Path(out), qmodel.SerializeToString())
 

@@ -7,9 +7,8 @@ exactly.
 
 from __future__ import annotations
 
-import base64
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,20 @@ import onnx
 from .errors import ConfigError, PlanError
 from .evaluate.executed import ExecutedLayer
 from .fileio import atomic_write_bytes
-from .graph.layers import GraphInfo, LayerInfo
+from .graph.layers import GraphInfo
 from .quantize import modes
-from .quantize.modes.static import dequantize_params, tensor_algorithms
-from .quantize.plan import ROUNDINGS, LayerChoice, QuantPlan
-from .quantize.recovery import Recovery, recovers
+from .quantize.plan import FLOAT, LayerChoice, QuantPlan
+from .quantize.recovery import Recovery
 from .quantize.scales import ActivationParams
 from .quantize.smoothing import Smoothing, smoothable
 from .versions import versions
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # 2 added the layer's mode and int4 blocks (a version-1 record is all static); 3 added notes; 4 the recovery;
-# 5 fine-tuning
-READS = (1, 2, 3, 4, 5)
+# 5 fine-tuning; 6 each layer's choice as its mode's own fields, and what its mode records besides its weights
+READS = (1, 2, 3, 4, 5, 6)
+# The layer entries of formats 1-5: their flat choice fields and the recovery data, now the choice's and `extra`
+_FLAT = ("accuracy_level", "weight_rounding", "rounding_mask", "bias_correction", "bias_shift")
 
 
 @dataclass(frozen=True)
@@ -59,30 +59,38 @@ class LayerRecord:
     depthwise: bool
     flops: int
     weight: WeightRecord | None = None
-    data: DataRecord | None = None  # None for the dynamic and int4 modes: activations are quantized at run time
+    data: DataRecord | None = None  # None for modes that quantize activations at run time (dynamic, int4)
     kernel: str = ""  # what onnxruntime ran for the layer when the record was made (e.g. QLinearConv, Conv)
-    mode: str = "static"  # a registered mode (quantize/modes/)
-    accuracy_level: int = 0  # int4: MatMulNBits compute precision
-    # Recovery (quantize/recovery/): how each weight was rounded from its floor on the grid (packed bits, base64),
-    # and the shift per output channel added to the layer's bias; `apply` rebuilds from the FP32 weights with them
-    weight_rounding: str = "nearest"
-    rounding_mask: str = ""
-    bias_correction: bool = False
-    bias_shift: list[float] = field(default_factory=list)
+    mode: str = FLOAT.mode  # a registered mode (quantize/modes/), or float
+    choice: dict[str, Any] = field(default_factory=dict)  # the mode's own fields (LayerChoice.fields)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the mode records besides its weights (Mode.record_extra)
 
-
-    def choice(self) -> LayerChoice:
+    def layer_choice(self, where: str = "record") -> LayerChoice:
         if not (self.quantized and self.weight):
-            return LayerChoice(quantize=False)
-        mode = modes.get(self.mode)
-        if mode.calibrated and self.data is None:
+            return FLOAT
+        if modes.get(self.mode).calibrated and self.data is None:
             raise PlanError(f"layer {self.name} is {self.mode} but has no data entry")
-        w = self.weight
-        choice = mode.from_record(w.bits, w.granularity, w.block_size, self.data.algorithm if self.data else "minmax",
-                                  self.accuracy_level)  # fmt: skip
-        if self.weight_rounding == "nearest" and not self.bias_correction:
-            return choice
-        return replace(choice, weight_rounding=self.weight_rounding, bias_correction=self.bias_correction)
+        if not isinstance(self.choice, dict):
+            raise PlanError(f"{where}: layer {self.name}: 'choice' must map its mode's fields to values")
+        return LayerChoice.parse({"mode": self.mode, **self.choice}, f"{where}: layer {self.name}")
+
+    @classmethod
+    def of_format(cls, raw: dict[str, Any], version: int) -> LayerRecord:
+        """A layer entry as a record of `version` wrote it."""
+        raw = {**raw, "weight": raw.get("weight") and WeightRecord(**raw["weight"]),
+               "data": raw.get("data") and DataRecord(**raw["data"])}  # fmt: skip
+        if version >= 6:
+            return cls(**raw)
+        flat = {k: raw.pop(k) for k in _FLAT if k in raw}
+        if not raw["quantized"] or raw["weight"] is None:
+            return cls(**{**raw, "mode": FLOAT.mode})
+        mode = raw["mode"] = raw.get("mode") or modes.modes()[0].name  # format 1: every layer in the default mode
+        w, d = raw["weight"], raw["data"]
+        choice = modes.get(mode).from_record(w.bits, w.granularity, w.block_size, d.algorithm if d else "minmax",
+                                             flat.get("accuracy_level", 0))  # fmt: skip
+        own = {k: flat[k] for k in ("weight_rounding", "bias_correction") if k in flat and k in choice.fields()}
+        extra = {k: flat[k] for k in ("rounding_mask", "bias_shift") if flat.get(k)}
+        return cls(**raw, choice={**choice.fields(), **own}, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -128,11 +136,12 @@ class Record:
     onnxruntime_version: str = ""
     onnx_version: str = ""
 
-    def plan(self) -> QuantPlan:
-        return QuantPlan(tuple((layer.name, layer.choice()) for layer in self.layers))
+    def plan(self, where: str = "record") -> QuantPlan:
+        return QuantPlan(tuple((layer.name, layer.layer_choice(where)) for layer in self.layers))
 
-    def recovery(self, graph: GraphInfo) -> RecordedRecovery:
-        return RecordedRecovery({lr.name: lr for lr in self.layers}, graph)
+    def recorded(self) -> dict[str, dict[str, Any]]:
+        """What each layer's mode recorded besides its weights, by layer: what a rebuild needs (BuildContext.recorded)."""
+        return {lr.name: lr.extra for lr in self.layers if lr.extra}
 
     def activation_params(self) -> dict[str, ActivationParams]:
         return {t: ActivationParams(float(a["scale"]), int(a["zero_point"])) for t, a in self.activations.items()}
@@ -153,14 +162,12 @@ class Record:
             if raw.get("format_version") not in READS:
                 raise PlanError(f"{path} has record format {raw.get('format_version')}; this autoquant reads "
                                 f"{' and '.join(map(str, READS))}")  # fmt: skip
-            layers = [
-                LayerRecord(**{**lr, "weight": lr["weight"] and WeightRecord(**lr["weight"]),
-                               "data": lr["data"] and DataRecord(**lr["data"])})
-                for lr in raw.pop("layers")
-            ]  # fmt: skip
+            layers = [LayerRecord.of_format(lr, raw["format_version"]) for lr in raw.pop("layers")]
             tuned = raw.pop("finetune", None)
             return cls(layers=layers, finetune=FinetuneRecord(**tuned) if tuned else None, **raw)
-        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        except ConfigError as exc:  # a mode named in a record that no longer exists, say
+            raise PlanError(f"{path}: {exc}") from exc
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError, StopIteration) as exc:
             raise PlanError(f"{path} is not an autoquant record file ({exc.__class__.__name__}: {exc})") from exc
 
 
@@ -196,27 +203,6 @@ def validate_smoothing(record: Record, graph: GraphInfo, where: str) -> None:
             _number(v, f"{where}: smoothing[{tensor!r}][{i}]", positive=True)
 
 
-def _validate_recovery(lr: LayerRecord, info: LayerInfo, at: str) -> None:
-    if lr.weight_rounding not in ROUNDINGS:
-        raise PlanError(f"{at}: weight_rounding {lr.weight_rounding!r} must be one of {', '.join(ROUNDINGS)}")
-    if lr.weight_rounding != "nearest":
-        try:
-            packed = base64.b64decode(lr.rounding_mask, validate=True)
-        except (ValueError, TypeError):
-            raise PlanError(f"{at}: rounding_mask is not base64") from None
-        if len(packed) != -(-int(np.prod(info.weight_shape)) // 8):
-            raise PlanError(f"{at}: rounding_mask must hold one bit per weight ({int(np.prod(info.weight_shape))})")
-    if not isinstance(lr.bias_correction, bool):
-        raise PlanError(f"{at}: bias_correction must be true or false, got {lr.bias_correction!r}")
-    if lr.bias_correction:
-        if not info.bias_slot:
-            raise PlanError(f"{at}: the layer has no bias to correct")
-        if not isinstance(lr.bias_shift, list) or len(lr.bias_shift) != info.out_channels:
-            raise PlanError(f"{at}: bias_shift needs {info.out_channels} values")
-        for i, v in enumerate(lr.bias_shift):
-            _number(v, f"{at}: bias_shift[{i}]")
-
-
 def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, where: str) -> None:
     """Check a record completely against the model before anything is built from it: a record with a
     zero or negative scale, a wrong number of channel scales or a missing tensor builds a broken model
@@ -242,10 +228,14 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
         if not isinstance(lr.weight, WeightRecord) or (static and not isinstance(lr.data, DataRecord)):
             raise PlanError(f"{at} is quantized but has no {'weight' if not isinstance(lr.weight, WeightRecord) else 'data'} entry")
         try:
-            lr.choice()  # bits, granularity, block size, accuracy level and recovery fit the mode
+            choice = lr.layer_choice(where)  # the mode's own fields, each checked by its choice type
         except ConfigError as exc:
-            raise PlanError(f"{at}: {exc}") from None
-        _validate_recovery(lr, info, at)
+            raise PlanError(str(exc)) from None
+        if not modes.get(lr.mode).fits(info, choice):
+            raise PlanError(f"{at}: {modes.get(lr.mode).misfit(info, choice)}")
+        if not isinstance(lr.extra, dict):
+            raise PlanError(f"{at}: 'extra' must map names to what the mode recorded")
+        modes.get(lr.mode).check_extra(lr.extra, info, choice, at)
         w = lr.weight
         count = {"per_channel": info.out_channels, "per_tensor": 1}.get(w.granularity, 0)
         if w.granularity == "per_block":
@@ -265,7 +255,7 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
             _zero_point(lr.data.offset_d, f"{at}: offset_d", record.activation_type)
     if not isinstance(record.activations, dict):
         raise PlanError(f"{where}: 'activations' must map tensor names to scale and zero_point")
-    missing = sorted(set(tensor_algorithms(model, graph, record.plan())) - set(record.activations))
+    missing = sorted(set(modes.activation_tensors(model, graph, record.plan(where))) - set(record.activations))
     if missing:
         raise PlanError(f"{where}: activations has no entry for {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
                         + ", which the plan quantizes")  # fmt: skip
@@ -281,45 +271,21 @@ def check_rebuilt(record: Record, qmodel: onnx.ModelProto, where: str) -> None:
     layer: a record edited by hand (or made from other weights) would otherwise apply without a word, the edit
     silently ignored, since the builder computes weights from the FP32 model."""
     nodes = {n.name: n for n in qmodel.graph.node}
-    plan = record.plan()
+    plan = record.plan(where)
     for lr in record.layers:
         if not lr.quantized:
             continue
         choice = plan[lr.name]
-        built = modes.get(lr.mode).recorded_weights(qmodel, nodes[lr.name], choice)
-        scales_equal = np.array_equal(np.float32(built.scales), np.float32(lr.weight.scale_w))
-        if not scales_equal or list(built.zero_points) != [int(z) for z in lr.weight.offset_w]:
-            which = "scale_w" if not scales_equal else "offset_w"
-            raise PlanError(f"{where}: layer {lr.name}: its {which} are not those of the model rebuilt from the FP32 "
-                            "weights: the record was edited, or made for other weights; use the record as "
-                            "autoquant wrote it")  # fmt: skip
-
-
-class RecordedRecovery:
-    """The rounding and bias shifts a record holds, for rebuilding its model (quantize/recovery/: Recovery)."""
-
-    def __init__(self, layers: dict[str, LayerRecord], graph: GraphInfo):
-        self.layers, self.graph = layers, graph
-
-    def rounding(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
-        count = int(np.prod(layer.weight_shape))
-        bits = np.unpackbits(np.frombuffer(base64.b64decode(self.layers[layer.name].rounding_mask), np.uint8))
-        return bits[:count].reshape(layer.weight_shape)
-
-    def shift(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
-        return np.array(self.layers[layer.name].bias_shift, np.float32)
-
-
-def _recovery_fields(info: LayerInfo, choice: LayerChoice, recovery: Recovery | None) -> dict[str, Any]:
-    if not (choice.quantize and recovers(choice)):
-        return {}
-    out: dict[str, Any] = {"weight_rounding": choice.weight_rounding, "bias_correction": choice.bias_correction}
-    if choice.weight_rounding != "nearest":
-        mask = recovery.rounding(info, choice).astype(np.uint8).ravel()
-        out["rounding_mask"] = base64.b64encode(np.packbits(mask).tobytes()).decode()
-    if choice.bias_correction:
-        out["bias_shift"] = [float(v) for v in recovery.shift(info, choice)]
-    return out
+        built, w = modes.get(lr.mode).recorded_weights(qmodel, nodes[lr.name], choice), lr.weight
+        differ = [name for name, ok in (
+            ("bits", built.bits == w.bits), ("granularity", built.granularity == w.granularity),
+            ("block_size", built.block_size == w.block_size),
+            ("scale_w", np.array_equal(np.float32(built.scales), np.float32(w.scale_w))),
+            ("offset_w", list(built.zero_points) == [int(z) for z in w.offset_w])) if not ok]  # fmt: skip
+        if differ:
+            raise PlanError(f"{where}: layer {lr.name}: its weight {differ[0]} are not those of the model rebuilt from "
+                            "the FP32 weights with its choice: the record was edited, or made for other weights; use "
+                            "the record as autoquant wrote it")  # fmt: skip
 
 
 def make_record(
@@ -345,22 +311,20 @@ def make_record(
     layers = []
     for info in graph.layers:
         choice = plan[info.name]
-        weight = data = None
-        if choice.quantize:
-            mode, node = modes.get(choice.mode), nodes.get(info.name)
-            if node is None or (mode.kernels and node.op_type not in mode.kernels):
-                raise PlanError(f"layer {info.name} was not built as {choice.mode}; cannot record it")
-            w = mode.recorded_weights(qmodel, node, choice)
-            weight = WeightRecord(w.bits, w.granularity, w.scales, w.zero_points, w.block_size)
-            if mode.calibrated:
-                d = dequantize_params(qmodel, node.input[0])
-                if d is None:
-                    raise PlanError(f"layer {info.name} was not quantized by onnxruntime; cannot record it")
-                data = DataRecord(choice.activation_bits, choice.activation_algorithm,
-                                  float(np.asarray(d[0]).reshape(())), int(np.asarray(d[1]).reshape(())))  # fmt: skip
-        layers.append(LayerRecord(info.name, info.op_type, choice.quantize, info.depthwise, info.flops, weight, data,
-                                  kernels.get(info.name, ""), choice.mode, choice.accuracy_level,
-                                  **_recovery_fields(info, choice, recovery)))  # fmt: skip
+        if not choice.quantize:
+            layers.append(LayerRecord(info.name, info.op_type, False, info.depthwise, info.flops,
+                                      kernel=kernels.get(info.name, "")))  # fmt: skip
+            continue
+        mode, node = modes.get(choice.mode), nodes.get(info.name)
+        if node is None or (mode.kernels and node.op_type not in mode.kernels):
+            raise PlanError(f"layer {info.name} was not built as {choice.mode}; cannot record it")
+        w = mode.recorded_weights(qmodel, node, choice)
+        a = mode.recorded_activation(qmodel, node, choice)
+        layers.append(LayerRecord(info.name, info.op_type, True, info.depthwise, info.flops,
+                                  WeightRecord(w.bits, w.granularity, w.scales, w.zero_points, w.block_size),
+                                  DataRecord(a.bits, a.algorithm, a.scale, a.zero_point) if a else None,
+                                  kernels.get(info.name, ""), choice.mode, choice.fields(),
+                                  mode.record_extra(info, choice, recovery)))  # fmt: skip
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
                   graph.unquantized_flops, smoothing.alpha if smoothing else 0.0,

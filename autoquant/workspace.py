@@ -31,8 +31,8 @@ from .evaluate.metrics import check_metric, resolve_metric
 from .finetune.weights import with_weights
 from .graph.ingest import PreparedModel, prepare
 from .graph.layers import GraphInfo, ShapesUnknown, analyze
+from .quantize import modes
 from .quantize.build import build_model
-from .quantize.modes.static import WeightParams, tensor_algorithms
 from .quantize.plan import QuantPlan
 from .quantize.recovery import recovers
 from .quantize.recovery.tables import RecoverySource, RecoveryTables
@@ -250,7 +250,7 @@ class Workspace:
 
     def activations(self, plan: QuantPlan) -> tuple[dict[str, ActivationParams], dict[str, str]]:
         """(scale, zero point) and the algorithm that set it, for every activation tensor the plan quantizes."""
-        algorithms = tensor_algorithms(self.model, self.graph, plan)
+        algorithms = modes.activation_tensors(self.model, self.graph, plan)
         return {t: self.range_params(t, a) for t, a in algorithms.items()}, algorithms
 
     @functools.cached_property
@@ -265,8 +265,8 @@ class Workspace:
         return resolved
 
     @functools.cached_property
-    def weight_params(self) -> WeightParams:
-        return WeightParams(self.model)
+    def build_cache(self) -> modes.BuildCache:
+        return modes.BuildCache(self.model)
 
     def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None,
               weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:  # fmt: skip
@@ -278,7 +278,7 @@ class Workspace:
             self.recovery.prepare(recovering)
         model = self.model if weights is None else with_weights(self.model, weights)
         return build_model(model, self.graph, plan, params, self.exp.quantization.activation_type, self.weight_range,
-                           self.weight_params if weights is None else None, self.recovery)  # fmt: skip
+                           self.build_cache if weights is None else None, self.recovery)  # fmt: skip
 
     @functools.cached_property
     def recovery(self) -> RecoveryTables:

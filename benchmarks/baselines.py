@@ -37,7 +37,7 @@ def measure(bed: str, tmp: Path) -> dict:
     rows = [{"plan": "FP32", "metric": ws.reference.accuracy, "drop": 0.0}]
     models = []
     for label, granularity in PLANS.items():
-        plan = QuantPlan.uniform(ws.graph.names, LayerChoice(weight_granularity=granularity))
+        plan = QuantPlan.uniform(ws.graph.names, LayerChoice.of(weight_granularity=granularity))
         model = ws.build(plan)
         m = meter(model, plan)
         runs = collections.Counter(e.mode for e in executed_layers(model))

@@ -100,7 +100,7 @@ def algorithm_table(ws, rounds: int) -> list[dict]:
     rows, blobs = [], [ws.model.SerializeToString()]
     for gran in ("per_tensor", "per_channel"):
         for algo in ALGORITHMS:
-            plan = QuantPlan.uniform(ws.graph.names, LayerChoice(True, gran, algo))
+            plan = QuantPlan.uniform(ws.graph.names, LayerChoice.of(weight_granularity=gran, activation_algorithm=algo))
             t0 = time.perf_counter()
             qmodel = ws.build(plan)
             build_s = time.perf_counter() - t0

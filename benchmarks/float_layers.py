@@ -51,7 +51,7 @@ def family(experiment: str, rounds: int) -> dict:
     ev = ws.evaluator
     rows, models = [], [("FP32", ws.model)]
     for k in KS:
-        plan = QuantPlan(tuple((n, FLOAT if n in ranked[:k] else LayerChoice()) for n in ws.graph.names))
+        plan = QuantPlan(tuple((n, FLOAT if n in ranked[:k] else LayerChoice.of()) for n in ws.graph.names))
         for how, model in (("before", plain_build(ws, plan)), ("after", ws.build(plan))):
             if k == 0 and how == "before":
                 continue  # no float layer: the two constructions are the same graph

@@ -90,18 +90,18 @@ def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto, 
     rows = []
     for granularity in ("per_channel", "per_tensor"):
         for algorithm in ALGORITHMS:
-            plan = QuantPlan.uniform(names, LayerChoice(True, granularity, algorithm))
+            plan = QuantPlan.uniform(names, LayerChoice.of(weight_granularity=granularity, activation_algorithm=algorithm))
             model = ws.build(plan)
             rows.append((row(f"all INT8 {granularity} {algorithm}", meter(model, plan, timed=True), model), model, plan))
     space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
     if any(o.endswith(":w4") for layer in space.layers for o in layer.options):
-        plan = QuantPlan.uniform(names, LayerChoice(weight_bits=4))
+        plan = QuantPlan.uniform(names, LayerChoice.of(weight_bits=4))
         model = ws.build(plan)
         rows.append((row("all INT8, 4-bit weights per_channel minmax", meter(model, plan, timed=True), model), model, plan))
     errors = layer_errors(ws, space)
     for k in (1, 2, 4, 8):
         keep = set(sensitive_layers(ws, errors, k))
-        plan = QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice()) for n in names))
+        plan = QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice.of()) for n in names))
         model = ws.build(plan)
         rows.append((row(f"INT8 but the {k} most sensitive float", meter(model, plan, timed=True), model), model, plan))
     return rows

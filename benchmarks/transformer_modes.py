@@ -114,9 +114,9 @@ def main() -> None:
             t0 = time.perf_counter()
             model = ort_quantize_static(ws, **kwargs)
             rows.append(row(f"ORT {label}", meter(model, timed=True), time.perf_counter() - t0, model))
-        uniform = {"static INT8 per-channel": LayerChoice(), "dynamic per-channel": LayerChoice.dynamic(),
-                   "dynamic per-tensor": LayerChoice.dynamic("per_tensor"), "int4 blocks of 32": LayerChoice.int4(32),
-                   "int4 blocks of 128": LayerChoice.int4(128)}  # fmt: skip
+        uniform = {"static INT8 per-channel": LayerChoice.of(), "dynamic per-channel": LayerChoice.of("dynamic"),
+                   "dynamic per-tensor": LayerChoice.of("dynamic", weight_granularity="per_tensor"), "int4 blocks of 32": LayerChoice.of("int4", block_size=32),
+                   "int4 blocks of 128": LayerChoice.of("int4", block_size=128)}  # fmt: skip
         for label, choice in uniform.items():
             plan = QuantPlan.uniform(names, choice)
             model = ws.build(plan)

@@ -13,6 +13,7 @@ from autoquant.data import Dataset
 from autoquant.graph.ingest import prepare
 from autoquant.graph.layers import analyze
 from autoquant.quantize.build import build_model
+from autoquant.quantize.modes import BuildCache
 from autoquant.quantize.modes.static import WeightParams, tensor_algorithms
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.quantize.scales import params_from_range
@@ -55,7 +56,7 @@ def optimized_ops(model, tmp_path) -> Counter:
 
 
 def test_float_layers_stay_float_and_quantized_ones_run_int8_kernels(tiny, tmp_path):
-    plan = QuantPlan((("conv0", LayerChoice()), ("conv1", FLOAT)))
+    plan = QuantPlan((("conv0", LayerChoice.of()), ("conv1", FLOAT)))
     q, _, _ = build(tiny, plan)
     ops = Counter(n.op_type for n in q.graph.node)
     assert ops["QuantizeLinear"] >= 1 and ops["DequantizeLinear"] >= 2
@@ -67,7 +68,7 @@ def test_float_layers_stay_float_and_quantized_ones_run_int8_kernels(tiny, tmp_p
 
 def test_all_int8_is_close_to_fp32(tiny, tmp_path):
     model, graph, _, data, _ = tiny
-    q, _, _ = build(tiny, QuantPlan.uniform(graph.names, LayerChoice()))
+    q, _, _ = build(tiny, QuantPlan.uniform(graph.names, LayerChoice.of()))
     assert optimized_ops(q, tmp_path)["QLinearConv"] == 2
     ref, out = run(model, data.x), run(q, data.x)
     assert np.abs(out - ref).mean() / np.abs(ref).mean() < 0.03
@@ -76,7 +77,7 @@ def test_all_int8_is_close_to_fp32(tiny, tmp_path):
 @pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
 def test_weight_scales_round_trip_into_the_record(tiny, granularity):
     _, graph, _, _, w0 = tiny
-    plan = QuantPlan.uniform(graph.names, LayerChoice(weight_granularity=granularity))
+    plan = QuantPlan.uniform(graph.names, LayerChoice.of(weight_granularity=granularity))
     q, acts, algos = build(tiny, plan)
     rec = make_record(q, graph, plan, acts, algos, model_sha256="x", activation_type="uint8")
     scale_w = np.array(rec.layers[0].weight.scale_w)
@@ -91,14 +92,16 @@ def test_weight_scales_round_trip_into_the_record(tiny, granularity):
 
 def test_weight_parameters_and_quantized_weights_kept_across_builds_give_the_same_bytes_as_a_fresh_build(tiny):
     _, graph, _, _, _ = tiny
-    choices = [LayerChoice(), LayerChoice(weight_granularity="per_tensor"), LayerChoice(weight_bits=4)]
+    choices = [LayerChoice.of(), LayerChoice.of(weight_granularity="per_tensor"), LayerChoice.of(weight_bits=4)]
     cases = [(QuantPlan.uniform(graph.names, c), r) for c in choices for r in ("full", "reduced")]
-    cases.append((QuantPlan((("conv0", LayerChoice(weight_bits=4)), ("conv1", FLOAT))), "full"))
-    shared = WeightParams(tiny[0])
+    cases.append((QuantPlan((("conv0", LayerChoice.of(weight_bits=4)), ("conv1", FLOAT))), "full"))
+    cache = BuildCache(tiny[0])
     for _ in range(2):  # the second pass reads every layer's parameters from the cache
         for plan, weight_range in cases:
-            fresh, kept = build(tiny, plan, weight_range)[0], build(tiny, plan, weight_range, shared)[0]
+            fresh, kept = build(tiny, plan, weight_range)[0], build(tiny, plan, weight_range, cache)[0]
             assert kept.SerializeToString() == fresh.SerializeToString()
+    shared = cache.get("static", WeightParams)
+    assert isinstance(shared, WeightParams)
     assert len(shared._memo) == 2 * 5  # two weights × (per-channel, per-tensor) × (full, reduced) + 4-bit
     assert len(shared._quantized) >= 2 * 5  # ... each quantized once (the int32-bias adjustment may add scales)
 
@@ -108,14 +111,14 @@ def test_per_channel_beats_per_tensor_when_channel_ranges_differ(tiny):
     ref = run(model, data.x)
     err = {}
     for g in ("per_channel", "per_tensor"):
-        q, _, _ = build(tiny, QuantPlan.uniform(graph.names, LayerChoice(weight_granularity=g)))
+        q, _, _ = build(tiny, QuantPlan.uniform(graph.names, LayerChoice.of(weight_granularity=g)))
         err[g] = float(np.square(run(q, data.x) - ref).mean())
     assert err["per_channel"] < 0.8 * err["per_tensor"]
 
 
 def test_int8_activations_build_and_run(tiny):
     model, graph, stats, data, _ = tiny
-    plan = QuantPlan.uniform(graph.names, LayerChoice())
+    plan = QuantPlan.uniform(graph.names, LayerChoice.of())
     acts = {t: params_from_range(stats[t].min, stats[t].max, "int8") for t in tensor_algorithms(model, graph, plan)}
     q = build_model(model, graph, plan, acts, "int8")
     assert np.abs(run(q, data.x) - run(model, data.x)).mean() < 0.05 * np.abs(run(model, data.x)).mean()

@@ -114,7 +114,7 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
 def test_a_passing_trial_keeps_the_prefix_outputs_and_equals_a_run_without_screen(encoder_dir):
     # dynamic layers quantize each batch by its own range: the kept prefix must be exactly evaluate's batches
     ws = Workspace(load_experiment(transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480})))
-    plan = QuantPlan.uniform(ws.graph.names, LayerChoice(mode="dynamic"))
+    plan = QuantPlan.uniform(ws.graph.names, LayerChoice.of("dynamic"))
     screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS["agreement"], 50.0, ws.exp.eval.batch_size)
     runs = []
     meter = Meter(ws)

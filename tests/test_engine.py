@@ -100,10 +100,10 @@ def test_mobilenet_depthwise_graph_quantizes_and_per_channel_beats_per_tensor(mo
     ref = ws.reference.outputs
     err = {}
     for g in ("per_channel", "per_tensor"):
-        q = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice(weight_granularity=g)))
+        q = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice.of(weight_granularity=g)))
         err[g] = float(np.square(ws.evaluator.score(ws.evaluator.session(q)).outputs - ref).mean())
     assert err["per_channel"] < 0.75 * err["per_tensor"]
-    q = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice()))
+    q = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice.of()))
     assert optimized_ops(q, tmp_path)["QLinearConv"] == 11
 
 

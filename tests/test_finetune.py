@@ -27,7 +27,7 @@ from autoquant.finetune.mirror import Mirror
 from autoquant.jobs.finetune import CHECKPOINT, finetune_plan
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
-from autoquant.record import Record
+from autoquant.record import FORMAT_VERSION, Record
 
 
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,8 +37,8 @@ def nmse(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("bits, floats, dynamic", [(8, (), ()), (8, (1, 4), (-1,)), (4, (), ())])
 def test_the_mirror_is_the_plans_qdq_model(digits_ws, bits, floats, dynamic):
     names = digits_ws.graph.names
-    plan = QuantPlan.uniform(names, LayerChoice(weight_bits=bits)).with_choices(
-        {names[i]: FLOAT for i in floats} | {names[i]: LayerChoice(mode="dynamic") for i in dynamic})
+    plan = QuantPlan.uniform(names, LayerChoice.of(weight_bits=bits)).with_choices(
+        {names[i]: FLOAT for i in floats} | {names[i]: LayerChoice.of("dynamic") for i in dynamic})
     qmodel = digits_ws.build(plan)
     mirror = Mirror(digits_ws.model, digits_ws.graph, plan, qmodel, digits_ws.weight_range)
     # every quantized layer's weights on exactly the grid onnxruntime wrote; float layers' untouched
@@ -82,7 +82,7 @@ def test_finetuning_lowers_the_held_out_error_and_apply_rebuilds_its_export(digi
     assert result.chosen_step == min(result.held_out, key=lambda look: look[1])[0]
     assert not (tmp_path / "ckpt").exists()  # a finished run leaves no checkpoint
     record = Record.load(after.record_path)
-    assert record.format_version == 5 and record.finetune.steps == 60 and record.finetune.samples == 300
+    assert record.format_version == FORMAT_VERSION and record.finetune.steps == 60 and record.finetune.samples == 300
     assert record.finetune.chosen_step == result.chosen_step
     assert record.finetune.data_sha256 == digits_ws.splits.calibration.sha256()
     # the export runs the same kernels as the plan's PTQ model: fine-tuning changed values, not the graph
@@ -171,9 +171,9 @@ def test_finetuning_bad_input_is_one_line(searched, digits_ws, tmp_path, capsys)
     assert (mine / "notes.txt").read_text() == "the user's"
     one_line_error(capsys, ["finetune", run, "--lr", "0"], "must be")
     names = digits_ws.graph.names
-    int4 = QuantPlan.uniform(names, LayerChoice()).with_choices({names[-1]: LayerChoice(mode="int4", weight_granularity="per_block", weight_bits=4,
+    int4 = QuantPlan.uniform(names, LayerChoice.of()).with_choices({names[-1]: LayerChoice.of(mode="int4", weight_granularity="per_block", weight_bits=4,
                                                                                     block_size=32, accuracy_level=4)})
-    with pytest.raises(Exception, match="mirrors static and dynamic INT8 layers, and layer '.*' is int4"):
+    with pytest.raises(Exception, match="mirrors static and dynamic layers, and layer '.*' is int4"):
         Mirror(digits_ws.model, digits_ws.graph, int4, digits_ws.build(int4), digits_ws.weight_range)
     (tmp_path / "digits.onnx").write_bytes(digits_ws.prepared.source.read_bytes())  # as a user's ONNX file
     no_train = write_experiment(tmp_path / "nt.yaml", name="nt", model={"onnx": "digits.onnx"},
@@ -206,8 +206,8 @@ def test_a_finetuned_mixed_plan_runs_as_planned_in_a_default_session(digits_ws, 
     # What a default onnxruntime session executes (its optimized graph, evaluate/executed.py), per layer: the
     # float layers a float kernel, the static ones QLinearConv/QGemm, the dynamic one DynamicQuantizeMatMul.
     names = digits_ws.graph.names
-    plan = QuantPlan.uniform(names, LayerChoice()).with_choices(
-        {names[1]: FLOAT, names[4]: FLOAT, names[-1]: LayerChoice(mode="dynamic")})
+    plan = QuantPlan.uniform(names, LayerChoice.of()).with_choices(
+        {names[1]: FLOAT, names[4]: FLOAT, names[-1]: LayerChoice.of("dynamic")})
     result = finetune_plan(digits_ws, plan, FinetuneConfig(steps=20), tmp_path / "ft", tmp_path / "ckpt", {})
     ran = {e.name: e for e in executed_layers(onnx.load(str(result.after.model_path)))}
     assert ran.keys() == set(names)

@@ -24,7 +24,7 @@ BUILD = importlib.import_module("autoquant.quantize.build")  # `autoquant.quanti
 
 def plans(names: tuple[str, ...], middle: str) -> dict[str, QuantPlan]:
     def keep_float(pred):
-        return QuantPlan(tuple((n, FLOAT if pred(i, n) else LayerChoice()) for i, n in enumerate(names)))
+        return QuantPlan(tuple((n, FLOAT if pred(i, n) else LayerChoice.of()) for i, n in enumerate(names)))
 
     return {
         "first float": keep_float(lambda i, n: i == 0),

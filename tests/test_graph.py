@@ -95,6 +95,6 @@ def test_recurrent_and_activation_matmuls_are_listed_as_float_compute_and_costed
     assert [(layer.name, layer.flops) for layer in g.layers] == [("proj_matmul", 2 * t * h * 3)]
     assert [(op.name, op.op_type, op.flops) for op in g.float_ops] == [
         ("lstm", "LSTM", 2 * t * 4 * h * (i + h)), ("gram", "MatMul", 2 * 3 * 3 * t)]
-    int8 = QuantPlan.uniform(g.names, LayerChoice())
+    int8 = QuantPlan.uniform(g.names, LayerChoice.of())
     quantizable, floating = 2 * t * h * 3, 2 * t * 4 * h * (i + h) + 2 * 3 * 3 * t
     assert bitops_fraction(g, int8) == pytest.approx((quantizable * 64 + floating * 1024) / ((quantizable + floating) * 1024))

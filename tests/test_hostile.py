@@ -743,7 +743,7 @@ def test_an_edited_record_is_refused_not_applied_with_the_edit_ignored(tmp_path,
     assert cli(capsys, "quantize", exp, "--plan", tmp_path / "int4.yaml", "--out", tmp_path / "q")[0] == 0
     record = json.loads((tmp_path / "q" / "record.json").read_text())
     assert record["layers"][0]["mode"] == "int4"
-    for value, message in ((99, "offset_w[0] 99 is outside [0, 15]"), (None, "its offset_w are not those")):
+    for value, message in ((99, "offset_w[0] 99 is outside [0, 15]"), (None, "its weight offset_w are not those")):
         edited = json.loads(json.dumps(record))
         offsets = edited["layers"][0]["weight"]["offset_w"]
         offsets[0] = value if value is not None else (offsets[0] + 1) % 16

@@ -67,7 +67,7 @@ def test_table_charges_a_float_layers_transitions_only_next_to_int8(resnet20_ws,
     assert table20.producer[0] == -1 and table20.consumers[-1] == ()
     # inside the network, a float layer between INT8 ones pays for dequantizing and re-quantizing
     assert (table20.ms[1:-1, 1] + table20.ms[1:-1, 2] > 0).mean() > 0.8
-    int8 = QuantPlan.uniform(names, LayerChoice())
+    int8 = QuantPlan.uniform(names, LayerChoice.of())
     i = next(i for i in range(1, len(names) - 1) if table20.consumers[i] == (i + 1,) and table20.producer[i + 1] == i)
 
     def with_float(*idx):
@@ -96,7 +96,7 @@ def test_table_is_cached_and_prices_the_error_model(resnet20_ws, space20, table2
     all_float = table20.ms[:, 0].sum()
     assert by_latency.cost.layer(name, FLOAT) == pytest.approx(table20.ms[3, 0] / all_float)  # transitions: per edge
     assert by_latency.cost.table.transition_shares(name) == pytest.approx(tuple(table20.ms[3, 1:3] / all_float))
-    assert by_latency.cost.layer(name, LayerChoice()) == pytest.approx(table20.ms[3, 3] / all_float)
+    assert by_latency.cost.layer(name, LayerChoice.of()) == pytest.approx(table20.ms[3, 3] / all_float)
     assert by_bitops.cost.layer(name, FLOAT) == pytest.approx(resnet20_ws.graph.layers[3].flops / sum(
         layer.flops for layer in resnet20_ws.graph.layers))
 

@@ -47,7 +47,7 @@ def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, gra
     exp = resnet20_ws.exp
     ws = Workspace(dataclasses.replace(exp, quantization=dataclasses.replace(exp.quantization, weight_range=weight_range)))
     layer = ws.graph.layers[3]
-    built = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice(weight_granularity=granularity, weight_bits=bits)))
+    built = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice.of(weight_granularity=granularity, weight_bits=bits)))
     w = numpy_helper.to_array(next(i for i in ws.model.graph.initializer if i.name == layer.weight))
     np.testing.assert_allclose(fake_quant_weight(w, layer.channel_axis, granularity, bits, weight_range),
                                dequantized_weight(built, layer.name), rtol=1e-6, atol=1e-7)  # fmt: skip
@@ -63,9 +63,9 @@ def test_table_ranks_layers_as_the_full_pass_does_at_a_fraction_of_its_work(resn
     offered = ~np.isnan(errors.table)  # the convs are offered static choices only, the Gemm every mode
     assert np.isfinite(errors.table[offered]).all() and (errors.table[offered] > 0).all()
     full = [r.output_mse for r in layer_sensitivity(ws)]  # one whole-eval-set run per layer
-    table = spearmanr([errors.of(n, LayerChoice()) for n in ws.graph.names], full)
+    table = spearmanr([errors.of(n, LayerChoice.of()) for n in ws.graph.names], full)
     local = layer_errors(ws, space, propagated=False)
-    alone = spearmanr([local.of(n, LayerChoice()) for n in ws.graph.names], full)
+    alone = spearmanr([local.of(n, LayerChoice.of()) for n in ws.graph.names], full)
     # The bound is what the table is for, measured here rather than a figure from one CPU: on 16 samples it
     # ranks the layers as the full pass does (a rank correlation no chance ordering of 20 layers reaches at
     # p < 0.01), and better than the layers' local errors alone, which it scales by how much reaches the output.
@@ -167,7 +167,7 @@ def test_latency_objective_times_each_trial_interleaved_with_fp32(resnet20_ws, m
     from autoquant.measure import Meter
 
     timed.clear()
-    int8 = QuantPlan.uniform(ws.graph.names, LayerChoice())
+    int8 = QuantPlan.uniform(ws.graph.names, LayerChoice.of())
     together = Meter(ws).latencies([ws.build(p).SerializeToString() for p in (all_float, int8, all_float)])
     assert timed == [4] and [n for _, _, n in together] == [15, 15, 15]
     assert about_one(together[0][1], 0) and about_one(together[2][1], 2)

@@ -35,7 +35,7 @@ from autoquant.search.space import SearchSpace, space_path
 INTEGER = {"static": {"QLinearMatMul", "QGemm"}, "dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"},
            "int4": {"MatMulNBits"}}  # fmt: skip
 FLOAT_KERNELS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
-MIX = [LayerChoice(), LayerChoice.dynamic(), LayerChoice.int4(16), FLOAT, LayerChoice.dynamic("per_tensor")]
+MIX = [LayerChoice.of(), LayerChoice.of("dynamic"), LayerChoice.of("int4", block_size=16), FLOAT, LayerChoice.of("dynamic", weight_granularity="per_tensor")]
 # Output NMSE against FP32 each mode must stay under on the test encoder (measured: static 1.7e-3,
 # dynamic 1.5e-4, int4 blocks of 16 7.0e-3, the mix 1.9e-3): run-time activation ranges are the most
 # exact, 4-bit weights the least.
@@ -49,9 +49,9 @@ def ws(tmp_path_factory):
 
 def plans(names):
     return {
-        "static": QuantPlan.uniform(names, LayerChoice()),
-        "dynamic": QuantPlan.uniform(names, LayerChoice.dynamic()),
-        "int4": QuantPlan.uniform(names, LayerChoice.int4(16)),
+        "static": QuantPlan.uniform(names, LayerChoice.of()),
+        "dynamic": QuantPlan.uniform(names, LayerChoice.of("dynamic")),
+        "int4": QuantPlan.uniform(names, LayerChoice.of("int4", block_size=16)),
         "mix": QuantPlan(tuple((n, MIX[i % len(MIX)]) for i, n in enumerate(names))),
     }
 
@@ -76,7 +76,7 @@ def test_each_mode_and_a_mix_run_their_kernels_close_to_fp32(ws, name):
 def test_head_gemm_takes_every_mode(ws):
     head = ws.graph.names[-1]
     assert ws.graph.layers[-1].op_type == "Gemm"
-    for choice, kernels in ((LayerChoice.dynamic(), INTEGER["dynamic"]), (LayerChoice.int4(16), INTEGER["int4"])):
+    for choice, kernels in ((LayerChoice.of("dynamic"), INTEGER["dynamic"]), (LayerChoice.of("int4", block_size=16), INTEGER["int4"])):
         plan = QuantPlan(tuple((n, choice if n == head else FLOAT) for n in ws.graph.names))
         executed = {e.name: e.kernel for e in executed_layers(ws.build(plan))}
         assert executed[head] in kernels
@@ -117,10 +117,10 @@ def test_record_holds_each_mode_and_apply_rebuilds_the_same_bytes(ws, tmp_path):
 
 def test_bitops_per_mode(ws):
     names = ws.graph.names
-    static = bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice()))
-    assert bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.dynamic())) == static  # 8 x 8
-    int4 = bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.int4()))  # 8 x 4
-    int4_float = bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.int4(accuracy_level=1)))  # 32 x 4
+    static = bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.of()))
+    assert bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.of("dynamic"))) == static  # 8 x 8
+    int4 = bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.of("int4")))  # 8 x 4
+    int4_float = bitops_fraction(ws.graph, QuantPlan.uniform(names, LayerChoice.of("int4", accuracy_level=1)))  # 32 x 4
     float_share = ws.graph.unquantized_flops / (sum(la.flops for la in ws.graph.layers) + ws.graph.unquantized_flops)
     assert int4 - float_share == pytest.approx((static - float_share) / 2)
     assert int4_float - float_share == pytest.approx((static - float_share) * 2)
@@ -251,7 +251,7 @@ def test_smoothquant_folds_into_layernorm_and_flattens_outliers(pre_ln, tmp_path
     for granularity in ("per_tensor", "per_channel"):
         errors = []
         for ws in (plain, smoothed):
-            plan = QuantPlan(tuple((n, LayerChoice(weight_granularity=granularity) if ("fc1" in n or "fc3" in n) else FLOAT)
+            plan = QuantPlan(tuple((n, LayerChoice.of(weight_granularity=granularity) if ("fc1" in n or "fc3" in n) else FLOAT)
                                    for n in ws.graph.names))  # fmt: skip
             errors.append(Meter(ws)(ws.build(plan), plan).output_mse)
         assert errors[1] < 0.7 * errors[0], (granularity, errors)

@@ -70,7 +70,7 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
     ws = Workspace(load_experiment(write_experiment(tmp_path / "probe.yaml", **sections)))
     assert len(ws.graph.layers) == 8 and sum(la.depthwise for la in ws.graph.layers) == 3
     assert len(np.unique(ws.reference.outputs.argmax(axis=1))) >= 5  # FP32 decisions spread: agreement informs
-    all_int8 = QuantPlan.uniform(ws.graph.names, LayerChoice())
+    all_int8 = QuantPlan.uniform(ws.graph.names, LayerChoice.of())
     drop = Meter(ws)(ws.build(all_int8), all_int8).accuracy_drop
     # One photo is 100/96 points; the bed is only a test of the search if all-INT8 loses some here.
     assert drop > 0, "all-INT8 agrees with FP32 on every photo: this bed needs no search on this machine"

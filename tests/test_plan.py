@@ -1,6 +1,7 @@
 import pytest
 
 from autoquant import ConfigError, LayerChoice, PlanError, QuantPlan
+from autoquant.quantize.plan import FLOAT
 
 NAMES = ["/conv1/Conv", "/layer1/conv1/Conv", "/layer1/conv2/Conv", "/linear/Gemm"]
 
@@ -11,7 +12,7 @@ def test_default_then_patterns_then_exact_names_later_entries_win():
          "layers": {"re:/layer1/.*": {"weight_granularity": "per_tensor"}, "/linear/Gemm": {"quantize": False}}},
         NAMES,
     )  # fmt: skip
-    assert plan["/conv1/Conv"] == LayerChoice(activation_algorithm="percentile")
+    assert plan["/conv1/Conv"] == LayerChoice.of(activation_algorithm="percentile")
     assert plan["/layer1/conv2/Conv"].weight_granularity == "per_tensor"
     assert plan["/layer1/conv2/Conv"].activation_algorithm == "percentile"  # inherited from default
     assert not plan["/linear/Gemm"].quantize
@@ -22,7 +23,7 @@ def test_plan_round_trips_through_its_spec_and_keys_are_stable():
     plan = QuantPlan.from_spec({"layers": {"/conv1/Conv": {"weight_bits": 4}}}, NAMES)
     again = QuantPlan.from_spec(plan.to_spec(), NAMES)
     assert again == plan and again.key() == plan.key()
-    assert QuantPlan.uniform(NAMES, LayerChoice()).key() != plan.key()
+    assert QuantPlan.uniform(NAMES, LayerChoice.of()).key() != plan.key()
 
 
 def test_a_layer_that_does_not_exist_is_an_error_naming_it():
@@ -54,5 +55,5 @@ def test_bad_plans_raise_config_errors_that_say_what_to_fix(spec, message):
 
 
 def test_cost_bits_count_float_layers_as_32x32():
-    assert LayerChoice(quantize=False).cost_bits == (32, 32)
-    assert LayerChoice(weight_bits=4).cost_bits == (8, 4)
+    assert FLOAT.cost_bits == (32, 32)
+    assert LayerChoice.of(weight_bits=4).cost_bits == (8, 4)

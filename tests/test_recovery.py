@@ -49,7 +49,7 @@ def test_bias_correction_removes_a_known_mean_shift(tmp_path, weight_range):
     # (36·8 + 24·5 + 4·3) / 64 = 6.5625 neighbours inside the image, each losing SHIFTED minus its rounded value.
     qmax = {"full": 127, "reduced": REDUCED_MAX}[weight_range]
     expected = 6.5625 * 0.5 * (SHIFTED - round(SHIFTED * qmax) / qmax)
-    shift = ws.recovery.shift(layer, LayerChoice(bias_correction=True))
+    shift = ws.recovery.shift(layer, LayerChoice.of(bias_correction=True))
     assert shift == pytest.approx(np.full(4, expected), rel=0.05)
 
     ev, data = ws.evaluator, ws.splits.eval
@@ -95,7 +95,8 @@ def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digit
     assert r.output_mse < 0.5 * plain.output_mse
     record = Record.load(r.record_path)
     assert record.format_version == FORMAT_VERSION
-    assert all(lr.weight_rounding == "adaptive" and lr.bias_correction and lr.rounding_mask for lr in record.layers)
+    assert all(lr.choice["weight_rounding"] == "adaptive" and lr.choice["bias_correction"] and lr.extra["rounding_mask"]
+               for lr in record.layers)  # fmt: skip
     out = apply_record(digits_ws.prepared.source, r.record_path, tmp_path / "applied.onnx", digits_ws.exp.cache)
     assert out.read_bytes() == r.model_path.read_bytes()
 
@@ -108,8 +109,8 @@ def test_the_error_table_prices_recovery_and_the_space_offers_it_where_it_fits(d
                                                "weight_rounding": ["nearest", "adaptive"]}}, digits_ws.graph)  # fmt: skip
     assert all(len(layer.options) == 4 for layer in space.layers)
     table = layer_errors(digits_ws, space)
-    plain = LayerChoice(weight_granularity="per_tensor")
-    both = LayerChoice(weight_granularity="per_tensor", bias_correction=True, weight_rounding="adaptive")
+    plain = LayerChoice.of(weight_granularity="per_tensor")
+    both = LayerChoice.of(weight_granularity="per_tensor", bias_correction=True, weight_rounding="adaptive")
     errors = np.array([[table.of(n, plain), table.of(n, both)] for n in digits_ws.graph.names])
     assert np.all(np.isfinite(errors)) and (errors[:, 1] < errors[:, 0]).sum() >= len(errors) - 1
 
@@ -132,18 +133,18 @@ def test_bias_correction_is_not_offered_where_there_is_no_bias_to_correct(tmp_pa
     space = SearchSpace.from_dict({"choices": {"bias_correction": [False, True]}}, graph)
     assert not any(c.bias_correction for c in space.layers[0].options)
     with pytest.raises(PlanError, match="nowhere to put a bias correction"):
-        modes.check_plan(graph.layers, QuantPlan((("mm", LayerChoice(bias_correction=True)),)))
+        modes.check_plan(graph.layers, QuantPlan((("mm", LayerChoice.of(bias_correction=True)),)))
 
 
 def test_bad_recovery_values_are_one_line_errors(digits_yaml, digits_ws, tmp_path):
     with pytest.raises(ConfigError, match="weight_rounding 'sometimes' is unknown"):
-        LayerChoice.from_dict({"weight_rounding": "sometimes"}, "plan")
+        LayerChoice.parse({"weight_rounding": "sometimes"}, "plan")
     with pytest.raises(ConfigError, match="'bias_correction' must be bool"):
-        LayerChoice.from_dict({"bias_correction": "yes"}, "plan")
+        LayerChoice.parse({"bias_correction": "yes"}, "plan")
     with pytest.raises(ConfigError, match="weight_rounding"):
         SearchSpace.from_dict({"choices": {"weight_rounding": ["sometimes"]}}, digits_ws.graph)
     with pytest.raises(ConfigError, match="belong|fixes"):
-        LayerChoice.from_dict({"mode": "dynamic", "bias_correction": True}, "plan")
+        LayerChoice.parse({"mode": "dynamic", "bias_correction": True}, "plan")
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"default": {"weight_rounding": "sometimes"}}))
@@ -154,10 +155,11 @@ def test_bad_recovery_values_are_one_line_errors(digits_yaml, digits_ws, tmp_pat
 
     r = quantize(digits_ws, preset_plan(digits_ws, "int8-per-channel+bc+adaround"), tmp_path / "r")
     raw = json.loads(r.record_path.read_text())
-    for damage, message in ((lambda lr: lr.update(rounding_mask="!!"), "not base64"),
-                            (lambda lr: lr.update(rounding_mask="AAAA"), "one bit per weight"),
-                            (lambda lr: lr.update(bias_shift=[1.0]), "bias_shift needs"),
-                            (lambda lr: lr.update(bias_shift=[float("nan")] * len(lr["bias_shift"])), "finite")):  # fmt: skip
+    for damage, message in ((lambda lr: lr["extra"].update(rounding_mask="!!"), "not base64"),
+                            (lambda lr: lr["extra"].update(rounding_mask="AAAA"), "one bit per weight"),
+                            (lambda lr: lr["extra"].update(bias_shift=[1.0]), "bias_shift needs"),
+                            (lambda lr: lr["extra"].update(bias_shift=[float("nan")] * len(lr["extra"]["bias_shift"])), "finite"),
+                            (lambda lr: lr["extra"].pop("bias_shift"), "needs bias_shift, rounding_mask")):  # fmt: skip
         broken = json.loads(json.dumps(raw))
         damage(broken["layers"][0])
         path = tmp_path / "broken.json"

@@ -20,7 +20,7 @@ from conftest import write_experiment
 from autoquant.cli import main
 from autoquant.config import Cost
 from autoquant.measure import Measurement
-from autoquant.quantize.plan import LayerChoice, QuantPlan
+from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.search.select import ScoredPlan, choose
 
 DIGITS = {"name": "digits_rel", "model": {"builtin": "digits_cnn"},
@@ -166,8 +166,8 @@ def test_two_searches_on_one_directory(study, capsys):
 
 def test_all_float_is_never_exported_as_int8():
     names = ("a", "b")
-    float_plan = QuantPlan.uniform(names, LayerChoice(quantize=False))
-    int8_plan = QuantPlan.uniform(names, LayerChoice())
+    float_plan = QuantPlan.uniform(names, FLOAT)
+    int8_plan = QuantPlan.uniform(names, LayerChoice.of())
     result = Measurement(90.0, 0.0, 1.0, 1.0, 1.0, 100, 0.0, "")
     worse = Measurement(88.0, 2.0, 0.0625, 0.5, 0.5, 30, 0.1, "")
     chosen, met = choose([ScoredPlan(0, "all-float", float_plan, result), ScoredPlan(1, "", int8_plan, worse)], 0.5, Cost.BITOPS)
@@ -227,7 +227,8 @@ RECORD_CASES = {
     "negative scale_w": (lambda r: _first_quantized(r)["weight"]["scale_w"].__setitem__(0, -1.0), "scale_w[0]"),
     "weight null": (_set("layer.weight", None), "has no weight entry"),
     "quantized not a bool": (_set("layer.quantized", "no"), "'quantized' must be true or false"),
-    "weight bits 3": (lambda r: _first_quantized(r)["weight"].update(bits=3), "weight_bits 3 is not supported: use 8 or 4"),
+    "weight bits 3": (lambda r: _first_quantized(r)["choice"].update(weight_bits=3), "weight_bits 3 is not supported: use 8 or 4"),
+    "weight entry of other bits": (lambda r: _first_quantized(r)["weight"].update(bits=4), "its weight bits are not those"),
     "scale_d negative": (lambda r: _first_quantized(r)["data"].update(scale_d=-2.0), "scale_d"),
     "int4 mode on a conv": (lambda r: _first_quantized(r).update(mode="int4"), "mode 'int4' must be one of static for a Conv"),
     "unknown smoothing tensor": (lambda r: r.update(smoothquant_alpha=0.5, smoothing={"nope": [1.0]}),

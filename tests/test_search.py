@@ -125,7 +125,7 @@ def test_mlflow_has_one_parent_and_one_nested_run_per_trial(finished):
     assert len(parents) == 1 and len(children) == 10
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert {"accuracy", "accuracy_drop", "bitops_fraction", "latency_ms", "size_bytes"} <= set(children[0].data.metrics)
-    assert "layers_int8" in children[0].data.params
+    assert "layers_quantized" in children[0].data.params
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"pareto.csv", "pareto.png", "best"} <= artifacts
 
@@ -248,7 +248,7 @@ def test_plans_the_timing_cannot_tell_apart_from_the_fastest_are_equally_fast_an
     assert not_slower(rounds[:3], 2, 0)
 
     names = ("a", "b")
-    plan = QuantPlan.uniform(names, LayerChoice())
+    plan = QuantPlan.uniform(names, LayerChoice.of())
     fast, tied, slow = (ScoredPlan(n, "", plan, Measurement(acc, 100 - acc, 0.1, ms, ms / 100, 10, 0.01, ""))
                         for n, acc, ms in ((1, 80.0, 60.0), (2, 85.0, 61.0), (3, 90.0, 75.0)))  # fmt: skip
     points = [fast, tied, slow]

@@ -51,7 +51,7 @@ def test_four_bit_weights_force_per_channel():
 
 def test_plans_outside_the_space_are_projected_to_the_nearest_allowed_choice():
     space = SearchSpace.from_yaml(REPO_SPACES / "default.yaml", GRAPH)
-    params = space.params_for(QuantPlan.uniform(GRAPH.names, LayerChoice(weight_granularity="per_tensor",
+    params = space.params_for(QuantPlan.uniform(GRAPH.names, LayerChoice.of(weight_granularity="per_tensor",
                                                                          activation_algorithm="mse")))  # fmt: skip
     assert params["dw"] == "per_channel:mse" and params["stem"] == "per_tensor:mse"
 

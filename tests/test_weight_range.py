@@ -48,7 +48,7 @@ def outputs(data: bytes, x: np.ndarray, level=ort.GraphOptimizationLevel.ORT_ENA
 def test_the_probe_predicts_whether_full_range_weights_compute_wrong_sums_here(resnet20_ws):
     """The probe is one QLinearConv; the real consequence is a whole network drifting from its simulation.
     Both must agree on this machine, whichever kind it is (saturating AVX2 or VNNI)."""
-    plan = QuantPlan.uniform(resnet20_ws.graph.names, LayerChoice())
+    plan = QuantPlan.uniform(resnet20_ws.graph.names, LayerChoice.of())
     data = ws_with(resnet20_ws, "full").build(plan).SerializeToString()
     x = resnet20_ws.splits.eval.x[:128]
     simulated = outputs(data, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -59,7 +59,7 @@ def test_the_probe_predicts_whether_full_range_weights_compute_wrong_sums_here(r
 
 
 def test_reduced_range_weights_fit_seven_bits_and_run_as_simulated(resnet20_ws):
-    plan = QuantPlan.uniform(resnet20_ws.graph.names, LayerChoice())
+    plan = QuantPlan.uniform(resnet20_ws.graph.names, LayerChoice.of())
     full, reduced = ws_with(resnet20_ws, "full").build(plan), ws_with(resnet20_ws, "reduced").build(plan)
     assert max(int(np.abs(w.astype(int)).max()) for w in int8_weights(full)) == 127
     assert max(int(np.abs(w.astype(int)).max()) for w in int8_weights(reduced)) == REDUCED_MAX
@@ -87,7 +87,7 @@ def test_auto_resolves_from_the_probe_or_the_target_and_int8_activations_never_r
 
 def test_record_carries_the_weight_range_and_apply_rebuilds_it(resnet20_ws, tmp_path):
     ws = ws_with(resnet20_ws, "reduced")
-    plan = QuantPlan.uniform(ws.graph.names, LayerChoice())
+    plan = QuantPlan.uniform(ws.graph.names, LayerChoice.of())
     r = quantize(ws, plan, tmp_path / "q")
     record = Record.load(r.record_path)
     assert record.weight_range == "reduced"
@@ -98,7 +98,7 @@ def test_record_carries_the_weight_range_and_apply_rebuilds_it(resnet20_ws, tmp_
 
 def test_inspect_warns_about_full_range_weights_on_a_saturating_cpu(resnet20_ws, tmp_path, capsys):
     path = tmp_path / "full.onnx"
-    onnx.save(ws_with(resnet20_ws, "full").build(QuantPlan.uniform(resnet20_ws.graph.names, LayerChoice())), str(path))
+    onnx.save(ws_with(resnet20_ws, "full").build(QuantPlan.uniform(resnet20_ws.graph.names, LayerChoice.of())), str(path))
     assert main(["inspect", str(path)]) == 0
     err = capsys.readouterr().err
     assert ("kernels saturate (no VNNI) and 20 layer(s)" in err) == uint8_kernels_saturate()
@@ -119,7 +119,7 @@ def test_record_with_a_bad_weight_range_is_refused(resnet20_ws, tmp_path, capsys
     import json
 
     ws = ws_with(resnet20_ws, "reduced")
-    r = quantize(ws, QuantPlan.uniform(ws.graph.names, LayerChoice()), tmp_path / "q")
+    r = quantize(ws, QuantPlan.uniform(ws.graph.names, LayerChoice.of()), tmp_path / "q")
     raw = json.loads(r.record_path.read_text())
     raw["weight_range"] = bad
     r.record_path.write_text(json.dumps(raw))

@@ -34,7 +34,7 @@ def run(args) -> int:
         space = SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph)
         errors = layer_errors(ws, space)
         csv_path, png_path = write_layer_errors_report(errors, out)
-        default = LayerChoice()
+        default = LayerChoice.default()
         print(f"{'layer':48s} {'least-error choice':24s} {'its error':>10s} {encode(default):>19s}")
         for layer in space.layers:
             if not any(c.quantize for c in layer.options):

@@ -3,5 +3,3 @@
 to give the FP32 model's outputs on the calibration data (train.py), and the fine-tuned FP32 weights written
 beside the record (weights.py) so that the export and `apply` build the INT8 model from them the way every other
 model is built. Orchestrated by jobs/finetune.py. This package imports torch only in the modules that use it."""
-
-MIRRORED = ("static", "dynamic")  # the modes whose layers fine-tuning mirrors (mirror.py)

@@ -24,10 +24,10 @@ from torch import nn
 
 from ..errors import PlanError
 from ..graph.layers import GraphInfo, LayerInfo
+from ..quantize import modes
 from ..quantize.fake import dynamic_params, weight_scale
 from ..quantize.plan import QuantPlan
 from ..quantize.scales import ActivationParams
-from . import MIRRORED
 from .graph import GraphModule, Tensor
 
 QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
@@ -113,10 +113,12 @@ class Mirror:
                  weight_range: str, learn_scales: bool = False):  # fmt: skip
         """`learn_scales`: the activation quantizers' scales are parameters too, trained with the weights by LSQ's
         gradient (Esser et al., 2020: torch's learnable fake quantizer), their zero points kept."""
-        other = [(n, plan[n].mode) for n in plan.quantized if plan[n].mode not in MIRRORED]
+        self.mirrored = {n: modes.get(c.mode).mirrored(c) for n, c in plan.choices if c.quantize}
+        other = [(n, plan[n].mode) for n, m in self.mirrored.items() if m is None]
         if other:
-            raise PlanError(f"fine-tuning mirrors static and dynamic INT8 layers, and layer '{other[0][0]}' is "
-                            f"{other[0][1]}: fine-tune a plan without {other[0][1]} layers")  # fmt: skip
+            can = " and ".join(m.name for m in modes.modes() if m.mirrored(m.choice()) is not None)
+            raise PlanError(f"fine-tuning mirrors {can} layers, and layer '{other[0][0]}' is {other[0][1]}: fine-tune a "
+                            f"plan without {other[0][1]} layers")  # fmt: skip
         nodes = {n.name: n for n in model.graph.node}
         inits = {i.name for i in model.graph.initializer}
         self.bias = {layer.name: nodes[layer.name].input[2] for layer in graph.layers
@@ -130,8 +132,9 @@ class Mirror:
         self.plan, self.weight_range = plan, weight_range
         self._weights = {layer.weight: layer for layer in graph.layers if plan[layer.name].quantize}
         by_name = {layer.name: layer for layer in graph.layers}
-        self._biases = {b: by_name[name] for name, b in self.bias.items() if plan[name].quantize and plan[name].mode == "static"}
-        self._dynamic = {layer.name for layer in graph.layers if plan[layer.name].quantize and plan[layer.name].mode == "dynamic"}
+        self._biases = {b: by_name[name] for name, b in self.bias.items() if name in self.mirrored
+                        and self.mirrored[name].bias_on_grid}  # fmt: skip
+        self._dynamic = {name for name, m in self.mirrored.items() if m.runtime_input}
         self.module.hook = self._activation
         self.module.weight = self._weight
         self.module.consume = self._consume
@@ -164,9 +167,9 @@ class Mirror:
         return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, quantizer.qmin, quantizer.qmax, grad)
 
     def _grid(self, layer: LayerInfo) -> tuple[Tensor, tuple[int, int]]:
-        choice = self.plan[layer.name]
+        m = self.mirrored[layer.name]
         w = self.module.parameter(layer.weight)
-        return weight_grid(w, layer, choice.weight_granularity, choice.weight_bits, self.weight_range)
+        return weight_grid(w, layer, m.weight_granularity, m.weight_bits, self.weight_range)
 
     def _weight(self, name: str, w: Tensor) -> Tensor:
         layer = self._weights.get(name)

@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..engine import QuantizeResult, Tuned
 from ..errors import ConfigError, PlanError
 from ..fileio import recover_dir
-from ..finetune import MIRRORED
+from ..quantize import modes
 from ..quantize.plan import QuantPlan
 from ..record import FinetuneRecord, Record
 from ..runtime import session
@@ -45,9 +45,15 @@ class FinetuneResult:
     tracking_error: str = ""
 
 
-def without_recovery(plan: QuantPlan) -> QuantPlan:
-    return QuantPlan(tuple((n, dataclasses.replace(c, bias_correction=False, weight_rounding="nearest") if c.quantize
-                           else c) for n, c in plan.choices))  # fmt: skip
+def trainable(plan: QuantPlan) -> QuantPlan:
+    """The plan fine-tuning builds its weights with: each mode's mirrored choice (recovery fitted on the FP32 weights
+    dropped: the weights fine-tuning learns replace the rounding and bias shifts it would apply)."""
+    return QuantPlan(tuple((n, modes.get(c.mode).mirrored(c).choice if c.quantize else c) for n, c in plan.choices))
+
+
+def mirrored(plan: QuantPlan) -> bool:
+    """Whether fine-tuning can mirror every quantized layer of the plan (Mode.mirrored)."""
+    return all(modes.get(c.mode).mirrored(c) is not None for _, c in plan.choices if c.quantize)
 
 
 def training_data(ws: Workspace, which: str) -> Dataset:
@@ -77,7 +83,7 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     from ..finetune.train import drop_checkpoints, train
 
     check_export_target(out_dir)
-    plan = without_recovery(plan)
+    plan = trainable(plan)
     acts, _ = ws.activations(plan)
     mirror = Mirror(ws.model, ws.graph, plan, ws.build(plan, acts), ws.weight_range, settings.learn_scales)
     calib = training_data(ws, settings.data)
@@ -111,8 +117,8 @@ def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: fl
     nothing was exported) whose drop misses the limit by at most `settings.margin`, cheapest first, at most
     `settings.candidates`; when there is none, the export itself (more accuracy at its speed)."""
     bar = predicted(export.plan) if export is not None else math.inf
-    mirrored = [p for p in points if p.plan.quantized and all(p.plan[n].mode in MIRRORED for n in p.plan.quantized)]
-    near = sorted((p for p in mirrored if max_drop < p.result.accuracy_drop <= max_drop + settings.margin
+    candidates = [p for p in points if p.plan.quantized and mirrored(p.plan)]
+    near = sorted((p for p in candidates if max_drop < p.result.accuracy_drop <= max_drop + settings.margin
                    and predicted(p.plan) < bar), key=lambda p: (predicted(p.plan), p.result.accuracy_drop))  # fmt: skip
     picked: dict[str, ScoredPlan] = {}
     for p in near:

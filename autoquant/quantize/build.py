@@ -6,14 +6,16 @@ produce the same model, whether they come from a trial or from a record file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import onnx
 
 from ..graph.layers import GraphInfo
 from . import modes
 from .float_layers import isolate_float_layers
-from .modes.static import WeightParams
 from .plan import QuantPlan
-from .recovery import Recovery, substitute
+from .recovery import Recovery
 from .scales import ActivationParams, activation_qtype
 
 
@@ -24,21 +26,21 @@ def build_model(
     activations: dict[str, ActivationParams],
     activation_type: str,
     weight_range: str = "full",
-    weights: WeightParams | None = None,
+    cache: modes.BuildCache | None = None,
     recovery: Recovery | None = None,
+    recorded: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> onnx.ModelProto:
-    """Compile the plan into one model (`model` is not changed). `activations` holds the static layers' (and
-    glue's) activation parameters; `weight_range` "reduced" keeps 8-bit weights in [-64, 64] (see
-    weight_range.py: CPUs whose kernels saturate); `weights` keeps weight parameters across builds of the same
-    model; `recovery` gives the rounding and bias shifts of layers whose choice has them (recovery/)."""
+    """Compile the plan into one model (`model` is not changed). `activations` holds the calibrated layers' (and
+    glue's) activation parameters; `weight_range` "reduced" keeps 8-bit weights in [-64, 64] (see weight_range.py:
+    CPUs whose kernels saturate); `cache` keeps what modes compute once per model across its builds (made from
+    `model` when not given); `recovery` gives a study's per-layer fitted data, `recorded` a record's (by layer,
+    Mode.record_extra), for the choices that need them."""
     modes.check_plan(graph.layers, plan)
     activation_qtype(activation_type)  # an unknown activation type fails before anything is built
-    # The weight grids come from the FP32 weights, which recovered layers no longer read
-    weights = weights if weights is not None else WeightParams(model)
-    ctx = modes.BuildContext(graph, activations, activation_type, weight_range, weights)
+    ctx = modes.BuildContext(graph, activations, activation_type, weight_range, cache or modes.BuildCache(model),
+                             recovery, recorded or {})  # fmt: skip
     qmodel = onnx.ModelProto()
     qmodel.CopyFrom(model)
-    substitute(qmodel, graph, plan, weight_range, recovery)
     for mode in modes.modes():
         if plan.in_mode(mode.name):
             qmodel = mode.build(qmodel, plan, ctx)

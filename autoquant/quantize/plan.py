@@ -1,20 +1,28 @@
-"""LayerChoice and QuantPlan: what to do with each quantizable layer. Owner of the plan's file format."""
+"""LayerChoice and QuantPlan: what to do with each quantizable layer. Owner of the plan's file format.
+
+A choice is FLOAT or one mode's own choice type: each mode module (quantize/modes/) defines a frozen dataclass of
+its fields, their defaults and their validation, and registers it. This module knows no mode's fields: a plan
+file's entry names a mode (or takes the default one), and that mode's choice type says which fields it may set
+and what they may be.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+import typing
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..errors import ConfigError, PlanError
 
-GRANULARITIES = ("per_tensor", "per_channel")
-ROUNDINGS = ("nearest", "adaptive")  # weight_rounding: round to nearest, or learned per weight (quantize/recovery/)
-PLAN_FORMAT_VERSION = 1
+# 1: one flat record of every mode's fields per layer (still read); 2: each layer's mode and that mode's own fields
+PLAN_FORMAT_VERSION = 2
+_SCALARS = (bool, int, float, str)
 
 
 def name_pattern(key: Any, where: str) -> re.Pattern:
@@ -31,73 +39,72 @@ def name_pattern(key: Any, where: str) -> re.Pattern:
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """What to do with one layer: keep it float, or quantize it in a mode (quantize/modes/: static, dynamic,
-    int4, …), which decides what the other fields may be."""
+    """What to do with one layer: keep it float (FLOAT), or quantize it in a mode, whose choice type (a subclass
+    defined beside the mode) holds that mode's own fields and validates them in `__post_init__`."""
 
-    quantize: bool = True
-    weight_granularity: str = "per_channel"
-    activation_algorithm: str = "minmax"
-    weight_bits: int = 8
-    activation_bits: int = 8
-    mode: str = "static"
-    block_size: int = 0  # int4: weights share a scale per block of this many input channels
-    accuracy_level: int = 0  # int4: MatMulNBits compute precision
-    bias_correction: bool = False  # static: the mean output shift quantization adds, folded back into the bias
-    weight_rounding: str = "nearest"  # static: "adaptive" rounds each weight the way that fits its layer's output
-
-    def __post_init__(self):
-        if not self.quantize:  # float is float: the other fields say nothing
-            return
-        mode = _mode(self.mode)
-        for key, value in mode.fixed.items():
-            if getattr(self, key) == value:
-                continue
-            owner = next((m for m in _modes() if key in m.defaults), None)
-            if owner is not None:  # a field of another mode's own, set on this one
-                raise ConfigError(f"{' and '.join(owner.defaults)} belong to mode {owner.name}")
-            raise ConfigError(f"mode {self.mode} fixes {key} to {value!r} (got {getattr(self, key)!r}): leave it out")
-        if self.activation_bits != 8:
-            raise ConfigError(f"activation_bits {self.activation_bits} is not supported: use 8")
-        mode.check(self)
+    mode: ClassVar[str] = ""  # the registered mode's name (quantize/modes/)
+    quantize: ClassVar[bool] = True
 
     @classmethod
-    def of(cls, mode: str, **fields: Any) -> LayerChoice:
-        """A quantized choice in `mode`, its fixed fields and defaults filled in."""
-        m = _mode(mode)
-        return cls(**{**asdict(cls()), **m.fixed, **m.defaults, **fields, "mode": mode})
+    def of(cls, mode: str | None = None, **fields: Any) -> LayerChoice:
+        """A quantized choice in `mode` (default: the default mode) with these of its own fields set."""
+        return cls.parse({**fields, **({"mode": mode} if mode else {})}, "choice")
 
     @classmethod
-    def dynamic(cls, granularity: str = "per_channel") -> LayerChoice:
-        return cls.of("dynamic", weight_granularity=granularity)
+    def default(cls) -> LayerChoice:
+        """The default mode's default choice (static INT8 per channel, minmax ranges)."""
+        return _modes()[0].choice()
 
     @classmethod
-    def int4(cls, block_size: int = 32, accuracy_level: int = 4) -> LayerChoice:
-        return cls.of("int4", block_size=block_size, accuracy_level=accuracy_level)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], where: str, base: LayerChoice | None = None) -> LayerChoice:
+    def parse(cls, raw: Mapping[str, Any], where: str, base: LayerChoice | None = None) -> LayerChoice:
+        """The choice a plan or space entry describes: `quantize`, `mode` and the fields of that mode's own, each
+        missing one taken from `base` (when it is in the same mode) or the mode's default. Fields of another
+        mode, and values a mode fixes (an entry of the earlier flat format), are named in the error."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a mapping of layer options, got {type(raw).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        allowed = {"quantize", "mode", *_legacy()} | {f for m in _modes() for f in own_fields(m.choice)}
+        unknown = sorted(map(str, set(raw) - allowed))
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        base = base or cls()
-        if "mode" in raw and raw["mode"] != base.mode:  # another mode: its fields start from the defaults
-            base = cls(quantize=base.quantize)
-        merged = {**asdict(base), **raw}
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        quantize = raw.get("quantize", True if base is None else base.quantize)
+        if not isinstance(quantize, bool):
+            raise ConfigError(f"{where}: 'quantize' must be bool, got {quantize!r}")
+        if not quantize:
+            return FLOAT  # float is float, whatever else the entry or its base set
+        name = raw.get("mode") or (base.mode if base is not None and base.quantize else _modes()[0].name)
         try:
-            mode = _mode(merged["mode"])
+            mode = _mode(name)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        merged.update({k: v for k, v in {**mode.fixed, **mode.defaults}.items() if k not in raw})  # fields the mode sets
-        for key, typ in (("quantize", bool), ("weight_bits", int), ("activation_bits", int), ("block_size", int),
-                         ("accuracy_level", int), ("bias_correction", bool), ("weight_rounding", str)):
-            if not isinstance(merged[key], typ) or (typ is int and isinstance(merged[key], bool)):
-                raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {merged[key]!r}")
-        if not merged["quantize"]:
-            return cls(quantize=False)  # float is float, whatever else the base had set
-        return cls(**merged)
+        values = base.fields() if base is not None and base.mode == mode.name else {}
+        types = own_fields(mode.choice)
+        for key, value in raw.items():
+            if key in ("quantize", "mode"):
+                continue
+            if key in types:
+                values[key] = _typed(value, types[key], f"{where}: '{key}'")
+            elif {**_legacy(), **mode.fixed}.get(key, _MISSING) != value:  # else: the flat format's fixed value
+                raise ConfigError(f"{where}: {_not_its_own(key, value, mode)}")
+        try:
+            return mode.choice(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def fields(self) -> dict[str, Any]:
+        """This choice's own fields (its mode's), by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, **self.fields()} if self.quantize else {"quantize": False}
+
+    def with_fields(self, **changes: Any) -> LayerChoice | None:
+        """This choice with some of its fields changed; None when it has no such field or the values do not fit."""
+        if not self.quantize or not set(changes) <= set(self.fields()):
+            return None
+        try:
+            return dataclasses.replace(self, **changes)
+        except ConfigError:
+            return None
 
     @property
     def cost_bits(self) -> tuple[int, int]:
@@ -106,7 +113,7 @@ class LayerChoice:
 
     @property
     def label(self) -> str:
-        """Short name of how the layer runs: float, int8 / int4-qdq (static), dynamic, int4 (MatMulNBits)."""
+        """Short name of how the layer runs (float, int8, dynamic, int4, …): what `autoquant inspect` shows."""
         return _mode(self.mode).label(self) if self.quantize else "float"
 
     @property
@@ -114,6 +121,48 @@ class LayerChoice:
         """The kernel kind onnxruntime is meant to run: "integer", "float", or "dequantized" (float on
         dequantized weights: 4-bit Q/DQ weights, which have no CPU integer kernel)."""
         return _mode(self.mode).runs(self) if self.quantize else "float"
+
+
+@dataclass(frozen=True)
+class Float(LayerChoice):
+    """The layer stays float."""
+
+    mode: ClassVar[str] = "float"
+    quantize: ClassVar[bool] = False
+
+
+FLOAT = Float()
+_MISSING = object()
+
+
+def own_fields(choice_type: type) -> dict[str, type]:
+    """A choice type's fields and their (scalar) types."""
+    hints = typing.get_type_hints(choice_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(choice_type)}
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in _SCALARS and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _legacy() -> dict[str, Any]:
+    """Keys of the earlier flat format that no mode has as a field, at the only value they ever had."""
+    return {"activation_bits": 8}
+
+
+def _not_its_own(key: str, value: Any, mode) -> str:
+    """Why `key` cannot be set on a choice of `mode`: another mode's own field, or a value this mode fixes."""
+    if key in _legacy():
+        return f"{key} {value!r} is not supported: use {_legacy()[key]!r}"
+    owners = [m for m in _modes() if key in own_fields(m.choice)]
+    if owners and (key not in mode.fixed or owners[0] is not _modes()[0]):
+        fields = list(own_fields(owners[0].choice))
+        return f"{' and '.join(fields)} belong{'s' if len(fields) == 1 else ''} to mode {owners[0].name}"
+    return f"mode {mode.name} fixes {key} to {mode.fixed.get(key)!r} (got {value!r}): leave it out"
 
 
 def _mode(name: str):
@@ -127,9 +176,6 @@ def _modes():
     from .modes.base import modes
 
     return modes()
-
-
-FLOAT = LayerChoice(quantize=False)
 
 
 @dataclass(frozen=True)
@@ -157,7 +203,7 @@ class QuantPlan:
         unknown = sorted(map(str, set(spec) - {"default", "layers", "format_version"}))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: default, layers")
-        default = LayerChoice.from_dict(spec.get("default") or {}, f"{where}: default")
+        default = LayerChoice.parse(spec.get("default") or {}, f"{where}: default")
         resolved = dict.fromkeys(names, default)
         layers = spec.get("layers") or {}
         if not isinstance(layers, Mapping):
@@ -166,7 +212,7 @@ class QuantPlan:
         for key, raw in layers.items():
             pattern = name_pattern(key, f"{where}: layers")
             if layer_names is None:
-                LayerChoice.from_dict(raw, f"{where}: layers.{key}", base=default)
+                LayerChoice.parse(raw, f"{where}: layers.{key}", base=default)
                 continue
             if key.startswith("re:"):
                 hits = [n for n in names if pattern.fullmatch(n)]
@@ -180,11 +226,11 @@ class QuantPlan:
                 raise PlanError(f"{where}: layer '{key}' does not exist in the model{hint}; "
                                 "run `autoquant layers EXPERIMENT.yaml` to list layer names")  # fmt: skip
             for n in hits:
-                resolved[n] = LayerChoice.from_dict(raw, f"{where}: layers.{key}", base=resolved[n])
+                resolved[n] = LayerChoice.parse(raw, f"{where}: layers.{key}", base=resolved[n])
         return cls(tuple(resolved.items()))
 
     def to_spec(self) -> dict[str, Any]:
-        return {"format_version": PLAN_FORMAT_VERSION, "layers": {n: asdict(c) for n, c in self.choices}}
+        return {"format_version": PLAN_FORMAT_VERSION, "layers": {n: c.to_dict() for n, c in self.choices}}
 
     def with_choices(self, changes: Mapping[str, LayerChoice]) -> QuantPlan:
         """This plan with the layers in `changes` set as it says."""

@@ -16,15 +16,13 @@ from ..search.storage import RunPaths
 
 CONSTRAINTS = (0.25, 0.5, 1.0, 2.0)
 # Heat-map colour per layer choice: float, then INT8 per-tensor / per-channel, then 4-bit.
-CATEGORIES = ("float", "int8 per-tensor", "int8 per-channel", "int4 per-channel")
+PALETTE = ("#d9d9d9", "#2c7bb6", "#fdae61", "#7b3294", "#1a9641", "#d7191c", "#a6611a", "#80cdc1")
 
 
-def _category(choice) -> int:
-    if not choice.quantize:
-        return 0
-    if choice.weight_bits == 4:
-        return 3
-    return 2 if choice.weight_granularity == "per_channel" else 1
+def category(choice) -> str:
+    """How a layer runs, as the heat map colours it: its label (float, int8, dynamic, int4, …) and granularity."""
+    granularity = choice.fields().get("weight_granularity")
+    return choice.label + (f" {granularity.replace('_', '-')}" if granularity else "")
 
 
 def load_run(run_dir: Path) -> tuple[str, float, list[ScoredPlan]]:
@@ -62,6 +60,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BIT
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     runs = [load_run(d) for d in run_dirs]
     claim_report_dir(out_dir, ("report.md", "report.png"))
@@ -91,18 +90,21 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BIT
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     layer_names = list(dict.fromkeys(n for _, p in chosen_rows for n in p.plan.names))
+    categories = ["float", *sorted({category(c) for _, p in chosen_rows for _, c in p.plan.choices} - {"float"})]
     grid_values = np.full((len(chosen_rows), len(layer_names)), np.nan)
     for i, (_, p) in enumerate(chosen_rows):
         for n, c in p.plan.choices:
-            grid_values[i, layer_names.index(n)] = _category(c)
+            grid_values[i, layer_names.index(n)] = categories.index(category(c))
     hm = fig.add_subplot(grid[1])
-    cmap = ListedColormap(["#d9d9d9", "#fdae61", "#2c7bb6", "#7b3294"])
-    hm.imshow(np.ma.masked_invalid(grid_values), aspect="auto", cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest")
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(categories))]
+    hm.imshow(np.ma.masked_invalid(grid_values), aspect="auto", cmap=ListedColormap(colors), vmin=-0.5,
+              vmax=len(categories) - 0.5, interpolation="nearest")  # fmt: skip
     hm.set_yticks(range(len(chosen_rows)), [r for r, _ in chosen_rows], fontsize=7)
     hm.set_xticks(range(len(layer_names)), [n.strip("/").replace("/Conv", "").replace("/Gemm", "") for n in layer_names],
                   rotation=90, fontsize=6)  # fmt: skip
-    hm.set_title("chosen plan per constraint: " + ", ".join(
-        f"{name} = {color}" for name, color in zip(CATEGORIES, ("grey", "orange", "blue", "purple"))), fontsize=9)
+    hm.legend(handles=[Patch(color=c, label=name) for name, c in zip(categories, colors)], fontsize=7, ncol=len(colors),
+              loc="upper center", bbox_to_anchor=(0.5, -0.35))  # fmt: skip
+    hm.set_title("chosen plan per constraint", fontsize=9)
     fig.tight_layout()
     png = out_dir / "report.png"
     fig.savefig(png, dpi=100)

@@ -1,13 +1,14 @@
 """Search space: which LayerChoices each layer may take, from YAML; trial → plan; plan → params (Optuna's
 categorical values are the modes' encodings of the choices: only here, at the edge).
 
-    choices: {quantize: [...], mode: [static, dynamic, int4], weight_granularity: [...],
-              activation_algorithm: [...], weight_bits: [...], block_size: [...], accuracy_level: [...]}
+    choices: {quantize: [...], mode: [...], and per field of any mode's choice type, its allowed values:
+              weight_granularity: [...], activation_algorithm: [...], weight_bits: [...], block_size: [...], …}
     rules:   [{match: {op_type: Conv, depthwise: true, name: "re:..."}, choices: {...}}, ...]
     pinned:  {"layer name or re:pattern": {quantize: false, ...}}
 
-Rules apply in order (later wins); pinned values are fixed and not searched. The dynamic and int4 modes
-apply to MatMul/Gemm layers with 2-D weights only (quantize/modes): other layers take the static options.
+Rules apply in order (later wins); pinned values are fixed and not searched. Each mode applies to the layers it
+says (quantize/modes/: e.g. MatMul/Gemm layers with 2-D weights only) and builds its choices from the values allowed
+for its own fields.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from ..quantize.modes import decode, encode
 from ..quantize.plan import FLOAT, LayerChoice, QuantPlan, name_pattern
 
 DEFAULT_SPACE = "default.yaml"  # in the package autoquant.search_spaces (the repository's search_spaces/)
-PARAMS = ("quantize", "mode", "weight_bits", "weight_granularity", "activation_algorithm", "block_size", "accuracy_level",
-          "bias_correction", "weight_rounding")
 _MATCH_KEYS = ("op_type", "depthwise", "name")
 
 
@@ -49,8 +48,10 @@ class LayerSpace:
 
     @property
     def usual(self) -> LayerChoice:
-        """INT8 per channel where the layer may take it, else its first quantized option, else float."""
-        return LayerChoice() if LayerChoice() in self.options else next((c for c in self.options if c.quantize), FLOAT)
+        """The default choice (INT8 per channel) where the layer may take it, else its first quantized option, else
+        float."""
+        default = LayerChoice.default()
+        return default if default in self.options else next((c for c in self.options if c.quantize), FLOAT)
 
 
 def _options(allowed: dict[str, tuple], layer: LayerInfo) -> tuple[LayerChoice, ...]:
@@ -80,9 +81,10 @@ class SearchSpace:
         unknown = sorted(set(raw) - {"choices", "rules", "pinned"})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: choices, rules, pinned")
-        defaults = {p: (getattr(LayerChoice(), p),) for p in PARAMS}
-        for mode in modes.modes():  # fields of a mode's own take its defaults where the space names none
-            defaults |= {k: (v,) for k, v in mode.defaults.items()}
+        defaults = {"quantize": (True,), "mode": (LayerChoice.default().mode,)}
+        for mode in modes.modes():  # each mode's fields take its defaults where the space names none
+            for name, value in mode.choice().fields().items():
+                defaults[name] = tuple(dict.fromkeys((*defaults.get(name, ()), value)))
         base = _choices(raw.get("choices") or {}, f"{where}: choices", defaults)
         per_layer = {layer.name: dict(base) for layer in graph.layers}
         for i, rule in enumerate(raw.get("rules") or []):
@@ -102,8 +104,9 @@ class SearchSpace:
         for key, fixed in pinned.items():
             pwhere = f"{where}: pinned.{key}"
             hits = _select(graph, key, f"{where}: pinned")
-            LayerChoice.from_dict(fixed, pwhere)  # validates keys and values
-            fixed = {**({"mode": LayerChoice().mode} if fixed.get("quantize", True) and "mode" not in fixed else {}), **fixed}
+            LayerChoice.parse(fixed, pwhere)  # validates keys and values
+            fixed = {**({"mode": LayerChoice.default().mode} if fixed.get("quantize", True) and "mode" not in fixed else {}),
+                     **fixed}  # fmt: skip
             for name in hits:
                 per_layer[name] = {**per_layer[name], **{k: (v,) for k, v in fixed.items()}}
         layers = []
@@ -127,9 +130,23 @@ class SearchSpace:
         return QuantPlan(tuple((s.name, firsts[s.name] or s.usual) for s in self.layers))
 
     def algorithms(self) -> set[str]:
-        """The range algorithms of the calibrated choices the space offers."""
-        return {c.activation_algorithm for layer in self.layers for c in layer.options
-                if c.quantize and modes.get(c.mode).calibrated}  # fmt: skip
+        """The activation range algorithms the choices the space offers read calibration statistics with."""
+        return {a for layer in self.layers for c in layer.options if c.quantize
+                for a in modes.get(c.mode).range_algorithms(c)}  # fmt: skip
+
+    def offered(self, mode: str) -> list[LayerChoice]:
+        """The choices of `mode` the space offers some layer, in the order of the first layers that have them."""
+        return list(dict.fromkeys(c for layer in self.layers for c in layer.options if c.quantize and c.mode == mode))
+
+    def hand_made(self) -> list[tuple[str, QuantPlan]]:
+        """The uniform plans a user would try by hand (Mode.hand_made), each mode's: every layer offered the choice
+        takes it, the others their usual choice."""
+        plans = []
+        for mode in modes.modes():
+            for label, choice in mode.hand_made(self.offered(mode.name)):
+                plans.append((label, QuantPlan(tuple((s.name, choice if choice in s.options else s.usual)
+                                                     for s in self.layers))))  # fmt: skip
+        return plans
 
     def size(self) -> int:
         return int(np.prod([len(layer.options) for layer in self.layers], dtype=float))
@@ -152,12 +169,15 @@ class SearchSpace:
                 continue
             want = plan[layer.name]
             if want not in layer.options:
-                same_q = [o for o in layer.options if o.quantize == want.quantize] or list(layer.options)
-                same_mode = [o for o in same_q if o.quantize and o.mode == want.mode] or same_q
-                same_algo = [o for o in same_mode if o.quantize and o.activation_algorithm == want.activation_algorithm]
-                want = (same_algo or same_mode)[0]
+                want = max(layer.options, key=lambda o, w=want: _likeness(o, w))  # the first of the most alike
             params[layer.name] = encode(want)
         return params
+
+
+def _likeness(option: LayerChoice, want: LayerChoice) -> tuple:
+    """How near `option` is to `want`: the same float/quantized decision, then the same mode, then shared fields."""
+    fields = want.fields().items()
+    return option.quantize == want.quantize, option.mode == want.mode, sum(f in fields for f in option.fields().items())
 
 
 def space_path(cfg: SearchConfig) -> Path:
@@ -172,13 +192,18 @@ def space_path(cfg: SearchConfig) -> Path:
     return path
 
 
+def params() -> tuple[str, ...]:
+    """The options a space may list: quantize, mode, and every field of a registered mode's choice type."""
+    return tuple(dict.fromkeys(["quantize", "mode", *(f for m in modes.modes() for f in m.choice().fields())]))
+
+
 def _choices(raw: Any, where: str, base: dict[str, tuple]) -> dict[str, tuple]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must map option names to lists of values")
     out = dict(base)
     for key, values in raw.items():
-        if key not in PARAMS:
-            raise ConfigError(f"{where}: unknown option '{key}'; allowed: {', '.join(PARAMS)}")
+        if key not in params():
+            raise ConfigError(f"{where}: unknown option '{key}'; allowed: {', '.join(params())}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of values")
         for v in values:
@@ -192,7 +217,7 @@ def _check_value(key: str, value: Any, where: str) -> None:
     errors = []
     for mode in modes.modes():
         try:
-            LayerChoice.from_dict({"mode": mode.name, key: value}, where)
+            LayerChoice.parse({"mode": mode.name, key: value}, where)
             return
         except ConfigError as exc:
             errors.append(exc)

@@ -87,12 +87,17 @@ class RunPaths:
             raise ConfigError(f"{self.root} has no study.db: give the --out directory of a search that ran")
         self.check_storage_file(url)
         storage = make_storage(url, own=self.root / "study.db" if own else None)
+        where = self.root / "study.db" if own else url
         try:
-            return optuna.load_study(study_name=exp.name, storage=storage)
+            study = optuna.load_study(study_name=exp.name, storage=storage)
+            study.get_trials(deepcopy=False)  # a damaged store fails here, not half-way through a report
+            return study
         except KeyError:
-            where = self.root / "study.db" if own else url
             raise ConfigError(f"{where} holds no study named '{exp.name}': give the run directory of that experiment "
                               "(or move the damaged file away and rerun the search)") from None
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            raise ConfigError(f"{where} cannot be read ({first_line(exc.__cause__ or exc)}): it is damaged; move it away "
+                              "and rerun the search, or give another run directory") from exc
 
 
 def make_storage(url: str, template_dir: Path | None = None, *, own: Path | None = None) -> RDBStorage:

@@ -29,10 +29,9 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 def plan_summary(plan: QuantPlan) -> dict[str, str]:
     """Compact params for a trial run: counts, not one param per layer (the plan file is an artifact)."""
     q = [c for _, c in plan.choices if c.quantize]
-    counts = {"layers_int8": len(q), "layers_float": len(plan.choices) - len(q),
-              "per_channel": sum(c.weight_granularity == "per_channel" for c in q),
-              "weight_4bit": sum(c.weight_bits == 4 for c in q)}  # fmt: skip
-    counts.update({f"algo_{a}": n for a, n in Counter(c.activation_algorithm for c in q).items()})
+    counts = {"layers_quantized": len(q), "layers_float": len(plan.choices) - len(q)}
+    counts |= {f"runs_{label}": n for label, n in sorted(Counter(c.label for c in q).items())}
+    counts |= {f"{k}.{v}": n for (k, v), n in sorted(Counter(f for c in q for f in c.fields().items()).items(), key=str)}
     return {k: str(v) for k, v in counts.items()} | {"plan_key": plan.key()}
 
 

@@ -1,20 +1,28 @@
-"""Quantization modes, one module per mode, each registering a `Mode` (base.py): `static` inserts Q/DQ pairs
-with calibrated scales (onnxruntime's QDQQuantizer), `dynamic` quantizes activations at run time (onnxruntime's
-dynamic quantizer: DynamicQuantizeLinear + MatMulInteger), `int4` stores blockwise 4-bit weights (onnxruntime's
-MatMulNBitsQuantizer); `matmul_form` gives Gemm layers the MatMul form the last two need. Everything else looks a
-mode up here by name: a new mode is a new module in this package.
+"""Quantization modes, one module per mode, each defining its choice type and registering a `Mode` (base.py):
+`static` inserts Q/DQ pairs with calibrated scales (onnxruntime's QDQQuantizer), `dynamic` quantizes activations at
+run time (onnxruntime's dynamic quantizer: DynamicQuantizeLinear + MatMulInteger), `int4` stores blockwise 4-bit
+weights (onnxruntime's MatMulNBitsQuantizer); `matmul_form` gives Gemm layers the MatMul form the last two need.
+Everything else looks a mode up here: a new mode is a new module in this package (or a module anywhere that calls
+`register`), and no other file changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import onnx
+
 from ...errors import PlanError
-from ...graph.layers import LayerInfo
-from ..plan import QuantPlan
+from ...graph.layers import GraphInfo, LayerInfo
+from ..plan import LayerChoice, QuantPlan
 from .base import (
+    BuildCache,
     BuildContext,
     EmulationContext,
+    Mirrored,
     Mode,
     Recognized,
+    RecordedActivation,
     RecordedWeights,
     allowed_modes,
     decode,
@@ -23,10 +31,12 @@ from .base import (
     modes,
     names,
     recognize,
+    register,
 )
 
-__all__ = ["BuildContext", "EmulationContext", "Mode", "Recognized", "RecordedWeights", "allowed_modes", "check_plan",
-           "decode", "encode", "get", "modes", "names", "recognize"]  # fmt: skip
+__all__ = ["BuildCache", "BuildContext", "EmulationContext", "Mirrored", "Mode", "Recognized", "RecordedActivation",
+           "RecordedWeights", "activation_tensors", "allowed_modes", "check_plan", "decode", "encode", "get", "modes",
+           "names", "recipe_choice", "recognize", "register"]  # fmt: skip
 
 
 def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:
@@ -40,5 +50,20 @@ def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:
                             f"{choice.mode} applies to {get(choice.mode).scope}; use mode "
                             f"{' or '.join(allowed_modes(layer))}")  # fmt: skip
         if choice.quantize and not get(choice.mode).fits(layer, choice):
-            raise PlanError(f"layer {layer.name} ({layer.op_type}) has nowhere to put a bias correction (a MatMul needs "
-                            "an Add of a constant vector after it): set bias_correction: false for it")  # fmt: skip
+            raise PlanError(get(choice.mode).misfit(layer, choice))
+
+
+def activation_tensors(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan) -> dict[str, str]:
+    """Every activation tensor the plan quantizes with calibrated scales, and the range algorithm that sets each."""
+    out: dict[str, str] = {}
+    for mode in modes():
+        if plan.in_mode(mode.name):
+            out.update(mode.activation_tensors(model, graph, plan))
+    return out
+
+
+def recipe_choice(layers: Sequence[LayerInfo]) -> LayerChoice:
+    """The choice onnxruntime's recipe gives every layer of such a model: a convolutional network's (static INT8),
+    or a transformer's — a model without convolutions — (dynamic INT8), from the modes' `recipe`."""
+    kind = "convolutional" if any(layer.op_type == "Conv" for layer in layers) else "transformer"
+    return next((m.choice() for m in modes() if m.recipe == kind), LayerChoice.default())

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -21,11 +23,12 @@ from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from ...errors import ConfigError
 from ...graph.layers import LayerInfo
 from ..fake import fake_quant_dynamic_input, fake_quant_weight
-from ..plan import GRANULARITIES, LayerChoice, QuantPlan
-from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
+from ..plan import LayerChoice, QuantPlan
+from .base import BuildContext, EmulationContext, Mirrored, Mode, Recognized, RecordedWeights, register
 from .matmul_form import as_matmul, takes_matmul_form
 
 HIDDEN_DOMAIN = "autoquant.hidden"
+GRANULARITIES = ("per_tensor", "per_channel")
 
 
 def _rename_gemms(model: onnx.ModelProto, hide: bool) -> None:
@@ -56,7 +59,7 @@ def apply(model: onnx.ModelProto, plan: QuantPlan, weight_range: str) -> onnx.Mo
     """`model` with the plan's dynamic layers as integer MatMuls. The dynamic quantizer decides per-channel
     weights for the whole model, so layers are quantized in one pass per granularity."""
     for granularity in ("per_channel", "per_tensor"):
-        names = [n for n in plan.in_mode("dynamic") if plan[n].weight_granularity == granularity]
+        names = [n for n in plan.in_mode(DynamicChoice.mode) if plan[n].weight_granularity == granularity]
         if not names:
             continue
         _rename_gemms(model, hide=True)
@@ -97,45 +100,63 @@ def _quantize(model: onnx.ModelProto, names: list[str], per_channel: bool, weigh
     return quantizer.model.model
 
 
+@dataclass(frozen=True)
+class DynamicChoice(LayerChoice):
+    """Dynamic INT8: symmetric int8 weights per channel or per tensor, activations quantized at run time."""
+
+    mode: ClassVar[str] = "dynamic"
+    weight_granularity: str = "per_channel"
+
+    def __post_init__(self):
+        if self.weight_granularity not in GRANULARITIES:
+            raise ConfigError(f"mode dynamic takes weight_granularity {' or '.join(GRANULARITIES)}")
+
+
 class Dynamic(Mode):
-    name = "dynamic"
+    choice = DynamicChoice
     scope = "MatMul/Gemm layers with 2-D weights"
     order = 1
     fixed = MappingProxyType({"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0,
                               "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
     kernels = frozenset({"MatMulInteger"})
+    recipe = "transformer"
 
     def applies_to(self, layer: LayerInfo) -> bool:
         return takes_matmul_form(layer)
 
-    def check(self, choice: LayerChoice) -> None:
-        if choice.weight_granularity not in GRANULARITIES:
-            raise ConfigError(f"mode dynamic takes weight_granularity {' or '.join(GRANULARITIES)}")
+    def cost_bits(self, choice: DynamicChoice) -> tuple[int, int]:
+        return 8, 8
 
     def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
-        return [LayerChoice.of(self.name, weight_granularity=g) for g in allowed["weight_granularity"] if g in GRANULARITIES]
+        return [DynamicChoice(g) for g in allowed["weight_granularity"] if g in GRANULARITIES]
 
-    def encode(self, choice: LayerChoice) -> str:
+    def encode(self, choice: DynamicChoice) -> str:
         return f"dynamic:{choice.weight_granularity}"
 
     def decode(self, value: str) -> LayerChoice | None:
         head, *rest = value.split(":")
-        return LayerChoice.of(self.name, weight_granularity=rest[0]) if head == "dynamic" and rest else None
+        return DynamicChoice(rest[0]) if head == "dynamic" and rest else None
 
-    def weight_key(self, choice: LayerChoice) -> tuple:
+    def variant_key(self, choice: DynamicChoice) -> tuple:
+        return (choice.weight_granularity,)  # the same integer MatMul either way
+
+    def with_variant(self, choice: DynamicChoice, key: tuple) -> LayerChoice | None:
+        return choice.with_fields(weight_granularity=key[0]) if len(key) == 1 else None
+
+    def weight_key(self, choice: DynamicChoice) -> tuple:
         return ("symmetric", choice.weight_granularity, 8)  # the weights static INT8 has: one emulation for both
 
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: DynamicChoice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, 8, ctx.weight_range)
 
-    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: DynamicChoice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_dynamic_input(x)
 
     def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
         as_matmul(model, set(plan.in_mode(self.name)))
         return apply(model, plan, ctx.weight_range)
 
-    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: LayerChoice) -> RecordedWeights:
+    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: DynamicChoice) -> RecordedWeights:
         # The weight scale is the initializer multiplied with DynamicQuantizeLinear's run-time scale.
         inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
         x_scale = next(n.output[1] for n in qmodel.graph.node if n.op_type == "DynamicQuantizeLinear"
@@ -146,12 +167,15 @@ class Dynamic(Mode):
                                np.atleast_1d(inits[node.input[3]]).astype(int).tolist())  # fmt: skip
 
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
-        return LayerChoice.of(self.name, weight_granularity=granularity)
+        return DynamicChoice(granularity)
 
     def recognize(self, node, inits, producers) -> Recognized | None:
         if node.op_type not in self.kernels or len(node.input) < 2 or node.input[1] not in inits:
             return None
         return Recognized("MatMul", node.input[1], 8, "integer", self.name)
+
+    def mirrored(self, choice: DynamicChoice) -> Mirrored:
+        return Mirrored(choice, choice.weight_granularity, 8, bias_on_grid=False, runtime_input=True)
 
 
 register(Dynamic())

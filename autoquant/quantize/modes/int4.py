@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -52,7 +54,7 @@ def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = _quantizer()
 
     groups: dict[tuple[int, int], list[str]] = {}
-    for name in plan.in_mode("int4"):
+    for name in plan.in_mode(Int4Choice.mode):
         groups.setdefault((plan[name].block_size, plan[name].accuracy_level), []).append(name)
     for (block_size, level), names in sorted(groups.items()):
         # The quantizer takes every MatMul unless excluded: exclude all but this group's layers.
@@ -68,60 +70,67 @@ def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     return model
 
 
+@dataclass(frozen=True)
+class Int4Choice(LayerChoice):
+    """Int4 weight-only: asymmetric 4-bit weight blocks, MatMulNBits."""
+
+    mode: ClassVar[str] = "int4"
+    block_size: int = 32  # weights share a scale per block of this many input channels
+    accuracy_level: int = 4  # MatMulNBits' compute precision
+
+    def __post_init__(self):
+        if self.block_size not in BLOCK_SIZES or self.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(f"mode int4 needs block_size in {list(BLOCK_SIZES)} and accuracy_level in "
+                              f"{list(ACCURACY_LEVELS)}, got {self.block_size} / {self.accuracy_level}")  # fmt: skip
+
+
 class Int4(Mode):
-    name = "int4"
+    choice = Int4Choice
     scope = "MatMul/Gemm layers with 2-D weights"
     order = 2
     fixed = MappingProxyType({"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4,
                               "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
-    defaults = MappingProxyType({"block_size": 32, "accuracy_level": 4})
     kernels = frozenset({"MatMulNBits"})
     weight_zero_points = (0, 15)  # asymmetric 4-bit blocks
 
     def applies_to(self, layer: LayerInfo) -> bool:
         return takes_matmul_form(layer)
 
-    def check(self, choice: LayerChoice) -> None:
-        if choice.block_size not in BLOCK_SIZES or choice.accuracy_level not in ACCURACY_LEVELS:
-            raise ConfigError(f"mode int4 needs block_size in {list(BLOCK_SIZES)} and accuracy_level in "
-                              f"{list(ACCURACY_LEVELS)}, got {choice.block_size} / {choice.accuracy_level}")  # fmt: skip
-
-    def cost_bits(self, choice: LayerChoice) -> tuple[int, int]:
+    def cost_bits(self, choice: Int4Choice) -> tuple[int, int]:
         return (8 if choice.accuracy_level == 4 else 32), 4  # level 4 multiplies in int8, level 1 in float
 
     def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
-        return [LayerChoice.of(self.name, block_size=b, accuracy_level=a)
-                for b in allowed["block_size"] for a in allowed["accuracy_level"]]  # fmt: skip
+        return [Int4Choice(b, a) for b in allowed["block_size"] for a in allowed["accuracy_level"]]
 
-    def encode(self, choice: LayerChoice) -> str:
+    def encode(self, choice: Int4Choice) -> str:
         return f"int4:b{choice.block_size}" + (f":a{choice.accuracy_level}" if choice.accuracy_level != 4 else "")
 
     def decode(self, value: str) -> LayerChoice | None:
         head, *rest = value.split(":")
         if head != "int4" or not rest:
             return None
-        return LayerChoice.of(self.name, block_size=int(rest[0][1:]), accuracy_level=int(rest[1][1:]) if len(rest) > 1 else 4)
+        return Int4Choice(int(rest[0][1:]), int(rest[1][1:]) if len(rest) > 1 else 4)
 
-    def plan_label(self, choices: list[LayerChoice]) -> str:
-        return f"all-int4-b{choices[0].block_size}"
+    def hand_made(self, offered: list[LayerChoice]) -> list[tuple[str, LayerChoice]]:
+        return [(f"all-int4-b{offered[0].block_size}", offered[0])] if offered else []
 
-    def weight_key(self, choice: LayerChoice) -> tuple:
+    def weight_key(self, choice: Int4Choice) -> tuple:
         return (self.name, choice.block_size)
 
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: Int4Choice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_blockwise(w, 1 - layer.channel_axis, choice.block_size)
 
-    def input_key(self, choice: LayerChoice) -> tuple:
+    def input_key(self, choice: Int4Choice) -> tuple:
         return (self.name, choice.block_size, choice.accuracy_level)
 
-    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: Int4Choice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_blockwise_int8(x, choice.block_size) if choice.accuracy_level == 4 else x
 
     def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
         as_matmul(model, set(plan.in_mode(self.name)))
         return apply(model, plan)
 
-    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: LayerChoice) -> RecordedWeights:
+    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: Int4Choice) -> RecordedWeights:
         inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
         attrs = {a.name: a.i for a in node.attribute}
         blocks = -(-attrs["K"] // attrs["block_size"])
@@ -131,7 +140,7 @@ class Int4(Mode):
                                zero.astype(int).reshape(-1).tolist(), attrs["block_size"])  # fmt: skip
 
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
-        return LayerChoice.of(self.name, block_size=block_size, accuracy_level=accuracy_level)
+        return Int4Choice(block_size, accuracy_level)
 
     def recognize(self, node, inits, producers) -> Recognized | None:
         if node.op_type not in self.kernels or len(node.input) < 2 or node.input[1] not in inits:

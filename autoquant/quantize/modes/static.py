@@ -1,6 +1,8 @@
 """Static INT8 (and 4-bit Q/DQ weights), the default mode: the plan's static layers and the glue between them get
 Q/DQ pairs whose activation scales come from calibration, through onnxruntime's QDQQuantizer. Any Conv, Gemm or
-MatMul with constant weights takes it.
+MatMul with constant weights takes it. Its choice (StaticChoice) has the weight grid (granularity, bits), the
+activation range algorithm and the recovery without training (quantize/recovery/: bias correction, adaptive
+rounding), which the record keeps (each layer's rounding mask and bias shift) for `apply`.
 
 No data flows through a network here: activation scales and zero points are given explicitly
 (TensorQuantOverrides), so the same inputs always produce the same model, whether they come from a
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import unittest.mock
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -28,12 +31,30 @@ from ...calibrate.ranges import ALGORITHMS
 from ...errors import ConfigError, PlanError
 from ...graph.layers import GraphInfo, LayerInfo
 from ..fake import fake_quant_activation, fake_quant_weight
-from ..plan import GRANULARITIES, ROUNDINGS, LayerChoice, QuantPlan
-from ..recovery import recovered_weight
+from ..plan import LayerChoice, QuantPlan
+from ..recovery import (
+    ROUNDINGS,
+    RecordedRecovery,
+    check_record_fields,
+    record_fields,
+    recovered_weight,
+    substitute,
+)
 from ..scales import activation_qtype
-from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
+from .base import (
+    BuildContext,
+    EmulationContext,
+    Mirrored,
+    Mode,
+    Recognized,
+    RecordedActivation,
+    RecordedWeights,
+    register,
+)
 
 WEIGHT_TYPES = {8: QuantType.QInt8, 4: QuantType.QInt4}
+GRANULARITIES = ("per_tensor", "per_channel")
+WEIGHT_BITS = (8, 4)
 # Ops that run in the integer domain when everything feeding them is already quantized; quantizing them
 # lets onnxruntime fuse QLinearAdd / QLinearGlobalAveragePool and drop Relu into the zero point instead
 # of bouncing through float between every pair of layers.
@@ -98,7 +119,7 @@ class WeightParams:
 
 def quantized_nodes(model: onnx.ModelProto, plan: QuantPlan) -> list[onnx.NodeProto]:
     """The plan's static layers, plus glue ops whose float inputs all come from quantized nodes."""
-    layers = set(plan.in_mode("static"))
+    layers = set(plan.in_mode(StaticChoice.mode))
     inits = {i.name for i in model.graph.initializer}
     quantized_tensors: set[str] = set()
     chosen = []
@@ -117,7 +138,7 @@ def tensor_algorithms(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan)
     A static layer's choice governs its input; tensors that feed no static layer inherit from their producer.
     """
     algo: dict[str, str] = {}
-    static = set(plan.in_mode("static"))
+    static = set(plan.in_mode(StaticChoice.mode))
     for layer in graph.layers:
         if layer.name in static:
             algo.setdefault(layer.input, plan[layer.name].activation_algorithm)
@@ -149,7 +170,7 @@ def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations
             lowest=np.array(p.scale * (int(qmin) - p.zero_point), np.float32),
             highest=np.array(p.scale * (int(qmax) - p.zero_point), np.float32),
         )
-    static = [layer for layer in graph.layers if layer.name in set(plan.in_mode("static"))]
+    static = [layer for layer in graph.layers if layer.name in set(plan.in_mode(StaticChoice.mode))]
     reads = {n.name: n.input[1] for n in model.graph.node if len(n.input) > 1}
     for layer in static:
         choice = plan[layer.name]
@@ -181,41 +202,57 @@ def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations
     quantizer.model.topological_sort()  # the quantizer appends Q/DQ nodes out of order; ONNX requires order
     return quantizer.model.model
 
+@dataclass(frozen=True)
+class StaticChoice(LayerChoice):
+    """Static INT8 (or 4-bit Q/DQ weights): calibrated activation scales, symmetric weights."""
 
-WEIGHT_BITS = (8, 4)
+    mode: ClassVar[str] = "static"
+    weight_granularity: str = "per_channel"
+    activation_algorithm: str = "minmax"
+    weight_bits: int = 8
+    bias_correction: bool = False  # the mean output shift quantization adds, folded back into the bias
+    weight_rounding: str = "nearest"  # "adaptive": each weight rounded the way that fits its layer's output
+
+    def __post_init__(self):
+        if self.weight_rounding not in ROUNDINGS:
+            raise ConfigError(f"weight_rounding '{self.weight_rounding}' is unknown: use one of {', '.join(ROUNDINGS)}")
+        if self.weight_granularity not in GRANULARITIES:
+            raise ConfigError(f"weight_granularity '{self.weight_granularity}' is unknown: use one of "
+                              f"{', '.join(GRANULARITIES)}")  # fmt: skip
+        if self.activation_algorithm not in ALGORITHMS:
+            raise ConfigError(f"activation algorithm '{self.activation_algorithm}' is unknown: use one of "
+                              f"{', '.join(ALGORITHMS)}")  # fmt: skip
+        if self.weight_bits not in WEIGHT_BITS:
+            raise ConfigError(f"weight_bits {self.weight_bits} is not supported: use 8 or 4")
+        if self.weight_bits == 4 and self.weight_granularity != "per_channel":
+            raise ConfigError("4-bit weights need weight_granularity: per_channel")
 
 
 class Static(Mode):
-    name = "static"
+    choice = StaticChoice
     scope = "every Conv, Gemm and MatMul with constant weights"
     order = 0  # first: the other modes' builders rewrite the Gemms whose Q/DQ this one places
     fixed = MappingProxyType({"block_size": 0, "accuracy_level": 0})
     calibrated = True
+    recipe = "convolutional"
 
     def applies_to(self, layer: LayerInfo) -> bool:
         return True
 
-    def check(self, choice: LayerChoice) -> None:
-        if choice.weight_rounding not in ROUNDINGS:
-            raise ConfigError(f"weight_rounding '{choice.weight_rounding}' is unknown: use one of {', '.join(ROUNDINGS)}")
-        if choice.weight_granularity not in GRANULARITIES:
-            raise ConfigError(f"weight_granularity '{choice.weight_granularity}' is unknown: use one of "
-                              f"{', '.join(GRANULARITIES)}")  # fmt: skip
-        if choice.activation_algorithm not in ALGORITHMS:
-            raise ConfigError(f"activation algorithm '{choice.activation_algorithm}' is unknown: use one of "
-                              f"{', '.join(ALGORITHMS)}")  # fmt: skip
-        if choice.weight_bits not in WEIGHT_BITS:
-            raise ConfigError(f"weight_bits {choice.weight_bits} is not supported: use 8 or 4")
-        if choice.weight_bits == 4 and choice.weight_granularity != "per_channel":
-            raise ConfigError("4-bit weights need weight_granularity: per_channel")
-
-    def fits(self, layer: LayerInfo, choice: LayerChoice) -> bool:
+    def fits(self, layer: LayerInfo, choice: StaticChoice) -> bool:
         return not choice.bias_correction or bool(layer.bias_slot)
 
-    def label(self, choice: LayerChoice) -> str:
+    def misfit(self, layer: LayerInfo, choice: StaticChoice) -> str:
+        return (f"layer {layer.name} ({layer.op_type}) has nowhere to put a bias correction (a MatMul needs an Add of a "
+                "constant vector after it): set bias_correction: false for it")  # fmt: skip
+
+    def cost_bits(self, choice: StaticChoice) -> tuple[int, int]:
+        return 8, choice.weight_bits
+
+    def label(self, choice: StaticChoice) -> str:
         return "int8" if choice.weight_bits == 8 else "int4-qdq"
 
-    def runs(self, choice: LayerChoice) -> str:
+    def runs(self, choice: StaticChoice) -> str:
         # 4-bit Q/DQ weights have no CPU integer kernel: a float kernel on dequantized weights
         return "integer" if choice.weight_bits == 8 else "dequantized"
 
@@ -225,14 +262,14 @@ class Static(Mode):
         for bits in allowed["weight_bits"]:
             grans = [g for g in allowed["weight_granularity"] if g in GRANULARITIES]
             for g in grans if bits == 8 else [g for g in grans if g == "per_channel"]:  # 4 bits: per channel only
-                out += [LayerChoice(True, g, a, bits, bias_correction=bc, weight_rounding=r)
+                out += [StaticChoice(g, a, bits, bias_correction=bc, weight_rounding=r)
                         for bc, r in recovery for a in allowed["activation_algorithm"]]  # fmt: skip
         return out
 
     # Suffixes of the encoding; a choice without recovery encodes as it always has (stored studies stay valid).
     SUFFIXES: ClassVar[dict[str, tuple[str, object]]] = {"bc": ("bias_correction", True), "ar": ("weight_rounding", "adaptive")}
 
-    def encode(self, choice: LayerChoice) -> str:
+    def encode(self, choice: StaticChoice) -> str:
         bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
         extra = "".join(f":{s}" for s, (field, value) in self.SUFFIXES.items() if getattr(choice, field) == value)
         return f"{choice.weight_granularity}:{choice.activation_algorithm}{bits}{extra}"
@@ -243,30 +280,43 @@ class Static(Mode):
             return None
         fields = dict(self.SUFFIXES[s] for s in rest[1:] if s in self.SUFFIXES)
         bits = next((int(s[1:]) for s in rest[1:] if s.startswith("w")), 8)
-        return LayerChoice(True, head, rest[0], bits, **fields)
+        return StaticChoice(head, rest[0], bits, **fields)
 
-    def plan_label(self, choices: list[LayerChoice]) -> str:
-        return "int8-per-channel"
+    def hand_made(self, offered: list[LayerChoice]) -> list[tuple[str, LayerChoice]]:
+        """All INT8 per channel and per tensor with minmax ranges, and per channel with each other range algorithm the
+        space offers: what a user tries by hand first."""
+        plans = [("int8-per-channel", StaticChoice()), ("int8-per-tensor", StaticChoice("per_tensor"))]
+        algorithms = sorted({c.activation_algorithm for c in offered} - {"minmax"})
+        return plans + [(f"int8-per-channel-{a}", StaticChoice(activation_algorithm=a)) for a in algorithms]
 
-    def weight_key(self, choice: LayerChoice) -> tuple:
+    def range_algorithms(self, choice: StaticChoice) -> set[str]:
+        return {choice.activation_algorithm}
+
+    def variant_key(self, choice: StaticChoice) -> tuple:
+        return choice.activation_algorithm, choice.weight_granularity  # the same QLinear kernels either way
+
+    def with_variant(self, choice: StaticChoice, key: tuple) -> LayerChoice | None:
+        return choice.with_fields(activation_algorithm=key[0], weight_granularity=key[1])
+
+    def weight_key(self, choice: StaticChoice) -> tuple:
         nearest = ("symmetric", choice.weight_granularity, choice.weight_bits)  # shared with dynamic's emulation
         return nearest if choice.weight_rounding == "nearest" else (*nearest, choice.weight_rounding)
 
-    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: StaticChoice, ctx: EmulationContext) -> np.ndarray:
         if choice.weight_rounding == "nearest":
             return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, ctx.weight_range)
         return recovered_weight(w, layer, choice, ctx.weight_range, ctx.recovery)
 
-    def input_key(self, choice: LayerChoice) -> tuple:
+    def input_key(self, choice: StaticChoice) -> tuple:
         return (self.name, choice.activation_algorithm)
 
-    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_input(self, x: np.ndarray, layer: LayerInfo, choice: StaticChoice, ctx: EmulationContext) -> np.ndarray:
         return fake_quant_activation(x, ctx.activation(layer.input, choice.activation_algorithm), ctx.activation_type)
 
-    def output_key(self, choice: LayerChoice) -> tuple:
+    def output_key(self, choice: StaticChoice) -> tuple:
         return ("bias_correction",) if choice.bias_correction else ()
 
-    def emulate_output(self, y: np.ndarray, layer: LayerInfo, choice: LayerChoice, ctx: EmulationContext) -> np.ndarray:
+    def emulate_output(self, y: np.ndarray, layer: LayerInfo, choice: StaticChoice, ctx: EmulationContext) -> np.ndarray:
         if not choice.bias_correction:
             return y
         shift = ctx.recovery.shift(layer, choice)
@@ -274,18 +324,39 @@ class Static(Mode):
         return y + shift.reshape([-1 if a == axis else 1 for a in range(y.ndim)])
 
     def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
+        # The recovering layers read their rounded weights and corrected bias first; their grids (the cache's) are
+        # the FP32 weights', on which the recovered values sit, so the quantizer writes the recovered integers.
+        substitute(model, ctx.graph, plan, ctx.weight_range, ctx.recovery or RecordedRecovery(ctx.recorded))
+        weights = ctx.cache.get(self.name, WeightParams)
         return apply(model, ctx.graph, plan, ctx.activations, activation_qtype(ctx.activation_type), ctx.weight_range,
-                     ctx.weights)  # fmt: skip
+                     weights)  # fmt: skip
 
-    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: LayerChoice) -> RecordedWeights:
+    def activation_tensors(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan) -> dict[str, str]:
+        return tensor_algorithms(model, graph, plan)
+
+    def recorded_weights(self, qmodel: onnx.ModelProto, node: onnx.NodeProto, choice: StaticChoice) -> RecordedWeights:
         w = dequantize_params(qmodel, node.input[1])
         if w is None:
             raise PlanError(f"layer {node.name} was not quantized by onnxruntime; cannot record it")
         return RecordedWeights(choice.weight_bits, choice.weight_granularity, np.atleast_1d(w[0]).astype(float).tolist(),
                                np.atleast_1d(w[1]).astype(int).tolist())  # fmt: skip
 
+    def recorded_activation(self, qmodel: onnx.ModelProto, node: onnx.NodeProto,
+                            choice: StaticChoice) -> RecordedActivation:  # fmt: skip
+        d = dequantize_params(qmodel, node.input[0])
+        if d is None:
+            raise PlanError(f"layer {node.name} was not quantized by onnxruntime; cannot record it")
+        return RecordedActivation(8, choice.activation_algorithm, float(np.asarray(d[0]).reshape(())),
+                                  int(np.asarray(d[1]).reshape(())))  # fmt: skip
+
+    def record_extra(self, layer: LayerInfo, choice: StaticChoice, recovery) -> dict:
+        return record_fields(layer, choice, recovery)
+
+    def check_extra(self, extra: Mapping, layer: LayerInfo, choice: StaticChoice, where: str) -> None:
+        check_record_fields(extra, layer, choice, where)
+
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
-        return LayerChoice(True, granularity, algorithm, bits)
+        return StaticChoice(granularity, algorithm, bits)
 
     def recognize(self, node, inits, producers) -> Recognized | None:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
@@ -296,9 +367,13 @@ class Static(Mode):
         data_type = inits[dq.input[0]].data_type
         bits = 4 if data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else \
             onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8  # fmt: skip
-        choice = LayerChoice(True, "per_channel", "minmax", bits) if bits in WEIGHT_BITS else None
+        choice = StaticChoice(weight_bits=bits) if bits in WEIGHT_BITS else None
         return Recognized(node.op_type, dq.input[0], bits, self.runs(choice) if choice else "integer",
                           self.label(choice) if choice else f"int{bits}")  # fmt: skip
+
+    def mirrored(self, choice: StaticChoice) -> Mirrored:
+        plain = choice.with_fields(bias_correction=False, weight_rounding="nearest")
+        return Mirrored(plain, choice.weight_granularity, choice.weight_bits, bias_on_grid=True, runtime_input=False)
 
 
 def dequantize_params(qmodel: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:

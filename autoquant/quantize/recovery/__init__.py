@@ -1,19 +1,23 @@
-"""Recovery without training, as per-layer choices of static INT8 (`LayerChoice.bias_correction`,
-`LayerChoice.weight_rounding`): bias correction (bias.py) and adaptive rounding (rounding.py), computed from
-calibration data once per study (tables.py) and applied when a model is built (substitute below) — the layer's
-float weights replaced by their values on the grid rounded as learned, its bias by the corrected one — so
-onnxruntime's quantizer writes exactly these integers and biases, and onnxruntime runs the same kernels as
-without them. A record stores the rounding and the shift (record.py), and `apply` rebuilds the same bytes.
+"""Recovery without training, as per-layer choices of static INT8 (its choice's `bias_correction` and
+`weight_rounding`): bias correction (bias.py) and adaptive rounding (rounding.py), computed from calibration data
+once per study (tables.py) and applied when a model is built (substitute below) — the layer's float weights
+replaced by their values on the grid rounded as learned, its bias by the corrected one — so onnxruntime's quantizer
+writes exactly these integers and biases, and onnxruntime runs the same kernels as without them. A record stores
+the rounding and the shift (record_fields below, through the static mode), and `apply` rebuilds the same bytes
+from them (RecordedRecovery).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import base64
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ...errors import PlanError
 from ...graph.layers import GraphInfo, LayerInfo, bias_add
 from ..fake import weight_scale
 from ..plan import LayerChoice, QuantPlan
@@ -28,8 +32,11 @@ class Recovery(Protocol):
     def shift(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray: ...
 
 
+ROUNDINGS = ("nearest", "adaptive")  # weight_rounding: round to nearest, or learned per weight (rounding.py)
+
+
 def recovers(choice: LayerChoice) -> bool:
-    return choice.quantize and (choice.bias_correction or choice.weight_rounding != "nearest")
+    return getattr(choice, "bias_correction", False) or getattr(choice, "weight_rounding", "nearest") != "nearest"
 
 
 def recovered_weight(w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str,
@@ -90,3 +97,55 @@ def _correct_bias(model: onnx.ModelProto, inits: dict, node: onnx.NodeProto, lay
         name = f"{layer.name}.bias.corrected"
         _add(model, inits, shift / beta, name)
         node.input.extend([""] * (2 - len(node.input)) + [name])
+
+
+def record_fields(layer: LayerInfo, choice: LayerChoice, recovery: Recovery | None) -> dict[str, Any]:
+    """What a record keeps of a recovering layer: how each weight was rounded from its floor on the grid (packed
+    bits, base64) and the shift per output channel added to its bias."""
+    out: dict[str, Any] = {}
+    if choice.weight_rounding != "nearest":
+        mask = recovery.rounding(layer, choice).astype(np.uint8).ravel()
+        out["rounding_mask"] = base64.b64encode(np.packbits(mask).tobytes()).decode()
+    if choice.bias_correction:
+        out["bias_shift"] = [float(v) for v in recovery.shift(layer, choice)]
+    return out
+
+
+def check_record_fields(extra: Mapping[str, Any], layer: LayerInfo, choice: LayerChoice, where: str) -> None:
+    """A record's recovery entries of a layer, checked against it before anything is built from them."""
+    wanted = {k for k, on in (("rounding_mask", choice.weight_rounding != "nearest"), ("bias_shift", choice.bias_correction))
+              if on}  # fmt: skip
+    if set(extra) != wanted:
+        raise PlanError(f"{where}: its choice needs {', '.join(sorted(wanted)) or 'no recovery entries'}, the record has "
+                        f"{', '.join(sorted(extra)) or 'none'}")  # fmt: skip
+    if "rounding_mask" in extra:
+        try:
+            packed = base64.b64decode(extra["rounding_mask"], validate=True)
+        except (ValueError, TypeError):
+            raise PlanError(f"{where}: rounding_mask is not base64") from None
+        if len(packed) != -(-int(np.prod(layer.weight_shape)) // 8):
+            raise PlanError(f"{where}: rounding_mask must hold one bit per weight ({int(np.prod(layer.weight_shape))})")
+    if "bias_shift" in extra:
+        if not layer.bias_slot:
+            raise PlanError(f"{where}: the layer has no bias to correct")
+        shift = extra["bias_shift"]
+        if not isinstance(shift, list) or len(shift) != layer.out_channels:
+            raise PlanError(f"{where}: bias_shift needs {layer.out_channels} values")
+        for i, v in enumerate(shift):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+                raise PlanError(f"{where}: bias_shift[{i}] must be a finite number, got {v!r}")
+
+
+class RecordedRecovery:
+    """The rounding and bias shifts a record holds (record_fields, by layer), for rebuilding its model."""
+
+    def __init__(self, recorded: Mapping[str, Mapping[str, Any]]):
+        self.recorded = recorded
+
+    def rounding(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        count = int(np.prod(layer.weight_shape))
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(self.recorded[layer.name]["rounding_mask"]), np.uint8))
+        return bits[:count].reshape(layer.weight_shape)
+
+    def shift(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        return np.array(self.recorded[layer.name]["bias_shift"], np.float32)

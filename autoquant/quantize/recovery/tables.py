@@ -26,6 +26,7 @@ from ...runtime import Batches, session
 from ..fake import fake_quant_activation, weight_scale
 from ..plan import LayerChoice
 from ..scales import ActivationParams
+from . import recovers
 from .bias import output_shift
 from .forms import LayerForm
 from .rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
@@ -106,8 +107,7 @@ class RecoveryTables:
     def prepare(self, wanted: list[tuple[LayerInfo, LayerChoice]]) -> None:
         """Compute (or read from the cache) everything `wanted` needs, with a progress bar: the error table asks
         for every layer and choice of the space at once."""
-        todo = [(la, c) for la, c in wanted if c.quantize and (c.weight_rounding == "adaptive" or c.bias_correction)
-                and not self._known(la, c)]  # fmt: skip
+        todo = [(la, c) for la, c in wanted if recovers(c) and not self._known(la, c)]
         if not todo:
             return
         shown = bar(len(todo), "recovery fitting", unit="choice")

@@ -26,7 +26,7 @@ class LayerSensitivity:
 
 
 def single_layer_plan(ws: Workspace, name: str) -> QuantPlan:
-    return QuantPlan(tuple((n, LayerChoice() if n == name else FLOAT) for n in ws.graph.names))
+    return QuantPlan(tuple((n, LayerChoice.default() if n == name else FLOAT) for n in ws.graph.names))
 
 
 def layer_sensitivity(ws: Workspace, scorer: PlanScorer | None = None, progress=None) -> list[LayerSensitivity]:

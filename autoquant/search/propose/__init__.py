@@ -50,4 +50,4 @@ def mapped(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:
     from ...quantize.plan import LayerChoice
 
     old = dict(plan.choices)
-    return QuantPlan(tuple((n, old.get(n, LayerChoice())) for n in names))
+    return QuantPlan(tuple((n, old.get(n, LayerChoice.default())) for n in names))

@@ -23,14 +23,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ...errors import ConfigError
 from ...graph.layers import LayerInfo
+from ...quantize import modes
 from ...quantize.plan import LayerChoice, QuantPlan
 from .. import trial_attrs as attrs
 from ..estimate.error_model import ErrorModel
@@ -49,8 +48,7 @@ def first_rung(layers: Sequence[LayerInfo]) -> Labelled:
     model with convolutions; on one without (a transformer's MatMul/Gemm layers), dynamic, onnxruntime's recipe
     for those models: static INT8 of their activations often misses any limit (8 pt on MiniLM, where dynamic
     loses 0.7), and the second rung would wait a minute for the per-layer tables."""
-    choice = LayerChoice() if any(layer.op_type == "Conv" for layer in layers) else LayerChoice.dynamic()
-    return f"{PREFIX}0", QuantPlan.uniform([layer.name for layer in layers], choice)
+    return f"{PREFIX}0", QuantPlan.uniform([layer.name for layer in layers], modes.recipe_choice(layers))
 
 
 def boundary(points: list[tuple[float, float]], max_drop: float) -> float | None:
@@ -140,13 +138,14 @@ class Ladder:
             return None
         local = self.local()
         offered = {layer.name: set(layer.options) for layer in self.space.layers}
-        keys = {(o.activation_algorithm, o.weight_granularity) for n in plan.quantized for o in offered[n] if o.quantize}
+        keys = {(o.mode, key) for n in plan.quantized for o in offered[n] if o.quantize
+                and (key := modes.get(o.mode).variant_key(o)) is not None}  # fmt: skip
         tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
 
         def error(p: QuantPlan) -> float:
             return sum(local.of(n, c) for n, c in p.choices)
 
-        variants = [QuantPlan(tuple((n, _with_ranges(c, key, offered[n])) for n, c in plan.choices)) for key in sorted(keys)]
+        variants = [QuantPlan(tuple((n, _variant(c, key, offered[n])) for n, c in plan.choices)) for key in sorted(keys)]
         bound = error(plan) * self.settings.variant_error
         return min((v for v in variants if v.key() not in tried and error(v) <= bound), key=error, default=None)
 
@@ -169,12 +168,11 @@ class Ladder:
         return min(untried, key=lambda p: (model.predict(p), model.plan_cost(p)), default=None)
 
 
-def _with_ranges(choice: LayerChoice, key: tuple[str, str], offered: set[LayerChoice]) -> LayerChoice:
-    """`choice` with activation range algorithm and weight granularity `key`, if its layer is offered that."""
-    if not choice.quantize:
+def _variant(choice: LayerChoice, key: tuple[str, tuple], offered: set[LayerChoice]) -> LayerChoice:
+    """`choice` with the same-kernel variant `key` (its mode and Mode.variant_key) if it is of that mode and its
+    layer is offered the variant."""
+    mode, variant = key
+    if choice.mode != mode:
         return choice
-    try:
-        other = replace(choice, activation_algorithm=key[0], weight_granularity=key[1])
-    except ConfigError:  # a mode that fixes either (int4's granularity)
-        return choice
+    other = modes.get(mode).with_variant(choice, variant)
     return other if other in offered else choice
