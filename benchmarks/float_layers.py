@@ -32,7 +32,7 @@ from autoquant.config import load_experiment
 from autoquant.evaluate.cost import bitops_fraction
 from autoquant.evaluate.executed import executed_layers
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
-from autoquant.search.estimate.sensitivity import layer_sensitivity, most_sensitive
+from autoquant.search.sensitivity import layer_sensitivity, most_sensitive
 from autoquant.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

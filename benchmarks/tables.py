@@ -182,7 +182,25 @@ def real_models() -> str:
     return "\n".join(lines) + "\n" + _machine(results)
 
 
-TABLES: dict[str, Callable[[], str]] = {"headline": headline, "limit-sweep": limit_sweep,
+def modes_table() -> str:
+    """docs/configuration.md: every registered quantization mode, from the registry (quantize/modes/): no figure."""
+    from autoquant.quantize import modes
+    from autoquant.quantize.plan import FLOAT
+
+    header = "| mode (plan / space) | its fields (default) | layers | built by | runs as (optimized graph) | bitops | "
+    lines = [header + "weights on disk |", "|---|---|---|---|---|---|---|"]
+    fa, fw = FLOAT.cost_bits
+    lines.append(f"| float (`quantize: false`) | — | any | — | `Conv` / `MatMul` / `Gemm` | FLOPs × {fa} × {fw} | 32 bit |")
+    for i, m in enumerate(modes.modes()):
+        default = m.choice()
+        fields = ", ".join(f"`{k}` ({v})" for k, v in default.fields().items()) or "—"
+        a, w = m.cost_bits(default)
+        name = f"{m.name} (`mode: {m.name}`{', the default' if i == 0 else ''})"
+        lines.append(f"| {name} | {fields} | {m.scope} | {m.built_by} | {m.runs_as} | FLOPs × {a} × {w} | {m.stores} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES: dict[str, Callable[[], str]] = {"modes": modes_table, "headline": headline, "limit-sweep": limit_sweep,
                                         "objective-choice": objective_choice, "recovery": recovery, "baselines": baselines,
                                         "real-models": real_models, "finetune": finetune}  # fmt: skip
 

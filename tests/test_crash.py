@@ -61,8 +61,8 @@ def paused_swap(new, target):
         open(sys.argv[3] + "/.paused", "w").close(); time.sleep(60)
     fio.os.replace = paused_replace
     return real_swap(new, target)
-import autoquant.jobs.export
-autoquant.jobs.export.replace_dir = paused_swap
+import autoquant.search.export
+sys.modules["autoquant.search.export"].replace_dir = paused_swap  # autoquant.search is also the API's function
 from autoquant.cli import main
 sys.exit(main(["export", sys.argv[2], "--max-accuracy-drop", "50", "--objective", "size", "--out", sys.argv[2] + "/best"]))
 """

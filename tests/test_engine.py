@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import write_experiment
 
-import autoquant.workspace
+import autoquant.workspace.calibration
 from autoquant import LayerChoice, QuantPlan, Workspace, apply_record, preset_plan, quantize
 from autoquant.errors import ModelError
 from autoquant.evaluate.metrics import top1
@@ -52,7 +52,7 @@ def test_building_a_plan_never_recalibrates(resnet20_ws, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("calibration ran again")
 
-    monkeypatch.setattr(autoquant.workspace, "collect_stats", boom)
+    monkeypatch.setattr(autoquant.workspace.calibration, "collect_stats", boom)
     again = Workspace(resnet20_ws.exp)  # statistics and FP32 reference come from the disk cache
     assert again.timings.calibration == 0 and again.timings.reference == 0
     plan = QuantPlan.from_spec({"default": {"activation_algorithm": "entropy"},

@@ -18,7 +18,7 @@ from autoquant.quantize.plan import FLOAT
 from autoquant.runtime import session_options
 from autoquant.search import ErrorModel, layer_errors
 from autoquant.search.estimate.cost import BitopsCost, LatencyCost
-from autoquant.search.estimate.latency_table import COLUMNS, LatencyTable, _owners, _plans, latency_table
+from autoquant.search.estimate.latency_table import LatencyTable, _owners, _plans, columns, latency_table
 from autoquant.search.space import SearchSpace, space_path
 
 
@@ -63,7 +63,7 @@ def test_profiled_time_of_a_mixed_plan_is_traced_to_its_layers(resnet20_ws, spac
 
 def test_table_charges_a_float_layers_transitions_only_next_to_int8(resnet20_ws, table20):
     names = resnet20_ws.graph.names
-    assert np.isfinite(table20.ms[:, [COLUMNS.index(c) for c in ("float", "float_in", "float_out", "static")]]).all()
+    assert np.isfinite(table20.ms[:, [columns().index(c) for c in ("float", "float_in", "float_out", "static")]]).all()
     assert table20.producer[0] == -1 and table20.consumers[-1] == ()
     # inside the network, a float layer between INT8 ones pays for dequantizing and re-quantizing
     assert (table20.ms[1:-1, 1] + table20.ms[1:-1, 2] > 0).mean() > 0.8

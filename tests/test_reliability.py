@@ -456,7 +456,7 @@ def test_storage_failing_mid_study_is_one_line(study, capsys, monkeypatch):
 
     import sqlalchemy
 
-    import autoquant.jobs.search
+    from autoquant.search import Study
 
     exp, run_dir = study
     done = trials(run_dir)
@@ -465,7 +465,7 @@ def test_storage_failing_mid_study_is_one_line(study, capsys, monkeypatch):
         cause = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
         raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
 
-    monkeypatch.setattr(autoquant.jobs.search, "optimize", full)
+    monkeypatch.setattr(Study, "run", full)
     one_line(*run(capsys, "search", exp, "--out", run_dir, "--trials", "8", "--quiet"), 2, "database or disk is full")
     assert trials(run_dir) == done
 

@@ -98,8 +98,8 @@ def test_the_export_is_the_trials_model_byte_for_byte(finished, tmp_path, monkey
     from dataclasses import replace
 
     from autoquant.errors import PlanError
-    from autoquant.jobs.export import export_plan
     from autoquant.measure import Meter
+    from autoquant.search import export_plan
 
     result, out = finished
     exported = (out / "best" / "model.int8.onnx").read_bytes()

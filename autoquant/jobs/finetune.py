@@ -23,10 +23,8 @@ from ..quantize import modes
 from ..quantize.plan import QuantPlan
 from ..record import FinetuneRecord, Record
 from ..runtime import session
-from ..search import ScoredPlan
-from ..search.storage import RunPaths
+from ..search import RunPaths, ScoredPlan, Study, check_export_target, write_export
 from ..workspace import Workspace
-from .export import check_export_target, write_export
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "finetune.ckpt"  # in the run directory: a killed fine-tuning resumes from it
@@ -127,7 +125,8 @@ def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: fl
 
 
 def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list[ScoredPlan], export: ScoredPlan | None,
-                   max_drop: float, predicted: Callable[[QuantPlan], float]) -> tuple[ScoredPlan, FinetuneResult] | None:  # fmt: skip
+                   max_drop: float, predicted: Callable[[QuantPlan], float],
+                   parent: str | None) -> tuple[ScoredPlan, FinetuneResult] | None:  # fmt: skip
     """A search's last stage: fine-tune its candidates (above) until one is within the limit; RUN/finetuned holds
     the last one fine-tuned. Returns (the plan fine-tuned, its result), or None without a candidate."""
     outcome = None
@@ -135,7 +134,7 @@ def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list
         log.info("fine-tuning trial %d (drop %.2f after post-training quantization)", chosen.number,
                  chosen.result.accuracy_drop)  # fmt: skip
         result = finetune_plan(ws, chosen.plan, exp.finetune, paths.root / "finetuned", paths.root / CHECKPOINT,
-                               chosen.result.to_dict(), mlflow_logger(exp, paths))  # fmt: skip
+                               chosen.result.to_dict(), mlflow_logger(exp, paths, parent))  # fmt: skip
         outcome = (chosen, result)
         if result.after.accuracy_drop <= max_drop:
             break
@@ -155,29 +154,27 @@ def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = 
     check_export_target(out)
     recover_dir(out)
     rec = Record.load(record_path)
-    ws = Workspace(exp)
-    if rec.model_sha256 != ws.sha:
-        raise PlanError(f"{record_path} was made for another model than {exp.source_file}'s: give that experiment's "
-                        "run directory")  # fmt: skip
-    base = exp.finetune or FinetuneConfig()
-    overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
-    settings = dataclasses.replace(base, **overrides)
+    study = Study.existing(exp, paths)
     try:
-        return finetune_plan(ws, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
-                             mlflow_logger(exp, paths))  # fmt: skip
+        if rec.model_sha256 != study.workspace.sha:
+            raise PlanError(f"{record_path} was made for another model than {exp.source_file}'s: give that experiment's "
+                            "run directory")  # fmt: skip
+        base = exp.finetune or FinetuneConfig()
+        overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+        settings = dataclasses.replace(base, **overrides)
+        return finetune_plan(study.workspace, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
+                             mlflow_logger(exp, paths, study.parent_run))  # fmt: skip
     finally:
-        ws.close()
+        study.close()
 
 
-def mlflow_logger(exp: Experiment, paths: RunPaths):
-    """What logs a fine-tuning as an MLflow run nested under the study's: settings, the loss of every step as a
-    metric history, the export's figures and files."""
+def mlflow_logger(exp: Experiment, paths: RunPaths, parent: str | None):
+    """What logs a fine-tuning as an MLflow run nested under the study's (`parent`): settings, the loss of every step
+    as a metric history, the export's figures and files."""
 
     def log_run(settings: FinetuneConfig, losses, held_out, result: QuantizeResult, before: dict[str, float]) -> str:
-        from ..search import trial_attrs as attrs
         from ..track.tracker import Tracker
 
-        parent = attrs.parent_run(paths.study(exp))
         tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
         params = {**{f"finetune.{k}": str(v) for k, v in dataclasses.asdict(settings).items()}}
         metrics = {"accuracy": result.accuracy, "accuracy_drop": result.accuracy_drop,

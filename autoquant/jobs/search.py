@@ -23,14 +23,8 @@ from ..record import Record
 from ..report.pareto import plot_pareto, write_pareto_csv
 from ..report.progress import Progress
 from ..report.sensitivity import write_layer_errors_report
-from ..search import ScoredPlan, SearchSpace, scored_points, select, space_path
-from ..search import trial_attrs as attrs
-from ..search.estimate.cost import LatencyCost
-from ..search.estimate.latency_table import latency_table
-from ..search.storage import RunPaths, study_fingerprint
-from ..search.study import optimize, setup_study
+from ..search import FirstExport, RunPaths, ScoredPlan, Study, check_export_target, slower_note
 from ..workspace import Workspace
-from .export import check_export_target, export_plan
 from .finetune import FinetuneResult, finetune_stage
 from .workers import spawn_worker, with_threads
 
@@ -110,27 +104,6 @@ def storage_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-class FirstExport:
-    """Optuna callback: the first quantized plan that meets the constraint is exported at once (to the export
-    directory the study's end replaces with its best), so an unattended run has a usable model as soon as
-    one exists."""
-
-    def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float):
-        self.ws, self.max_drop, self.out, self.t0 = ws, max_drop, out, started
-        self.seconds: float | None = None
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.seconds is not None or trial.state != optuna.trial.TrialState.COMPLETE:
-            return
-        plan, result = attrs.plan(trial), attrs.result(trial)
-        if not plan.quantized or result.accuracy_drop > self.max_drop:
-            return
-        export_plan(self.ws, ScoredPlan(trial.number, attrs.label(trial), plan, result), self.out)
-        self.seconds = time.perf_counter() - self.t0
-        log.info("trial %d meets the limit: exported to %s after %.0f s; the study goes on", trial.number, self.out,
-                 self.seconds)  # fmt: skip
-
-
 def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, prior_plans: dict | None,
             stack: contextlib.ExitStack) -> SearchResult:  # fmt: skip
     from ..track.tracker import Tracker, study_params
@@ -152,35 +125,34 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open") as pool:
         opening = pool.submit(Tracker, exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts",
                               own_store=not exp.search.tracking_uri, template_dir=exp.cache / "stores")  # fmt: skip
-        setup = setup_study(exp, paths, prior_plans=prior_plans)
+        study = Study.open(exp, paths, prior_plans=prior_plans)
+        stack.callback(study.close)  # no timing process outlives the call
         tracker = opening.result()
-    ws = setup.workspace
-    stack.callback(ws.close)  # no timing process outlives the call
+    ws = study.workspace
     try:
-        tracker.start_parent(setup.study, study_params(exp, ws), [p for p in (exp.source_file, setup.space_file) if p])
+        tracker.start_parent(study.optuna, study_params(exp, ws), [p for p in (exp.source_file, study.space_file) if p])
         tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
     except Exception as exc:  # MLflow raises its own and its stores' error types; no trial has run yet
         raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
                           "set search.tracking_uri to a writable store") from exc  # fmt: skip
-    procs = [spawn_worker(exp, setup.storage_url, target, i) for i in range(1, workers)]
+    procs = [spawn_worker(exp, study.storage_url, target, i) for i in range(1, workers)]
     first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started)
     try:
-        with Progress.of(setup.study, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
-            seconds, evaluated = optimize(setup, exp, target, callbacks=[tracker, first, progress])
+        with Progress.of(study.optuna, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
+            seconds, evaluated = study.run(target, callbacks=[tracker, first, progress])
         for proc in procs:
             proc.wait()
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-    predicted = LatencyCost(setup.estimates.latency, ws.graph).plan
-    result = replace(_conclude(ws, setup.study, exp, paths.root, paths.root / "best", seconds, evaluated, predicted),
-                     tracking_uri=tracker.uri, parent_run_id=tracker.parent_id, workspace=ws,
-                     first_export_seconds=first.seconds)  # fmt: skip
-    write_layer_errors_report(setup.estimates.errors, paths.root)
+    result = replace(_conclude(study, paths.root / "best", seconds, evaluated), tracking_uri=tracker.uri,
+                     parent_run_id=tracker.parent_id, workspace=ws, first_export_seconds=first.seconds)  # fmt: skip
+    write_layer_errors_report(study.estimates.errors, paths.root)
     if exp.finetune is not None:
         export = result.chosen if result.met else None
-        tuned = finetune_stage(ws, exp, paths, scored_points(setup.study), export, exp.search.max_accuracy_drop, predicted)
+        tuned = finetune_stage(ws, exp, paths, study.points(), export, exp.search.max_accuracy_drop, study.predicted,
+                               tracker.parent_id)  # fmt: skip
         if tuned is not None:
             result = replace(result, finetuned=tuned[1], finetuned_trial=tuned[0].number)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
@@ -188,7 +160,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
                     "export_latency_ratio": result.export.latency_ratio}  # fmt: skip
     try:
-        tracker.finish(setup.study,
+        tracker.finish(study.optuna,
                        [(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
                         (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
                         (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
@@ -200,35 +172,23 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
     return result
 
 
-def _conclude(ws: Workspace, study: optuna.Study, exp: Experiment, root: Path, out: Path, seconds: float,
-              evaluated: int, predicted, max_drop: float | None = None, objective: Cost | None = None) -> SearchResult:  # fmt: skip
-    """Choose the export (search/select.py; `predicted` prices a plan's latency), write the front's table and plot
-    and the export."""
+def _conclude(study: Study, out: Path, seconds: float, evaluated: int, max_drop: float | None = None,
+              objective: Cost | None = None) -> SearchResult:  # fmt: skip
+    """Choose the export (Study.select), write the front's table and plot beside the study and the export to `out`."""
     t0 = time.perf_counter()
+    exp, ws, root = study.exp, study.workspace, study.paths.root
     max_drop = exp.search.max_accuracy_drop if max_drop is None else max_drop
     objective = objective or exp.search.objective
-    chosen = select(ws, study, max_drop, objective, predicted)
+    chosen = study.select(max_drop, objective)
     write_pareto_csv(chosen.front, root / "pareto.csv")
     plot_pareto(chosen.points, chosen.front, chosen.chosen if chosen.met else None, objective, max_drop,
                 ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")  # fmt: skip
-    exported = export_plan(ws, chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
+    exported = study.export(chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
-    stopped = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    stopped = len(study.optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
-                        chosen.met, exported, study.study_name, objective=objective, fastest=chosen.fastest,
+                        chosen.met, exported, study.optuna.study_name, objective=objective, fastest=chosen.fastest,
                         max_drop=max_drop, stopped_early=stopped)  # fmt: skip
-
-
-def slower_note(chosen: ScoredPlan) -> list[str]:
-    """The export is the fastest plan within the limit; when even that is slower than the FP32 model here, the
-    user asked for an INT8 model to go faster and must hear it: a warning, and a note in the record."""
-    ratio = chosen.result.latency_ratio
-    if not ratio > 1.0:
-        return []
-    note = (f"slower than the FP32 model on this machine ({ratio:.2f}x in paired rounds): no plan within the accuracy "
-            "limit ran faster here; its float layers pay the transitions between integer and float kernels")  # fmt: skip
-    log.warning("warning: trial %d, the export, is %s", chosen.number, note)
-    return [note]
 
 
 def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: Cost | None = None,
@@ -238,20 +198,12 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     check_export_target(Path(out))
     exp = load_experiment(experiment if experiment is not None else paths.experiment())
     recover_dir(Path(out))
-    study = paths.study(exp)
-    ws = Workspace(exp)
+    study = Study.existing(exp, paths)
     try:
-        changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws))
-        if changed:
-            raise ConfigError(f"the {changed[0].replace('_', ' ')} of {exp.source_file} changed since the study in "
-                              f"{run_dir} ran: re-run the search")  # fmt: skip
-        space = SearchSpace.from_yaml(space_path(exp.search), ws.graph)
-        predicted = LatencyCost(latency_table(ws, space), ws.graph).plan
-        result = _conclude(ws, study, exp, paths.root, Path(out), 0.0, 0, predicted, max_drop, objective)
+        result = _conclude(study, Path(out), 0.0, 0, max_drop, objective)
     finally:
-        ws.close()
-    return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking,
-                   parent_run_id=attrs.parent_run(study))  # fmt: skip
+        study.close()
+    return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking, parent_run_id=study.parent_run)
 
 
 def register(result: SearchResult, name: str, alias: str | None = None) -> str:

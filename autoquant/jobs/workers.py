@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..config import Experiment
 from ..report.progress import Progress
-from ..search.storage import RunPaths, complete_count
-from ..search.study import optimize, setup_study
+from ..search import RunPaths, Study, complete_count
 
 
 def with_threads(exp: Experiment, threads: int) -> Experiment:
@@ -48,8 +47,11 @@ def work(exp: Experiment, storage_url: str, *, trials: int | None = None, thread
     exp = replace(exp, search=replace(exp.search, seed=exp.search.seed + seed_offset))
     if threads:
         exp = with_threads(exp, threads)
-    setup = setup_study(exp, RunPaths(Path(".")), storage_url=storage_url)
+    study = Study.open(exp, RunPaths(Path(".")), storage_url=storage_url)
     target = trials or exp.search.trials
-    with Progress.of(setup.study, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
-        _, evaluated = optimize(setup, exp, target, callbacks=[progress])
-    return evaluated, complete_count(setup.study)
+    try:
+        with Progress.of(study.optuna, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
+            _, evaluated = study.run(target, callbacks=[progress])
+    finally:
+        study.close()
+    return evaluated, complete_count(study.optuna)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, PlanError
+from . import registry
 
 # 1: one flat record of every mode's fields per layer (still read); 2: each layer's mode and that mode's own fields
 PLAN_FORMAT_VERSION = 2
@@ -166,16 +167,11 @@ def _not_its_own(key: str, value: Any, mode) -> str:
 
 
 def _mode(name: str):
-    """The registered mode (quantize/modes/); imported here, not above: the modes build on this module."""
-    from .modes.base import get
-
-    return get(name)
+    return registry.get(name)
 
 
 def _modes():
-    from .modes.base import modes
-
-    return modes()
+    return registry.modes()
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ import numpy as np
 from ..config import Cost, load_experiment
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
-from ..search.select import ScoredPlan, choose, pareto_front, scored_points
-from ..search.storage import RunPaths
+from ..search import RunPaths, ScoredPlan, choose, pareto_front, scored_points
 
 CONSTRAINTS = (0.25, 0.5, 1.0, 2.0)
 # Heat-map colour per layer choice: float, then INT8 per-tensor / per-channel, then 4-bit.

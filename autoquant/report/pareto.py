@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from ..config import Cost
-from ..search.select import ScoredPlan
+from ..search import ScoredPlan
 
 
 def write_pareto_csv(front: list[ScoredPlan], path: Path) -> Path:

@@ -10,6 +10,7 @@ import optuna
 
 from ..config import Cost
 from ..progress import bar
+from ..search import done_count
 from ..search import trial_attrs as attrs
 
 
@@ -50,6 +51,4 @@ class Progress:
 
     @classmethod
     def of(cls, study: optuna.Study, target: int, max_drop: float, objective: Cost) -> Progress:
-        from ..search.storage import done_count
-
         return cls(target, min(done_count(study), target), max_drop, objective)

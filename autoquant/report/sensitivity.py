@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..quantize.modes import encode
-from ..search.estimate.layer_errors import LayerErrors
-from ..search.estimate.sensitivity import LayerSensitivity
+from ..search import LayerErrors, LayerSensitivity
 
 
 def write_layer_errors_report(errors: LayerErrors, out_dir: Path) -> tuple[Path, Path]:

@@ -19,8 +19,6 @@ from ..config import Experiment
 from ..errors import ConfigError, first_line
 from ..fileio import atomic_write_bytes, keep_sqlite_template, seed_sqlite_url
 from ..workspace import Workspace
-from . import trial_attrs as attrs
-from .propose.sampler import make_sampler
 
 STORAGE_CREATE_ATTEMPTS = 5
 
@@ -150,21 +148,6 @@ def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
     return {"model_sha256": ws.model_key, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
             "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
             "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}  # fmt: skip
-
-
-def open_study(exp: Experiment, storage: RDBStorage, fingerprint: dict[str, str]) -> optuna.Study:
-    """Create or resume the study; resuming with another model, data, metric or objective would mix
-    trials scored on different things, so it is refused with the key that differs."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each by Progress
-    study = optuna.create_study(study_name=exp.name, storage=storage, sampler=make_sampler(exp.search),
-                                directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
-    changed = attrs.fingerprint_changes(study, fingerprint, record=True)
-    if changed:
-        key = changed[0]
-        raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
-                          f"({attrs.stored(study, key)[:12]} here, {fingerprint[key][:12]} now): its trials would not "
-                          "be comparable; use a new --out directory")  # fmt: skip
-    return study
 
 
 # A pruned trial (stopped early: it could not meet the constraint) is a trial done, like a complete one.

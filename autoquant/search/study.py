@@ -1,7 +1,8 @@
-"""Running a study: one Optuna multi-objective study per experiment, in an RDB storage so that rerunning the same
-command resumes it. The study starts with the ladder's first rung (all-INT8), which needs only calibration; what
-estimating plans needs (the per-layer error and latency tables, the error model: estimate/) is made when the
-ladder first asks for it, and the proposers (propose/) enqueue their plans as the ladder ends."""
+"""One owner of a study's life: `Study` opens (creates or resumes) an experiment's Optuna study in its storage and
+checks its fingerprint, makes what estimating plans needs when first asked (the per-layer error and latency tables,
+the error model: estimate/), runs trials with the proposers (propose/) and the sampler, and selects and exports.
+Every command that touches a study goes through it: search and worker (Study.open), export and finetune
+(Study.existing). A study starts with the ladder's first rung (all-INT8), which needs only calibration."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import functools
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import optuna
 from optuna.study import MaxTrialsCallback
 
 from ..config import Cost, Experiment
+from ..engine import QuantizeResult
+from ..errors import ConfigError
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
@@ -23,10 +27,12 @@ from .estimate.cost import BitopsCost, LatencyCost
 from .estimate.error_model import ErrorModel
 from .estimate.latency_table import LatencyTable, latency_table
 from .estimate.layer_errors import LayerErrors, layer_errors
+from .export import export_plan
 from .objective import FailureGuard, Objective, PlanScorer, TrialFailed
-from .propose import Ladder, Refine, first_rung, make_sampler, mapped, warm_starts
+from .propose import After, Ladder, Once, Refine, Scheduler, make_sampler, mapped, warm_starts
+from .select import ScoredPlan, Selection, scored_points, select
 from .space import SearchSpace, space_path
-from .storage import DONE, RunPaths, done_count, make_storage, open_study, study_fingerprint
+from .storage import DONE, RunPaths, done_count, make_storage, study_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +47,81 @@ class Estimates:
     by_latency: ErrorModel  # priced in latency: the ladder's
 
 
-class StudySetup:
-    """Everything a process needs to run trials; the estimates are made when first asked for."""
+class Study:
+    """An experiment's study in its storage, and everything per study it needs: its workspace (calibration, the FP32
+    reference), its search space, its estimates, its sampler (built once) and its proposers."""
 
-    def __init__(self, exp: Experiment, study: optuna.Study, workspace: Workspace, space: SearchSpace, space_file: Path,
-                 scorer: PlanScorer, storage_url: str):  # fmt: skip
-        self.exp, self.study, self.workspace, self.space = exp, study, workspace, space
-        self.space_file, self.scorer, self.storage_url = space_file, scorer, storage_url
+    def __init__(self, exp: Experiment, paths: RunPaths, study: optuna.Study, workspace: Workspace, space: SearchSpace,
+                 space_file: Path, storage_url: str, sampler: optuna.samplers.BaseSampler | None = None):  # fmt: skip
+        """Use Study.open or Study.existing."""
+        self.exp, self.paths, self.optuna, self.workspace = exp, paths, study, workspace
+        self.space, self.space_file, self.storage_url, self.sampler = space, space_file, storage_url, sampler
+        self.priors: list[tuple[str, QuantPlan]] = []
+
+    # -- opening -------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, exp: Experiment, paths: RunPaths, *, storage_url: str | None = None,
+             prior_plans: dict[str, QuantPlan] | None = None) -> Study:  # fmt: skip
+        """Create or resume the study (search, worker). A new one starts with `prior_plans` (label → plan, e.g. what
+        is deployed, mapped onto this model's layers by name) and the ladder's first rung. Resuming with another
+        model, data, metric or objective would mix trials scored on different things: refused, naming what differs.
+        Heavy per-study work (calibration, FP32 reference, the estimates) comes from the on-disk cache when another
+        process built it; with parallel workers one builds it and the others wait on its lock."""
+        cfg = exp.search
+        space_file = space_path(cfg)
+        ws = Workspace(exp)
+        space = SearchSpace.from_yaml(space_file, ws.graph)
+        url = storage_url or cfg.storage or paths.storage
+        paths.check_storage_file(url)
+        own = url == paths.storage
+        storage = make_storage(url, exp.cache / "stores" if own else None, own=paths.root / "study.db" if own else None)
+        holder: list[Study] = []
+        sampler = make_sampler(cfg, lambda: holder[0].estimates.model)  # the error table is made when first asked
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each (FailureGuard)
+        study = optuna.create_study(study_name=exp.name, storage=storage, sampler=sampler,
+                                    directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
+        self = cls(exp, paths, study, ws, space, space_file, url, sampler)
+        holder.append(self)
+        changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws), record=True)
+        if changed:
+            key = changed[0]
+            raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
+                              f"({attrs.stored(study, key)[:12]} here, {study_fingerprint(exp, ws)[key][:12]} now): its "
+                              "trials would not be comparable; use a new --out directory")  # fmt: skip
+        ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
+        self.priors = [(label, mapped(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
+        if not study.trials:
+            self.scheduler(study)  # the priors and the ladder's first rung
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return self
+
+    @classmethod
+    def existing(cls, exp: Experiment, paths: RunPaths) -> Study:
+        """A study that ran (export, finetune): read from its storage, its fingerprint checked against `exp` now."""
+        study = paths.study(exp)
+        ws = Workspace(exp)
+        changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws))
+        if changed:
+            ws.close()
+            raise ConfigError(f"the {changed[0].replace('_', ' ')} of {exp.source_file} changed since the study in "
+                              f"{paths.root} ran: re-run the search")  # fmt: skip
+        space_file = space_path(exp.search)
+        return cls(exp, paths, study, ws, SearchSpace.from_yaml(space_file, ws.graph), space_file,
+                   exp.search.storage or paths.storage)  # fmt: skip
+
+    def close(self) -> None:
+        self.workspace.close()
+
+    # -- what estimating plans needs, made once when first asked --------------------------------------------
+    @functools.cached_property
+    def latency(self) -> LatencyTable:
+        t0 = time.perf_counter()
+        table = latency_table(self.workspace, self.space)
+        log.info("per-layer latency of %d layers profiled in %.1f s", len(self.space.layers), time.perf_counter() - t0)
+        self.workspace.add_seconds("sensitivity", time.perf_counter() - t0)
+        return table
 
     @functools.cached_property
     def estimates(self) -> Estimates:
@@ -55,13 +129,10 @@ class StudySetup:
         t0 = time.perf_counter()
         errors = layer_errors(ws, space)
         log.info("per-layer errors of %d layers x their options in %.1f s", len(space.layers), time.perf_counter() - t0)
-        t1 = time.perf_counter()
-        latency = latency_table(ws, space)
-        log.info("per-layer latency of %d layers profiled in %.1f s", len(space.layers), time.perf_counter() - t1)
         ws.add_seconds("sensitivity", time.perf_counter() - t0)
-        by_latency = ErrorModel.build(errors, space, LatencyCost(latency, ws.graph))
+        by_latency = ErrorModel.build(errors, space, LatencyCost(self.latency, ws.graph))
         model = by_latency if self.exp.search.objective is Cost.LATENCY else ErrorModel.build(errors, space, BitopsCost(ws.graph))
-        return Estimates(errors, latency, model, by_latency)
+        return Estimates(errors, self.latency, model, by_latency)
 
     @functools.cached_property
     def local_errors(self) -> LayerErrors:
@@ -72,66 +143,67 @@ class StudySetup:
         self.workspace.add_seconds("sensitivity", time.perf_counter() - t0)
         return local
 
-    def warm_starts(self) -> list:
-        e, cfg = self.estimates, self.exp.search
-        return warm_starts(self.workspace.graph.names, self.space, e.errors, e.model, cfg.sensitivity_k)
+    @property
+    def predicted(self) -> Callable[[QuantPlan], float]:
+        """A plan's latency as the latency table prices it (a share of all-float)."""
+        return LatencyCost(self.latency, self.workspace.graph).plan
 
-    def ladder(self) -> Ladder:
-        return Ladder(self.space, self.exp.search.max_accuracy_drop, self.workspace.reference.accuracy,
-                      lambda: self.estimates.by_latency, self.warm_starts, lambda: self.local_errors)  # fmt: skip
+    # -- running -------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def scorer(self) -> PlanScorer:
+        cfg = self.exp.search
+        return PlanScorer(self.workspace, cfg.trial_timeout_seconds, timed=cfg.objective is Cost.LATENCY,
+                          max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
 
-
-def setup_study(exp: Experiment, paths: RunPaths, *, storage_url: str | None = None,
-                prior_plans: dict[str, QuantPlan] | None = None) -> StudySetup:  # fmt: skip
-    """Open (or create) the study; on creation enqueue `prior_plans` (label → plan, e.g. what is deployed;
-    mapped onto this model's layers by name) and the ladder's first rung. Heavy per-study work (calibration,
-    FP32 reference, the estimates) comes from the on-disk cache when another process built it; with parallel
-    workers one builds it and the others wait on its lock."""
-    cfg = exp.search
-    space_file = space_path(cfg)
-    ws = Workspace(exp)
-    space = SearchSpace.from_yaml(space_file, ws.graph)
-    url = storage_url or cfg.storage or paths.storage
-    paths.check_storage_file(url)
-    own = url == paths.storage
-    storage = make_storage(url, exp.cache / "stores" if own else None, own=paths.root / "study.db" if own else None)
-    study = open_study(exp, storage, study_fingerprint(exp, ws))
-    ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
-    scorer = PlanScorer(ws, cfg.trial_timeout_seconds, timed=cfg.objective is Cost.LATENCY,
-                        max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
-    if not study.trials:
-        priors = [(label, mapped(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
-        for label, plan in priors + ([first_rung(ws.graph.layers)] if cfg.warm_start else []):
-            study.enqueue_trial(space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    return StudySetup(exp, study, ws, space, space_file, scorer, url)
-
-
-def optimize(setup: StudySetup, exp: Experiment, target: int, *, callbacks=()) -> tuple[float, int]:
-    """Run trials until `target` trials are done (complete or stopped early) in the storage, counting every
-    worker's, or the time budget ends; `callbacks` see each finished trial first (tracking, the first export, a
-    progress bar). Returns (seconds, plans this process evaluated)."""
-    cfg = exp.search
-    study = setup.study
-    done = done_count(study)
-    if done < target:
-        log.info("%d of %d trials already done; searching %.3g plans with %s", done, target, setup.space.size(),
-                 cfg.sampler)  # fmt: skip
-    objective = Objective(setup.space, setup.scorer, cfg.objective, cfg.max_accuracy_drop)
-    t0 = time.perf_counter()
-    if done < target:
-        timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
-        study.sampler = make_sampler(cfg, lambda: setup.estimates.model)
-        proposers = []
+    @functools.cached_property
+    def scheduler(self) -> Scheduler:
+        """The proposers, in the order they are asked (propose/__init__.py has the table)."""
+        cfg, ws = self.exp.search, self.workspace
+        fp32 = ws.reference.accuracy
+        proposers = [Once("priors", self.priors)] if self.priors else []
         if cfg.warm_start:
-            ladder = setup.ladder()
-            ladder.advance(study)  # a resumed study whose ladder a kill interrupted goes on
-            proposers.append(ladder)
+            proposers.append(Ladder(self.space, ws.graph.layers, cfg.max_accuracy_drop, fp32,
+                                    lambda: self.estimates.by_latency, lambda: self.local_errors))  # fmt: skip
+            proposers.append(After("warm-starts", Ladder.name, lambda: warm_starts(
+                ws.graph.names, self.space, self.estimates.errors, self.estimates.model, cfg.sensitivity_k)))
         if cfg.refine:
-            proposers.append(Refine(lambda: setup.estimates.model, cfg.max_accuracy_drop,
-                                    setup.workspace.reference.accuracy))  # fmt: skip
-        study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
-                       callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *callbacks, *proposers])  # fmt: skip
-    return time.perf_counter() - t0, objective.evaluated
+            proposers.append(Refine(lambda: self.estimates.model, cfg.max_accuracy_drop, fp32))
+        return Scheduler(self.space, proposers)
+
+    def run(self, target: int, *, callbacks=()) -> tuple[float, int]:
+        """Run trials until `target` trials are done (complete or stopped early) in the storage, counting every
+        worker's, or the time budget ends; `callbacks` see each finished trial first (tracking, the first export, a
+        progress bar). Returns (seconds, plans this process evaluated)."""
+        cfg, study = self.exp.search, self.optuna
+        done = done_count(study)
+        if done < target:
+            log.info("%d of %d trials already done; searching %.3g plans with %s", done, target, self.space.size(),
+                     cfg.sampler)  # fmt: skip
+        objective = Objective(self.space, self.scorer, cfg.objective, cfg.max_accuracy_drop)
+        t0 = time.perf_counter()
+        if done < target:
+            timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
+            self.scheduler(study)  # a resumed study whose ladder a kill interrupted goes on
+            study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
+                           callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *callbacks,
+                                      self.scheduler])  # fmt: skip
+        return time.perf_counter() - t0, objective.evaluated
+
+    # -- reading, selecting, exporting ---------------------------------------------------------------------
+    def points(self) -> list[ScoredPlan]:
+        return scored_points(self.optuna)
+
+    def select(self, max_drop: float | None = None, objective: Cost | None = None) -> Selection:
+        """The front and the export under `max_drop` (default: the experiment's), plans timed where the choice
+        depends on it (search/select.py)."""
+        cfg = self.exp.search
+        return select(self.workspace, self.optuna, cfg.max_accuracy_drop if max_drop is None else max_drop,
+                      objective or cfg.objective, self.predicted)  # fmt: skip
+
+    def export(self, chosen: ScoredPlan, out: Path, notes: list[str] = ()) -> QuantizeResult:
+        return export_plan(self.workspace, chosen, out, notes)
+
+    @property
+    def parent_run(self) -> str | None:
+        """The MLflow run the study is tracked under."""
+        return attrs.parent_run(self.optuna)

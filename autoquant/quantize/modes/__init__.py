@@ -15,6 +15,7 @@ import onnx
 from ...errors import PlanError
 from ...graph.layers import GraphInfo, LayerInfo
 from ..plan import LayerChoice, QuantPlan
+from ..registry import get, modes, names, register
 from .base import (
     BuildCache,
     BuildContext,
@@ -27,11 +28,7 @@ from .base import (
     allowed_modes,
     decode,
     encode,
-    get,
-    modes,
-    names,
     recognize,
-    register,
 )
 
 __all__ = ["BuildCache", "BuildContext", "EmulationContext", "Mirrored", "Mode", "Recognized", "RecordedActivation",

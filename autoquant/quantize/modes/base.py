@@ -10,8 +10,6 @@ record and fine-tuning ask the registry; a new mode is one module in this packag
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ import numpy as np
 import onnx
 
 from ...errors import ConfigError, PlanError
+from ..registry import get, modes, names
 
 if TYPE_CHECKING:
     from ...graph.layers import GraphInfo, LayerInfo
@@ -116,6 +115,9 @@ class Mode(ABC):
 
     choice: type[LayerChoice]  # the mode's choice type; its `mode` class attribute is the mode's name
     scope: str  # the layers it applies to, in words (for messages)
+    built_by: str  # what builds it, in words (docs/configuration.md's table of modes is generated from these)
+    runs_as: str  # the kernels onnxruntime runs for it, in words
+    stores: str  # what its weights take on disk, in words
     order: int  # build order: lower first; the lowest is the default mode
     # Fields of the earlier flat choice format that this mode fixed: accepted at that value (stored studies, plans).
     fixed: Mapping[str, Any] = MappingProxyType({})
@@ -251,41 +253,6 @@ class Mode(ABC):
     def mirrored(self, choice: LayerChoice) -> Mirrored | None:
         """How fine-tuning reproduces this choice, or None when it cannot (the plan is then not fine-tuned)."""
         return None
-
-
-_MODES: dict[str, Mode] = {}
-_loaded = False
-
-
-def register(mode: Mode) -> Mode:
-    _MODES[mode.name] = mode
-    return mode
-
-
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        package = importlib.import_module(__package__)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{__package__}.{module.name}")
-
-
-def modes() -> tuple[Mode, ...]:
-    """Every registered mode, in build order."""
-    _load()
-    return tuple(sorted(_MODES.values(), key=lambda m: m.order))
-
-
-def names() -> tuple[str, ...]:
-    return tuple(m.name for m in modes())
-
-
-def get(name: str) -> Mode:
-    _load()
-    if name not in _MODES:
-        raise ConfigError(f"mode '{name}' is unknown: use one of {', '.join(names())}")
-    return _MODES[name]
 
 
 def decode(value: str) -> LayerChoice:

@@ -24,7 +24,8 @@ from ...errors import ConfigError
 from ...graph.layers import LayerInfo
 from ..fake import fake_quant_dynamic_input, fake_quant_weight
 from ..plan import LayerChoice, QuantPlan
-from .base import BuildContext, EmulationContext, Mirrored, Mode, Recognized, RecordedWeights, register
+from ..registry import register
+from .base import BuildContext, EmulationContext, Mirrored, Mode, Recognized, RecordedWeights
 from .matmul_form import as_matmul, takes_matmul_form
 
 HIDDEN_DOMAIN = "autoquant.hidden"
@@ -115,6 +116,9 @@ class DynamicChoice(LayerChoice):
 class Dynamic(Mode):
     choice = DynamicChoice
     scope = "MatMul/Gemm layers with 2-D weights"
+    built_by = "onnxruntime's dynamic quantizer (`quantize_dynamic`'s), per layer"
+    runs_as = "`DynamicQuantizeMatMul` (DynamicQuantizeLinear + MatMulInteger, fused)"
+    stores = "8 bit"
     order = 1
     fixed = MappingProxyType({"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0,
                               "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip

@@ -22,7 +22,8 @@ from ...errors import ConfigError
 from ...graph.layers import LayerInfo
 from ..fake import fake_quant_blockwise, fake_quant_blockwise_int8
 from ..plan import LayerChoice, QuantPlan
-from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights, register
+from ..registry import register
+from .base import BuildContext, EmulationContext, Mode, Recognized, RecordedWeights
 from .matmul_form import as_matmul, takes_matmul_form
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -87,6 +88,9 @@ class Int4Choice(LayerChoice):
 class Int4(Mode):
     choice = Int4Choice
     scope = "MatMul/Gemm layers with 2-D weights"
+    built_by = "`MatMulNBitsQuantizer` (asymmetric blocks, round to nearest)"
+    runs_as = "`MatMulNBits`"
+    stores = "4 bit + one scale and zero point per block"
     order = 2
     fixed = MappingProxyType({"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4,
                               "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip

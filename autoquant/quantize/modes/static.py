@@ -40,6 +40,7 @@ from ..recovery import (
     recovered_weight,
     substitute,
 )
+from ..registry import register
 from ..scales import activation_qtype
 from .base import (
     BuildContext,
@@ -49,7 +50,6 @@ from .base import (
     Recognized,
     RecordedActivation,
     RecordedWeights,
-    register,
 )
 
 WEIGHT_TYPES = {8: QuantType.QInt8, 4: QuantType.QInt4}
@@ -231,6 +231,9 @@ class StaticChoice(LayerChoice):
 class Static(Mode):
     choice = StaticChoice
     scope = "every Conv, Gemm and MatMul with constant weights"
+    built_by = "`QDQQuantizer`, calibrated activation scales"
+    runs_as = "`QLinearConv` / `QLinearMatMul` / `QGemm` (4-bit Q/DQ weights: a float kernel on dequantized weights)"
+    stores = "8 bit, or 4 bit with `weight_bits: 4`"
     order = 0  # first: the other modes' builders rewrite the Gemms whose Q/DQ this one places
     fixed = MappingProxyType({"block_size": 0, "accuracy_level": 0})
     calibrated = True

@@ -47,7 +47,12 @@ from ..space import SearchSpace
 
 LATENCY_TABLE_VERSION = 2
 # columns: a float layer's own kernels, its input-side and output-side transitions; each mode's kernels
-COLUMNS = ("float", "float_in", "float_out", *modes.names())
+FLOAT_COLUMNS = ("float", "float_in", "float_out")
+
+
+def columns() -> tuple[str, ...]:
+    """The table's columns: a float layer's kernel and its transitions in and out, then one per registered mode."""
+    return (*FLOAT_COLUMNS, *modes.names())
 # what a float layer between INT8 ones adds around its own kernel
 TRANSITION_OPS = {"DequantizeLinear", "QuantizeLinear", "Transpose", "ReorderInput", "ReorderOutput"}
 RUNS = 3  # profiled runs per model after one warm-up; the median per node
@@ -62,7 +67,7 @@ class LatencyTable:
     its output-side one when a layer reading it is INT8."""
 
     layers: tuple[str, ...]
-    ms: np.ndarray  # [layers, COLUMNS]
+    ms: np.ndarray  # [layers, columns()]
     producer: tuple[int, ...]  # per layer, the layer its input comes from (-1: a model input)
     consumers: tuple[tuple[int, ...], ...]
 
@@ -79,7 +84,7 @@ class LatencyTable:
         """The layer's own kernels in that choice (float: without its transitions) as a share of the
         all-float model's milliseconds; `fallback` where the table has no figure (a kind not profiled)."""
         row = self.ms[self.layers.index(layer)]
-        value = row[0] if not choice.quantize else row[COLUMNS.index(choice.mode)]
+        value = row[0] if not choice.quantize else row[columns().index(choice.mode)]
         return float(value) / self.all_float_ms if np.isfinite(value) and self.all_float_ms > 0 else fallback
 
     def transition_shares(self, layer: str) -> tuple[float, float]:
@@ -98,7 +103,7 @@ class LatencyTable:
         for i, c in enumerate(choices):
             row = self.ms[i]
             if c.quantize:
-                total += row[COLUMNS.index(c.mode)]
+                total += row[columns().index(c.mode)]
                 continue
             total += row[0]
             if self.producer[i] >= 0 and choices[self.producer[i]].quantize:
@@ -213,7 +218,7 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
 
     def build():
         feed = ws.evaluator.latency_feed()
-        ms = np.full((len(ws.graph.names), len(COLUMNS)), np.nan)
+        ms = np.full((len(ws.graph.names), len(columns())), np.nan)
         with tempfile.TemporaryDirectory(prefix="autoquant-profile-") as tmp:
             for kind, plan in progress(plans, "per-layer latency", unit="model"):
                 times = _profile(ws, ws.build(plan), feed, Path(tmp))
@@ -223,7 +228,7 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
                     if kind == "float":
                         ms[i, :3] = times[name][[1, 0, 2]]
                     else:
-                        ms[i, COLUMNS.index(kind)] = times[name].sum()
+                        ms[i, columns().index(kind)] = times[name].sum()
         return {"ms": ms}
 
     arrays = cached_arrays(ws.exp.cache / "latency_table" / f"{ws.model_key[:16]}-{digest}.npz", key, build)

@@ -1,14 +1,17 @@
-"""Which plans a study tries, and why. Every proposed plan carries a label (the trial table, pareto.csv, MLflow):
+"""Which plans a study tries, and why. Every proposer has one shape (scheduler.py: history in, labelled plans out)
+and the scheduler asks them in this order after every finished trial and enqueues what they return. Every
+proposed plan carries a label (the trial table, pareto.csv, MLflow):
 
 | label | proposer | when | why |
 |---|---|---|---|
-| `ladder-K` | ladder.Ladder | first, one rung at a time | a first plan within the limit, fast: all-INT8, then the cheapest plan (in latency) the calibrated error model puts within it |
-| `all-float`, `int8-per-channel`, `int8-per-tensor`, `int8-per-channel-ALGORITHM`, `all-MODE` | baselines.uniform_plans | when the ladder ends | the uniform plans a user tries by hand: the export must beat them |
-| `sensitive-K-float` | baselines.sensitive_plans | when the ladder ends | the hand-made mixed plan: all INT8 but the K most sensitive layers (`search.sensitivity_k`) |
-| `guided-int8`, `guided-K-float`, `guided-budget-I` | guided.guided_plans | when the ladder ends | the error model across the cost range: least error, the greedy float path, a λ sweep |
-| `refined-R-I` | refine.Refine.proposals | every `every` finished trials | the cheapest plans the calibrated model puts at the accuracy limit |
-| `front-R-I` | refine.Refine.front_gaps | every `every` finished trials | the plans predicted to add the most hypervolume to the front |
-| `descent-R-I` | refine.Refine.descent | every `every` finished trials | local search a move or two below the cheapest plan that meets the limit |
+| `deployed-vN` | scheduler.Once (a re-optimization's) | when the study starts | the version it may replace is on the front |
+| `ladder-K`, `ladder-K-ranges` | ladder.Ladder | first, one rung at a time | a first plan within the limit, fast: all-INT8, then the cheapest plan (in latency) the calibrated error model puts within it |
+| `all-float`, `int8-per-channel`, `int8-per-tensor`, `int8-per-channel-ALGORITHM`, `all-MODE` | baselines.uniform_plans (scheduler.After the ladder) | when the ladder ends | the uniform plans a user tries by hand (each mode's own: Mode.hand_made): the export must beat them |
+| `sensitive-K-float` | baselines.sensitive_plans (idem) | when the ladder ends | the hand-made mixed plan: all INT8 but the K most sensitive layers (`search.sensitivity_k`) |
+| `guided-int8`, `guided-K-float`, `guided-budget-I` | guided.guided_plans (idem) | when the ladder ends | the error model across the cost range: least error, the greedy float path, a λ sweep |
+| `refined-R-I` | refine.Refine | every `every` finished trials | the cheapest plans the calibrated model puts at the accuracy limit |
+| `front-R-I` | refine.Refine | every `every` finished trials | the plans predicted to add the most hypervolume to the front |
+| `descent-R-I` | refine.Refine | every `every` finished trials | local search a move or two below the cheapest plan that meets the limit |
 | (none) | sampler.GuidedNSGAII | between | NSGA-II breeding from the plans above, drawing fresh choices among the plausible ones |
 
 Switches: `search.warm_start` (the ladder and the plans enqueued when it ends), `search.refine` (the rounds),
@@ -21,15 +24,17 @@ from ...quantize.plan import QuantPlan
 from ..estimate.error_model import ErrorModel
 from ..estimate.layer_errors import LayerErrors
 from ..space import SearchSpace
-from .baselines import Labelled, sensitive_layers, sensitive_plans, uniform_plans
+from .baselines import sensitive_layers, sensitive_plans, uniform_plans
 from .guided import guided_plans
 from .ladder import Ladder, first_rung
 from .refine import Refine
 from .sampler import make_sampler, plausible_options
+from .scheduler import After, History, Labelled, Once, Proposal, Proposer, Scheduler
 from .settings import SETTINGS, ProposeSettings
 
-__all__ = ["SETTINGS", "Labelled", "Ladder", "ProposeSettings", "Refine", "first_rung", "guided_plans", "make_sampler",
-           "mapped", "plausible_options", "sensitive_layers", "sensitive_plans", "uniform_plans", "warm_starts"]  # fmt: skip
+__all__ = ["SETTINGS", "After", "History", "Labelled", "Ladder", "Once", "Proposal", "ProposeSettings", "Proposer",
+           "Refine", "Scheduler", "first_rung", "guided_plans", "make_sampler", "mapped", "plausible_options",
+           "sensitive_layers", "sensitive_plans", "uniform_plans", "warm_starts"]  # fmt: skip
 
 
 def warm_starts(names: tuple[str, ...], space: SearchSpace, errors: LayerErrors, model: ErrorModel,

@@ -10,8 +10,7 @@ import numpy as np
 from ...quantize.plan import FLOAT, LayerChoice, QuantPlan
 from ..estimate.layer_errors import LayerErrors
 from ..space import SearchSpace
-
-Labelled = tuple[str, QuantPlan]
+from .scheduler import Labelled
 
 
 def uniform_plans(names: tuple[str, ...], space: SearchSpace) -> list[Labelled]:

@@ -5,7 +5,7 @@ a λ sweep (`guided-budget-*`), where modes and bit widths that differ in cost c
 from __future__ import annotations
 
 from ..estimate.error_model import ErrorModel
-from .baselines import Labelled
+from .scheduler import Labelled
 from .settings import SETTINGS, ProposeSettings
 
 

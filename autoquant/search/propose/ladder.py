@@ -3,9 +3,9 @@ or dynamic on a model without convolutions), which needs nothing but calibration
 the next one (`ladder-K`) is the plan the latency table prices cheapest among those the error model, calibrated on
 the rungs so far, puts within the limit — the fewest float layers, or cheaper per-layer choices (range algorithm,
 granularity, mode), that it needs. The ladder ends at the first rung that meets the limit, or after
-`ProposeSettings.rungs` rungs; the other warm starts are enqueued then. So a study of any size tries the error
-model's plans first, and its first feasible plan (exported at once) comes after a rung or two rather than after
-every uniform plan.
+`ProposeSettings.rungs` rungs; the other warm starts follow. So a study of any size tries the error model's plans
+first, and its first feasible plan (exported at once) comes after a rung or two rather than after every uniform
+plan.
 
 A rung that misses by less than the eval set can tell (a couple of its drop's standard errors: near a limit of a
 tenth of a point, which samples are scored decides as much as the plan does) is followed first by a variant
@@ -35,12 +35,11 @@ from .. import trial_attrs as attrs
 from ..estimate.error_model import ErrorModel
 from ..estimate.layer_errors import LayerErrors
 from ..space import SearchSpace
-from .baselines import Labelled
+from .scheduler import History, Labelled, Proposal
 from .settings import SETTINGS, ProposeSettings
 
 PREFIX = "ladder-"
 VARIANT = "-ranges"  # the suffix of a rung that keeps the kernels of the rung it varies
-DONE_KEY = "ladder_done"  # a study attribute: the ladder ended and the warm starts are enqueued
 
 
 def first_rung(layers: Sequence[LayerInfo]) -> Labelled:
@@ -73,43 +72,36 @@ def boundary(points: list[tuple[float, float]], max_drop: float) -> float | None
 
 
 class Ladder:
-    """Optuna callback: after each rung, the next rung or the end of the ladder (then `rest()`'s warm starts)."""
+    """Proposer (scheduler.py): the first rung when the study starts; after each rung, the next rung, or the end of
+    the ladder (its finished mark is the study attribute `ladder_done`, which the warm starts wait for)."""
 
-    def __init__(self, space: SearchSpace, max_drop: float, fp32_accuracy: float, model: Callable[[], ErrorModel],
-                 rest: Callable[[], list[Labelled]], local: Callable[[], LayerErrors],
+    name = "ladder"
+
+    def __init__(self, space: SearchSpace, layers: Sequence[LayerInfo], max_drop: float, fp32_accuracy: float,
+                 model: Callable[[], ErrorModel], local: Callable[[], LayerErrors],
                  settings: ProposeSettings = SETTINGS):  # fmt: skip
         """`model`: the error model priced in latency (computed when first asked: the first rung needs none);
-        `rest`: the warm starts to enqueue when the ladder ends; `local`: the per-layer errors without their gains
-        (what a variant rung is ranked by)."""
-        self.space, self.max_drop, self.fp32 = space, max_drop, fp32_accuracy
-        self.model, self.rest, self.local, self.settings = model, rest, local, settings
+        `local`: the per-layer errors without their gains (what a variant rung is ranked by)."""
+        self.space, self.layers, self.max_drop, self.fp32 = space, layers, max_drop, fp32_accuracy
+        self.model, self.local, self.settings = model, local, settings
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if attrs.label(trial).startswith(PREFIX):
-            self.advance(study)
-
-    def advance(self, study: optuna.Study) -> None:
-        """The next rung, or the end of the ladder, unless it ended or a rung is still to run (a resumed study
-        whose last rung was lost to a kill goes on from here)."""
-        if study.user_attrs.get(DONE_KEY):
-            return
-        rungs = [t for t in study.get_trials(deepcopy=False) if attrs.label(t).startswith(PREFIX)]
+    def propose(self, history: History) -> Proposal:
+        """The next rung, or the end of the ladder, unless a rung is still to run (here or in another worker; a
+        resumed study whose last rung was lost to a kill goes on from here)."""
+        rungs = history.labelled(PREFIX)
+        if not rungs:
+            return Proposal([first_rung(self.layers)])
         if any(t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in rungs):
-            return  # a rung is waiting or running (here or in another worker)
+            return Proposal()
         met = any(t.state == TrialState.COMPLETE and attrs.result(t).accuracy_drop <= self.max_drop
                   and attrs.plan(t).quantized for t in rungs)  # fmt: skip
-        step, suffix = None, ""
         if not met and len(rungs) < self.settings.rungs:
-            step, suffix = self.variant(rungs, study), VARIANT
+            step, suffix = self.variant(rungs, history.tried), VARIANT
             if step is None:
-                step, suffix = self.next_rung(rungs, study), ""
-        if step is not None:
-            study.enqueue_trial(self.space.params_for(step),
-                                user_attrs=attrs.enqueue_attrs(f"{PREFIX}{len(rungs)}{suffix}"), skip_if_exists=True)  # fmt: skip
-            return
-        study.set_user_attr(DONE_KEY, True)
-        for label, plan in self.rest():
-            study.enqueue_trial(self.space.params_for(plan), user_attrs=attrs.enqueue_attrs(label), skip_if_exists=True)
+                step, suffix = self.next_rung(rungs, history.tried), ""
+            if step is not None:
+                return Proposal([(f"{PREFIX}{len(rungs)}{suffix}", step)])
+        return Proposal(finished=True)
 
     @functools.cached_property
     def candidates(self) -> list[QuantPlan]:
@@ -121,7 +113,7 @@ class Ladder:
         return [(attrs.plan(t), *f) for t in trials
                 if attrs.plan(t).quantized and (f := attrs.figures(t, self.fp32, self.max_drop)) is not None]  # fmt: skip
 
-    def variant(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
+    def variant(self, rungs: list[optuna.trial.FrozenTrial], tried: set[str]) -> QuantPlan | None:
         """When the rung closest to the limit missed it by at most `settings.noise_z` standard errors of its drop
         (Measurement.drop_stderr; NaN for a metric without per-sample hits: never), its plan with every quantized
         layer on one other (activation range algorithm, weight granularity) where the layer is offered it: the
@@ -140,7 +132,6 @@ class Ladder:
         offered = {layer.name: set(layer.options) for layer in self.space.layers}
         keys = {(o.mode, key) for n in plan.quantized for o in offered[n] if o.quantize
                 and (key := modes.get(o.mode).variant_key(o)) is not None}  # fmt: skip
-        tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
 
         def error(p: QuantPlan) -> float:
             return sum(local.of(n, c) for n, c in p.choices)
@@ -149,7 +140,7 @@ class Ladder:
         bound = error(plan) * self.settings.variant_error
         return min((v for v in variants if v.key() not in tried and error(v) <= bound), key=error, default=None)
 
-    def next_rung(self, rungs: list[optuna.trial.FrozenTrial], study: optuna.Study) -> QuantPlan | None:
+    def next_rung(self, rungs: list[optuna.trial.FrozenTrial], tried: set[str]) -> QuantPlan | None:
         """The cheapest plan (the latency table's price) of the error model's untried candidates whose calibrated
         predicted NMSE is within the boundary × `settings.ladder_margin`; when the model puts none there (a drop
         that falls slowly with the NMSE: near-tie decisions), the candidate it predicts most accurate."""
@@ -160,7 +151,6 @@ class Ladder:
         if target is None or not ratios:
             return None
         scale = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
         untried = [p for p in self.candidates if p.quantized and p.key() not in tried]
         ok = [p for p in untried if model.predict(p) * scale <= target * self.settings.ladder_margin]
         if ok:

@@ -10,7 +10,7 @@ enqueued before it have run:
    it and the smallest NMSE of one that broke it above that (twice the largest while none broke it; half
    the smallest while none met it);
 3. the cheapest plans of the λ sweep and of the greedy float path (estimate/error_model.py) whose calibrated prediction
-   is within T · {0.6, 1, 1.6} and that no trial measured yet, enqueued (Optuna's enqueue_trial);
+   is within T · {0.6, 1, 1.6} and that no trial measured yet, proposed (the scheduler enqueues them);
 4. the front's gaps: of the same candidates, the ones predicted to add the most hypervolume, in (cost,
    NMSE) up to T, to the front of the trials that meet the constraint (their NMSE measured, the
    candidates' calibrated), chosen one at a time so two do not fill one gap;
@@ -30,18 +30,20 @@ import functools
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import TrialState
 
 from ...quantize.plan import QuantPlan
 from .. import trial_attrs as attrs
 from ..estimate.error_model import Calibration, ErrorModel, Measured
 from ..select import hypervolume
+from .scheduler import History, Proposal
 from .settings import SETTINGS, ProposeSettings
 
 
 class Refine:
-    """Optuna callback: every `settings.every` finished trials (complete or stopped early), one round of calibrated
-    proposals from them."""
+    """Proposer (scheduler.py): every `settings.every` finished trials (complete or stopped early), once the trials
+    enqueued before have run, one round of calibrated proposals from them."""
+
+    name = "refine"
 
     def __init__(self, model: ErrorModel | Callable[[], ErrorModel], max_drop: float, fp32_accuracy: float,
                  settings: ProposeSettings = SETTINGS):  # fmt: skip
@@ -55,20 +57,20 @@ class Refine:
     def model(self) -> ErrorModel:
         return self._model if isinstance(self._model, ErrorModel) else self._model()
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if len(done) < self.next_at or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return
+    def propose(self, history: History) -> Proposal:
+        done = history.done
+        if len(done) < self.next_at or history.waiting:
+            return Proposal()
         self.next_at = len(done) + self.settings.every
-        tried = {attrs.plan(t).key() for t in study.get_trials(deepcopy=False) if attrs.plan_spec(t)}
+        tried = history.tried
         boundary = self.proposals(done, tried)
         gaps = self.front_gaps(done, tried | {p.key() for p in boundary})
         below = self.descent(done, tried | {p.key() for p in boundary + gaps})
-        for kind, plans in (("refined", boundary), ("front", gaps), ("descent", below)):
-            for i, plan in enumerate(plans):
-                study.enqueue_trial(self.model.space.params_for(plan),
-                                    user_attrs=attrs.enqueue_attrs(f"{kind}-{self.rounds}-{i}"), skip_if_exists=True)  # fmt: skip
+        plans = [(f"{kind}-{self.rounds}-{i}", plan)
+                 for kind, group in (("refined", boundary), ("front", gaps), ("descent", below))
+                 for i, plan in enumerate(group)]  # fmt: skip
         self.rounds += 1
+        return Proposal(plans)
 
     @functools.cached_property
     def candidates(self) -> list[QuantPlan]:

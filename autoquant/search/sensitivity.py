@@ -1,6 +1,6 @@
 """The full sensitivity table (`autoquant sensitivity --full`): one layer at a time INT8 (per-channel, minmax), the
-rest float, each scored on the whole eval set — exact, and one full evaluation per layer, so studies use the cheap
-per-layer, per-choice errors instead (layer_errors.py)."""
+rest float, each model built and scored on the whole eval set — exact, and one full evaluation per layer, so studies
+use the cheap per-layer, per-choice errors instead (estimate/layer_errors.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...calibrate.cache import cached_arrays
-from ...quantize.plan import FLOAT, LayerChoice, QuantPlan
-from ...workspace import Workspace
-from ..objective import PlanScorer, TrialFailed
+from ..calibrate.cache import cached_arrays
+from ..quantize.plan import FLOAT, LayerChoice, QuantPlan
+from ..workspace import Workspace
+from .objective import PlanScorer, TrialFailed
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,16 @@
-"""Export a chosen plan: INT8 model + record file, re-measured, swapped into place atomically."""
+"""A study's export: the chosen plan's INT8 model and record file, rebuilt and checked to be the trial's model, swapped
+into place atomically; the first plan within the limit exported at once (FirstExport); the note an export slower
+than FP32 carries."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
+
+import optuna
 
 from ..engine import QuantizeResult, Tuned, quantize
 from ..errors import AutoquantError, ConfigError
@@ -12,8 +18,11 @@ from ..fileio import atomic_write_bytes, replace_dir
 from ..finetune import weights as tuned_weights
 from ..measure import Measurement
 from ..quantize.plan import QuantPlan
-from ..search.select import ScoredPlan
 from ..workspace import Workspace
+from . import trial_attrs as attrs
+from .select import ScoredPlan
+
+log = logging.getLogger(__name__)
 
 MARKER = ".autoquant-export"
 OWNED = frozenset({"model.int8.onnx", "record.json", MARKER, tuned_weights.FILE})
@@ -63,3 +72,36 @@ def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, 
     replace_dir(tmp, out_dir)
     return QuantizeResult(**{**result.__dict__, "model_path": out_dir / result.model_path.name,
                              "record_path": out_dir / result.record_path.name})  # fmt: skip
+
+
+def slower_note(chosen: ScoredPlan) -> list[str]:
+    """The export is the fastest plan within the limit; when even that is slower than the FP32 model here, the
+    user asked for an INT8 model to go faster and must hear it: a warning, and a note in the record."""
+    ratio = chosen.result.latency_ratio
+    if not ratio > 1.0:
+        return []
+    note = (f"slower than the FP32 model on this machine ({ratio:.2f}x in paired rounds): no plan within the accuracy "
+            "limit ran faster here; its float layers pay the transitions between integer and float kernels")  # fmt: skip
+    log.warning("warning: trial %d, the export, is %s", chosen.number, note)
+    return [note]
+
+
+class FirstExport:
+    """Optuna callback: the first quantized plan that meets the constraint is exported at once (to the export
+    directory the study's end replaces with its best), so an unattended run has a usable model as soon as
+    one exists."""
+
+    def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float):
+        self.ws, self.max_drop, self.out, self.t0 = ws, max_drop, out, started
+        self.seconds: float | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.seconds is not None or trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        plan, result = attrs.plan(trial), attrs.result(trial)
+        if not plan.quantized or result.accuracy_drop > self.max_drop:
+            return
+        export_plan(self.ws, ScoredPlan(trial.number, attrs.label(trial), plan, result), self.out)
+        self.seconds = time.perf_counter() - self.t0
+        log.info("trial %d meets the limit: exported to %s after %.0f s; the study goes on", trial.number, self.out,
+                 self.seconds)  # fmt: skip
