@@ -64,7 +64,7 @@ def check_fields(section: Any, prefix: str) -> None:
         low = f.metadata.get("low")
         if low is not None and (value <= low if f.metadata["above"] else value < low):
             raise ConfigError(f"{prefix}.{f.name} must be {'greater than' if f.metadata['above'] else 'at least'} "
-                              f"{low}, got {value}")  # fmt: skip
+                              f"{low}, got {value}")
 
 
 BUILTIN_MODELS = ("digits_cnn", "cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet56", "cifar10_mobilenet")
@@ -167,7 +167,7 @@ class QuantizationConfig:
         alpha = self.smoothquant_alpha
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1):
             raise ConfigError(f"quantization.smoothquant_alpha {alpha!r} must be a number in (0, 1] (0.5 is usual), or "
-                              "left out to turn smoothing off")  # fmt: skip
+                              "left out to turn smoothing off")
         if self.weight_range not in ("auto", "full", "reduced"):
             raise ConfigError(f"quantization.weight_range '{self.weight_range}' is unknown: use auto, full or reduced")
         if self.activation_type not in ("uint8", "int8"):
@@ -263,7 +263,7 @@ class Experiment:
         # The name becomes a run directory and a study name: a path here would write outside runs/.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name):
             raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run "
-                              "directory and the study), not a path")  # fmt: skip
+                              "directory and the study), not a path")
 
     @property
     def cache(self) -> Path:

@@ -30,7 +30,7 @@ class Dataset:
         lengths = {k: len(v) for k, v in self.inputs.items()}
         if len(set(lengths.values())) != 1:
             raise DataError(f"the input arrays hold different numbers of samples ({lengths}): give one row per "
-                            "sample in each")  # fmt: skip
+                            "sample in each")
         if len(self) == 0:
             raise DataError("the data set is empty: give at least one sample (check the split sizes)")
         if self.y is not None and len(self.y) != len(self):
@@ -100,7 +100,7 @@ class Splits:
 
 
 def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: int = 0,
-          calibration_data: Dataset | None = None) -> Splits:  # fmt: skip
+          calibration_data: Dataset | None = None) -> Splits:
     """Fixed, disjoint split from one seeded permutation: [train | calibration | eval] — or, when the user
     has separate calibration data, [train | eval] of `data` and the calibration samples from that."""
     if calibration <= 0:
@@ -116,7 +116,7 @@ def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: i
         )
     if calibration_data is not None and calibration > len(calibration_data):
         raise DataError(f"data.calibration_size is {calibration} but the calibration data has {len(calibration_data)} "
-                        "samples: lower data.calibration_size")  # fmt: skip
+                        "samples: lower data.calibration_size")
     perm = np.random.default_rng(seed).permutation(len(data))
     if calibration_data is None:
         calib = data.subset(np.sort(perm[train : train + calibration]))

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 GRANULARITY_PRESETS = {"int8-per-channel": "per_channel", "int8-per-tensor": "per_tensor"}
 RECOVERY_WORDS = {"bc": {"bias_correction": True}, "adaround": {"weight_rounding": "adaptive"}}
 PRESETS = tuple(g + "".join(f"+{w}" for w in words)
-                for g in GRANULARITY_PRESETS for words in ((), ("bc",), ("adaround",), ("bc", "adaround")))  # fmt: skip
+                for g in GRANULARITY_PRESETS for words in ((), ("bc",), ("adaround",), ("bc", "adaround")))
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,10 @@ def preset_choice(preset: str, algorithm: str = "minmax") -> LayerChoice:
     if head not in GRANULARITY_PRESETS or unknown:
         what = f"word '+{unknown[0]}'" if unknown else f"'{head}'"
         raise PlanError(f"plan '{preset}': unknown {what}; a preset is {' or '.join(GRANULARITY_PRESETS)}, optionally "
-                        f"with {' and '.join('+' + w for w in RECOVERY_WORDS)} in any order, or give a plan YAML file")  # fmt: skip
+                        f"with {' and '.join('+' + w for w in RECOVERY_WORDS)} in any order, or give a plan YAML file")
     fields = {k: v for w in set(words) for k, v in RECOVERY_WORDS[w].items()}
     return LayerChoice.parse({"weight_granularity": GRANULARITY_PRESETS[head], "activation_algorithm": algorithm,
-                              **fields}, f"plan '{preset}'")  # fmt: skip
+                              **fields}, f"plan '{preset}'")
 
 
 def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantPlan:
@@ -74,7 +74,7 @@ def preset_plan(ws: Workspace, preset: str, algorithm: str = "minmax") -> QuantP
     # bias correction on the layers that have a bias to correct
     plan = QuantPlan.uniform(ws.graph.names, choice).with_choices(
         {la.name: choice.with_fields(bias_correction=False) for la in ws.graph.layers
-         if not modes.get(choice.mode).fits(la, choice)})  # fmt: skip
+         if not modes.get(choice.mode).fits(la, choice)})
     return plan.with_choices(dict.fromkeys(broken, FLOAT))
 
 
@@ -89,7 +89,7 @@ class Tuned:
 
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None,
-             notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:  # fmt: skip
+             notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:
     """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
     write model + record. A plan onnxruntime would not run as written is refused before anything is written.
 
@@ -107,7 +107,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
         measured = meter(qmodel, plan, timed=True)
     elif hashlib.sha256(blob).hexdigest() != measured.model_sha256:
         raise PlanError("the model rebuilt from the plan is not the model that was measured: the statistics cache "
-                        "or autoquant changed since; re-run the search")  # fmt: skip
+                        "or autoquant changed since; re-run the search")
     elif math.isnan(measured.latency_ratio):
         ms, ratio, rounds = meter.latency(blob)
         measured = replace(measured, latency_ms=ms, latency_ratio=ratio, latency_rounds=rounds)
@@ -115,12 +115,12 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     fp32_ms = measured.latency_ms / measured.latency_ratio
     objectives = {"accuracy": measured.accuracy, "fp32_accuracy": ws.reference.accuracy,
                   "accuracy_drop": measured.accuracy_drop, "bitops_fraction": measured.bitops_fraction,
-                  "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes}  # fmt: skip
+                  "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes}
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,
                          weight_range=ws.weight_range, smoothing=ws.smoothing, notes=[*notes, *gain_note(measured)],
-                         recovery=ws.recovery, finetune=tuned.record if tuned else None)  # fmt: skip
+                         recovery=ws.recovery, finetune=tuned.record if tuned else None)
     out_dir = Path(out_dir)
     model_path, record_path = out_dir / "model.int8.onnx", out_dir / "record.json"
     files = {model_path: blob}
@@ -128,11 +128,11 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
         weights = tuned_weights.to_bytes(tuned.weights)
         files[out_dir / tuned_weights.FILE] = weights
         record = replace(record, finetune=replace(tuned.record, weights_file=tuned_weights.FILE,
-                                                  weights_sha256=tuned_weights.sha256(weights)))  # fmt: skip
+                                                  weights_sha256=tuned_weights.sha256(weights)))
     atomic_write_files({**files, record_path: record.to_json().encode()})
     return QuantizeResult(**asdict(measured), fp32_accuracy=ws.reference.accuracy, fp32_latency_ms=fp32_ms,
                           fp32_size_bytes=ws.prepared.source.stat().st_size, model_path=model_path,
-                          record_path=record_path, executed=tuple(executed))  # fmt: skip
+                          record_path=record_path, executed=tuple(executed))
 
 
 # A quantized model rarely beats its FP32 source, and never by much: a gain beyond this many standard errors of the
@@ -149,7 +149,7 @@ def gain_note(m: Measurement) -> list[str]:
         return []
     note = (f"scores {gain:.2f} points above the FP32 model on the eval data: a gain that large usually means the "
             "reference or the metric is off (labels, eval.output, or a metric where lower is better); check them "
-            "before trusting any figure")  # fmt: skip
+            "before trusting any figure")
     log.warning("warning: the quantized model %s", note)
     return [note]
 
@@ -166,10 +166,10 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory: give the path of the ONNX file to write, e.g. "
-                          f"{out / 'model.int8.onnx'}")  # fmt: skip
+                          f"{out / 'model.int8.onnx'}")
     if out.exists() and any(out.resolve() == Path(p).resolve() for p in (model_path, record_path)):
         raise ConfigError(f"--out {out} is the {'FP32 model' if out.resolve() == Path(model_path).resolve() else 'record'}"
-                          " itself: give another path for the rebuilt model")  # fmt: skip
+                          " itself: give another path for the rebuilt model")
     record = Record.load(record_path)
     prepared = prepare(model_path, cache_dir)
     if prepared.sha256 != record.model_sha256:
@@ -187,7 +187,7 @@ def apply_record(model_path: Path, record_path: Path, out: Path, cache_dir: Path
     if record.finetune is not None:
         f = record.finetune
         model = tuned_weights.with_weights(model, tuned_weights.load(Path(record_path).parent / f.weights_file,
-                                                                     f.weights_sha256))  # fmt: skip
+                                                                     f.weights_sha256))
     qmodel = build_model(model, graph, record.plan(str(record_path)), record.activation_params(), record.activation_type,
                          record.weight_range, recorded=record.recorded())
     check_rebuilt(record, qmodel, str(record_path))

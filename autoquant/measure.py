@@ -110,7 +110,7 @@ class Meter:
         return float(np.square(outputs - reference).mean()) / self._reference_power
 
     def __call__(self, model: onnx.ModelProto, plan: QuantPlan | None = None, *, timed: bool = False,
-                 screen: EarlyStop | None = None, timing: Timing | None = None) -> Measurement:  # fmt: skip
+                 screen: EarlyStop | None = None, timing: Timing | None = None) -> Measurement:
         """Score `model`. With its `plan`, the graph onnxruntime optimized is checked against it first (one
         integer kernel per quantized layer, one float kernel per other one). `timed` times the model and FP32
         interleaved in the same rounds (latency NaN otherwise: a ratio to an FP32 figure measured at another
@@ -136,7 +136,7 @@ class Meter:
         mse = self._nmse(scored.outputs, ws.reference.outputs)
         bitops = bitops_fraction(ws.graph, plan) if plan is not None else math.nan
         return Measurement(scored.accuracy, drop, bitops, ms, ratio, len(blob), mse, hashlib.sha256(blob).hexdigest(),
-                           latency_rounds=rounds, drop_stderr=self._drop_stderr(scored.outputs))  # fmt: skip
+                           latency_rounds=rounds, drop_stderr=self._drop_stderr(scored.outputs))
 
     @functools.cached_property
     def _hits(self):
@@ -182,5 +182,5 @@ def check_executed(plan: QuantPlan, model: onnx.ModelProto, optimized: onnx.Mode
     hint = ("autoquant's float-layer construction failed on this onnxruntime: please report it"
             if "meant to run float" in lines[0] else
             "onnxruntime has no integer kernel for it in this graph: keep it float in the plan, or try "
-            "quantization.activation_type uint8")  # fmt: skip
+            "quantization.activation_type uint8")
     raise ExecutedMismatch(f"onnxruntime {ort.__version__} would not run this plan as written: {lines[0]}{more}; {hint}")

@@ -78,7 +78,7 @@ class LayerRecord:
     def of_format(cls, raw: dict[str, Any], version: int) -> LayerRecord:
         """A layer entry as a record of `version` wrote it."""
         raw = {**raw, "weight": raw.get("weight") and WeightRecord(**raw["weight"]),
-               "data": raw.get("data") and DataRecord(**raw["data"])}  # fmt: skip
+               "data": raw.get("data") and DataRecord(**raw["data"])}
         if version >= 6:
             return cls(**raw)
         flat = {k: raw.pop(k) for k in _FLAT if k in raw}
@@ -87,7 +87,7 @@ class LayerRecord:
         mode = raw["mode"] = raw.get("mode") or modes.modes()[0].name  # format 1: every layer in the default mode
         w, d = raw["weight"], raw["data"]
         choice = modes.get(mode).from_record(w.bits, w.granularity, w.block_size, d.algorithm if d else "minmax",
-                                             flat.get("accuracy_level", 0))  # fmt: skip
+                                             flat.get("accuracy_level", 0))
         own = {k: flat[k] for k in ("weight_rounding", "bias_correction") if k in flat and k in choice.fields()}
         extra = {k: flat[k] for k in ("rounding_mask", "bias_shift") if flat.get(k)}
         return cls(**raw, choice={**choice.fields(), **own}, extra=extra)
@@ -161,7 +161,7 @@ class Record:
             raw = json.loads(path.read_text())
             if raw.get("format_version") not in READS:
                 raise PlanError(f"{path} has record format {raw.get('format_version')}; this autoquant reads "
-                                f"{' and '.join(map(str, READS))}")  # fmt: skip
+                                f"{' and '.join(map(str, READS))}")
             layers = [LayerRecord.of_format(lr, raw["format_version"]) for lr in raw.pop("layers")]
             tuned = raw.pop("finetune", None)
             return cls(layers=layers, finetune=FinetuneRecord(**tuned) if tuned else None, **raw)
@@ -223,7 +223,7 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
             continue
         if lr.mode not in modes.allowed_modes(info):
             raise PlanError(f"{at}: mode {lr.mode!r} must be one of {', '.join(modes.allowed_modes(info))} for a "
-                            f"{info.op_type}")  # fmt: skip
+                            f"{info.op_type}")
         static = modes.get(lr.mode).calibrated
         if not isinstance(lr.weight, WeightRecord) or (static and not isinstance(lr.data, DataRecord)):
             raise PlanError(f"{at} is quantized but has no {'weight' if not isinstance(lr.weight, WeightRecord) else 'data'} entry")
@@ -249,7 +249,7 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
             _number(s, f"{at}: scale_w[{i}]", positive=True)
             if not lo <= _number(z, f"{at}: offset_w[{i}]", integer=True) <= hi:
                 raise PlanError(f"{at}: offset_w[{i}] {z} is outside [{lo}, {hi}], the zero points mode {lr.mode} "
-                                "writes")  # fmt: skip
+                                "writes")
         if static:
             _number(lr.data.scale_d, f"{at}: scale_d", positive=True)
             _zero_point(lr.data.offset_d, f"{at}: offset_d", record.activation_type)
@@ -258,7 +258,7 @@ def validate_record(record: Record, model: onnx.ModelProto, graph: GraphInfo, wh
     missing = sorted(set(modes.activation_tensors(model, graph, record.plan(where))) - set(record.activations))
     if missing:
         raise PlanError(f"{where}: activations has no entry for {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
-                        + ", which the plan quantizes")  # fmt: skip
+                        + ", which the plan quantizes")
     for tensor, entry in record.activations.items():
         if not isinstance(entry, dict) or not {"scale", "zero_point"} <= set(entry):
             raise PlanError(f"{where}: activations[{tensor!r}] must have scale and zero_point")
@@ -281,11 +281,11 @@ def check_rebuilt(record: Record, qmodel: onnx.ModelProto, where: str) -> None:
             ("bits", built.bits == w.bits), ("granularity", built.granularity == w.granularity),
             ("block_size", built.block_size == w.block_size),
             ("scale_w", np.array_equal(np.float32(built.scales), np.float32(w.scale_w))),
-            ("offset_w", list(built.zero_points) == [int(z) for z in w.offset_w])) if not ok]  # fmt: skip
+            ("offset_w", list(built.zero_points) == [int(z) for z in w.offset_w])) if not ok]
         if differ:
             raise PlanError(f"{where}: layer {lr.name}: its weight {differ[0]} are not those of the model rebuilt from "
                             "the FP32 weights with its choice: the record was edited, or made for other weights; use "
-                            "the record as autoquant wrote it")  # fmt: skip
+                            "the record as autoquant wrote it")
 
 
 def make_record(
@@ -313,7 +313,7 @@ def make_record(
         choice = plan[info.name]
         if not choice.quantize:
             layers.append(LayerRecord(info.name, info.op_type, False, info.depthwise, info.flops,
-                                      kernel=kernels.get(info.name, "")))  # fmt: skip
+                                      kernel=kernels.get(info.name, "")))
             continue
         mode, node = modes.get(choice.mode), nodes.get(info.name)
         if node is None or (mode.kernels and node.op_type not in mode.kernels):
@@ -324,8 +324,8 @@ def make_record(
                                   WeightRecord(w.bits, w.granularity, w.scales, w.zero_points, w.block_size),
                                   DataRecord(a.bits, a.algorithm, a.scale, a.zero_point) if a else None,
                                   kernels.get(info.name, ""), choice.mode, choice.fields(),
-                                  mode.record_extra(info, choice, recovery)))  # fmt: skip
+                                  mode.record_extra(info, choice, recovery)))
     acts = {t: {"scale": p.scale, "zero_point": p.zero_point, "algorithm": algorithms[t]} for t, p in activations.items()}
     return Record(model_sha256, activation_type, layers, acts, dict(objectives or {}), source_model, weight_range,
                   graph.unquantized_flops, smoothing.alpha if smoothing else 0.0,
-                  dict(smoothing.scales) if smoothing else {}, list(notes), finetune, **versions())  # fmt: skip
+                  dict(smoothing.scales) if smoothing else {}, list(notes), finetune, **versions())

@@ -73,7 +73,7 @@ class Batches:
         self.size, self.fixed = size, fixed
 
     def run(self, sess: ort.InferenceSession, fetch: list[str] | None, data: Dataset, what: str, *,
-            drop_short: bool = False, shown: str | None = None) -> Iterator[tuple[list, dict[str, np.ndarray], int]]:  # fmt: skip
+            drop_short: bool = False, shown: str | None = None) -> Iterator[tuple[list, dict[str, np.ndarray], int]]:
         """(sess.run(fetch, feed), feed, real samples in it) for each batch of `data`; the outputs of padding
         copies are still in them (the caller knows each output's batch axis). `shown`: a progress bar's title (the
         one-time passes over a data set: calibration, the FP32 reference, the per-layer errors)."""
@@ -86,7 +86,7 @@ class Batches:
                 if n < self.size and self.fixed and out is None:
                     if drop_short and full:
                         log.info("the model takes batches of %d: the last %d %s sample(s) are left out", self.size, n,
-                                 what)  # fmt: skip
+                                 what)
                         return
                     batch = pad(batch, self.size)
                 yield (out if out is not None else self.one(sess, fetch, batch, what)), batch, n
@@ -110,7 +110,7 @@ class Batches:
         size = int(min(self.size, max(1, FETCH_BUDGET_BYTES // max(per_sample, 1))))
         if size < self.size:
             log.info("%s batches of %d sample(s) instead of %d: the tensors read from each sample take %.0f MB",
-                     what, size, self.size, per_sample / 1e6)  # fmt: skip
+                     what, size, self.size, per_sample / 1e6)
             return Batches(size)
         return self
 
@@ -127,7 +127,7 @@ class Batches:
             return sess.run(fetch, batch)
         except Exception:  # noqa: BLE001 - onnxruntime's error types; a padded batch is what runs next
             log.info("the model refuses a short batch after full ones of %d (its batch size is fixed inside it): "
-                     "short batches are padded", self.size)  # fmt: skip
+                     "short batches are padded", self.size)
             self.fixed = True
             return None
 
@@ -139,7 +139,7 @@ class Batches:
             n = len(next(iter(batch.values())))
             raise DataError(f"onnxruntime cannot run the model on a batch of {n} {what} sample(s) ({runtime_reason(exc)}): "
                             "if the model takes one batch size only, set eval.batch_size, eval.latency_batch_size and "
-                            "quantization.calibration_batch_size to it, or export it with a dynamic batch") from exc  # fmt: skip
+                            "quantization.calibration_batch_size to it, or export it with a dynamic batch") from exc
 
 
 def pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

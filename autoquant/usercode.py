@@ -50,7 +50,7 @@ def load_callable(spec: str, base: Path | None, what: str) -> Callable:
         raise
     except Exception as exc:  # the user's module: ImportError, SyntaxError, AttributeError, anything it raises
         raise ConfigError(f"{what} '{spec}' cannot be imported ({exc.__class__.__name__}: {first_line(exc, 120)}): "
-                          "fix the module, or give the path of its .py file relative to the experiment") from exc  # fmt: skip
+                          "fix the module, or give the path of its .py file relative to the experiment") from exc
     if not callable(fn):
         raise ConfigError(f"{what} '{spec}' is not callable")
     return fn

@@ -42,7 +42,7 @@ def measure(bed: str, tmp: Path) -> dict:
         m = meter(model, plan)
         runs = collections.Counter(e.mode for e in executed_layers(model))
         rows.append({"plan": label, "metric": m.accuracy, "drop": m.accuracy_drop, "output_nmse": m.output_mse,
-                     "runs": dict(runs)})  # fmt: skip
+                     "runs": dict(runs)})
         models.append(model)
     timed = meter.latencies([m.SerializeToString() for m in models])
     for r, (ms, ratio, rounds) in zip(rows[1:], timed):
@@ -50,7 +50,7 @@ def measure(bed: str, tmp: Path) -> dict:
     rows[0] |= {"latency_ms": timed[0][0] / timed[0][1], "latency_ratio": 1.0, "latency_rounds": timed[0][2]}
     return {**beds.describe(exp), "layers": len(ws.graph.layers), "depthwise": sum(la.depthwise for la in ws.graph.layers),
             "weight_range": ws.weight_range, "latency_batch": ws.exp.eval.latency_batch_size, "rows": rows,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+            "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
             results["beds"][bed] = entry = measure(bed, Path(tmp))
             for r in entry["rows"]:
                 print(f"{bed:20s} {r['plan']:22s} {r['metric']:7.2f} drop {r['drop']:+6.2f}  latency "
-                      f"{r['latency_ratio']:.2f}x  {r.get('runs', '')}", flush=True)  # fmt: skip
+                      f"{r['latency_ratio']:.2f}x  {r.get('runs', '')}", flush=True)
     results.update(command=" ".join(["python benchmarks/baselines.py", *sys.argv[1:]]), machine=machine())
     print(f"wrote {write_result('baselines', results)}")
 

@@ -36,16 +36,16 @@ def _photos(bed: str) -> dict:
                      "eval_size": 900, "image": {"size": size, "resize": size + 32, "mean": [0.5, 0.5, 0.5],
                                                  "std": [0.5, 0.5, 0.5]}},
             "eval": {"metric": "agreement", "batch_size": 50, "latency_batch_size": 32, "latency_repeats": 10},
-            "search": {"trials": 60}}  # fmt: skip
+            "search": {"trials": 60}}
 
 
 def _cifar(bed: str) -> dict:
     model = ({"builtin": f"cifar10_{bed}", "checkpoint": str(next(SHARED.glob(f"{bed}-*.th")))} if bed.startswith("resnet")
-             else {"builtin": "cifar10_mobilenet"})  # fmt: skip
+             else {"builtin": "cifar10_mobilenet"})
     return {"name": bed, "model": model,
             "data": {"source": "cifar10", "path": str(SHARED / "cifar10_test.npz"), "train_size": 5000,
                      "calibration_size": 500, "eval_size": 1000},
-            "eval": {"metric": "top1", "latency_repeats": 10}, "search": {"trials": 60}}  # fmt: skip
+            "eval": {"metric": "top1", "latency_repeats": 10}, "search": {"trials": 60}}
 
 
 def _minilm() -> dict:
@@ -56,7 +56,7 @@ def _minilm() -> dict:
             "data": {"source": "python", "loader": f"{REAL / 'minilm.py'}:sentences", "calibration_size": 200,
                      "eval_size": 1000},
             "eval": {"metric": "cosine", "batch_size": 50, "latency_batch_size": 32, "latency_repeats": 10},
-            "search": {"trials": 40}}  # fmt: skip
+            "search": {"trials": 40}}
 
 
 def experiment(bed: str, **search) -> dict:
@@ -87,7 +87,7 @@ def describe(exp: dict) -> dict:
     """What a results JSON says of the bed it measured on."""
     d = exp["data"]
     data = (f"imagenet_photos at {d['image']['size']} px" if d["source"] == "folder" else
-            "CIFAR-10 test file" if d["source"] == "cifar10" else "English sentences")  # fmt: skip
+            "CIFAR-10 test file" if d["source"] == "cifar10" else "English sentences")
     return {"model": next(iter(exp["model"].values())).rsplit(":", 1)[-1].rsplit("/", 1)[-1], "data": data,
             "calibration_samples": d["calibration_size"], "eval_samples": d["eval_size"],
-            "metric": exp["eval"]["metric"]}  # fmt: skip
+            "metric": exp["eval"]["metric"]}

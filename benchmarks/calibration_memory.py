@@ -25,7 +25,7 @@ def main() -> None:
     args = p.parse_args()
     rows = calibration_comparison(args.experiment, args.calibration_size)
     path = write_result("calibration_memory", {"command": "python " + " ".join(sys.argv), "machine": machine(),
-                                               "experiment": args.experiment.stem, "rows": rows})  # fmt: skip
+                                               "experiment": args.experiment.stem, "rows": rows})
     print(f"## Calibration of {args.experiment.stem} on {args.calibration_size} images\n")
     print("| method | wall s | peak RSS MB | RSS before MB |\n|---|---:|---:|---:|")
     for r in rows:

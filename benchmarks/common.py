@@ -29,10 +29,10 @@ def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
     flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith(("flags", "Features"))), []))  # fmt: skip
+                      if line.startswith(("flags", "Features"))), []))
     return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "flags": [f for f in KERNEL_FLAGS if f in flags], "uint8_kernels_saturate": uint8_kernels_saturate(),
-            "weight_range_auto": resolve("auto", "uint8"), **versions()}  # fmt: skip
+            "weight_range_auto": resolve("auto", "uint8"), **versions()}
 
 
 def machine_line(m: dict) -> str:
@@ -72,7 +72,7 @@ def ort_quantize_static(ws, *, per_channel: bool, method: str = "MinMax", activa
         out = Path(tmp) / "q.onnx"
         quantize_static(str(ws.prepared.preprocessed), str(out), data_reader(calib, batch), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method),
-                        activation_type=getattr(QuantType, activation_type))  # fmt: skip
+                        activation_type=getattr(QuantType, activation_type))
         return onnx.load(str(out))
 
 

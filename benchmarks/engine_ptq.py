@@ -71,11 +71,11 @@ def child_calibrate(experiment: Path, method: str, calibration_size: int | None 
         with tempfile.TemporaryDirectory() as tmp:
             cal = create_calibrator(prepared.preprocessed, ["Conv", "Gemm", "MatMul"],
                                     augmented_model_path=f"{tmp}/aug.onnx",
-                                    calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
+                                    calibrate_method=getattr(CalibrationMethod, method))
             cal.collect_data(data_reader(calib, bs))
             cal.compute_data()
     return {"method": method, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
-            "rss_before_mb": base, "samples": len(calib)}  # fmt: skip
+            "rss_before_mb": base, "samples": len(calib)}
 
 
 def calibration_comparison(experiment: Path, calibration_size: int | None = None) -> list[dict]:
@@ -84,7 +84,7 @@ def calibration_comparison(experiment: Path, calibration_size: int | None = None
     size = ["--calibration-size", str(calibration_size)] if calibration_size else []
     for method in ("autoquant", "MinMax", "Entropy", "Percentile"):
         out = subprocess.run([sys.executable, __file__, "--child-calibrate", method, "--experiment", str(experiment),
-                              *size], capture_output=True, text=True, check=True)  # fmt: skip
+                              *size], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -108,7 +108,7 @@ def algorithm_table(ws, rounds: int) -> list[dict]:
             acc = ev.score(ev.session(qmodel)).accuracy
             rows.append({"granularity": gran, "algorithm": algo, "accuracy": acc,
                          "drop": ws.reference.accuracy - acc, "bitops_fraction": bitops_fraction(ws.graph, plan),
-                         "build_seconds": build_s})  # fmt: skip
+                         "build_seconds": build_s})
     per_round = np.concatenate([ev.latency_rounds(*blobs) for _ in range(rounds)])  # rounds x models, interleaved
     ratios = per_round[:, 1:] / per_round[:, :1]
     for i, r in enumerate(rows):
@@ -133,7 +133,7 @@ def activation_type_latency(experiments: list[Path], repeats: int) -> list[dict]
             accs[at] = ws.evaluator.score(ws.evaluator.session(blobs[at])).accuracy
         u, i, f = ws.evaluator.latency_ms(blobs["uint8"], blobs["int8"], ws.model.SerializeToString())
         rows.append({"model": exp.name, "uint8_ms": u, "int8_ms": i, "fp32_ms": f, "int8_over_uint8": i / u,
-                     "uint8_accuracy": accs["uint8"], "int8_accuracy": accs["int8"]})  # fmt: skip
+                     "uint8_accuracy": accs["uint8"], "int8_accuracy": accs["int8"]})
     return rows
 
 
@@ -168,7 +168,7 @@ def main() -> None:
         "median_build_seconds": float(np.median([r["build_seconds"] for r in table])),
         "calibration_pass_seconds": ours["seconds"],
         "algorithms": table, "activation_type": act,
-    }  # fmt: skip
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine_ptq.json").write_text(json.dumps(result, indent=1))
 
@@ -178,19 +178,19 @@ def main() -> None:
         label = "autoquant (one pass, all 5 algorithms)" if r["method"] == "autoquant" else f"onnxruntime {r['method']}"
         print(f"| {label} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} |")
     print(f"\nBuild one plan from cache: median {result['median_build_seconds']:.3f} s "
-          f"vs one calibration pass {ours['seconds']:.2f} s\n")  # fmt: skip
+          f"vs one calibration pass {ours['seconds']:.2f} s\n")
     print(f"## All-INT8 on {exp.name}: FP32 top-1 {ws.reference.accuracy:.2f} % on {len(ws.splits.eval)} eval images\n")
     print("| weights | activations | top-1 % | drop pt | bitops (of FP32) | latency / FP32, median [min-max] |")
     print("|---|---|---:|---:|---:|---:|")
     for r in table:
         lo, hi = r["latency_ratio_range"]
         print(f"| {r['granularity']} | {r['algorithm']} | {r['accuracy']:.2f} | {r['drop']:+.2f} | "
-              f"{r['bitops_fraction']:.4f} | {r['latency_ratio']:.2f} [{lo:.2f}-{hi:.2f}] |")  # fmt: skip
+              f"{r['bitops_fraction']:.4f} | {r['latency_ratio']:.2f} [{lo:.2f}-{hi:.2f}] |")
     print("\n## Activation integer type (per-channel INT8 weights, minmax)\n")
     print("| model | uint8 ms | int8 ms | FP32 ms | int8 / uint8 | top-1 uint8 | top-1 int8 |\n|---|---:|---:|---:|---:|---:|---:|")
     for r in act:
         print(f"| {r['model']} | {r['uint8_ms']:.2f} | {r['int8_ms']:.2f} | {r['fp32_ms']:.2f} | {r['int8_over_uint8']:.2f} | "
-              f"{r['uint8_accuracy']:.2f} | {r['int8_accuracy']:.2f} |")  # fmt: skip
+              f"{r['uint8_accuracy']:.2f} | {r['int8_accuracy']:.2f} |")
 
 
 if __name__ == "__main__":

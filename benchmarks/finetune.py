@@ -36,10 +36,10 @@ from autoquant.measure import Meter, paired_figures
 from autoquant.quantize.plan import QuantPlan
 
 PLANS = {"resnet20": "int4-weights", "resnet56": "int4-weights", "mobilenet": "int8-per-tensor",
-         "efficientnet-lite1": "int8-per-channel", "efficientnet-lite2": "int8-per-channel"}  # fmt: skip
+         "efficientnet-lite1": "int8-per-channel", "efficientnet-lite2": "int8-per-channel"}
 # The photo beds have no reserved training photos: their 100 calibration photos, in smaller batches
 SETTINGS = {"photos": FinetuneConfig(steps=200, batch_size=16, lr=1e-5, data="calibration"),
-            "cifar": FinetuneConfig(steps=300, batch_size=32, data="train")}  # fmt: skip
+            "cifar": FinetuneConfig(steps=300, batch_size=32, data="train")}
 
 
 def uniform_plan(ws: Workspace, name: str) -> QuantPlan:
@@ -63,7 +63,7 @@ def bed_entry(bed: str, args, work: Path, save) -> dict:
     tuned = finetune_plan(ws, plan, settings, work / "finetuned", work / "finetune.ckpt", ptq.to_dict())
     after = tuned.after
     print(f"  fine-tuned in {tuned.seconds:.0f} s: drop {after.accuracy_drop:+.2f}, output NMSE {after.output_mse:.3g}",
-          flush=True)  # fmt: skip
+          flush=True)
     models = {"ptq": ptq_model.SerializeToString(), "finetuned": after.model_path.read_bytes()}
     entry = {**beds.describe(exp), "fp32_metric": ws.reference.accuracy, "layers": len(ws.graph.layers),
              "plan": PLANS[bed], "limit": args.limit, "settings": dataclasses.asdict(settings),
@@ -72,7 +72,7 @@ def bed_entry(bed: str, args, work: Path, save) -> dict:
              "finetuned": {"metric": after.accuracy, "drop": after.accuracy_drop, "output_nmse": after.output_mse,
                            "feasible": after.accuracy_drop <= args.limit, "seconds": tuned.seconds,
                            "loss_first": tuned.losses[0], "loss_last": tuned.losses[-1],
-                           "runs": kernels(onnx.load(str(after.model_path)))}}  # fmt: skip
+                           "runs": kernels(onnx.load(str(after.model_path)))}}
     if args.search:
         model, info, _ = cold_study(exp, work, f"{args.limit:g}", max_accuracy_drop=args.limit)
         entry["search"] = info
@@ -94,7 +94,7 @@ def bed_entry(bed: str, args, work: Path, save) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--beds", nargs="+", default=["resnet20", "resnet56", "mobilenet", "efficientnet-lite1"],
-                   choices=sorted(PLANS))  # fmt: skip
+                   choices=sorted(PLANS))
     p.add_argument("--limit", type=float, default=1.0, help="points of the metric (default 1.0)")
     p.add_argument("--search", action="store_true", help="also run a default study at the limit and time its export")
     p.add_argument("--work", help="keep models here instead of a temporary directory")

@@ -59,7 +59,7 @@ def family(experiment: str, rounds: int) -> dict:
             acc = ev.score(ev.session(model)).accuracy
             rows.append({"k": k, "build": how, "float_layers": ranked[:k], "accuracy": acc,
                          "drop": ws.reference.accuracy - acc, "bitops": bitops_fraction(ws.graph, plan),
-                         "runs": dict(modes)})  # fmt: skip
+                         "runs": dict(modes)})
             models.append((f"k={k} {how}", model))
             print(f"  k={k} {how:6s} top-1 {acc:6.2f} %  runs {dict(modes)}")
     blobs = [m.SerializeToString() for _, m in models]
@@ -69,7 +69,7 @@ def family(experiment: str, rounds: int) -> dict:
         row["latency_ratio"] = float(np.median(col))
         row["latency_ratio_range"] = [float(col.min()), float(col.max())]
     return {"experiment": experiment, "fp32_accuracy": ws.reference.accuracy, "eval_samples": len(ws.splits.eval),
-            "most_sensitive": ranked, "rows": rows, "rounds": rounds}  # fmt: skip
+            "most_sensitive": ranked, "rows": rows, "rounds": rounds}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -103,13 +103,13 @@ def main() -> None:
         print(experiment)
         results.append(family(experiment, args.rounds))
     out = write_result("float_layers", {"command": "python benchmarks/float_layers.py", "machine": machine(),
-                                        "families": results})  # fmt: skip
+                                        "families": results})
     plot(results, RESULTS / "float_layers.png")
     print(f"\n{'model':24s} {'k':>2s} {'build':6s} {'top-1':>7s} {'drop':>6s} {'bitops':>7s} {'lat/FP32':>9s}  runs")
     for res in results:
         for r in res["rows"]:
             print(f"{res['experiment']:24s} {r['k']:2d} {r['build']:6s} {r['accuracy']:7.2f} {r['drop']:+6.2f} "
-                  f"{r['bitops']:7.4f} {r['latency_ratio']:9.2f}  {r['runs']}")  # fmt: skip
+                  f"{r['bitops']:7.4f} {r['latency_ratio']:9.2f}  {r['runs']}")
     print(f"wrote {out} and {RESULTS / 'float_layers.png'}")
 
 

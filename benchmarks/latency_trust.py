@@ -55,7 +55,7 @@ def trust(bed: str, repeats: int, load_processes: int, trials: int, tmp: Path) -
     meter = Meter(ws)
     all_float = ws.build(QuantPlan.uniform(ws.graph.names, FLOAT)).SerializeToString()
     out = {**beds.describe(exp), "latency_batch": ws.exp.eval.latency_batch_size, "repeats": repeats,
-           "load_processes": load_processes, "export_trial_latency_ratio": None}  # fmt: skip
+           "load_processes": load_processes, "export_trial_latency_ratio": None}
     if result.met:
         out["export_trial_latency_ratio"] = result.chosen.result.latency_ratio
         out["export_label"] = result.chosen.label
@@ -66,10 +66,10 @@ def trust(bed: str, repeats: int, load_processes: int, trials: int, tmp: Path) -
         out[state] = {"all_float_ratios": floats, "evaluate_ratios": again,
                       "all_float_within_5_percent": all(abs(r - 1.0) <= 0.05 for r in floats),
                       "evaluate_within_10_percent_of_trial": all(abs(r / out["export_trial_latency_ratio"] - 1.0) <= 0.10
-                                                                 for r in again) if again else None}  # fmt: skip
+                                                                 for r in again) if again else None}
         print(f"{bed} {state}: all-float {np.min(floats):.2f}-{np.max(floats):.2f}x"
               + (f"; export trial {out['export_trial_latency_ratio']:.2f}x, evaluate {np.min(again):.2f}-"
-                 f"{np.max(again):.2f}x" if again else ""), flush=True)  # fmt: skip
+                 f"{np.max(again):.2f}x" if again else ""), flush=True)
     return out
 
 

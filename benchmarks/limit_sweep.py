@@ -77,7 +77,7 @@ def sweep_limit(ws: Workspace, meter: Meter, exp: dict, limit: float, args, shot
         model, info = run_peer(peer, args.peers_python, ws, limit, work / f"{peer}-{limit:g}", args.peer_timeout)
         seconds = info.get("wall_seconds")
         rows.append({"tool": PEER_NAMES[peer], "seconds": seconds, "first_feasible_seconds": seconds if model else None,
-                     **{k: v for k, v in info.items() if k in ("notes", "failed")}})  # fmt: skip
+                     **{k: v for k, v in info.items() if k in ("notes", "failed")}})
         models[PEER_NAMES[peer]] = model
     for name, (model, seconds) in shots.items():
         rows.append({"tool": name, "seconds": seconds, "first_feasible_seconds": seconds})
@@ -89,7 +89,7 @@ def sweep_limit(ws: Workspace, meter: Meter, exp: dict, limit: float, args, shot
             continue
         m = meter(model)
         row |= {"metric": m.accuracy, "drop": m.accuracy_drop, "feasible": m.accuracy_drop <= limit,
-                "size_bytes": m.size_bytes, "runs": kernels(model)}  # fmt: skip
+                "size_bytes": m.size_bytes, "runs": kernels(model)}
         if not row["feasible"]:
             row["first_feasible_seconds"] = None
     timed = [r for r in rows if r["feasible"]]
@@ -98,7 +98,7 @@ def sweep_limit(ws: Workspace, meter: Meter, exp: dict, limit: float, args, shot
         ratios = rounds[:, :-1] / rounds[:, -1:]
         for i, (r, (ms, ratio, n)) in enumerate(zip(timed, paired_figures(rounds))):
             r |= {"latency_ms": ms, "latency_ratio": ratio, "latency_ratio_iqr": np.percentile(ratios[:, i], [25, 75]).tolist(),
-                  "latency_rounds": n}  # fmt: skip
+                  "latency_rounds": n}
         ours = next((i for i, r in enumerate(timed) if r["tool"] == "autoquant"), None)
         for j, r in enumerate(timed):
             if ours is not None and j != ours:
@@ -120,7 +120,7 @@ def sweep_bed(bed: str, args, work: Path, save, earlier: dict, command: str) -> 
     shots = one_shot(ws, args.tools)
     entry = {**beds.describe(exp), "fp32_metric": ws.reference.accuracy, "layers": len(ws.graph.layers),
              "weight_range": ws.weight_range, "latency_batch": ws.exp.eval.latency_batch_size,
-             "trials": exp["search"]["trials"], "limits": {}}  # fmt: skip
+             "trials": exp["search"]["trials"], "limits": {}}
     same = {k: earlier.get(k) for k in ("machine", "trials")} == {"machine": machine(), "trials": entry["trials"]}
     kept = {k: v for k, v in earlier.get("limits", {}).items() if same and float(k) not in args.limits}
     measured = {}
@@ -134,7 +134,7 @@ def sweep_bed(bed: str, args, work: Path, save, earlier: dict, command: str) -> 
             drop = f"{r['drop']:+.2f}" if "drop" in r else "none"
             first = f"{r['first_feasible_seconds']:.0f} s" if r.get("first_feasible_seconds") else "-"
             print(f"  {r['tool']:42s} {'ok ' if r['feasible'] else 'no '} drop {drop:>6}  {latency:>6}  first {first:>6}"
-                  f"  total {r.get('seconds') or 0:5.0f} s", flush=True)  # fmt: skip
+                  f"  total {r.get('seconds') or 0:5.0f} s", flush=True)
         save(entry)
     return entry
 

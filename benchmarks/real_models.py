@@ -63,7 +63,7 @@ def experiments(trials: int) -> dict[str, dict]:
                              "eval": {"metric": "agreement", "output": "probs", "output_batch_axis": 1, "batch_size": 8,
                                       "latency_batch_size": 8, **small}},
         "EfficientNet-Lite1": beds.experiment("efficientnet-lite1"),
-    }  # fmt: skip
+    }
     for exp in out.values():
         exp["search"] = {"trials": trials}
     return out
@@ -73,9 +73,9 @@ def command(*argv, expect_json: bool = True) -> dict:
     """One `autoquant` process: exit code, seconds, its JSON (the last stdout line) and the last stderr line."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "autoquant.cli", *map(str, argv)], capture_output=True, text=True,
-                          check=False)  # fmt: skip
+                          check=False)
     out = {"exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
-           "traceback": "Traceback" in proc.stderr, "stderr_tail": (proc.stderr.strip().splitlines() or [""])[-1][:300]}  # fmt: skip
+           "traceback": "Traceback" in proc.stderr, "stderr_tail": (proc.stderr.strip().splitlines() or [""])[-1][:300]}
     lines = proc.stdout.strip().splitlines()
     if expect_json and lines:
         try:
@@ -92,7 +92,7 @@ def run_model(name: str, exp: dict, tmp: Path) -> dict:
     drop = steps["quantize"].get("json", {}).get("accuracy_drop", 1.0)
     limit = max(0.1, round(drop / 2, 2))
     steps["search"] = command("search", exp_path, "--out", tmp / f"{exp['name']}-run", "--json", "--quiet",
-                              "--max-accuracy-drop", limit)  # fmt: skip
+                              "--max-accuracy-drop", limit)
     best = tmp / f"{exp['name']}-run" / "best"
     if (best / "model.int8.onnx").is_file():
         steps["inspect --record"] = command("inspect", best / "model.int8.onnx", "--record", best / "record.json", "--json")

@@ -47,7 +47,7 @@ def uniform(ws: Workspace, meter: Meter) -> list[dict]:
     plain = rows[0]["drop"]
     for r, (ms, ratio, n) in zip(rows, paired_figures(meter.paired_rounds(blobs))):
         r |= {"latency_ms": ms, "latency_ratio": ratio, "latency_rounds": n,
-              "share_recovered": (plain - r["drop"]) / plain if plain > 0 else None}  # fmt: skip
+              "share_recovered": (plain - r["drop"]) / plain if plain > 0 else None}
     return rows
 
 
@@ -63,11 +63,11 @@ def exports(exp: dict, limit: float, meter: Meter, work: Path) -> list[dict]:
         if model is not None:
             m = meter(model)
             row |= {"metric": m.accuracy, "drop": m.accuracy_drop, "feasible": m.accuracy_drop <= limit,
-                    "runs": kernels(model), "recovery_layers": _recovery_layers(result)}  # fmt: skip
+                    "runs": kernels(model), "recovery_layers": _recovery_layers(result)}
             models.append(model.SerializeToString())
         rows.append(row)
         print(f"  {name:16s} at {limit:g}: {'exported' if model else 'none'} float layers {row['float_layers']}  "
-              f"{row['seconds']:.0f} s", flush=True)  # fmt: skip
+              f"{row['seconds']:.0f} s", flush=True)
     if len(models) == len(rows):
         rounds = meter.paired_rounds(models)
         for r, (ms, ratio, n) in zip(rows, paired_figures(rounds)):
@@ -92,7 +92,7 @@ def bed_entry(bed: str, args, work: Path, save) -> dict:
     rows = uniform(ws, meter)
     entry = {**beds.describe(exp), "fp32_metric": ws.reference.accuracy, "layers": len(ws.graph.layers),
              "trials": exp["search"]["trials"], "uniform": rows, "rounding_seconds": dict(ws.recovery.seconds),
-             "limits": {}}  # fmt: skip
+             "limits": {}}
     save(entry)
     for limit in args.limits or [round(rows[0]["drop"] / 2, 2)]:
         entry["limits"][f"{limit:g}"] = exports(exp, limit, meter, work)

@@ -82,7 +82,7 @@ def kernels(model: onnx.ModelProto) -> dict[str, int]:
 def row(method: str, m, model: onnx.ModelProto | None = None, seconds: float = 0.0, **extra) -> dict:
     return {"method": method, "accuracy": m.accuracy, "drop": m.accuracy_drop, "bitops": m.bitops_fraction,
             "latency_ratio": m.latency_ratio, "size_bytes": m.size_bytes, "seconds": seconds,
-            "kernels": kernels(model) if model is not None else {}, **extra}  # fmt: skip
+            "kernels": kernels(model) if model is not None else {}, **extra}
 
 
 def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto, QuantPlan]]:
@@ -108,7 +108,7 @@ def hand_made(ws: Workspace, meter: Meter) -> list[tuple[dict, onnx.ModelProto, 
 
 
 def below_hand_made(ws: Workspace, meter: Meter, hand_models: list, max_drop: float, study: optuna.Study,
-                    count: int) -> dict:  # fmt: skip
+                    count: int) -> dict:
     """Is any plan strictly cheaper in bitops than every hand-made plan that meets the limit? The study's
     trials below the cheapest such plan, and that plan's `count` cheaper neighbours (one float layer back to
     INT8, or swapped for a cheaper one: guided.py's cheaper_neighbours, least predicted error first), each
@@ -132,7 +132,7 @@ def below_hand_made(ws: Workspace, meter: Meter, hand_models: list, max_drop: fl
             "study_trials_below": len(below), "study_complete_below": len(complete),
             "study_met_below": sum(r["accuracy_drop"] <= max_drop for r in complete),
             "study_best_accuracy_below": max((r["accuracy"] for r in complete), default=None),
-            "neighbours": len(candidates), "neighbours_scored": scored}  # fmt: skip
+            "neighbours": len(candidates), "neighbours_scored": scored}
 
 
 def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
@@ -151,7 +151,7 @@ def run_search(exp_path: Path, out: Path) -> tuple[dict, object]:
             "all_float_trial_latency_ratio": all_float.user_attrs["result"]["latency_ratio"] if all_float else None,
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
             "first_export_s": result.first_export_seconds,
-            "labels_on_front": [p.label or "sampled" for p in result.front]}  # fmt: skip
+            "labels_on_front": [p.label or "sampled" for p in result.front]}
     return info, result
 
 
@@ -185,7 +185,7 @@ VARIANTS = {
 
 
 def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[int, ...],
-            only: list[str] | None = None) -> dict:  # fmt: skip
+            only: list[str] | None = None) -> dict:
     variants = {label: v for label, v in VARIANTS.items() if not only or label.split()[0].lower() in only}
     held = HeldOut(exp, tmp) if exp["data"].get("source") == "cifar10" else None
     out = {}
@@ -193,7 +193,7 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
         out[label] = []
         for seed in seeds:
             path = write_exp(exp, tmp, trials=100000, timeout_minutes=minutes, seed=seed, max_accuracy_drop=max_drop,
-                             **settings)  # fmt: skip
+                             **settings)
             result = search(load_experiment(path), tmp / f"hv-{abs(hash((label, seed))) % 10**8}")
             ref = result.fp32_accuracy - max_drop
             study = optuna.load_study(study_name=exp["name"], storage=f"sqlite:///{result.out_dir / 'study.db'}")
@@ -201,17 +201,17 @@ def hv_runs(exp: dict, tmp: Path, max_drop: float, minutes: float, seeds: tuple[
             front = [p for p in pareto_front(points, Cost.BITOPS) if p.result.accuracy > ref]
             run = {"seed": seed, "trials": len(study.trials),
                    "hypervolume": hypervolume([(p.result.accuracy, p.result.bitops_fraction) for p in points], ref),
-                   "front": [{"bitops": p.result.bitops_fraction, "accuracy": p.result.accuracy} for p in front]}  # fmt: skip
+                   "front": [{"bitops": p.result.bitops_fraction, "accuracy": p.result.accuracy} for p in front]}
             if held is not None:
                 for point, p in zip(run["front"], front):
                     point["accuracy_unseen"] = held.accuracy(held.ws.build(p.plan))
                 unseen = [(p["accuracy_unseen"], p["bitops"]) for p in run["front"]]
                 run |= {"hypervolume_unseen": hypervolume(unseen, held.fp32 - max_drop),
-                        "unseen_images": int(held.unseen.sum()), "unseen_fp32_accuracy": held.fp32}  # fmt: skip
+                        "unseen_images": int(held.unseen.sum()), "unseen_fp32_accuracy": held.fp32}
             out[label].append(run)
             print(f"  {label} seed {seed}: HV {run['hypervolume']:.4f}"
                   + (f", on unseen images {run['hypervolume_unseen']:.4f}" if held else "")
-                  + f" ({len(study.trials)} trials)", flush=True)  # fmt: skip
+                  + f" ({len(study.trials)} trials)", flush=True)
     return out
 
 
@@ -219,7 +219,7 @@ def print_hypervolumes(hv: dict) -> None:
     for label, runs in hv.items():
         unseen = [r["hypervolume_unseen"] for r in runs if "hypervolume_unseen" in r]
         print(f"hypervolume {label}: " + ", ".join(f"{r['hypervolume']:.4f}" for r in runs)
-              + (" (on unseen images " + ", ".join(f"{u:.4f}" for u in unseen) + ")" if unseen else ""))  # fmt: skip
+              + (" (on unseen images " + ", ".join(f"{u:.4f}" for u in unseen) + ")" if unseen else ""))
 
 
 def main() -> None:
@@ -246,7 +246,7 @@ def main() -> None:
     results = json.loads(previous.read_text()) if previous.is_file() else {"beds": {}}
     results.update(command=" ".join(["python benchmarks/search_at_scale.py", *sys.argv[1:]]), machine=machine())
     key = " ".join([args.bed, *([f"objective {args.objective}"] if args.objective != "bitops" else []),
-                    *([f"space {args.space}"] if args.space != "default" else [])])  # fmt: skip
+                    *([f"space {args.space}"] if args.space != "default" else [])])
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(args.work or scratch)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def main() -> None:
                 sys.exit(f"--hypervolume-only needs --hypervolume MINUTES and a stored run of '{key}'")
             max_drop = args.max_drop if args.max_drop is not None else entry["max_drop"]
             entry["hypervolume"] = entry.get("hypervolume", {}) | hv_runs(exp, tmp, max_drop, args.hypervolume, (0, 1, 2),
-                                                                         args.variants)  # fmt: skip
+                                                                         args.variants)
             entry["hypervolume_minutes"] = args.hypervolume
             print_hypervolumes(entry["hypervolume"])
             print(f"wrote {write_result('search_at_scale', results)}")
@@ -278,19 +278,19 @@ def main() -> None:
             for f in (ws.exp.cache / kind).glob(f"{ws.model_key[:16]}-*"):
                 f.unlink()
         info, result = run_search(write_exp(exp, tmp, max_accuracy_drop=max_drop, trials=args.trials,
-                                            objective=args.objective), tmp / "run")  # fmt: skip
+                                            objective=args.objective), tmp / "run")
         side_by_side = {}
         if result.export is not None:
             model = onnx.load(str(result.export.model_path))
             # the export and every hand-made plan that meets the limit, timed in the same interleaved rounds
             rivals = [(r["method"], m) for r, m, _ in hand_models if r["drop"] <= max_drop]
             ms = ws.evaluator.latency_ms(ws.model.SerializeToString(), model.SerializeToString(),
-                                         *(m.SerializeToString() for _, m in rivals))  # fmt: skip
+                                         *(m.SerializeToString() for _, m in rivals))
             side_by_side = {"export": ms[1] / ms[0]} | {name: t / ms[0] for (name, _), t in zip(rivals, ms[2:])}
             again = evaluate(result.export.model_path, ws)
             rows.append(row(f"autoquant search ({info['trials']} trials, {info['pruned']} stopped early), export",
                             result.export, model, info["seconds"], trial_latency_ratio=result.chosen.result.latency_ratio,
-                            evaluate_latency_ratio=again.latency_ratio, evaluate_accuracy=again.accuracy))  # fmt: skip
+                            evaluate_latency_ratio=again.latency_ratio, evaluate_accuracy=again.accuracy))
         rows += hand
         study = optuna.load_study(study_name=ws.exp.name, storage=f"sqlite:///{result.out_dir / 'study.db'}")
         below = below_hand_made(ws, meter, hand_models, max_drop, study, args.below)
@@ -318,16 +318,16 @@ def main() -> None:
                                      "peers": peers, "hypervolume": hv,
                                 "hypervolume_minutes": hv_minutes, "weight_range": ws.weight_range,
                                      "objective": args.objective, "space": args.space,
-                                     "side_by_side_latency": side_by_side, "below_hand_made": below}  # fmt: skip
+                                     "side_by_side_latency": side_by_side, "below_hand_made": below}
     print(f"\n{args.bed}: constraint {max_drop} pt; search {info['seconds']:.0f} s, phases " +
           ", ".join(f"{k} {v:.0f} s" for k, v in info["phases"].items()) +
-          f"; first feasible plan exported after {info['first_export_s'] or float('nan'):.0f} s\n")  # fmt: skip
+          f"; first feasible plan exported after {info['first_export_s'] or float('nan'):.0f} s\n")
     print("| method | accuracy | drop | bitops | latency / FP32 | runs as | time s |")
     print("|---|---:|---:|---:|---:|---|---:|")
     for r in rows:
         runs = ", ".join(f"{n} {k}" for k, n in r["kernels"].items())
         print(f"| {r['method']} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {r['bitops']:.4f} | {r['latency_ratio']:.2f} | "
-              f"{runs} | {r['seconds']:.0f} |")  # fmt: skip
+              f"{runs} | {r['seconds']:.0f} |")
     if side_by_side:
         print("latency / FP32 timed side by side: " + ", ".join(f"{k} {v:.2f}" for k, v in side_by_side.items()))
     if below:
@@ -336,7 +336,7 @@ def main() -> None:
               f"{below['study_trials_below']} plans ({below['study_complete_below']} complete, {below['study_met_below']} "
               f"within the limit, best {below['study_best_accuracy_below']}); of its {below['neighbours']} cheaper "
               f"neighbours {len(below['neighbours_scored'])} scored, {len(met)} within the limit, best "
-              f"{max((n['accuracy'] for n in below['neighbours_scored']), default=float('nan')):.2f}")  # fmt: skip
+              f"{max((n['accuracy'] for n in below['neighbours_scored']), default=float('nan')):.2f}")
     print_hypervolumes(hv)
     print(f"\nwrote {write_result('search_at_scale', results)}")
 

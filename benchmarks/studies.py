@@ -43,5 +43,5 @@ def cold_study(exp: dict, work: Path, tag: str, **search_cfg) -> tuple[onnx.Mode
             "closest_drop": None if result.chosen is None else result.chosen.result.accuracy_drop,
             "trial_latency_ratio": result.chosen.result.latency_ratio if result.met else None,
             "label": result.chosen.label if result.met else None,
-            "float_layers": None if plan is None else len(plan.names) - len(plan.quantized)}  # fmt: skip
+            "float_layers": None if plan is None else len(plan.names) - len(plan.quantized)}
     return (onnx.load(str(result.export.model_path)) if result.met else None), info, result

@@ -27,10 +27,10 @@ HEADLINE_BED = "efficientnet-lite1"
 DEFAULT_OBJECTIVE = SearchConfig().objective.value
 AUTOQUANT = "autoquant"
 PEERS = ("INC autotune (QDQ)", "NNCF quantize_with_accuracy_control", "quantize_static u8", "quantize_static s8",
-         "quantize_dynamic")  # fmt: skip
+         "quantize_dynamic")
 SHORT = {"INC autotune (QDQ)": "Neural Compressor", "NNCF quantize_with_accuracy_control": "NNCF",
          "quantize_static u8": "quantize_static u8", "quantize_static s8": "quantize_static s8",
-         "quantize_dynamic": "quantize_dynamic"}  # fmt: skip
+         "quantize_dynamic": "quantize_dynamic"}
 
 
 def load(name: str) -> dict:
@@ -73,7 +73,7 @@ def headline() -> str:
     return (f"EfficientNet-Lite1 on {entry['data']} ({entry['eval_samples']} scored, metric: {entry['metric']} with "
             f"FP32), autoquant with its default objective ({DEFAULT_OBJECTIVE}), latency at batch "
             f"{entry['latency_batch']} as a ratio to FP32, timed side by side (drop in points in brackets):\n\n"
-            + "\n".join(lines) + "\n" + _machine(entry))  # fmt: skip
+            + "\n".join(lines) + "\n" + _machine(entry))
 
 
 def limit_sweep() -> str:
@@ -82,9 +82,9 @@ def limit_sweep() -> str:
     for bed, entry in load("limit_sweep")["beds"].items():
         out.append(f"**{bed}** — {entry['model']} on {entry['data']} ({entry['calibration_samples']} calibration / "
                    f"{entry['eval_samples']} eval samples, {entry['metric']}, FP32 {entry['fp32_metric']:.2f}, "
-                   f"{entry['layers']} layers, autoquant {entry['trials']} trials)\n")  # fmt: skip
+                   f"{entry['layers']} layers, autoquant {entry['trials']} trials)\n")
         out.append("| limit | tool | model | latency IQR | first feasible s | total s | integer / float layers | "
-                   "autoquant not slower |")  # fmt: skip
+                   "autoquant not slower |")
         out.append("|---|---|---|---|---|---|---|---|")
         for limit, rows in entry["limits"].items():
             for r in rows:
@@ -92,7 +92,7 @@ def limit_sweep() -> str:
                 first = f"{r['first_feasible_seconds']:.0f}" if r.get("first_feasible_seconds") else "–"
                 runs = f"{r['runs'].get('integer', 0)} / {r['runs'].get('float', 0)}" if "runs" in r else ""
                 out.append(f"| {limit} | {SHORT.get(r['tool'], r['tool'])} | {_cell(r)} | {iqr} | {first} | "
-                           f"{r.get('seconds') or 0:.0f} | {runs} | {_verdict(r.get('autoquant_not_slower'))} |")  # fmt: skip
+                           f"{r.get('seconds') or 0:.0f} | {runs} | {_verdict(r.get('autoquant_not_slower'))} |")
         out.append(_machine(entry))
     return "\n".join(out)
 
@@ -116,9 +116,9 @@ def recovery() -> str:
     for bed, entry in load("recovery")["beds"].items():
         fitted = entry["rounding_seconds"]
         rounding = (f"adaptive rounding {sum(fitted.values()):.0f} s for {len(fitted)} layers (per layer "
-                    f"{min(fitted.values()):.1f}–{max(fitted.values()):.1f} s)" if fitted else "")  # fmt: skip
+                    f"{min(fitted.values()):.1f}–{max(fitted.values()):.1f} s)" if fitted else "")
         out.append(f"**{bed}** — {entry['model']} on {entry['data']} ({entry['eval_samples']} eval samples, "
-                   f"{entry['metric']}, FP32 {entry['fp32_metric']:.2f}); {rounding}\n")  # fmt: skip
+                   f"{entry['metric']}, FP32 {entry['fp32_metric']:.2f}); {rounding}\n")
         out += ["| plan | drop | share of all-INT8's drop recovered | latency vs FP32 |", "|---|---|---|---|"]
         for r in entry["uniform"]:
             share = f"{r['share_recovered']:.0%}" if r.get("share_recovered") is not None else "–"
@@ -126,14 +126,14 @@ def recovery() -> str:
         ranked = ", ".join(sorted({r["objective"] for rows in entry["limits"].values() for r in rows}))
         out += ["", f"Two fresh studies per limit, ranked by {ranked or '–'}:", "",
                 ("| limit | space | export | float layers | layers with bc / adaround | study s | "
-                 "not slower than the default space's |"), "|---|---|---|---|---|---|---|"]  # fmt: skip
+                 "not slower than the default space's |"), "|---|---|---|---|---|---|---|"]
         for limit, rows in entry["limits"].items():
             for r in rows:
                 used = r.get("recovery_layers") or {}
                 used = f"{used['bias_correction']} / {used['adaptive_rounding']}" if used else "–"
                 floats = "–" if r["float_layers"] is None else r["float_layers"]
                 out.append(f"| {limit} | {r['space']} | {_cell(r)} | {floats} | {used} | {r['seconds']:.0f} | "
-                           f"{_verdict(r.get('not_slower_than_default_space'))} |")  # fmt: skip
+                           f"{_verdict(r.get('not_slower_than_default_space'))} |")
         out.append(_machine(entry))
     return "\n".join(out)
 
@@ -142,13 +142,13 @@ def finetune() -> str:
     """README and benchmarks/README: a uniform plan after PTQ and after fine-tuning, per bed, at its limit."""
     results = load("finetune")
     lines = [("| bed | plan | limit | after PTQ | fine-tuned | fine-tuning s | a search's export at the limit | "
-              "fine-tuned not slower than it |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "fine-tuned not slower than it |"), "|---|---|---|---|---|---|---|---|"]
     for bed, e in results["beds"].items():
         search = e.get("search")
         found = "not run" if search is None else _cell({**search, "feasible": search.get("met")})
         lines.append(f"| {bed} ({e['data']}, {e['metric']}) | {e['plan']} | {e['limit']:g} | {_cell(e['ptq'])} | "
                      f"{_cell(e['finetuned'])} | {e['finetuned']['seconds']:.0f} | {found} | "
-                     f"{_verdict(e['finetuned'].get('not_slower_than_search'))} |")  # fmt: skip
+                     f"{_verdict(e['finetuned'].get('not_slower_than_search'))} |")
     entries = list(results["beds"].values())
     return "\n".join(lines) + "\n" + "".join(dict.fromkeys(_machine(e) for e in entries))
 
@@ -160,7 +160,7 @@ def baselines() -> str:
     for bed, e in results["beds"].items():
         rows = {r["plan"]: r for r in e["rows"]}
         cells = [f"{rows[p]['drop']:+.2f} pt, {rows[p]['latency_ratio']:.2f}x" for p in ("all INT8 per-channel",
-                                                                                           "all INT8 per-tensor")]  # fmt: skip
+                                                                                           "all INT8 per-tensor")]
         lines.append(f"| {bed} | {e['data']}, {e['metric']} | {rows['FP32']['metric']:.2f} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n" + _machine(results)
 
@@ -169,7 +169,7 @@ def real_models() -> str:
     """benchmarks/README: six real models through every command, as shipped."""
     results = load("real_models")
     lines = [("| model | limit | all INT8 per-channel drop | search | export drop | export latency | `evaluate` latency | "
-             "every command exit 0, no traceback |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "every command exit 0, no traceback |"), "|---|---|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         steps = m["steps"]
         search, again = steps.get("search", {}), steps.get("evaluate", {}).get("json") or {}
@@ -178,7 +178,7 @@ def real_models() -> str:
         cells = [f"{exported['accuracy_drop']:+.2f}", f"{exported['latency_ratio']:.2f}x"] if exported else ["–", "–"]
         cells.append(f"{again['latency_ratio']:.2f}x" if again else "–")
         lines.append(f"| {name} | {m['limit']} | {m['all_int8_drop']:+.2f} | exit {search.get('exit', '–')} | "
-                     f"{' | '.join(cells)} | {'yes' if ok else 'no'} |")  # fmt: skip
+                     f"{' | '.join(cells)} | {'yes' if ok else 'no'} |")
     return "\n".join(lines) + "\n" + _machine(results)
 
 
@@ -202,7 +202,7 @@ def modes_table() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {"modes": modes_table, "headline": headline, "limit-sweep": limit_sweep,
                                         "objective-choice": objective_choice, "recovery": recovery, "baselines": baselines,
-                                        "real-models": real_models, "finetune": finetune}  # fmt: skip
+                                        "real-models": real_models, "finetune": finetune}
 
 
 def render(text: str) -> str:

@@ -44,7 +44,7 @@ def experiment(tmp: Path, trials: int) -> Path:
     exp["model"]["torch"] = str(REAL / "minilm.py") + ":encoder"
     exp["data"].update(loader=str(REAL / "minilm.py") + ":sentences", calibration_size=200, eval_size=500)
     exp["search"] = {"trials": trials, "space": "transformer", "objective": "latency", "max_accuracy_drop": 1.0,
-                     "sensitivity_k": [1, 2, 4]}  # fmt: skip
+                     "sensitivity_k": [1, 2, 4]}
     path = tmp / "minilm_modes.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path
@@ -65,7 +65,7 @@ def row(method: str, m, seconds: float = 0.0, model: onnx.ModelProto | None = No
         for e in executed_layers(model):
             kernels[e.kernel] = kernels.get(e.kernel, 0) + 1
     return {"method": method, "fidelity": m.accuracy, "drop": m.accuracy_drop, "latency_ratio": m.latency_ratio,
-            "latency_ms": m.latency_ms, "size_bytes": m.size_bytes, "seconds": seconds, "kernels": kernels, **extra}  # fmt: skip
+            "latency_ms": m.latency_ms, "size_bytes": m.size_bytes, "seconds": seconds, "kernels": kernels, **extra}
 
 
 def plot(results: dict) -> Path:
@@ -79,10 +79,10 @@ def plot(results: dict) -> Path:
         m = r["method"]
         kind = "FP32" if m == "FP32" else "export" if m.startswith("autoquant search") else "ORT" if m.startswith("ORT") else "uniform"
         color, marker = {"FP32": ("k", "o"), "export": ("tab:orange", "*"), "ORT": ("tab:blue", "s"),
-                         "uniform": ("tab:green", "^")}[kind]  # fmt: skip
+                         "uniform": ("tab:green", "^")}[kind]
         ax.scatter(r["latency_ratio"], r["fidelity"], c=color, marker=marker, s=180 if kind == "export" else 60)
         ax.annotate(m.replace("autoquant search ", "").replace("ORT ", ""), (r["latency_ratio"], r["fidelity"]),
-                    fontsize=7, xytext=(5, -4), textcoords="offset points")  # fmt: skip
+                    fontsize=7, xytext=(5, -4), textcoords="offset points")
     for c in results["constraints"]:
         ax.axhline(100 - c, ls="--", c="tab:red", lw=1)
     ax.set_ylim(max(80, min(r["fidelity"] for r in results["rows"]) - 1), 100.5)
@@ -110,13 +110,13 @@ def main() -> None:
         dynamic = ort_quantize_dynamic(ws)
         rows.append(row("ORT quantize_dynamic (defaults)", meter(dynamic, timed=True), time.perf_counter() - t0, dynamic))
         for label, kwargs in (("quantize_static defaults (s8/s8 per-tensor)", {"per_channel": False}),
-                              ("quantize_static per-channel, u8 activations", {"per_channel": True, "activation_type": "QUInt8"})):  # fmt: skip
+                              ("quantize_static per-channel, u8 activations", {"per_channel": True, "activation_type": "QUInt8"})):
             t0 = time.perf_counter()
             model = ort_quantize_static(ws, **kwargs)
             rows.append(row(f"ORT {label}", meter(model, timed=True), time.perf_counter() - t0, model))
         uniform = {"static INT8 per-channel": LayerChoice.of(), "dynamic per-channel": LayerChoice.of("dynamic"),
                    "dynamic per-tensor": LayerChoice.of("dynamic", weight_granularity="per_tensor"), "int4 blocks of 32": LayerChoice.of("int4", block_size=32),
-                   "int4 blocks of 128": LayerChoice.of("int4", block_size=128)}  # fmt: skip
+                   "int4 blocks of 128": LayerChoice.of("int4", block_size=128)}
         for label, choice in uniform.items():
             plan = QuantPlan.uniform(names, choice)
             model = ws.build(plan)
@@ -127,14 +127,14 @@ def main() -> None:
             plan = QuantPlan.uniform(smoothed.graph.names, uniform[label])
             model = smoothed.build(plan)
             rows.append(row(f"autoquant all {label} + SmoothQuant 0.5", sq_meter(model, plan, timed=True), model=model,
-                            smoothing={"folded": len(smoothed.smoothing.folded), "inserted": len(smoothed.smoothing.inserted)}))  # fmt: skip
+                            smoothing={"folded": len(smoothed.smoothing.folded), "inserted": len(smoothed.smoothing.inserted)}))
 
         qd_drop = rows[1]["drop"]
         constraints = [math.ceil(qd_drop * 10) / 10, round(qd_drop / 2, 3)]
         run = Path(args.run_dir) if args.run_dir else tmp / "run"
         t0 = time.perf_counter()
         result = search(dataclasses.replace(exp, search=dataclasses.replace(exp.search, max_accuracy_drop=constraints[0])),
-                        run)  # fmt: skip
+                        run)
         search_s = time.perf_counter() - t0
         study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{run / 'study.db'}")
         points = scored_points(study)  # objective latency: every trial was timed, interleaved with FP32
@@ -146,7 +146,7 @@ def main() -> None:
             if not met:
                 model = ws.build(chosen.plan)
                 rows.append(row(label + ": constraint NOT met, closest plan", meter(model, chosen.plan, timed=True),
-                                search_s, model))  # fmt: skip
+                                search_s, model))
                 continue
             exported = quantize(ws, chosen.plan, tmp / f"export{i}")  # the export step: model + record, re-measured
             model = onnx.load(str(exported.model_path))
@@ -155,11 +155,11 @@ def main() -> None:
             for _, ch in chosen.plan.choices:
                 modes[ch.label] = modes.get(ch.label, 0) + 1
             rows.append(row(label, exported, search_s, model, vs_quantize_dynamic=ms / qd_ms, modes=modes,
-                            trial_latency_ratio=chosen.result.latency_ratio, trial=chosen.number))  # fmt: skip
+                            trial_latency_ratio=chosen.result.latency_ratio, trial=chosen.number))
         results = {"command": " ".join(["python benchmarks/transformer_modes.py", *sys.argv[1:]]), "machine": machine(),
                    "eval_samples": len(ws.splits.eval), "calibration_samples": len(ws.splits.calibration),
                    "layers": len(names), "weight_range": ws.weight_range, "constraints": constraints,
-                   "search_seconds": search_s, "rows": rows}  # fmt: skip
+                   "search_seconds": search_s, "rows": rows}
     print(f"\nall-MiniLM-L6-v2: {len(names)} MatMul/Gemm layers; {results['eval_samples']} eval sentences; "
           f"constraints {constraints} points (quantize_dynamic drops {qd_drop:.2f})\n")
     print("| method | fidelity (cosine × 100) | drop | latency / FP32 | size MB | kernels |")
@@ -168,7 +168,7 @@ def main() -> None:
         extra = f" ({r['vs_quantize_dynamic']:.2f}× quantize_dynamic's latency, paired)" if "vs_quantize_dynamic" in r else ""
         kernels = ", ".join(f"{n} {k}" for k, n in sorted(r["kernels"].items(), key=lambda kv: -kv[1]))
         print(f"| {r['method']}{extra} | {r['fidelity']:.2f} | {r['drop']:+.2f} | {r['latency_ratio']:.2f} | "
-              f"{r['size_bytes'] / 1e6:.1f} | {kernels} |")  # fmt: skip
+              f"{r['size_bytes'] / 1e6:.1f} | {kernels} |")
     print(f"\nwrote {write_result('transformer_modes', results)} and {plot(results)}")
 
 

@@ -36,12 +36,12 @@ def main() -> None:
         t0 = time.perf_counter()
         result = search(exp, out, trials=args.trials, workers=workers)
         rows.append({"workers": workers, "wall_seconds": time.perf_counter() - t0, "loop_seconds": result.seconds,
-                     "completed": result.completed})  # fmt: skip
+                     "completed": result.completed})
         shutil.rmtree(out, ignore_errors=True)
     ratio = rows[1]["wall_seconds"] / rows[0]["wall_seconds"]
     path = write_result("workers", {"command": "python " + " ".join(sys.argv), "machine": machine(),
                                     "experiment": exp.name, "trials": args.trials, "rows": rows,
-                                    "two_over_one_wall_time": ratio})  # fmt: skip
+                                    "two_over_one_wall_time": ratio})
     for r in rows:
         print(f"{r['workers']} worker(s): {r['wall_seconds']:.1f} s wall ({r['completed']} trials complete)")
     print(f"2 workers / 1 worker wall time: {ratio:.2f}\nwrote {path}")

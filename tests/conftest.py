@@ -55,7 +55,7 @@ def digits_yaml(tmp_path_factory) -> Path:
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 3},
         search={"early_stop": False},  # tests that count complete trials: every trial runs to the end
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,7 @@ def resnet20_yaml(shared_data, tmp_path_factory) -> Path:
         data={"source": "cifar10", "path": str(shared_data / "cifar10_test.npz"), "train_size": 5000,
               "calibration_size": 500, "eval_size": 1000},
         eval={"latency_repeats": 3},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +92,7 @@ def conv_model(weights: list[np.ndarray], *, relu: bool = True, groups: list[int
         inits.append(numpy_helper.from_array(w.astype(np.float32), f"w{i}"))
         inits.append(numpy_helper.from_array(np.zeros(w.shape[0], np.float32), f"b{i}"))
         nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
-                                      group=(groups or [1] * len(weights))[i]))  # fmt: skip
+                                      group=(groups or [1] * len(weights))[i]))
         x = f"c{i}"
         if relu:
             nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
@@ -104,7 +104,7 @@ def conv_model(weights: list[np.ndarray], *, relu: bool = True, groups: list[int
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", cin, 8, 8])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", weights[-1].shape[0], 8, 8])],
         inits,
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

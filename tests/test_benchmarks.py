@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # the optional bench extra at call time.
 OTHER_ENVIRONMENT = {"peers/run_peer.py"}
 SCRIPTS = sorted(str(p.relative_to(BENCHMARKS)) for p in BENCHMARKS.rglob("*.py")
-                 if str(p.relative_to(BENCHMARKS)) not in OTHER_ENVIRONMENT)  # fmt: skip
+                 if str(p.relative_to(BENCHMARKS)) not in OTHER_ENVIRONMENT)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -34,7 +34,7 @@ def test_generated_tables_are_up_to_date():
     # The package is importable from the checkout whether or not it is installed.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS.parent), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "tables.py"), "--check"], capture_output=True, text=True,
-                          env=env, check=False)  # fmt: skip
+                          env=env, check=False)
     assert proc.returncode == 0, proc.stderr or proc.stdout
 
 

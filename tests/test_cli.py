@@ -47,7 +47,7 @@ def _builtin_onnx():
 def test_console_script_prints_a_human_summary(digits_yaml, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autoquant.cli", "quantize", str(digits_yaml), "--plan",
                            "int8-per-tensor", "--algorithm", "percentile", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "quant accuracy" in proc.stdout and "bitops 6.25 % of FP32" in proc.stdout
 
@@ -71,7 +71,7 @@ def user_model(tmp_path_factory):
 
 def _exp(tmp, **over):
     sections = {"name": "user", "model": {"onnx": str(tmp / "model.onnx")},
-                "data": {"source": "npz", "path": str(tmp / "data.npz"), "calibration_size": 20, "eval_size": 20}}  # fmt: skip
+                "data": {"source": "npz", "path": str(tmp / "data.npz"), "calibration_size": 20, "eval_size": 20}}
     for key, value in over.items():
         sections[key] = {**sections.get(key, {}), **value} if isinstance(value, dict) else value
     return write_experiment(tmp / "exp.yaml", **sections)
@@ -95,7 +95,7 @@ BAD_INPUTS = {
     "unknown YAML key": (lambda t: {"calibration": {"size": 3}}, [], "unknown key"),
     "labels of the wrong length": (lambda t: _bad_npz(t, "l.npz", np.zeros((40, 3, 8, 8), np.float32), np.zeros(7, np.int64)),
                                    [], "40 inputs but 7 labels"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -8,7 +8,7 @@ def test_relative_paths_resolve_against_the_yaml_file(tmp_path):
     sub = tmp_path / "exp"
     sub.mkdir()
     path = write_experiment(sub / "e.yaml", name="x", model={"onnx": "../m.onnx"},
-                            data={"source": "npz", "path": "d.npz"})  # fmt: skip
+                            data={"source": "npz", "path": "d.npz"})
     exp = load_experiment(path)
     assert exp.model.onnx == tmp_path / "m.onnx"
     assert exp.data.path == sub / "d.npz"

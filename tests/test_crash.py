@@ -23,7 +23,7 @@ def finished_run(tmp_path):
         tmp_path / "c.yaml", name="digits_crash", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 2}, search={"population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 2.0, "early_stop": False},
-    )  # fmt: skip
+    )
     out = tmp_path / "run"
     search(load_experiment(exp), out, trials=8)
     return exp, out
@@ -94,7 +94,7 @@ def test_sigkill_a_worker_during_a_trial_then_the_study_completes(finished_run):
     exp, out = finished_run
     storage = f"sqlite:///{out / 'study.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "autoquant.cli", "worker", str(exp), "--storage", storage,
-                             "--trials", "200", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                             "--trials", "200", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def running_after_some():
         trials = optuna.load_study(study_name="digits_crash", storage=storage).get_trials()
@@ -105,10 +105,10 @@ def test_sigkill_a_worker_during_a_trial_then_the_study_completes(finished_run):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {t.number: t.values for t in optuna.load_study(study_name="digits_crash", storage=storage).get_trials(
-        states=(TrialState.COMPLETE,))}  # fmt: skip
+        states=(TrialState.COMPLETE,))}
     result = search(load_experiment(exp), out, trials=len(before) + 6)
     after = {t.number: t.values for t in optuna.load_study(study_name="digits_crash", storage=storage).get_trials(
-        states=(TrialState.COMPLETE,))}  # fmt: skip
+        states=(TrialState.COMPLETE,))}
     assert result.completed == len(before) + 6 == len(after)
     assert all(after[n] == v for n, v in before.items())
     ort.InferenceSession(str(out / "best" / "model.int8.onnx"), providers=["CPUExecutionProvider"])

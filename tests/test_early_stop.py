@@ -87,7 +87,7 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     # int4 weights cost this encoder about 10 points of agreement; the limit is 2: those plans are hopeless.
     # The prefix: 100 samples (eval 480) rounded up to whole batches of 32, looked at after 1, 2, 3, 4 batches
     exp = transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480},
-                          search={"trials": 16, "space": "transformer", "max_accuracy_drop": 2.0, "sensitivity_k": [1]})  # fmt: skip
+                          search={"trials": 16, "space": "transformer", "max_accuracy_drop": 2.0, "sensitivity_k": [1]})
     code, out, err = cli(capsys, "search", exp, "--out", encoder_dir / "run", "--json")
     assert code == 0, err
     study = optuna.load_study(study_name="encoder", storage=f"sqlite:///{encoder_dir / 'run' / 'study.db'}")

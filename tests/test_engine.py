@@ -56,19 +56,19 @@ def test_building_a_plan_never_recalibrates(resnet20_ws, monkeypatch):
     again = Workspace(resnet20_ws.exp)  # statistics and FP32 reference come from the disk cache
     assert again.timings.calibration == 0 and again.timings.reference == 0
     plan = QuantPlan.from_spec({"default": {"activation_algorithm": "entropy"},
-                                "layers": {"/linear/Gemm": {"quantize": False}}}, again.graph.names)  # fmt: skip
+                                "layers": {"/linear/Gemm": {"quantize": False}}}, again.graph.names)
     assert len(again.build(plan).graph.node) > len(again.model.graph.node)
 
 
 def test_apply_reproduces_the_exported_model_exactly(resnet20_ws, tmp_path):
     plan = QuantPlan.from_spec({"default": {"activation_algorithm": "percentile"},
                                 "layers": {"re:/layer3/.*": {"weight_granularity": "per_tensor"},
-                                           "/conv1/Conv": {"quantize": False}}}, resnet20_ws.graph.names)  # fmt: skip
+                                           "/conv1/Conv": {"quantize": False}}}, resnet20_ws.graph.names)
     r = quantize(resnet20_ws, plan, tmp_path / "out")
     rebuilt = apply_record(resnet20_ws.prepared.source, r.record_path, tmp_path / "applied.onnx", resnet20_ws.exp.cache)
     x = resnet20_ws.splits.eval.x[:200]
     outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-            for p in (r.model_path, rebuilt)]  # fmt: skip
+            for p in (r.model_path, rebuilt)]
     assert np.array_equal(outs[0], outs[1])
 
 
@@ -89,7 +89,7 @@ def mobilenet_exp(shared_data, tmp_path_factory):
     export_torch(net, full.x[:1], tmp / "mobilenet.onnx")
     return write_experiment(tmp / "mobilenet.yaml", name="mobilenet", model={"onnx": "mobilenet.onnx"},
                             data={"source": "npz", "path": "cifar_subset.npz", "calibration_size": 256,
-                                  "eval_size": 256}, eval={"latency_repeats": 3})  # fmt: skip
+                                  "eval_size": 256}, eval={"latency_repeats": 3})
 
 
 def test_mobilenet_depthwise_graph_quantizes_and_per_channel_beats_per_tensor(mobilenet_exp, tmp_path):
@@ -138,7 +138,7 @@ def test_resnet56_int8_per_channel(shared_data, tmp_path):
     exp = write_experiment(tmp_path / "r56.yaml", name="resnet56",
                            model={"builtin": "cifar10_resnet56", "checkpoint": str(shared_data / "resnet56-4bfd9763.th")},
                            data={"source": "cifar10", "path": str(shared_data / "cifar10_test.npz"), "train_size": 5000,
-                                 "calibration_size": 500, "eval_size": 1000}, eval={"latency_repeats": 3})  # fmt: skip
+                                 "calibration_size": 500, "eval_size": 1000}, eval={"latency_repeats": 3})
     ws = Workspace(load_experiment(exp))
     assert len(ws.graph.layers) == 56
     r = quantize(ws, preset_plan(ws, "int8-per-channel"), tmp_path / "out")

@@ -104,7 +104,7 @@ def searched(tmp_path_factory):
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 2}, search={"population_size": 6, "sensitivity_k": [1], "early_stop": False},
         finetune={"steps": 120, "checkpoint_every": 10, "batch_size": 16},
-    )  # fmt: skip
+    )
     result = search(load_experiment(exp), root / "run", trials=6)
     return exp, root / "run", result
 
@@ -132,7 +132,7 @@ def test_a_killed_finetuning_resumes_where_its_checkpoint_is(searched, tmp_path,
     assert code == 0, err
     whole = json.loads(out)
     proc = subprocess.Popen([sys.executable, "-m", "autoquant.cli", "finetune", str(run), "--out", str(tmp_path / "k"),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert wait_for(lambda: (run / CHECKPOINT).is_file(), timeout=120), proc.stderr.read() if proc.poll() else ""
         proc.send_signal(signal.SIGKILL)
@@ -177,7 +177,7 @@ def test_finetuning_bad_input_is_one_line(searched, digits_ws, tmp_path, capsys)
         Mirror(digits_ws.model, digits_ws.graph, int4, digits_ws.build(int4), digits_ws.weight_range)
     (tmp_path / "digits.onnx").write_bytes(digits_ws.prepared.source.read_bytes())  # as a user's ONNX file
     no_train = write_experiment(tmp_path / "nt.yaml", name="nt", model={"onnx": "digits.onnx"},
-                                data={"source": "digits", "train_size": 0, "calibration_size": 300, "eval_size": 497})  # fmt: skip
+                                data={"source": "digits", "train_size": 0, "calibration_size": 300, "eval_size": 497})
     from autoquant import Workspace
     from autoquant.jobs.finetune import training_data
 

@@ -48,14 +48,14 @@ def assert_runs_as_planned(model: onnx.ModelProto, plan: QuantPlan) -> None:
 
 
 @pytest.mark.parametrize("which", ["first float", "middle float", "classifier float", "every other float",
-                                   "every other float, from the first"])  # fmt: skip
+                                   "every other float, from the first"])
 def test_resnet20_mixed_plans_run_as_planned(resnet20_ws, which):
     plan = plans(resnet20_ws.graph.names, "/layer2/layer2.0/conv1/Conv")[which]
     assert_runs_as_planned(resnet20_ws.build(plan), plan)
 
 
 @pytest.mark.parametrize("which", ["first float", "middle float", "classifier float", "every other float",
-                                   "every other float, from the first"])  # fmt: skip
+                                   "every other float, from the first"])
 def test_depthwise_mixed_plans_run_as_planned(digits_ws, which):
     depthwise = next(layer.name for layer in digits_ws.graph.layers if layer.depthwise)
     plan = plans(digits_ws.graph.names, depthwise)[which]
@@ -137,7 +137,7 @@ def test_inspect_cli(resnet20_ws, tmp_path, capsys, monkeypatch):
     assert main(["inspect", str(plain), "--record", str(r.record_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["autoquant: /layer2/layer2.0/conv1/Conv: meant to run float, runs QLinearConv (integer)",
-                   "autoquant: 1 layer(s) do not run as the record states"]  # fmt: skip
+                   "autoquant: 1 layer(s) do not run as the record states"]
     assert Record.load(r.record_path).plan() == plan
 
     not_onnx = tmp_path / "x.onnx"

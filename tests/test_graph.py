@@ -25,12 +25,12 @@ def _linear_model(op: str, w: np.ndarray, **attrs) -> onnx.ModelProto:
     node = helper.make_node(op, ["x", "w"], ["y"], name="fc", **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w.astype(np.float32), "w")])  # fmt: skip
+                              [numpy_helper.from_array(w.astype(np.float32), "w")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 @pytest.mark.parametrize("op, shape, attrs, axis", [("Gemm", (10, 16), {"transB": 1}, 0), ("Gemm", (16, 10), {}, 1),
-                                                     ("MatMul", (16, 10), {}, 1)])  # fmt: skip
+                                                     ("MatMul", (16, 10), {}, 1)])
 def test_gemm_and_matmul_channel_axis_and_flops(op, shape, attrs, axis):
     (layer,) = analyze(_linear_model(op, np.ones(shape), **attrs)).layers
     assert layer.channel_axis == axis and layer.out_channels == 10
@@ -40,7 +40,7 @@ def test_gemm_and_matmul_channel_axis_and_flops(op, shape, attrs, axis):
 def test_model_without_quantizable_layers_is_rejected():
     node = helper.make_node("Relu", ["x"], ["y"], name="r")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])  # fmt: skip
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     with pytest.raises(ModelError, match="no quantizable layer"):
         analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
@@ -83,14 +83,14 @@ def test_recurrent_and_activation_matmuls_are_listed_as_float_compute_and_costed
     inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * h, i)).astype(np.float32), "W"),
              numpy_helper.from_array(rng.normal(size=(1, 4 * h, h)).astype(np.float32), "R"),
              numpy_helper.from_array(rng.normal(size=(h, 3)).astype(np.float32), "proj"),
-             numpy_helper.from_array(np.array([2], np.int64), "axes")]  # fmt: skip
+             numpy_helper.from_array(np.array([2], np.int64), "axes")]
     nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=h, layout=1),
              helper.make_node("Squeeze", ["y", "axes"], ["seq"], name="squeeze"),
              helper.make_node("MatMul", ["seq", "proj"], ["p"], name="proj_matmul"),
              helper.make_node("Transpose", ["p"], ["pt"], name="t", perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["pt", "p"], ["out"], name="gram")]  # fmt: skip
+             helper.make_node("MatMul", ["pt", "p"], ["out"], name="gram")]
     graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", t, i])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 3])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 3])], inits)
     g = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert [(layer.name, layer.flops) for layer in g.layers] == [("proj_matmul", 2 * t * h * 3)]
     assert [(op.name, op.op_type, op.flops) for op in g.float_ops] == [

@@ -43,7 +43,7 @@ def user_experiment(tmp, model: onnx.ModelProto | None = None, shape=(3, 8, 8), 
     np.savez(tmp / "data.npz", x=rng.normal(size=(40, *shape)).astype(np.float32), y=np.zeros(40, np.int64))
     base = {"name": "hostile", "model": {"onnx": str(tmp / "model.onnx")},
             "data": {"source": "npz", "path": str(tmp / "data.npz"), "calibration_size": 20, "eval_size": 20},
-            "eval": {"latency_repeats": 2}}  # fmt: skip
+            "eval": {"latency_repeats": 2}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     return write_experiment(tmp / "exp.yaml", **base)
@@ -68,7 +68,7 @@ def test_truncated_onnx_file(tmp_path, capsys):
 
 def test_unsupported_op_in_a_quantizable_position(tmp_path, capsys):
     nodes = [helper.make_node("Mystery", ["input"], ["m"], name="mystery", domain="com.example"),
-             helper.make_node("Conv", ["m", "w"], ["output"], name="conv", pads=[1, 1, 1, 1])]  # fmt: skip
+             helper.make_node("Conv", ["m", "w"], ["output"], name="conv", pads=[1, 1, 1, 1])]
     exp = user_experiment(tmp_path, _graph(nodes, [X], [W], (("", 17), ("com.example", 1))))
     assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "o")[::2], "com.example.Mystery")
 
@@ -86,15 +86,15 @@ def test_yaml_with_wrong_types_in_the_search_section(tmp_path, capsys):
 
 def test_storage_url_that_cannot_be_reached(tmp_path, capsys):
     exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]),
-                          search={"storage": "sqlite:////nonexistent/dir/study.db"})  # fmt: skip
+                          search={"storage": "sqlite:////nonexistent/dir/study.db"})
     assert_one_line_error(*cli(capsys, "search", exp, "--out", tmp_path / "o")[::2], "cannot open study storage")
 
 
 def test_tracking_uri_that_cannot_be_written(tmp_path, capsys):
     exp = user_experiment(tmp_path, conv_model([np.ones((4, 3, 3, 3))]),
-                          search={"tracking_uri": "sqlite:////proc/forbidden/mlflow.db"})  # fmt: skip
+                          search={"tracking_uri": "sqlite:////proc/forbidden/mlflow.db"})
     assert_one_line_error(*cli(capsys, "search", exp, "--out", tmp_path / "o", "--trials", "2")[::2],
-                          "cannot use MLflow tracking store")  # fmt: skip
+                          "cannot use MLflow tracking store")
 
 
 def test_output_location_that_cannot_be_written(tmp_path, capsys):
@@ -110,7 +110,7 @@ def full_disk(tmp_path, monkeypatch):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                             capture_output=True, check=False).returncode == 0  # fmt: skip
+                             capture_output=True, check=False).returncode == 0
     if not mounted:
         def no_space(*_):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -165,7 +165,7 @@ def test_hung_trial_times_out_and_the_study_goes_on(tmp_path, monkeypatch):
         tmp_path / "t.yaml", name="digits_timeout", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 2}, search={"trial_timeout_seconds": 2.0, "population_size": 4, "sensitivity_k": [], "early_stop": False},
-    )  # fmt: skip
+    )
     from autoquant.workspace import Workspace
 
     real = Workspace.build
@@ -192,7 +192,7 @@ def folder_experiment(tmp, images: Path, **image):
     return write_experiment(tmp / "folder.yaml", name="folder", model={"onnx": str(tmp / "model.onnx")},
                             data={"source": "folder", "path": str(images), "calibration_size": 4, "eval_size": 4,
                                   "image": {"size": 8, "mean": [0, 0, 0], "std": [1, 1, 1], **image}},
-                            eval={"metric": "agreement", "latency_repeats": 2})  # fmt: skip
+                            eval={"metric": "agreement", "latency_repeats": 2})
 
 
 def test_sixteen_bit_images_are_read_at_their_depth(tmp_path, capsys):
@@ -242,13 +242,13 @@ def fixed_batch_model(batch: int) -> onnx.ModelProto:
     """conv → flatten → classifier on an input whose batch is fixed to `batch` (an export with batch 1, say)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(size=(256, 5)).astype(np.float32), "fc")]  # fmt: skip
+             numpy_helper.from_array(rng.normal(size=(256, 5)).astype(np.float32), "fc")]
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Flatten", ["r"], ["f"], name="flat"),
-             helper.make_node("MatMul", ["f", "fc"], ["output"], name="fc")]  # fmt: skip
+             helper.make_node("MatMul", ["f", "fc"], ["output"], name="fc")]
     graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 5])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 5])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -271,16 +271,16 @@ def test_a_model_with_a_fixed_batch_is_fed_at_that_batch(tmp_path, capsys, batch
     np.savez(tmp_path / "data.npz", input=x)
     exp = write_experiment(tmp_path / "fixed.yaml", name=f"fixed{batch}", model={"onnx": "model.onnx"},
                            data={"source": "npz", "path": "data.npz", "calibration_size": 20, "eval_size": 25},
-                           eval={"metric": "cosine", "latency_repeats": 2}, search={"trials": 4})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2}, search={"trials": 4})
     ws = Workspace(load_experiment(exp))
     # every eval sample scored once, as the model computes it alone
     sess = ws.evaluator.session(ws.fp32_model)
     alone = np.concatenate([sess.run(None, {"input": x[i : i + batch]})[0][:1] if batch == 1 else
-                            sess.run(None, {"input": np.repeat(x[i : i + 1], batch, 0)})[0][:1] for i in range(45)])  # fmt: skip
+                            sess.run(None, {"input": np.repeat(x[i : i + 1], batch, 0)})[0][:1] for i in range(45)])
     order = ws.splits.eval.rows
     np.testing.assert_allclose(ws.reference.outputs, alone[order], rtol=1e-5, atol=1e-5)
     for command in (["quantize", exp, "--out", tmp_path / "q"], ["search", exp, "--out", tmp_path / "run"],
-                    ["evaluate", tmp_path / "run" / "best" / "model.int8.onnx", exp]):  # fmt: skip
+                    ["evaluate", tmp_path / "run" / "best" / "model.int8.onnx", exp]):
         code, _, err = cli(capsys, *command)
         assert code == 0 and "Traceback" not in err, err
 
@@ -290,12 +290,12 @@ def test_a_batch_fixed_inside_the_model_pads_short_batches_or_names_the_setting(
     np.savez(tmp_path / "data.npz", input=np.random.default_rng(1).normal(size=(90, 3, 8, 8)).astype(np.float32))
     data = {"source": "npz", "path": "data.npz", "calibration_size": 44, "eval_size": 46}
     exp = write_experiment(tmp_path / "hidden.yaml", name="hidden", model={"onnx": "model.onnx"}, data=data,
-                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2})
     assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2],
                           "cannot run the model on a batch of 46 eval sample(s)")  # the eval batch of 100
     exp = write_experiment(tmp_path / "hidden32.yaml", name="hidden32", model={"onnx": "model.onnx"}, data=data,
                            quantization={"calibration_batch_size": 32},
-                           eval={"metric": "cosine", "latency_repeats": 2, "batch_size": 32, "latency_batch_size": 32})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2, "batch_size": 32, "latency_batch_size": 32})
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
     assert code == 0 and "short batches are padded" in err, err
     assert json.loads(out)["accuracy"] > 99.0
@@ -316,10 +316,10 @@ def test_a_loader_that_never_ends_is_read_until_the_splits_have_their_samples(tm
                 with open(Path(__file__).with_name("batches.txt"), "a") as f:
                     f.write(f"{i}\\n")
                 yield {"input": rng.normal(size=(7, 3, 8, 8)).astype(np.float32)}
-    '''))  # fmt: skip
+    '''))
     exp = write_experiment(tmp_path / "stream.yaml", name="stream", model={"onnx": "model.onnx"},
                            data={"source": "python", "loader": "stream.py:forever", "calibration_size": 20,
-                                 "eval_size": 30}, eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                                 "eval_size": 30}, eval={"metric": "cosine", "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
     assert len(ws.splits.calibration) == 20 and len(ws.splits.eval) == 30
     assert len((tmp_path / "batches.txt").read_text().split()) == 8  # 8 batches of 7 hold the 50 samples needed: not one more is asked for
@@ -337,7 +337,7 @@ def empty_and_nan_model() -> onnx.ModelProto:
              numpy_helper.from_array(rng.normal(size=(256, 5)).astype(np.float32), "fc"),
              numpy_helper.from_array(nan_w, "nan_fc"),
              numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
-             *(numpy_helper.from_array(np.array([v], np.int64), n) for v, n in ((0, "s"), (0, "e"), (1, "ax")))]  # fmt: skip
+             *(numpy_helper.from_array(np.array([v], np.int64), n) for v, n in ((0, "s"), (0, "e"), (1, "ax")))]
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Slice", ["r", "s", "e", "ax"], ["empty"], name="empty_slice"),
@@ -347,9 +347,9 @@ def empty_and_nan_model() -> onnx.ModelProto:
              helper.make_node("Gemm", ["f", "nan_fc"], ["nan_out"], name="nan_fc"),
              helper.make_node("IsNaN", ["nan_out"], ["is_nan"], name="is_nan"),
              helper.make_node("Where", ["is_nan", "zero", "nan_out"], ["masked"], name="mask"),
-             helper.make_node("Add", ["logits", "masked"], ["output"], name="add")]  # fmt: skip
+             helper.make_node("Add", ["logits", "masked"], ["output"], name="add")]
     graph = helper.make_graph(nodes, "holes", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 5])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 5])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -377,7 +377,7 @@ def test_agreement_on_an_output_with_one_entry_per_position_is_refused(tmp_path,
     """A per-sample probability map [N, T, 1]: its arg-max is 0 everywhere, agreement 100 % for any plan."""
     w = numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Reshape", ["c", "shape"], ["output"], name="map")]  # fmt: skip
+             helper.make_node("Reshape", ["c", "shape"], ["output"], name="map")]
     model = _graph(nodes, [X], [w, numpy_helper.from_array(np.array([0, 64, 1], np.int64), "shape")], out_shape=("batch", 64, 1))
     exp = user_experiment(tmp_path, model, eval={"metric": "agreement"})
     assert_one_line_error(*cli(capsys, "quantize", exp, "--out", tmp_path / "q")[::2],
@@ -392,7 +392,7 @@ def lstm_and_deconv_model() -> onnx.ModelProto:
              numpy_helper.from_array(f(1, 24, 6), "wr"), numpy_helper.from_array(f(6, 2, 2, 2), "wt"),
              numpy_helper.from_array(f(3, 2, 1, 1), "wc"),
              numpy_helper.from_array(np.array([1], np.int64), "one"),
-             numpy_helper.from_array(np.array([0, 6, 1, 8], np.int64), "to_map")]  # fmt: skip
+             numpy_helper.from_array(np.array([0, 6, 1, 8], np.int64), "to_map")]
     nodes = [helper.make_node("MatMul", ["input", "wm"], ["m"], name="proj"),
              helper.make_node("Transpose", ["m"], ["tm"], name="time_major", perm=[1, 0, 2]),
              helper.make_node("LSTM", ["tm", "wx", "wr"], ["y"], name="lstm", hidden_size=6),
@@ -401,9 +401,9 @@ def lstm_and_deconv_model() -> onnx.ModelProto:
              helper.make_node("Reshape", ["yb", "to_map"], ["img"], name="to_map"),
              helper.make_node("ConvTranspose", ["img", "wt"], ["up"], name="up", strides=[2, 2]),
              helper.make_node("Conv", ["up", "wc"], ["out4"], name="head"),
-             helper.make_node("Flatten", ["out4"], ["output"], name="flat")]  # fmt: skip
+             helper.make_node("Flatten", ["out4"], ["output"], name="flat")]
     graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, 4])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 96])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 96])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -417,7 +417,7 @@ def test_compute_no_plan_quantizes_is_reported_apart_everywhere(tmp_path, capsys
     assert code == 0, err
     assert json.loads(out)["layers_run_as"] == {"integer": 2}
     code, out, err = cli(capsys, "inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "q" / "record.json",
-                         "--json")  # fmt: skip
+                         "--json")
     assert code == 0, err
     report = json.loads(out)
     assert [la["name"] for la in report["layers"]] == ["proj", "head"] and report["disagreements"] == []
@@ -433,7 +433,7 @@ def test_compute_no_plan_quantizes_is_reported_apart_everywhere(tmp_path, capsys
 def test_a_sequence_typed_output_is_one_line(tmp_path, capsys):
     """The scored output is a sequence of tensors (SplitToSequence): nothing to score as one array."""
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("SplitToSequence", ["c"], ["output"], name="split", axis=1)]  # fmt: skip
+             helper.make_node("SplitToSequence", ["c"], ["output"], name="split", axis=1)]
     out = helper.make_tensor_sequence_value_info("output", TensorProto.FLOAT, None)
     model = helper.make_model(helper.make_graph(nodes, "seq", [X], [out], [W]), opset_imports=[helper.make_opsetid("", 17)])
     exp = user_experiment(tmp_path, model, eval={"metric": "cosine"})
@@ -445,7 +445,7 @@ def test_a_checkpoint_with_other_keys_names_them(tmp_path, capsys):
     import torch
 
     (tmp_path / "net.py").write_text("import torch\n\ndef net():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
-                                     "torch.nn.Flatten(), torch.nn.Linear(144, 5))\n")  # fmt: skip
+                                     "torch.nn.Flatten(), torch.nn.Linear(144, 5))\n")
     torch.save({"conv.weight": torch.zeros(4, 3, 3, 3), "head.bias": torch.zeros(5)}, tmp_path / "other.pt")
     exp = user_experiment(tmp_path)
     sections = yaml.safe_load(exp.read_text())
@@ -504,7 +504,7 @@ def test_a_trial_run_a_kill_left_running_is_logged_again_on_resume(tmp_path, cap
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "hostile"]
     trial_runs = lambda: [r for r in client.search_runs([experiment.experiment_id], max_results=100)
-                          if "autoquant.trial" in r.data.tags]  # fmt: skip
+                          if "autoquant.trial" in r.data.tags]
     killed = next(r for r in trial_runs() if r.data.tags["autoquant.trial"] == "1")
     client.update_run(killed.info.run_id, "RUNNING")  # created, never finished: what a kill -9 mid-log leaves
     assert cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet", "--trials", "6")[0] == 0
@@ -525,7 +525,7 @@ def test_a_model_the_checker_refuses_but_onnxruntime_runs_is_taken_and_so_are_it
     exp = user_experiment(tmp_path, model, eval={"metric": "cosine"})
     assert cli(capsys, "quantize", exp, "--out", tmp_path / "q")[0] == 0
     for argv in (["evaluate", tmp_path / "q" / "model.int8.onnx", exp],
-                 ["inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "q" / "record.json"]):  # fmt: skip
+                 ["inspect", tmp_path / "q" / "model.int8.onnx", "--record", tmp_path / "q" / "record.json"]):
         code, _, err = cli(capsys, *argv)
         assert code == 0 and "unreadable" not in err, err
     sha = Workspace(load_experiment(exp)).sha
@@ -535,7 +535,7 @@ def test_a_model_the_checker_refuses_but_onnxruntime_runs_is_taken_and_so_are_it
 def test_a_built_in_model_is_the_same_model_in_every_fresh_cache(tmp_path):
     """Another worker, machine or a cleared cache resumes the same study: the trained digits CNN's hash is one."""
     exp = write_experiment(tmp_path / "digits.yaml", name="digits", model={"builtin": "digits_cnn"},
-                           data={"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 100})  # fmt: skip
+                           data={"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 100})
     shas = {Workspace(dataclasses.replace(load_experiment(exp), cache_dir=tmp_path / f"cache{i}")).sha for i in range(2)}
     assert len(shas) == 1
 
@@ -549,7 +549,7 @@ def quick_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quick")
     exp = write_experiment(tmp / "digits.yaml", name="digits_quick", model={"builtin": "digits_cnn"},
                            data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
-                           eval={"latency_repeats": 2}, search={"trials": 4, "sensitivity_k": [], "max_accuracy_drop": 5.0})  # fmt: skip
+                           eval={"latency_repeats": 2}, search={"trials": 4, "sensitivity_k": [], "max_accuracy_drop": 5.0})
     assert main([str(a) for a in ("search", exp, "--out", tmp / "run", "--quiet")]) == 0
     return exp, tmp / "run"
 
@@ -578,7 +578,7 @@ def test_a_damaged_run_json_is_one_line_naming_it(quick_run, tmp_path, capsys, c
     broken = copy_run(run, tmp_path / "run")
     (broken / "run.json").write_text(content)
     for argv in (["finetune", broken, "--steps", "1"], ["report", broken, "--out", tmp_path / "r"],
-                 ["export", broken, "--out", tmp_path / "e"]):  # fmt: skip
+                 ["export", broken, "--out", tmp_path / "e"]):
         code, _, err = cli(capsys, *argv)
         assert_one_line_error(code, err, "run.json")
         assert "experiment.yaml" in err.strip().splitlines()[-1]
@@ -642,13 +642,13 @@ def test_onnxruntimes_own_error_log_stays_off_a_one_line_error(tmp_path, capsys)
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.normal(size=(64, 5)).astype(np.float32), "fc"),
-             numpy_helper.from_array(np.array([32, 64], np.int64), "shape")]  # fmt: skip
+             numpy_helper.from_array(np.array([32, 64], np.int64), "shape")]
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Reshape", ["c", "shape"], ["f"], name="flat"),
-             helper.make_node("MatMul", ["f", "fc"], ["output"], name="fc")]  # fmt: skip
+             helper.make_node("MatMul", ["f", "fc"], ["output"], name="fc")]
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])
     exp = user_experiment(tmp_path, _graph(nodes, [x], inits, out_shape=("batch", 5)), shape=(3, 4, 4),
-                          eval={"metric": "cosine"})  # fmt: skip
+                          eval={"metric": "cosine"})
     code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q")
     assert_one_line_error(code, err, "cannot run the model on a batch")
     assert "onnxruntime_src" not in err and "[E:onnxruntime" not in err, err
@@ -659,16 +659,16 @@ def test_presets_are_words_in_any_order_and_limits_are_numbers(digits_yaml, tmp_
 
     assert preset_choice("int8-per-tensor+adaround+bc") == preset_choice("int8-per-tensor+bc+adaround")
     assert_one_line_error(*cli(capsys, "quantize", digits_yaml, "--plan", "int8-per-tensor+bc+fast", "--out",
-                               tmp_path / "q")[::2], "unknown word '+fast'")  # fmt: skip
+                               tmp_path / "q")[::2], "unknown word '+fast'")
     for value in ("-inf", "nan", "-1e999"):
         assert_one_line_error(*cli(capsys, "search", digits_yaml, "--max-accuracy-drop", value)[::2],
-                              "must be a finite number")  # fmt: skip
+                              "must be a finite number")
 
 
 def test_a_limit_no_plan_can_meet_says_the_trials_were_stopped_early(tmp_path, capsys):
     exp = write_experiment(tmp_path / "beat.yaml", name="digits_beat", model={"builtin": "digits_cnn"},
                            data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
-                           eval={"latency_repeats": 2}, search={"trials": 3, "sensitivity_k": [], "warm_start": False})  # fmt: skip
+                           eval={"latency_repeats": 2}, search={"trials": 3, "sensitivity_k": [], "warm_start": False})
     code, _, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--max-accuracy-drop", "-20", "--quiet")
     assert code == 3, err
     last = err.strip().splitlines()[-1]
@@ -696,7 +696,7 @@ def test_a_truncated_cached_built_in_model_is_made_again(tmp_path, caplog):
 
     exp = write_experiment(tmp_path / "digits.yaml", name="digits", model={"builtin": "digits_cnn"},
                            data={"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 100},
-                           cache_dir=str(tmp_path / "cache"))  # fmt: skip
+                           cache_dir=str(tmp_path / "cache"))
     first = Workspace(load_experiment(exp)).prepared.source
     assert first.read_bytes() == next(catalog.SHIPPED.glob("digits_cnn-*.onnx")).read_bytes()
     first.write_bytes(first.read_bytes()[:1000])
@@ -725,7 +725,7 @@ def test_apply_out_an_existing_directory_or_the_source_is_refused(quick_run, tmp
     source = json.loads(record.read_text())["source_model"]
     (tmp_path / "dir").mkdir()
     assert_one_line_error(*cli(capsys, "apply", source, record, "--out", tmp_path / "dir")[::2],
-                          f"--out {tmp_path / 'dir'} is a directory")  # fmt: skip
+                          f"--out {tmp_path / 'dir'} is a directory")
     before = Path(source).read_bytes()
     assert_one_line_error(*cli(capsys, "apply", source, record, "--out", source)[::2], "is the FP32 model itself")
     assert Path(source).read_bytes() == before
@@ -737,7 +737,7 @@ def test_an_edited_record_is_refused_not_applied_with_the_edit_ignored(tmp_path,
     inits = [numpy_helper.from_array(rng.normal(size=(64, 32)).astype(np.float32), "w")]
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])
     model = _graph([helper.make_node("MatMul", ["input", "w"], ["output"], name="fc")], [x], inits,
-                   out_shape=("batch", 32))  # fmt: skip
+                   out_shape=("batch", 32))
     exp = user_experiment(tmp_path, model, shape=(64,), eval={"metric": "cosine"})
     (tmp_path / "int4.yaml").write_text("default: {mode: int4, block_size: 32}\n")
     assert cli(capsys, "quantize", exp, "--plan", tmp_path / "int4.yaml", "--out", tmp_path / "q")[0] == 0
@@ -749,7 +749,7 @@ def test_an_edited_record_is_refused_not_applied_with_the_edit_ignored(tmp_path,
         offsets[0] = value if value is not None else (offsets[0] + 1) % 16
         (tmp_path / "edited.json").write_text(json.dumps(edited))
         assert_one_line_error(*cli(capsys, "apply", tmp_path / "model.onnx", tmp_path / "edited.json", "--out",
-                                   tmp_path / "a.onnx")[::2], message)  # fmt: skip
+                                   tmp_path / "a.onnx")[::2], message)
         assert not (tmp_path / "a.onnx").exists()
 
 
@@ -874,7 +874,7 @@ def test_sigterm_ends_a_search_like_ctrl_c_and_leaves_no_temporary_files(digits_
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "autoquant.cli", "search", str(digits_yaml), "--out",
-                             str(tmp_path / "run"), "--trials", "200", "--quiet"], env=env, stderr=subprocess.PIPE)  # fmt: skip
+                             str(tmp_path / "run"), "--trials", "200", "--quiet"], env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp.glob("autoquant-measure-*")):
         time.sleep(0.2)
@@ -890,7 +890,7 @@ def test_sigterm_ends_a_search_like_ctrl_c_and_leaves_no_temporary_files(digits_
 def test_a_quantized_model_far_better_than_fp32_is_flagged(digits_yaml, tmp_path, capsys):
     """A metric where lower is better (an error rate, given as a score): every worse model 'gains' points."""
     (tmp_path / "metric.py").write_text("def error_rate(outputs, labels, reference):\n"
-                                        "    return float((outputs.argmax(axis=1) != labels).mean() * 100)\n")  # fmt: skip
+                                        "    return float((outputs.argmax(axis=1) != labels).mean() * 100)\n")
     sections = yaml.safe_load(digits_yaml.read_text())
     sections["eval"]["metric"] = "metric.py:error_rate"
     exp = write_experiment(tmp_path / "lower.yaml", **sections)
@@ -909,7 +909,7 @@ def test_an_npz_without_labels_says_so(tmp_path, caplog):
 
 
 def test_recovery_fitting_shows_progress_and_a_default_search_shows_no_empty_bar(digits_yaml, tmp_path, capsys,
-                                                                                monkeypatch):  # fmt: skip
+                                                                                monkeypatch):
     monkeypatch.setattr(autoquant.progress, "_terminal", lambda: True)  # as on a terminal: bars are drawn
     sections = yaml.safe_load(digits_yaml.read_text())
     exp = write_experiment(tmp_path / "fresh.yaml", **sections, cache_dir=str(tmp_path / "cache"))  # nothing fitted yet

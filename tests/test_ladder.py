@@ -24,7 +24,7 @@ from autoquant.search.trial_attrs import plan as plan_of
 
 DIGITS = {"name": "ladder", "model": {"builtin": "digits_cnn"},
           "data": {"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
-          "eval": {"latency_repeats": 3}}  # fmt: skip
+          "eval": {"latency_repeats": 3}}
 
 
 def test_the_drop_standard_error_counts_the_samples_that_changed():
@@ -49,7 +49,7 @@ def rung0(tmp_path_factory):
 
 def second_rung(tmp_path: Path, limit: float) -> tuple[optuna.trial.FrozenTrial, optuna.trial.FrozenTrial]:
     exp = write_experiment(tmp_path / "e.yaml", **DIGITS,
-                           search={"trials": 2, "max_accuracy_drop": round(limit, 3), "early_stop": False})  # fmt: skip
+                           search={"trials": 2, "max_accuracy_drop": round(limit, 3), "early_stop": False})
     search(load_experiment(exp), tmp_path / "run", trials=2)
     study = optuna.load_study(study_name="ladder", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     first, second = study.trials[:2]

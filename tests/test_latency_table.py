@@ -128,14 +128,14 @@ def test_lagrangian_plan_with_transitions_is_the_exact_minimum(digits_ws):
 
     # float or INT8 per layer, nothing else: the brute force below covers every plan of this space
     space = SearchSpace.from_dict({"choices": {"quantize": [True, False], "weight_granularity": ["per_channel"],
-                                               "activation_algorithm": ["minmax"]}}, digits_ws.graph)  # fmt: skip
+                                               "activation_algorithm": ["minmax"]}}, digits_ws.graph)
     digits_ws.precompute_ranges(space.algorithms())
     model = ErrorModel.build(layer_errors(digits_ws, space), space, LatencyCost(latency_table(digits_ws, space), digits_ws.graph))
     base = model.least_error()
     names = digits_ws.graph.names
     assert model.cost.table.producer == (-1, *range(len(names) - 1))  # a chain
     every = [QuantPlan(tuple((n, FLOAT if f else c) for f, (n, c) in zip(mask, base.choices)))
-             for mask in itertools.product((False, True), repeat=len(names))]  # fmt: skip
+             for mask in itertools.product((False, True), repeat=len(names))]
     finite = [e for e in model.err.values() if 0 < e < np.inf]
     def objective(p, lam):
         return model.predict(p) + lam * model.plan_cost(p)

@@ -42,7 +42,7 @@ def dequantized_weight(model: onnx.ModelProto, layer_name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("granularity, weight_range, bits", [("per_channel", "full", 8), ("per_tensor", "full", 8),
                                                               ("per_channel", "reduced", 8), ("per_tensor", "reduced", 8),
-                                                              ("per_channel", "full", 4)])  # fmt: skip
+                                                              ("per_channel", "full", 4)])
 def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, granularity, weight_range, bits):
     exp = resnet20_ws.exp
     ws = Workspace(dataclasses.replace(exp, quantization=dataclasses.replace(exp.quantization, weight_range=weight_range)))
@@ -50,7 +50,7 @@ def test_fake_quantized_weights_are_the_ones_onnxruntime_builds(resnet20_ws, gra
     built = ws.build(QuantPlan.uniform(ws.graph.names, LayerChoice.of(weight_granularity=granularity, weight_bits=bits)))
     w = numpy_helper.to_array(next(i for i in ws.model.graph.initializer if i.name == layer.weight))
     np.testing.assert_allclose(fake_quant_weight(w, layer.channel_axis, granularity, bits, weight_range),
-                               dequantized_weight(built, layer.name), rtol=1e-6, atol=1e-7)  # fmt: skip
+                               dequantized_weight(built, layer.name), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("weight_range", ["full", "reduced"])
@@ -111,7 +111,7 @@ def test_nsga2_draws_only_the_options_the_table_does_not_rule_out(resnet20_ws, s
         for o in set(layer.values) - set(kept):  # each ruled-out option: one that costs no more has < 1/4 its error
             o, cost = decode(o), model.cost.layer
             assert any(cost(layer.name, decode(q)) <= cost(layer.name, o)
-                       and 4 * model.err[layer.name, decode(q)] < model.err[layer.name, o] for q in kept)  # fmt: skip
+                       and 4 * model.err[layer.name, decode(q)] < model.err[layer.name, o] for q in kept)
     ruled_out = sum(len(s.values) - len(plausible[s.name]) for s in space20.layers)
     assert ruled_out > 0  # per-tensor is far worse than per-channel on some of ResNet-20's layers
     sampler = make_sampler(SearchConfig(population_size=4, seed=3), lambda: model)

@@ -31,7 +31,7 @@ LAYERS = {
     "search": 6,
     "report": 7, "track": 7, "jobs": 8,
     "api": 9, "cli": 10, "__init__": 10,
-}  # fmt: skip
+}
 # The modules that may import the static mode: the modes themselves, and the builder that runs them in order.
 STATIC = "quantize.modes.static"
 MAY_IMPORT_STATIC = ("quantize.modes", "quantize.build")
@@ -52,7 +52,7 @@ def _type_only(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         test = getattr(node, "test", None)
         if isinstance(node, ast.If) and ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-                                         or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")):  # fmt: skip
+                                         or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")):
             out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     return out
 
@@ -79,7 +79,7 @@ def imports(rel: Path, source: str, *, type_only: bool = True) -> set[str]:
             for name in names:  # `from . import sources` names a module
                 candidate = PACKAGE.joinpath(*target, name)
                 found.add(".".join([*target, name]) if candidate.with_suffix(".py").exists() or candidate.is_dir()
-                          else ".".join(target))  # fmt: skip
+                          else ".".join(target))
         elif isinstance(node, ast.Import):
             found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("autoquant.")}
     return {m for m in found if m}
@@ -113,7 +113,7 @@ def cycles(sources: dict[str, tuple[Path, str]]) -> list[list[str]]:
         return next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in names), None)
 
     graph = {m: {r for t in imports(rel, text, type_only=False) if (r := resolve(t)) and r != m}
-             for m, (rel, text) in sources.items()}  # fmt: skip
+             for m, (rel, text) in sources.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -147,12 +147,12 @@ def cycles(sources: dict[str, tuple[Path, str]]) -> list[list[str]]:
 def around_search(sources: dict[str, tuple[Path, str]]) -> list[str]:
     """Imports of a module inside search/ from outside it: the search package's own names are the way in."""
     return [f"autoquant.{m} imports autoquant.{t}" for m, (rel, text) in sources.items()
-            if not m.startswith("search") for t in imports(rel, text) if t.startswith("search.") and t != "search.trial_attrs"]  # fmt: skip
+            if not m.startswith("search") for t in imports(rel, text) if t.startswith("search.") and t != "search.trial_attrs"]
 
 
 def static_imports(sources: dict[str, tuple[Path, str]]) -> list[str]:
     return [f"autoquant.{m} imports the static mode" for m, (rel, text) in sources.items()
-            if not m.startswith(MAY_IMPORT_STATIC) and STATIC in imports(rel, text)]  # fmt: skip
+            if not m.startswith(MAY_IMPORT_STATIC) and STATIC in imports(rel, text)]
 
 
 def mode_names(sources: dict[str, tuple[Path, str]], names: tuple[str, ...]) -> list[str]:
@@ -191,7 +191,7 @@ def test_only_the_modes_and_the_builder_know_a_mode():
 
 def test_no_module_is_over_400_lines():
     assert [f"{m}: {len(p.read_text().splitlines())}" for m, p in modules().items()
-            if len(p.read_text().splitlines()) > MAX_LINES] == []  # fmt: skip
+            if len(p.read_text().splitlines()) > MAX_LINES] == []
 
 
 def test_the_checkers_see_a_violation():
@@ -204,7 +204,7 @@ def test_the_checkers_see_a_violation():
     assert imports(Path("a.py"), typed, type_only=False) == {"c"}
     fake = {"a": (Path("a.py"), "from .b import g\n"), "b": (Path("b.py"), "def g():\n    from .a import h\n"),
             "c": (Path("c.py"), "from .search.study import Study\nx = 'static'\n"),
-            "search.study": (Path("search/study.py"), ""), "quantize.x": (Path("quantize/x.py"), "from .modes import static\n")}  # fmt: skip
+            "search.study": (Path("search/study.py"), ""), "quantize.x": (Path("quantize/x.py"), "from .modes import static\n")}
     assert cycles(fake) == [["a", "b"]]
     assert around_search(fake) == ["autoquant.c imports autoquant.search.study"]
     assert static_imports(fake) == ["autoquant.quantize.x imports the static mode"]

@@ -33,7 +33,7 @@ from autoquant.search.propose import first_rung, warm_starts
 from autoquant.search.space import SearchSpace, space_path
 
 INTEGER = {"static": {"QLinearMatMul", "QGemm"}, "dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"},
-           "int4": {"MatMulNBits"}}  # fmt: skip
+           "int4": {"MatMulNBits"}}
 FLOAT_KERNELS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
 MIX = [LayerChoice.of(), LayerChoice.of("dynamic"), LayerChoice.of("int4", block_size=16), FLOAT, LayerChoice.of("dynamic", weight_granularity="per_tensor")]
 # Output NMSE against FP32 each mode must stay under on the test encoder (measured: static 1.7e-3,
@@ -110,7 +110,7 @@ def test_record_holds_each_mode_and_apply_rebuilds_the_same_bytes(ws, tmp_path):
             assert np.abs(dequantized - fp32[info.weight]).max() <= scale.max() / 2 + 1e-6
         if choice.quantize and choice.mode == "dynamic":
             assert lr.data is None and len(lr.weight.scale_w) == (info.out_channels if choice.weight_granularity ==
-                                                                  "per_channel" else 1)  # fmt: skip
+                                                                  "per_channel" else 1)
     applied = apply_record(ws.prepared.source, result.record_path, tmp_path / "applied.onnx", ws.exp.cache)
     assert applied.read_bytes() == result.model_path.read_bytes()
 
@@ -231,7 +231,7 @@ def pre_ln(tmp_path_factory):
             data={"source": "npz", "path": "feats.npz", "y_key": None, "calibration_size": 64, "eval_size": 96},
             eval={"metric": "agreement", "latency_repeats": 2},
             quantization={"smoothquant_alpha": alpha} if alpha is not None else {},
-        )  # fmt: skip
+        )
 
     return experiment
 
@@ -252,7 +252,7 @@ def test_smoothquant_folds_into_layernorm_and_flattens_outliers(pre_ln, tmp_path
         errors = []
         for ws in (plain, smoothed):
             plan = QuantPlan(tuple((n, LayerChoice.of(weight_granularity=granularity) if ("fc1" in n or "fc3" in n) else FLOAT)
-                                   for n in ws.graph.names))  # fmt: skip
+                                   for n in ws.graph.names))
             errors.append(Meter(ws)(ws.build(plan), plan).output_mse)
         assert errors[1] < 0.7 * errors[0], (granularity, errors)
     # the record carries the divisors; apply smooths the FP32 model the same way and rebuilds the same bytes

@@ -66,7 +66,7 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
               "image": {"size": 64, "resize": 72, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
         "eval": {"metric": "agreement", "latency_repeats": 2},
         "search": {"trials": 10, "sensitivity_k": [1]},
-    }  # fmt: skip
+    }
     ws = Workspace(load_experiment(write_experiment(tmp_path / "probe.yaml", **sections)))
     assert len(ws.graph.layers) == 8 and sum(la.depthwise for la in ws.graph.layers) == 3
     assert len(np.unique(ws.reference.outputs.argmax(axis=1))) >= 5  # FP32 decisions spread: agreement informs
@@ -88,7 +88,7 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
 
     study = optuna.load_study(study_name="photo_bed_small", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     first = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                 and t.user_attrs["result"]["accuracy_drop"] <= limit and t.user_attrs.get("label") != "all-float")  # fmt: skip
+                 and t.user_attrs["result"]["accuracy_drop"] <= limit and t.user_attrs.get("label") != "all-float")
     # The ladder's rungs after the first are priced by the latency table measured on this machine (noisy on a model
     # this small): which plan a rung tries varies from run to run, and a rung may miss where the error model's next
     # warm start meets the limit. Either way the plan came from the error model, not from a random draw.
@@ -101,6 +101,6 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
     assert json.loads(out)["accuracy"] == result["chosen"]["accuracy"]
     # and onnxruntime runs each layer as the record says
     code, out, err = cli(capsys, "inspect", tmp_path / "run" / "best" / "model.int8.onnx", "--record",
-                         tmp_path / "run" / "best" / "record.json")  # fmt: skip
+                         tmp_path / "run" / "best" / "record.json")
     assert code == 0, err
     assert yaml.safe_load(exp.read_text())["search"]["max_accuracy_drop"] == limit

@@ -11,7 +11,7 @@ def test_default_then_patterns_then_exact_names_later_entries_win():
         {"default": {"activation_algorithm": "percentile"},
          "layers": {"re:/layer1/.*": {"weight_granularity": "per_tensor"}, "/linear/Gemm": {"quantize": False}}},
         NAMES,
-    )  # fmt: skip
+    )
     assert plan["/conv1/Conv"] == LayerChoice.of(activation_algorithm="percentile")
     assert plan["/layer1/conv2/Conv"].weight_granularity == "per_tensor"
     assert plan["/layer1/conv2/Conv"].activation_algorithm == "percentile"  # inherited from default

@@ -44,16 +44,16 @@ def postgres_url():
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
     subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)  # fmt: skip
+                   check=True, capture_output=True)
     subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                    f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)  # fmt: skip
+                    f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
     try:
         subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
-                        "CREATE DATABASE autoquant"], check=True, capture_output=True)  # fmt: skip
+                        "CREATE DATABASE autoquant"], check=True, capture_output=True)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/autoquant"
     finally:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       check=False, capture_output=True)  # fmt: skip
+                       check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -63,7 +63,7 @@ def test_two_workers_share_a_study_in_postgresql(postgres_url, tmp_path):
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 2},
         search={"storage": postgres_url, "population_size": 6, "sensitivity_k": [1], "early_stop": False},
-    )  # fmt: skip
+    )
     result = search(load_experiment(exp), tmp_path / "run", trials=16, workers=2)
     study = optuna.load_study(study_name="digits_pg", storage=postgres_url)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -76,7 +76,7 @@ def test_a_worker_joins_from_elsewhere_and_an_unreachable_server_is_exit_2(postg
         tmp_path / "pg2.yaml", name="digits_pg2", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 2}, search={"storage": postgres_url, "sensitivity_k": [], "early_stop": False},
-    )  # fmt: skip
+    )
     assert main(["worker", str(exp), "--storage", postgres_url, "--trials", "4", "--quiet"]) == 0
     assert "the study has 4 complete trials" in capsys.readouterr().out
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/autoquant"

@@ -64,7 +64,7 @@ def test_mse_searches_find_the_known_optimal_clip_on_a_laplace(algo, laplace):
     assert 8.5 < hi < 11.0 and -11.0 < lo < -8.5, (lo, hi)
     assert hi < laplace.max and lo > laplace.min
     err = {name: _sq_error(_prefix_sums(laplace), np.array([r[0]]), np.array([r[1]]), 255)[0]
-           for name, r in (("algo", (lo, hi)), ("minmax", minmax(laplace)))}  # fmt: skip
+           for name, r in (("algo", (lo, hi)), ("minmax", minmax(laplace)))}
     assert err["algo"] < 0.8 * err["minmax"]
 
 
@@ -113,7 +113,7 @@ def test_stats_round_trip_through_arrays(gaussian_with_outliers):
     back = stats_from_arrays(stats_to_arrays({"t": gaussian_with_outliers}))["t"]
     assert np.array_equal(back.counts, gaussian_with_outliers.counts)
     assert (back.min, back.max, back.radius) == (
-        gaussian_with_outliers.min, gaussian_with_outliers.max, gaussian_with_outliers.radius)  # fmt: skip
+        gaussian_with_outliers.min, gaussian_with_outliers.max, gaussian_with_outliers.radius)
 
 
 def test_entropy_is_not_dragged_down_by_the_zero_spike_of_relu_outputs():

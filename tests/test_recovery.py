@@ -38,7 +38,7 @@ def _shift_bed(tmp_path, weight_range: str = "full"):
                             data={"source": "npz", "path": "x.npz", "y_key": None, "calibration_size": 200,
                                   "eval_size": 400},
                             eval={"metric": "cosine", "latency_repeats": 2},
-                            quantization={"weight_range": weight_range})  # fmt: skip
+                            quantization={"weight_range": weight_range})
 
 
 @pytest.mark.parametrize("weight_range", ["full", "reduced"])  # both grids on every machine, whatever auto picks
@@ -77,7 +77,7 @@ def test_adaptive_rounding_lowers_a_layers_error_on_held_out_inputs():
     assert learned < 0.7 * nearest
     target = np.einsum("grk,gok->gro", held, w)
     errors = [float(np.square(np.einsum("grk,gok->gro", held, rounded_weight(w, scale, (-7, 7), m)) - target).sum())
-              for m in (nearest_mask(w, scale), mask)]  # fmt: skip
+              for m in (nearest_mask(w, scale), mask)]
     assert errors == pytest.approx([nearest, learned])
     assert set(np.unique(mask)) <= {0, 1}
     # every weight stays on the grid, at most one step from the nearest grid point
@@ -96,7 +96,7 @@ def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digit
     record = Record.load(r.record_path)
     assert record.format_version == FORMAT_VERSION
     assert all(lr.choice["weight_rounding"] == "adaptive" and lr.choice["bias_correction"] and lr.extra["rounding_mask"]
-               for lr in record.layers)  # fmt: skip
+               for lr in record.layers)
     out = apply_record(digits_ws.prepared.source, r.record_path, tmp_path / "applied.onnx", digits_ws.exp.cache)
     assert out.read_bytes() == r.model_path.read_bytes()
 
@@ -106,7 +106,7 @@ def test_the_error_table_prices_recovery_and_the_space_offers_it_where_it_fits(d
 
     space = SearchSpace.from_dict({"choices": {"quantize": [True], "mode": ["static"], "activation_algorithm": ["minmax"],
                                                "weight_granularity": ["per_tensor"], "bias_correction": [False, True],
-                                               "weight_rounding": ["nearest", "adaptive"]}}, digits_ws.graph)  # fmt: skip
+                                               "weight_rounding": ["nearest", "adaptive"]}}, digits_ws.graph)
     assert all(len(layer.options) == 4 for layer in space.layers)
     table = layer_errors(digits_ws, space)
     plain = LayerChoice.of(weight_granularity="per_tensor")
@@ -121,7 +121,7 @@ def _matmul_without_bias():
     w = onnx.numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
     node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
     return onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x], [y], [w]),
-                                  opset_imports=[onnx.helper.make_opsetid("", 17)])  # fmt: skip
+                                  opset_imports=[onnx.helper.make_opsetid("", 17)])
 
 
 def test_bias_correction_is_not_offered_where_there_is_no_bias_to_correct(tmp_path):
@@ -149,7 +149,7 @@ def test_bad_recovery_values_are_one_line_errors(digits_yaml, digits_ws, tmp_pat
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"default": {"weight_rounding": "sometimes"}}))
     proc = subprocess.run([sys.executable, "-m", "autoquant.cli", "quantize", str(digits_yaml), "--plan", str(plan),
-                           "--out", str(tmp_path / "q")], capture_output=True, text=True, check=False)  # fmt: skip
+                           "--out", str(tmp_path / "q")], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "weight_rounding" in proc.stderr
 
@@ -159,7 +159,7 @@ def test_bad_recovery_values_are_one_line_errors(digits_yaml, digits_ws, tmp_pat
                             (lambda lr: lr["extra"].update(rounding_mask="AAAA"), "one bit per weight"),
                             (lambda lr: lr["extra"].update(bias_shift=[1.0]), "bias_shift needs"),
                             (lambda lr: lr["extra"].update(bias_shift=[float("nan")] * len(lr["extra"]["bias_shift"])), "finite"),
-                            (lambda lr: lr["extra"].pop("bias_shift"), "needs bias_shift, rounding_mask")):  # fmt: skip
+                            (lambda lr: lr["extra"].pop("bias_shift"), "needs bias_shift, rounding_mask")):
         broken = json.loads(json.dumps(raw))
         damage(broken["layers"][0])
         path = tmp_path / "broken.json"

@@ -44,7 +44,7 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     # cost that does not depend on this machine's timings (the export is chosen by latency under any objective).
     exp = transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480},
                           search={"trials": 40, "max_accuracy_drop": 1.5, "sensitivity_k": [1, 2, 4],
-                                  "objective": "bitops"})  # fmt: skip
+                                  "objective": "bitops"})
     code, out, err = cli(capsys, "search", exp, "--out", encoder_dir / "run", "--json")
     assert code == 0, err
     assert "meets the limit: exported to" in err  # the first feasible plan was exported while the study went on
@@ -54,14 +54,14 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     by_label = {t.user_attrs.get("label", ""): t.user_attrs["result"] for t in done}
     uniform = [t for t in study.trials if t.user_attrs.get("label", "").startswith("int8-")]
     assert uniform and all(t.state == optuna.trial.TrialState.PRUNED or t.user_attrs["result"]["accuracy_drop"] > 1.5
-                           for t in uniform)  # the problem needs a search  # fmt: skip
+                           for t in uniform)  # the problem needs a search
     # the export is at least as fast as every hand-made plan that meets the constraint and was timed (the
     # study times the front's plans within the limit and those the latency table predicts fastest, side by side)
     from autoquant.evaluate.latency import TIE_MAX
     from autoquant.search import scored_points
 
     hand_made = [p.result for p in scored_points(study)
-                 if p.label.startswith(("ladder-0", "int8-", "sensitive-")) and p.result.accuracy_drop <= 1.5]  # fmt: skip
+                 if p.label.startswith(("ladder-0", "int8-", "sensitive-")) and p.result.accuracy_drop <= 1.5]
     assert hand_made, sorted(by_label)
     chosen = result["chosen"]
     assert chosen["accuracy_drop"] <= 1.5
@@ -83,7 +83,7 @@ def test_search_where_all_int8_fails_beats_every_hand_made_plan(encoder_dir, cap
     # a cheap plan the eval set's noise put 5 points above FP32 does not block them: the front is compared in NMSE
     lucky = [optuna.trial.create_trial(state=t.state, values=t.values, params=t.params, distributions=t.distributions,
                                        user_attrs={**t.user_attrs, "result": {**t.user_attrs["result"], "accuracy_drop": -5.0}})
-             if t.user_attrs["result"]["accuracy_drop"] <= 1.5 else t for t in cheap]  # fmt: skip
+             if t.user_attrs["result"]["accuracy_drop"] <= 1.5 else t for t in cheap]
     assert [g.key() for g in refine.front_gaps(lucky, {plan_of(t).key() for t in cheap})] == [g.key() for g in gaps]
     assert refine.front_gaps(done, {p.key() for p in refine.candidates}) == []  # every candidate tried: none
     # descent: the cheaper neighbours of the cheapest quantized plan that meets the limit — each float layer

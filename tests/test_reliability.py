@@ -25,7 +25,7 @@ from autoquant.search.select import ScoredPlan, choose
 
 DIGITS = {"name": "digits_rel", "model": {"builtin": "digits_cnn"},
           "data": {"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
-          "eval": {"latency_repeats": 2}, "search": {"trials": 6, "population_size": 4, "sensitivity_k": [1], "early_stop": False}}  # fmt: skip
+          "eval": {"latency_repeats": 2}, "search": {"trials": 6, "population_size": 4, "sensitivity_k": [1], "early_stop": False}}
 
 
 def experiment(tmp: Path, filename: str = "exp.yaml", **overrides) -> Path:
@@ -54,7 +54,7 @@ def tree(root: Path) -> dict[str, str]:
     """Every file under `root` with its content hash (the study database is compared by its trials)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and "study.db" not in p.name and "mlflow" not in p.name
-            and not p.name.endswith(".lock")}  # fmt: skip
+            and not p.name.endswith(".lock")}
 
 
 def trials(run_dir: Path) -> list[tuple]:
@@ -136,13 +136,13 @@ def test_damaged_study_db_is_not_silently_restarted(study, capsys, content, stat
 
 @pytest.mark.parametrize("change, key", [({"data": {"eval_size": 400}}, "eval sha256"),
                                          ({"data": {"calibration_size": 200}}, "calibration sha256"),
-                                         ({"eval": {"metric": "conftest:error_rate"}}, "metric")])  # fmt: skip
+                                         ({"eval": {"metric": "conftest:error_rate"}}, "metric")])
 def test_resuming_with_other_data_or_metric_is_refused(study, tmp_path, capsys, change, key):
     _, run_dir = study
     done, best = trials(run_dir), tree(run_dir / "best")
     changed = experiment(tmp_path, filename="changed.yaml", **change)
     one_line(*run(capsys, "search", changed, "--out", run_dir, "--trials", "8", "--quiet"), 2,
-             f"was run with another {key}")  # fmt: skip
+             f"was run with another {key}")
     assert trials(run_dir) == done and tree(run_dir / "best") == best
 
 
@@ -160,7 +160,7 @@ def test_two_searches_on_one_directory(study, capsys):
     with open(run_dir / ".search.lock", "a+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         one_line(*run(capsys, "search", exp, "--out", run_dir, "--trials", "8", "--quiet"), 2,
-                 "another autoquant search is running")  # fmt: skip
+                 "another autoquant search is running")
     assert trials(run_dir) == done
 
 
@@ -289,7 +289,7 @@ def test_labels_outside_the_class_range(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 1, 8, 8)).astype(np.float32), y=np.full(60, 12))
     exp = experiment(tmp_path, data={"source": "npz", "path": str(tmp_path / "d.npz"), "train_size": 0,
-                                     "calibration_size": 20, "eval_size": 20})  # fmt: skip
+                                     "calibration_size": 20, "eval_size": 20})
     exp_raw = yaml.safe_load(exp.read_text())
     exp_raw["model"] = {"onnx": str(_digits_onnx(tmp_path))}
     exp.write_text(yaml.safe_dump(exp_raw))
@@ -306,7 +306,7 @@ def _digits_onnx(tmp_path: Path) -> Path:
 def test_garbage_checkpoint(tmp_path, capsys):
     (tmp_path / "r.th").write_bytes(b"\x80\x02not a pickle at all" * 10)
     exp = experiment(tmp_path, model={"builtin": "cifar10_resnet20", "checkpoint": str(tmp_path / "r.th")},
-                     data={"source": "cifar10", "path": str(tmp_path / "none.npz")})  # fmt: skip
+                     data={"source": "cifar10", "path": str(tmp_path / "none.npz")})
     np_data = tmp_path / "none.npz"
     import numpy as np
 
@@ -321,7 +321,7 @@ def test_garbage_checkpoint(tmp_path, capsys):
     ("- default: {quantize: true}\n- layers: {}\n", "is a list"),
     ("", "is empty"),
     ("layers:\n  're:[': {quantize: false}\n", "bad pattern"),
-])  # fmt: skip
+])
 def test_bad_plan_files(tmp_path, capsys, content, message):
     exp = experiment(tmp_path)
     (tmp_path / "plan.yaml").write_text(content)
@@ -334,7 +334,7 @@ def test_bad_plan_files(tmp_path, capsys, content, message):
     ({"pinned": {"re:[": {"quantize": False}}}, "bad pattern"),
     ({"pinned": {7: {"quantize": False}}}, "must be a string"),
     ({"pinned": ["/fc2/Gemm"]}, "'pinned' must map"),
-])  # fmt: skip
+])
 def test_bad_search_spaces(tmp_path, capsys, space, message):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     exp = experiment(tmp_path, search={"space": str(tmp_path / "space.yaml")})
@@ -347,7 +347,7 @@ def test_bad_search_spaces(tmp_path, capsys, space, message):
     (["--workers", "0"], "--workers"),
     (["--max-accuracy-drop", "nan"], "--max-accuracy-drop: must be a finite number"),
     (["--trials", "many"], "'many' is not an integer"),
-])  # fmt: skip
+])
 def test_bad_flags(tmp_path, capsys, flags, message):
     one_line(*run(capsys, "search", experiment(tmp_path), "--out", tmp_path / "run", *flags), 2, message)
     assert not (tmp_path / "run").exists()
@@ -390,7 +390,7 @@ def test_workers_die_with_a_killed_search(tmp_path):
 
     exp = experiment(tmp_path, search={"trials": 500})
     parent = subprocess.Popen([sys.executable, "-m", "autoquant.cli", "search", str(exp), "--out", str(tmp_path / "run"),
-                               "--workers", "2", "--quiet"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+                               "--workers", "2", "--quiet"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not _workers_of(parent.pid) and time.time() < deadline:
         time.sleep(0.5)
@@ -439,7 +439,7 @@ def test_a_moved_run_directory_keeps_its_artifacts_beside_it(finished, tmp_path)
     original = tree(run_dir / "mlartifacts")
     # A new process, as a user's resume is: MLflow caches each run's artifact location within a process.
     subprocess.run([sys.executable, "-m", "autoquant.cli", "search", str(exp), "--out", str(moved), "--trials", "8",
-                    "--quiet"], check=True, capture_output=True)  # fmt: skip
+                    "--quiet"], check=True, capture_output=True)
     assert tree(run_dir / "mlartifacts") == original  # the original directory was not written to
     client = MlflowClient(tracking_uri=f"sqlite:///{moved / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("digits_rel")
@@ -476,7 +476,7 @@ def test_layers_needs_no_labels_and_no_fp32_pass(tmp_path, capsys, cache_dir):
 
     np.savez(tmp_path / "d.npz", x=np.zeros((60, 1, 8, 8), np.float32), y=np.zeros(7, np.int64))  # 7 labels for 60
     exp = experiment(tmp_path, data={"source": "npz", "path": str(tmp_path / "d.npz"), "train_size": 0,
-                                     "calibration_size": 20, "eval_size": 20})  # fmt: skip
+                                     "calibration_size": 20, "eval_size": 20})
     raw = yaml.safe_load(exp.read_text())
     raw["model"] = {"onnx": str(_digits_onnx(tmp_path))}
     exp.write_text(yaml.safe_dump(raw))

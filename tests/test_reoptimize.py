@@ -31,7 +31,7 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
         # (the latency race is tested below).
         search={"tracking_uri": registry, "population_size": 6, "sensitivity_k": [1], "max_accuracy_drop": 6.0,
                 "objective": "bitops"},
-    )  # fmt: skip
+    )
     # v1: a study whose space keeps three of the five convs float (the all-float plan is never exported), so a
     # later study on the default space has cheaper plans to offer — whichever of its plans the export's
     # side-by-side timing picks on a loaded CPU.
@@ -41,7 +41,7 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
     v1["search"]["space"] = str(tmp_path / "v1_space.yaml")
     (tmp_path / "v1.yaml").write_text(yaml.safe_dump(v1))
     assert main(["search", str(tmp_path / "v1.yaml"), "--trials", "3", "--out", str(tmp_path / "run1"), "--quiet",
-                 "--register", "digits", "--alias", "production"]) == 0  # fmt: skip
+                 "--register", "digits", "--alias", "production"]) == 0
     assert "registered digits version 1, alias 'production'" in capsys.readouterr().out
     client = MlflowClient(tracking_uri=registry, registry_uri=registry)
 
@@ -72,7 +72,7 @@ def test_alias_moves_only_to_a_better_version(digits_yaml, tmp_path, capsys):
     # Nor does one that is merely as good as what is deployed (it is still registered, tagged "kept"): a one-trial
     # study runs the deployed plan alone (enqueued first), on the unchanged model.
     code = main(["reoptimize", str(exp_path), "--registered-model", "digits", "--trials", "1", "--quiet", "--tolerance", "0.5",
-                 "--out", str(tmp_path / "run4")])  # fmt: skip
+                 "--out", str(tmp_path / "run4")])
     out = capsys.readouterr().out
     assert code == 0 and "kept" in out and "'production' -> version 2" in out
     assert str(client.get_model_version_by_alias("digits", "production").version) == "2"
@@ -98,7 +98,7 @@ def test_a_latency_promotion_needs_a_significant_paired_gain():
     marginal = np.column_stack([np.full(RACE_ROUNDS, 1.01), np.ones(RACE_ROUNDS)])
     assert not Race.of(marginal).faster  # 1 % faster in every round: below the 2 % a promotion asks
     old = Measurement(accuracy=99.0, accuracy_drop=0.0, bitops_fraction=0.1, latency_ms=2.0, latency_ratio=0.6,
-                      size_bytes=1000, output_mse=1e-4, model_sha256="")  # fmt: skip
+                      size_bytes=1000, output_mse=1e-4, model_sha256="")
     new = replace(old, latency_ratio=0.3)
     assert decide(old, new, 1.0, Cost.LATENCY, 0.1, Race(faster=False, not_slower=True))[0] is False
     assert decide(old, new, 1.0, Cost.LATENCY, 0.1, Race(faster=True, not_slower=True))[0] is True
@@ -109,7 +109,7 @@ def test_reoptimize_without_a_registry_or_alias_is_exit_2(digits_yaml, tmp_path,
     assert main(["reoptimize", str(digits_yaml), "--registered-model", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "needs the registry's store" in capsys.readouterr().err
     code = main(["reoptimize", str(digits_yaml), "--registered-model", "nope", "--out", str(tmp_path / "r"),
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])  # fmt: skip
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert code == 2 and "has no alias 'production'" in capsys.readouterr().err
 
 
@@ -118,7 +118,7 @@ def test_an_unreachable_registry_fails_fast_and_a_moved_study_is_one_line(digits
 
     t0 = time.perf_counter()
     code = main(["reoptimize", str(digits_yaml), "--registered-model", "digits", "--out", str(tmp_path / "r"),
-                 "--tracking-uri", "http://127.0.0.1:9"])  # fmt: skip
+                 "--tracking-uri", "http://127.0.0.1:9"])
     assert code == 2 and "cannot use the MLflow registry at http://127.0.0.1:9" in capsys.readouterr().err
     assert time.perf_counter() - t0 < 30
     registry = f"sqlite:///{tmp_path / 'registry.db'}"
@@ -126,7 +126,7 @@ def test_an_unreachable_registry_fails_fast_and_a_moved_study_is_one_line(digits
     exp["search"] = {"tracking_uri": registry, "sensitivity_k": []}
     (tmp_path / "prod.yaml").write_text(yaml.safe_dump(exp))
     assert main(["search", str(tmp_path / "prod.yaml"), "--trials", "3", "--out", str(tmp_path / "run1"), "--quiet",
-                 "--register", "digits", "--alias", "production"]) == 0  # fmt: skip
+                 "--register", "digits", "--alias", "production"]) == 0
     capsys.readouterr()
     shutil.move(tmp_path / "run1", tmp_path / "elsewhere")
     code = main(["reoptimize", str(tmp_path / "prod.yaml"), "--registered-model", "digits", "--out", str(tmp_path / "r2")])

@@ -38,7 +38,7 @@ def search_yaml(tmp_path_factory):
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 3},
         search={"trials": 10, "max_accuracy_drop": 0.5, "population_size": 6, "sensitivity_k": [1], "early_stop": False},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_search_warm_starts_exports_and_writes_its_reports(finished):
     # the ladder's first rung is all-INT8 per channel; all-float, the hand-made and the error model's plans follow
     assert {"ladder-0", "all-float", "sensitive-1-float", "guided-int8"} <= labels
     for name in ("pareto.csv", "pareto.png", "sensitivity.csv", "sensitivity.png", "best/model.int8.onnx",
-                 "best/record.json"):  # fmt: skip
+                 "best/record.json"):
         assert (out / name).stat().st_size > 0, name
     assert result.met and result.chosen.result.accuracy_drop <= 0.5
     # The fastest plan within the constraint, whatever cost ranked the search: no plan within 0.5 pt timed
@@ -134,7 +134,7 @@ def test_rerun_resumes_the_same_study_and_parent_run(finished, search_yaml):
     _, out = finished
     before = {n: t.values for n, t in completed(out).items()}
     parent = optuna.load_study(study_name="digits_search", storage=f"sqlite:///{out / 'study.db'}").user_attrs[
-        "mlflow_parent_run_id"]  # fmt: skip
+        "mlflow_parent_run_id"]
     result = search(load_experiment(search_yaml), out, trials=14)
     after = completed(out)
     assert result.completed == 14 and len(after) == 14
@@ -169,9 +169,9 @@ def test_duplicate_plans_are_not_re_evaluated_and_failures_do_not_stop_the_study
     exp = load_experiment(search_yaml)
     out = tmp_path / "run"
     study = optuna.create_study(study_name="digits_search", storage=f"sqlite:///{out}/study.db" if out.mkdir() is None else "",
-                                directions=["maximize", "minimize"])  # fmt: skip
+                                directions=["maximize", "minimize"])
     names = ["/features/features.0/Conv", "/features/features.3/Conv", "/features/features.6/Conv",
-             "/features/features.9/Conv", "/features/features.12/Conv", "/fc1/Gemm", "/fc2/Gemm"]  # fmt: skip
+             "/features/features.9/Conv", "/features/features.12/Conv", "/fc1/Gemm", "/fc2/Gemm"]
     for _ in range(2):
         study.enqueue_trial(dict.fromkeys(names, "float"))  # the same all-float plan twice
     study.enqueue_trial({n: "per_channel:minmax" if i < 3 else "float" for i, n in enumerate(names)})  # injected failure
@@ -216,14 +216,14 @@ def test_sigkill_mid_study_then_rerun_keeps_finished_trials(search_yaml, tmp_pat
 
 def test_search_rejects_a_bad_search_section_with_exit_2(tmp_path, capsys):
     exp = write_experiment(tmp_path / "e.yaml", name="x", model={"builtin": "digits_cnn"},
-                           data={"source": "digits", "train_size": 1000}, search={"sampler": "cmaes"})  # fmt: skip
+                           data={"source": "digits", "train_size": 1000}, search={"sampler": "cmaes"})
     assert main(["search", str(exp), "--out", str(tmp_path / "o")]) == 2
     assert "search.sampler 'cmaes' is unknown" in capsys.readouterr().err
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"choices": {"quantize": []}}))
     exp = write_experiment(tmp_path / "e2.yaml", name="y", model={"builtin": "digits_cnn"},
                            data={"source": "digits", "train_size": 1000, "eval_size": 497},
-                           search={"space": str(space)})  # fmt: skip
+                           search={"space": str(space)})
     assert main(["search", str(exp), "--out", str(tmp_path / "o2")]) == 2
     assert "non-empty list" in capsys.readouterr().err
 
@@ -250,7 +250,7 @@ def test_plans_the_timing_cannot_tell_apart_from_the_fastest_are_equally_fast_an
     names = ("a", "b")
     plan = QuantPlan.uniform(names, LayerChoice.of())
     fast, tied, slow = (ScoredPlan(n, "", plan, Measurement(acc, 100 - acc, 0.1, ms, ms / 100, 10, 0.01, ""))
-                        for n, acc, ms in ((1, 80.0, 60.0), (2, 85.0, 61.0), (3, 90.0, 75.0)))  # fmt: skip
+                        for n, acc, ms in ((1, 80.0, 60.0), (2, 85.0, 61.0), (3, 90.0, 75.0)))
     points = [fast, tied, slow]
     assert choose(points, 25.0, Cost.LATENCY) == (fast, True)  # no side-by-side timing: the least figure
     assert choose(points, 25.0, Cost.LATENCY, frozenset({1, 2})) == (tied, True)

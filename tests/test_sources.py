@@ -107,7 +107,7 @@ def transformer_exp(d, name="encoder", data=None, **sections):
         data={"source": "npz", "path": "tokens.npz", "y_key": None, "calibration_size": 32, "eval_size": 64, **(data or {})},
         eval={"metric": "agreement", "latency_repeats": 2, "batch_size": 32, "latency_batch_size": 16},
         **sections,
-    )  # fmt: skip
+    )
 
 
 def test_transformer_with_integer_inputs_and_dynamic_axes_is_searched_label_free(transformer_dir, capsys):
@@ -149,10 +149,10 @@ def two_input_model():
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c", "other"], ["sum"], name="add"),
              helper.make_node("GlobalAveragePool", ["sum"], ["pool"], name="pool"),
-             helper.make_node("Flatten", ["pool"], ["output"], name="flat")]  # fmt: skip
+             helper.make_node("Flatten", ["pool"], ["output"], name="flat")]
     graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8]),
                                              helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])], [w])  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -163,7 +163,7 @@ def test_two_float_inputs_are_both_fed_and_calibrated(tmp_path, capsys):
              other=rng.normal(size=(60, 4, 8, 8)), y=rng.integers(0, 4, 60))  # float64 'other': converted losslessly
     exp = write_experiment(tmp_path / "two.yaml", name="two", model={"onnx": "two.onnx"},
                            data={"source": "npz", "path": "two.npz", "calibration_size": 30, "eval_size": 30},
-                           eval={"metric": "agreement", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "agreement", "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
     assert {"input", "other"} <= set(ws.stats)  # both graph inputs are activations: calibrated
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
@@ -177,12 +177,12 @@ def test_dynamic_spatial_shapes_are_taken_from_a_calibration_batch(tmp_path, cap
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["output"], name="conv", pads=[1, 1, 1, 1])], "dyn",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4, "h", "w"])], [w])  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4, "h", "w"])], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "dyn.onnx"))
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(40, 3, 8, 8)).astype(np.float32))
     exp = write_experiment(tmp_path / "dyn.yaml", name="dyn", model={"onnx": "dyn.onnx"},
                            data={"source": "npz", "path": "d.npz", "calibration_size": 20, "eval_size": 20},
-                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
     assert ws.graph.observed and ws.graph.layers[0].flops == 2 * 4 * 8 * 8 * 27
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
@@ -198,14 +198,14 @@ def test_model_whose_symbolic_shape_inference_fails(tmp_path, capsys):
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["input", "wd"], ["d"], name="down", pads=[1, 1, 1, 1], strides=[2, 2]),
              helper.make_node("Resize", ["d", "", "scales"], ["u"], name="up", mode="nearest"),
-             helper.make_node("Add", ["c", "u"], ["output"], name="add")]  # fmt: skip
+             helper.make_node("Add", ["c", "u"], ["output"], name="add")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4, "h", "w"])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4, "h", "w"])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "sym.onnx"))
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3, 8, 8)).astype(np.float32))
     exp = write_experiment(tmp_path / "sym.yaml", name="sym", model={"onnx": "sym.onnx"},
                            data={"source": "npz", "path": "d.npz", "calibration_size": 20, "eval_size": 20},
-                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2})
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--json")
     assert code == 0 and json.loads(out)["accuracy"] > 99.0, err
     assert "symbolic shape inference failed" in err
@@ -222,7 +222,7 @@ def test_opset_11_model_gets_per_channel_weights(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3, 8, 8)).astype(np.float32))
     exp = write_experiment(tmp_path / "old.yaml", name="old", model={"onnx": "old.onnx"},
                            data={"source": "npz", "path": "d.npz", "calibration_size": 20, "eval_size": 20},
-                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2})
     code, out, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q", "--plan", "int8-per-channel", "--json")
     assert code == 0, err
     q = onnx.load(str(tmp_path / "q" / "model.int8.onnx"))
@@ -251,10 +251,10 @@ def time_major_model():
     w[1, 0], w[0, 0] = 1.0, -1.0
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
              helper.make_node("Reshape", ["c", "shape"], ["r"], name="reshape"),
-             helper.make_node("Transpose", ["r"], ["output"], name="time_major", perm=[2, 0, 1])]  # fmt: skip
+             helper.make_node("Transpose", ["r"], ["output"], name="time_major", perm=[2, 0, 1])]
     graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [64, "batch", 2])],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0, 2, 64]), "shape")])  # fmt: skip
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0, 2, 64]), "shape")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -264,7 +264,7 @@ def test_python_loader_sequence_labels_and_a_metric_file_beside_the_experiment(t
     onnx.save(time_major_model(), str(tmp_path / "seq.onnx"))
     exp = write_experiment(tmp_path / "seq.yaml", name="seq", model={"onnx": "seq.onnx"},
                            data={"source": "python", "loader": "loader.py:batches", "calibration_size": 30, "eval_size": 50},
-                           eval={"metric": "seqmetric.py:per_step_accuracy", "output_batch_axis": 1, "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "seqmetric.py:per_step_accuracy", "output_batch_axis": 1, "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
     assert ws.splits.eval.y.shape == (50, 64) and ws.reference.outputs.shape == (50, 64, 2)
     assert ws.reference.accuracy == 100.0
@@ -305,7 +305,7 @@ def test_image_folder_with_class_subfolders_and_a_torch_module(tmp_path, capsys)
                            model={"torch": "net.py:net", "inputs": {"image": {"shape": [1, 3, 16, 16]}}},
                            data={"source": "folder", "path": "images", "image": {"size": 16, "resize": 18},
                                  "calibration_size": 8, "eval_size": 16},
-                           eval={"metric": "agreement", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "agreement", "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
     x = ws.splits.eval.column("image")
     assert x.shape == (16, 3, 16, 16) and x.dtype == np.float32 and sorted(set(ws.splits.eval.y)) == [0, 1]
@@ -339,11 +339,11 @@ def test_separate_calibration_data(tmp_path, capsys):
     rng = np.random.default_rng(2)
     for name, n, scale in (("eval", 50, 1.0), ("calib", 20, 3.0)):
         np.savez(tmp_path / f"{name}.npz", input=(scale * rng.normal(size=(n, 3, 8, 8))).astype(np.float32),
-                 other=(scale * rng.normal(size=(n, 4, 8, 8))).astype(np.float32))  # fmt: skip
+                 other=(scale * rng.normal(size=(n, 4, 8, 8))).astype(np.float32))
     exp = write_experiment(tmp_path / "sep.yaml", name="sep", model={"onnx": "two.onnx"},
                            data={"source": "npz", "path": "eval.npz", "calibration": {"source": "npz", "path": "calib.npz"},
                                  "calibration_size": 20, "eval_size": 50},
-                           eval={"metric": "cosine", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
     calib = np.load(tmp_path / "calib.npz")["input"]
     assert np.array_equal(np.sort(ws.splits.calibration.column("input").ravel()), np.sort(calib.ravel()))
@@ -365,17 +365,17 @@ def test_conv_transpose_stays_float_and_does_not_count_against_the_plan(tmp_path
     and pass the executed-kernel check, and it is costed 32 × 32."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(size=(4, 2, 2, 2)).astype(np.float32), "wt")]  # fmt: skip
+             numpy_helper.from_array(rng.normal(size=(4, 2, 2, 2)).astype(np.float32), "wt")]
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("ConvTranspose", ["r", "wt"], ["output"], name="up", strides=[2, 2])]  # fmt: skip
+             helper.make_node("ConvTranspose", ["r", "wt"], ["output"], name="up", strides=[2, 2])]
     graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2, 16, 16])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2, 16, 16])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "det.onnx"))
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3, 8, 8)).astype(np.float32))
     exp = write_experiment(tmp_path / "det.yaml", name="det", model={"onnx": "det.onnx"},
                            data={"source": "npz", "path": "d.npz", "calibration_size": 20, "eval_size": 20},
-                           eval={"metric": "cosine", "latency_repeats": 2}, search={"trials": 4, "sensitivity_k": []})  # fmt: skip
+                           eval={"metric": "cosine", "latency_repeats": 2}, search={"trials": 4, "sensitivity_k": []})
     ws = Workspace(load_experiment(exp))
     assert [(op.name, op.op_type, op.flops) for op in ws.graph.float_ops] == [("up", "ConvTranspose", 2 * 4 * 64 * 2 * 4)]
     code, out, err = cli(capsys, "search", exp, "--out", tmp_path / "run", "--quiet", "--json")
@@ -391,14 +391,14 @@ def test_npz_reads_only_the_model_inputs_and_the_labels(tmp_path, capsys, caplog
     np.savez(tmp_path / "mixed.npz", input=rng.normal(size=(60, 3, 8, 8)).astype(np.float32),
              other=rng.normal(size=(60, 4, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 60),
              files=np.array([f"img{i}.png" for i in range(60)]), class_names=np.array(["a", "b", "c", "d"]),
-             meta=np.array("exported 2026-11-30 by prepare.py"))  # fmt: skip
+             meta=np.array("exported 2026-11-30 by prepare.py"))
     with np.load(tmp_path / "mixed.npz") as f:
         arrays = {k: f[k] for k in f.files}
     arrays["objects"] = np.array([{"id": i} for i in range(60)], dtype=object)
     np.savez(tmp_path / "mixed.npz", **arrays)  # np.savez pickles object arrays; np.load refuses to read them
     exp = write_experiment(tmp_path / "mixed.yaml", name="mixed", model={"onnx": "two.onnx"},
                            data={"source": "npz", "path": "mixed.npz", "calibration_size": 30, "eval_size": 30},
-                           eval={"metric": "top1", "latency_repeats": 2})  # fmt: skip
+                           eval={"metric": "top1", "latency_repeats": 2})
     with caplog.at_level("INFO", logger="autoquant"):
         ws = Workspace(load_experiment(exp))
         assert set(ws.splits.eval.inputs) == {"input", "other"} and len(ws.splits.eval.y) == 30
@@ -417,17 +417,17 @@ def test_npz_of_a_single_input_model_takes_x_or_its_only_array_and_names_what_is
     np.savez(tmp_path / "objects.npz", input=np.array([object()] * 40, dtype=object), other=images)
     for name, npz in (("x", "x.npz"), ("only", "only.npz")):
         exp = write_experiment(tmp_path / f"{name}.yaml", name=name, model={"builtin": "digits_cnn"},
-                               data={"source": "npz", "path": npz, "calibration_size": 20, "eval_size": 20})  # fmt: skip
+                               data={"source": "npz", "path": npz, "calibration_size": 20, "eval_size": 20})
         np.testing.assert_array_equal(Workspace(load_experiment(exp)).source_splits.calibration.x,
-                                      images[np.sort(np.random.default_rng(0).permutation(40)[:20])])  # fmt: skip
+                                      images[np.sort(np.random.default_rng(0).permutation(40)[:20])])
     exp = write_experiment(tmp_path / "two.yaml", name="two", model={"builtin": "digits_cnn"},
-                           data={"source": "npz", "path": "two.npz", "calibration_size": 20, "eval_size": 20})  # fmt: skip
+                           data={"source": "npz", "path": "two.npz", "calibration_size": 20, "eval_size": 20})
     one_line_error(capsys, ["quantize", exp, "--out", tmp_path / "q"], "has arrays pixels, more besides the labels but "
-                   "none named 'x': name the model input's array (or set data.x_key)")  # fmt: skip
+                   "none named 'x': name the model input's array (or set data.x_key)")
     exp = write_experiment(tmp_path / "obj.yaml", name="obj", model={"onnx": "two.onnx"},
-                           data={"source": "npz", "path": "objects.npz", "calibration_size": 20, "eval_size": 20})  # fmt: skip
+                           data={"source": "npz", "path": "objects.npz", "calibration_size": 20, "eval_size": 20})
     one_line_error(capsys, ["quantize", exp, "--out", tmp_path / "q"], "array 'input' holds Python objects")
     exp = write_experiment(tmp_path / "miss.yaml", name="miss", model={"onnx": "two.onnx"},
-                           data={"source": "npz", "path": "only.npz", "calibration_size": 20, "eval_size": 20})  # fmt: skip
+                           data={"source": "npz", "path": "only.npz", "calibration_size": 20, "eval_size": 20})
     one_line_error(capsys, ["quantize", exp, "--out", tmp_path / "q"], "has no array named after the model input "
-                   "'input' (it has pixels): name one array after each model input")  # fmt: skip
+                   "'input' (it has pixels): name one array after each model input")

@@ -10,7 +10,7 @@ REPO_SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "searc
 
 def _layer(name, op="Conv", depthwise=False):
     return LayerInfo(name, op, f"{name}_in", f"{name}_w", f"{name}_out", (8, 1 if depthwise else 4, 3, 3), (8, 4, 4), 0,
-                     depthwise, 1000)  # fmt: skip
+                     depthwise, 1000)
 
 
 GRAPH = GraphInfo((_layer("stem"), _layer("dw", depthwise=True), _layer("pw"), _layer("fc", "Gemm")), ())
@@ -29,14 +29,14 @@ def test_default_space_file_resolves_rules_for_depthwise():
 def test_pinned_layers_are_not_searched_and_params_round_trip():
     space = SearchSpace.from_dict({"choices": {"quantize": [True, False], "activation_algorithm": ["minmax", "mse"]},
                                    "pinned": {"fc": {"quantize": False}, "re:s.*": {"activation_algorithm": "mse"}}},
-                                  GRAPH)  # fmt: skip
+                                  GRAPH)
     asked = []
     plan = space.plan(lambda name, choices: (asked.append((name, choices)), choices[-1])[1])
     assert dict(asked)["stem"] == ["per_channel:mse", "float"]  # one parameter per layer; fc is pinned
     assert [name for name, _ in asked] == ["stem", "dw", "pw"]
     assert not plan["fc"].quantize and not plan["dw"].quantize  # the last option is float
     target = QuantPlan.from_spec({"layers": {"fc": {"quantize": False}, "stem": {"activation_algorithm": "mse"},
-                                             "pw": {"activation_algorithm": "mse"}}}, GRAPH.names)  # fmt: skip
+                                             "pw": {"activation_algorithm": "mse"}}}, GRAPH.names)
     params = space.params_for(target)
     assert space.plan(lambda name, choices: params[name]) == target
 
@@ -52,7 +52,7 @@ def test_four_bit_weights_force_per_channel():
 def test_plans_outside_the_space_are_projected_to_the_nearest_allowed_choice():
     space = SearchSpace.from_yaml(REPO_SPACES / "default.yaml", GRAPH)
     params = space.params_for(QuantPlan.uniform(GRAPH.names, LayerChoice.of(weight_granularity="per_tensor",
-                                                                         activation_algorithm="mse")))  # fmt: skip
+                                                                         activation_algorithm="mse")))
     assert params["dw"] == "per_channel:mse" and params["stem"] == "per_tensor:mse"
 
 
@@ -64,7 +64,7 @@ def test_plans_outside_the_space_are_projected_to_the_nearest_allowed_choice():
     ({"rules": [{"match": {"kind": "dw"}, "choices": {}}]}, "'match' takes"),
     ({"pinned": {"nope": {"quantize": False}}}, "layer 'nope' does not exist"),
     ({"pinned": {"fc": {"quantise": False}}}, "unknown key"),
-])  # fmt: skip
+])
 def test_bad_spaces_name_the_problem(raw, message):
     with pytest.raises(ConfigError, match=message):
         SearchSpace.from_dict(raw, GRAPH)

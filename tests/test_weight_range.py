@@ -31,7 +31,7 @@ def nmse(a: np.ndarray, b: np.ndarray) -> float:
 def int8_weights(model: onnx.ModelProto) -> list[np.ndarray]:
     inits = {i.name: i for i in model.graph.initializer}
     return [numpy_helper.to_array(inits[n.input[0]]) for n in model.graph.node
-            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]  # fmt: skip
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
 
 
 def ws_with(ws: Workspace, weight_range: str) -> Workspace:
@@ -108,10 +108,10 @@ def test_bad_weight_range_is_one_line(tmp_path, capsys):
     from conftest import write_experiment
 
     exp = write_experiment(tmp_path / "e.yaml", name="e", model={"builtin": "digits_cnn"},
-                           quantization={"weight_range": "7bit"})  # fmt: skip
+                           quantization={"weight_range": "7bit"})
     assert main(["layers", str(exp)]) == 2
     assert capsys.readouterr().err.strip() == ("autoquant: error: quantization.weight_range '7bit' is unknown: use "
-                                               "auto, full or reduced")  # fmt: skip
+                                               "auto, full or reduced")
 
 
 @pytest.mark.parametrize("bad", ["7bit", None])
@@ -124,6 +124,6 @@ def test_record_with_a_bad_weight_range_is_refused(resnet20_ws, tmp_path, capsys
     raw["weight_range"] = bad
     r.record_path.write_text(json.dumps(raw))
     assert main(["apply", str(ws.prepared.source), str(r.record_path), "--out", str(tmp_path / "x.onnx"),
-                 "--cache-dir", str(ws.exp.cache)]) == 2  # fmt: skip
+                 "--cache-dir", str(ws.exp.cache)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"weight_range {bad!r} must be full or reduced" in err[0]

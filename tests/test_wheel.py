@@ -35,13 +35,13 @@ def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
 
     shutil.copytree(REPO, src, ignore=leave_out)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)  # fmt: skip
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("autoquant-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+                             check=True, capture_output=True, text=True).stdout.strip()
     ours = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (Path(purelib) / "parent_packages.pth").write_text("".join(f"{p}\n" for p in ours if Path(p).is_dir()))
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
@@ -49,20 +49,20 @@ def test_wheel_installs_and_searches_with_the_default_space(tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = subprocess.run([str(python), "-c", "import autoquant.search_spaces as s; print(s.__file__)"], cwd=work,
-                           check=True, capture_output=True, text=True).stdout  # fmt: skip
+                           check=True, capture_output=True, text=True).stdout
     assert str(venv) in where, where  # the installed wheel, not the repository's editable copy
     # every module of the package is in the wheel (a package missing from pyproject's list is not)
     walk = ("import importlib, pkgutil, autoquant; [importlib.import_module(m.name) for m in "
-            "pkgutil.walk_packages(autoquant.__path__, 'autoquant.')]")  # fmt: skip
+            "pkgutil.walk_packages(autoquant.__path__, 'autoquant.')]")
     imported = subprocess.run([str(python), "-c", walk], cwd=work, capture_output=True, text=True, check=False)
     assert imported.returncode == 0, imported.stderr
     (work / "exp.yaml").write_text(yaml.safe_dump({
         "name": "wheel", "model": {"builtin": "digits_cnn"},
         "data": {"source": "digits", "train_size": 1000, "calibration_size": 100, "eval_size": 200},
         "eval": {"latency_repeats": 2}, "search": {"trials": 3, "sensitivity_k": []},
-    }))  # fmt: skip
+    }))
     run = subprocess.run([str(venv / "bin" / "autoquant"), "search", "exp.yaml", "--out", "run", "--quiet", "--json"],
-                         cwd=work, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+                         cwd=work, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr
     assert (work / "run" / "best" / "model.int8.onnx").is_file()
     # the wheel carries the trained embedded default: the study's model is the shipped one, not one trained here

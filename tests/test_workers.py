@@ -13,7 +13,7 @@ def test_two_workers_reach_the_target_together_without_evaluating_a_plan_twice(t
         tmp_path / "w.yaml", name="digits_workers", model={"builtin": "digits_cnn"},
         data={"source": "digits", "train_size": 1000, "calibration_size": 300, "eval_size": 497},
         eval={"latency_repeats": 3}, search={"population_size": 6, "sensitivity_k": [1], "early_stop": False},
-    )  # fmt: skip
+    )
     result = search(load_experiment(exp), tmp_path / "run", trials=24, workers=2)
     study = optuna.load_study(study_name="digits_workers", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     complete = study.get_trials(states=(TrialState.COMPLETE,))

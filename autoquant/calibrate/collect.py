@@ -21,16 +21,16 @@ def check_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> No
     missing = [i.name for i in inputs if i.name not in data.inputs]
     if missing:
         raise DataError(f"{what} data has no array for the model input '{missing[0]}' (it has "
-                        f"{', '.join(data.inputs)}): name one array after each model input")  # fmt: skip
+                        f"{', '.join(data.inputs)}): name one array after each model input")
     for spec in inputs:
         x = data.inputs[spec.name]
         want = spec.shape[1:]
         if x.ndim != len(spec.shape) or any(isinstance(w, int) and w > 0 and w != g for w, g in zip(want, x.shape[1:])):
             raise DataError(f"{what} samples of '{spec.name}' have shape {tuple(x.shape[1:])} but the model expects "
-                            f"{tuple(want)}: fix the data layout or point the experiment at the right model")  # fmt: skip
+                            f"{tuple(want)}: fix the data layout or point the experiment at the right model")
         if x.dtype != spec.dtype:
             raise DataError(f"{what} data '{spec.name}' is {x.dtype}, the model input is {spec.dtype}: convert it "
-                            "before saving (or let the source do it)")  # fmt: skip
+                            "before saving (or let the source do it)")
     floats = [i.name for i in inputs if np.issubdtype(i.dtype, np.floating)]
     bad = collections.Counter()
     for batch in data.batches(256):  # batch by batch: a memory-mapped split is never read whole
@@ -81,7 +81,7 @@ def collect_stats(
 
 
 def observed_shapes(model: onnx.ModelProto, data: Dataset, batches: Batches,
-                    threads: int) -> tuple[dict[str, tuple[int, ...]], int]:  # fmt: skip
+                    threads: int) -> tuple[dict[str, tuple[int, ...]], int]:
     """The shape of every tensor on one real batch (within the fetch budget), and that batch's size: what shape
     inference could not say of a model whose shapes depend on its input (dynamic height/width, sequence length)."""
     produced = [o for n in model.graph.node for o in n.output if o]

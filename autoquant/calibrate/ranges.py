@@ -129,4 +129,4 @@ ALGORITHMS: dict[str, Callable[..., tuple[float, float]]] = {
     name: _valued(fn)
     for name, fn in {"minmax": minmax, "percentile": percentile, "mse": mse, "entropy": entropy,
                      "histogram": histogram}.items()
-}  # fmt: skip
+}

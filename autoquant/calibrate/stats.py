@@ -90,4 +90,4 @@ def stats_from_arrays(arrays) -> dict[str, TensorStats]:
         str(name): TensorStats(float(arrays["min"][i]), float(arrays["max"][i]), float(arrays["radius"][i]),
                                arrays["counts"][i].copy(), int(arrays["nonfinite"][i]))
         for i, name in enumerate(arrays["names"])
-    }  # fmt: skip
+    }

@@ -104,7 +104,7 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         folder = Path(str(exc.filename)).parent if exc.filename else None
         return (f"cannot read or write{where}: {exc.strerror or 'No space left on device'}"
-                + (f" in {folder}: free space on its disk, or write elsewhere" if folder else ": free space"))  # fmt: skip
+                + (f" in {folder}: free space on its disk, or write elsewhere" if folder else ": free space"))
     return f"cannot read or write{where}: {exc.strerror or exc}; check the path, its permissions and free space"
 
 

@@ -25,8 +25,8 @@ def run(args) -> int:
     samples = len(ws.splits.eval)
     if args.json:
         print(json.dumps({"accuracy": r.accuracy, "accuracy_drop": r.accuracy_drop, "latency_ms": r.latency_ms,
-                          "latency_ratio": r.latency_ratio, "samples": samples}))  # fmt: skip
+                          "latency_ratio": r.latency_ratio, "samples": samples}))
     else:
         print(f"accuracy {r.accuracy:.2f} % on {samples} eval samples (drop {r.accuracy_drop:+.2f} pt vs FP32)   "
-              f"latency {r.latency_ms:.2f} ms per batch ({r.latency_ratio:.2f}x FP32, timed interleaved)")  # fmt: skip
+              f"latency {r.latency_ms:.2f} ms per batch ({r.latency_ratio:.2f}x FP32, timed interleaved)")
     return 0

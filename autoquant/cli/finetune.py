@@ -27,7 +27,7 @@ def run(args) -> int:
     from ..api import finetune_run
 
     r = finetune_run(args.run_dir, args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                     record=args.record)  # fmt: skip
+                     record=args.record)
     print(json.dumps(finetuned_json(r, None)) if args.json else finetuned_line(r))
     if r.tracking_error:
         log.warning("warning: %s", r.tracking_error)

@@ -44,9 +44,9 @@ def run(args) -> int:
         extra, missing = sorted(set(plan.names) - set(stored)), sorted(set(stored) - set(plan.names))
         if extra or missing:
             which = (f"layer {extra[0]} is in the record, not in the model" if extra else
-                     f"layer {missing[0]} is in the model, not in the record")  # fmt: skip
+                     f"layer {missing[0]} is in the model, not in the record")
             raise AutoquantError(f"{args.record} describes other layers than {args.model} ({which}): give the record "
-                                 "made with it")  # fmt: skip
+                                 "made with it")
         labels = {n: c.label for n, c in plan.choices}
         runs = plan.runs()
         wrong = record_disagreements(labels, stored)
@@ -57,7 +57,7 @@ def run(args) -> int:
         print(json.dumps({"layers": [{"name": e.name, "intended": labels[e.name], "kernel": e.kernel, "runs": e.mode}
                                      for e in executed],
                           "other_compute": [{"name": n, "op_type": op, "runs": "float"} for n, op in others],
-                          "disagreements": wrong}))  # fmt: skip
+                          "disagreements": wrong}))
     else:
         print(f"{'layer':56s} {'intended':>8s}  {'kernel':20s} runs")
         for e in executed:
@@ -67,14 +67,14 @@ def run(args) -> int:
         modes = collections.Counter(e.mode for e in executed)
         print(f"{len(executed)} layers in a default onnxruntime session: "
               + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items()))
-              + (f"; {len(others)} other compute op(s) float" if others else ""))  # fmt: skip
+              + (f"; {len(others)} other compute op(s) float" if others else ""))
     for line in wrong:
         log.info("%s", line)
     saturating = saturating_layers(model) if uint8_kernels_saturate() else []
     if saturating:
         log.warning("warning: this CPU's uint8 x int8 kernels saturate (no VNNI) and %d layer(s) (e.g. %s) have weights "
                     "beyond ±64: they compute wrong sums here; rebuild with quantization.weight_range: reduced (or "
-                    "auto) for this CPU", len(saturating), saturating[0])  # fmt: skip
+                    "auto) for this CPU", len(saturating), saturating[0])
     if wrong:
         log.info("%d layer(s) do not run as %s states", len(wrong), "the record" if args.record else "the file")
         return 1

@@ -25,5 +25,5 @@ def run(args) -> int:
         print(f"{op.name:48s} {op.op_type:6s} {'-':16s} {op.flops / 1e6:9.3f}  float (not quantized; 32x32 in bitops)")
     seen = " at the data's shapes (from a calibration batch)" if g.observed else ""
     print(f"total {g.total_flops / 1e6:.2f} MFLOPs per sample{seen} (FLOPs = 2 x MACs): {len(g.layers)} quantizable "
-          f"layers, {len(g.float_ops)} float compute ops ({g.unquantized_flops / max(g.total_flops, 1):.1%} of FLOPs)")  # fmt: skip
+          f"layers, {len(g.float_ops)} float compute ops ({g.unquantized_flops / max(g.total_flops, 1):.1%} of FLOPs)")
     return 0

@@ -29,7 +29,7 @@ def summary_table(result) -> str:
         latency = f"{r.latency_ratio:7.2f}x" if r.latency_ratio == r.latency_ratio else f"{'-':>8}"
         lines.append(f"{p.number:5d}  {r.accuracy:8.2f}  {r.accuracy_drop:+6.2f}  {r.bitops_fraction:7.4f}  "
                      f"{latency}  {r.size_bytes / 1024:8.1f}  {len(p.plan.quantized):>4}/{len(p.plan.names):<6} "
-                     f"{p.label}{mark}")  # fmt: skip
+                     f"{p.label}{mark}")
     return "\n".join(lines)
 
 
@@ -40,7 +40,7 @@ def result_json(result) -> dict:
             "chosen_trial": chosen.number if chosen else None,
             "chosen": asdict(chosen.result) if chosen else None,
             "export": str(result.export.model_path) if result.export else None,
-            "finetuned": finetuned_json(result.finetuned, result.finetuned_trial)}  # fmt: skip
+            "finetuned": finetuned_json(result.finetuned, result.finetuned_trial)}
 
 
 def finetuned_json(r, trial: int | None) -> dict | None:
@@ -51,7 +51,7 @@ def finetuned_json(r, trial: int | None) -> dict | None:
             "accuracy_drop": a.accuracy_drop, "latency_ratio": a.latency_ratio, "output_mse": a.output_mse,
             "seconds": r.seconds, "resumed_at": r.resumed_at, "loss_first": r.losses[0], "loss_last": r.losses[-1],
             "chosen_step": r.chosen_step, "held_out": r.held_out,
-            "model": str(a.model_path), "record": str(a.record_path), "mlflow_run_id": r.mlflow_run_id}  # fmt: skip
+            "model": str(a.model_path), "record": str(a.record_path), "mlflow_run_id": r.mlflow_run_id}
 
 
 def finetuned_line(r) -> str:
@@ -71,7 +71,7 @@ def report_search(result, objective: Cost, args) -> int:
     else:
         stopped = f" (and {result.stopped_early} stopped early: too far over the limit)" if result.stopped_early else ""
         print(f"\n{result.completed} trials{stopped}, FP32 accuracy {result.fp32_accuracy:.2f} %; the fastest plans within "
-              f"the limit, then the {objective.value} front beyond it (latency as a ratio to FP32):")  # fmt: skip
+              f"the limit, then the {objective.value} front beyond it (latency as a ratio to FP32):")
         print(summary_table(result))
     tuned = result.finetuned
     tuned_within = tuned is not None and tuned.after.accuracy_drop <= result.max_drop
@@ -79,7 +79,7 @@ def report_search(result, objective: Cost, args) -> int:
         print(f"trial {result.finetuned_trial} {finetuned_line(tuned)}")
     if not result.met and tuned_within:
         print("autoquant: no plan met the limit after post-training quantization; the fine-tuned model above does",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         return 0
     if not result.met:
         print(f"autoquant: {no_plan_message(result)}", file=sys.stderr)
@@ -87,7 +87,7 @@ def report_search(result, objective: Cost, args) -> int:
     if not args.json:
         e = result.export
         print(f"\nexported trial {result.chosen.number}: accuracy {e.accuracy:.2f} % (drop {e.accuracy_drop:+.2f} pt), "
-              f"bitops {e.bitops_fraction * 100:.2f} % of FP32, latency {e.latency_ratio:.2f}x FP32")  # fmt: skip
+              f"bitops {e.bitops_fraction * 100:.2f} % of FP32, latency {e.latency_ratio:.2f}x FP32")
         print(f"wrote {e.model_path} and {e.record_path}")
     return 0
 
@@ -99,13 +99,13 @@ def no_plan_message(result) -> str:
     beat = f" (a negative limit asks a plan to beat FP32 by {-limit:g} points)" if limit < 0 else ""
     if c is not None:
         return (f"no quantized plan meets the accuracy constraint; closest: trial {c.number} with a drop of "
-                f"{c.result.accuracy_drop:.2f} pt{beat}. Raise max_accuracy_drop or run more trials")  # fmt: skip
+                f"{c.result.accuracy_drop:.2f} pt{beat}. Raise max_accuracy_drop or run more trials")
     if result.stopped_early:
         return (f"no quantized plan meets a drop of at most {limit:g} pt{beat}: {result.stopped_early} trial(s) were "
                 "stopped early because the first eval samples already showed they could not. Raise "
-                "max_accuracy_drop")  # fmt: skip
+                "max_accuracy_drop")
     return ("no quantized plan completed (every trial failed or none ran); see fail_reason in the trial table or "
-            "MLflow, and run more trials")  # fmt: skip
+            "MLflow, and run more trials")
 
 
 def register_if_asked(result, args) -> None:

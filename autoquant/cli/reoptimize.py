@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/NAME-reopt-TIMESTAMP)")
     p.add_argument("--tracking-uri", help="MLflow store holding the registry (default: search.tracking_uri)")
     p.add_argument("--tolerance", type=number(float, 0), default=0.1,
-                   help="accuracy points the candidate may lose and still win")  # fmt: skip
+                   help="accuracy points the candidate may lose and still win")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -31,7 +31,7 @@ def run(args) -> int:
     exp = load_experiment(args.experiment)
     out = args.out or Path("runs") / f"{exp.name}-reopt-{time.strftime('%Y%m%d-%H%M%S')}"
     r = reoptimize(exp, args.registered_model, out, alias=args.alias, trials=args.trials, tracking_uri=args.tracking_uri,
-                   tolerance=args.tolerance)  # fmt: skip
+                   tolerance=args.tolerance)
     changed = "; source model changed since the deployed version" if r.source_changed else ""
     target = r.candidate_version if r.decision == "promoted" else r.deployed_version
     print(f"autoquant: {r.decision} — {r.reason}; '{args.alias}' -> version {target}{changed}; report {r.report}")

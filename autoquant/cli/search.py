@@ -35,6 +35,6 @@ def run(args) -> int:
     log.info("study %s in %s (rerun the same command to resume it)", exp.name, out)
     result = search(exp, out, trials=args.trials, workers=args.workers)
     log.info("%d plans evaluated in %.1f s this run; MLflow: mlflow ui --backend-store-uri sqlite:///%s", result.evaluated,
-             result.seconds, (out / "mlflow.db").resolve())  # fmt: skip
+             result.seconds, (out / "mlflow.db").resolve())
     register_if_asked(result, args)
     return report_search(result, exp.search.objective, args)

@@ -42,7 +42,7 @@ class Hopeless(AutoquantError):
         self.prefix_nmse = float("nan")  # the prefix outputs' relative MSE against FP32 (set by the measurer)
         super().__init__(f"stopped after {samples} eval samples: accuracy there {prefix_accuracy:.2f}; its full-set "
                          f"drop is at least {drop_bound:.2f} pt with {100 * (1 - DELTA):.0f} % confidence, over the "
-                         f"{max_drop:g} pt limit")  # fmt: skip
+                         f"{max_drop:g} pt limit")
 
 
 def prefix_size(n: int, batch_size: int = 1) -> int:
@@ -64,7 +64,7 @@ class EarlyStop:
 
     @classmethod
     def make(cls, eval_data: Dataset, reference: np.ndarray, hits, max_drop: float,
-             batch_size: int = 1) -> EarlyStop | None:  # fmt: skip
+             batch_size: int = 1) -> EarlyStop | None:
         """None when the metric has no per-sample hits or the eval set is too small to gain from a prefix.
         `eval_data` must be in random order (as data.split leaves it); `batch_size` is the eval batch."""
         size = prefix_size(len(eval_data), batch_size)

@@ -30,7 +30,7 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, data: Dataset, metric: Metric, inputs: tuple[ModelInput, ...], outputs: tuple[str, ...],
-                 cfg: EvalConfig, reference: Callable[[], np.ndarray], batches: Batches, latency_batch: int):  # fmt: skip
+                 cfg: EvalConfig, reference: Callable[[], np.ndarray], batches: Batches, latency_batch: int):
         """`batches`: how eval data is fed (eval.batch_size, or the size the model takes); `latency_batch` the
         samples per timed run (eval.latency_batch_size, or that size)."""
         check_inputs(data, inputs, "eval")
@@ -54,7 +54,7 @@ class Evaluator:
         return data.with_inputs(self._feed(data.inputs))
 
     def outputs(self, sess: ort.InferenceSession, data: Dataset | None = None, head: np.ndarray | None = None,
-                rows: int | None = None, shown: str | None = None) -> np.ndarray:  # fmt: skip
+                rows: int | None = None, shown: str | None = None) -> np.ndarray:
         """The scored output over the eval data (or `data`, e.g. a subset of it), batch moved to axis 0.
         `rows` stops after the first that many samples; `head` holds this session's outputs on the data's first
         whole batches, computed before, which are not run again; `shown` titles a progress bar."""
@@ -69,19 +69,19 @@ class Evaluator:
         for (out,), feed, n in self.batches.run(sess, [self.output], self._fed(rest), "eval", shown=shown):
             if not isinstance(out, np.ndarray):
                 raise ConfigError(f"output '{self.output}' is a {type(out).__name__}, not a tensor: set eval.output to "
-                                  "a tensor output of the model")  # fmt: skip
+                                  "a tensor output of the model")
             if out.ndim <= axis:
                 raise ConfigError(f"eval.output_batch_axis {axis} does not exist: output '{self.output}' has shape "
-                                  f"{out.shape}")  # fmt: skip
+                                  f"{out.shape}")
             fed = len(next(iter(feed.values())))
             if out.shape[axis] != fed:
                 raise ConfigError(f"output '{self.output}' has {out.shape[axis]} rows on axis {axis} for a batch of {fed} "
-                                  "samples: set eval.output_batch_axis to the output's batch axis")  # fmt: skip
+                                  "samples: set eval.output_batch_axis to the output's batch axis")
             parts.append(np.moveaxis(out, axis, 0)[:n])
         shapes = {p.shape[1:] for p in parts}
         if len(shapes) > 1:
             raise DataError(f"output '{self.output}' has different shapes across eval batches ({sorted(shapes)[:2]}): "
-                            "give inputs of one size (e.g. pad sequences to one length)")  # fmt: skip
+                            "give inputs of one size (e.g. pad sequences to one length)")
         outputs = np.concatenate(parts)
         if np.issubdtype(outputs.dtype, np.floating) and not np.isfinite(outputs).all():
             raise DataError("the model produced NaN or Inf on the eval data")

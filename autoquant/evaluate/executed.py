@@ -27,7 +27,7 @@ from ..quantize import modes
 INTEGER_KERNELS = frozenset(
     {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
      "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
-)  # fmt: skip
+)
 FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
 # A plan's layers: Conv, Gemm and MatMul with constant weights (graph/layers.py). ConvTranspose and recurrent cells
 # are compute autoquant never quantizes (listed and costed as float): never counted against a plan's layers,
@@ -164,7 +164,7 @@ def executed_layers(model: onnx.ModelProto) -> list[ExecutedLayer]:
     seen = collections.Counter("integer" if e.integer else "float" for e in traced if e.kernel)
     if full["integer"] != seen["integer"]:
         raise RuntimeError(f"the default session runs {full['integer']} integer kernels where the traced graph "
-                           f"has {seen['integer']}: this onnxruntime's layout passes change precision")  # fmt: skip
+                           f"has {seen['integer']}: this onnxruntime's layout passes change precision")
     return traced
 
 
@@ -197,4 +197,4 @@ def record_disagreements(planned: dict[str, str], stored: dict[str, BuiltLayer])
     """One line per layer the file builds otherwise than its record says (LayerChoice.label against BuiltLayer.label:
     a static INT8 model under a record that says dynamic or int4, a float layer quantized, …)."""
     return [f"{name}: the record says {label}, the file builds it as {stored[name].label}"
-            for name, label in planned.items() if name in stored and stored[name].label != label]  # fmt: skip
+            for name, label in planned.items() if name in stored and stored[name].label != label]

@@ -32,14 +32,14 @@ def builtin(name: str):
 def _class_ids(outputs: np.ndarray, labels: np.ndarray | None, metric: str) -> None:
     if labels is None:
         raise DataError(f"{metric} needs class-id labels and the data has none: set data.y_key, or use eval.metric "
-                        "agreement (top-1 agreement with the FP32 model) on unlabeled data")  # fmt: skip
+                        "agreement (top-1 agreement with the FP32 model) on unlabeled data")
     classes = int(np.prod(outputs.shape[1:]))
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{metric} needs one integer class id per sample; the labels are {labels.dtype} of shape "
-                        f"{labels.shape}: use eval.metric agreement or cosine, or a custom metric, for other labels")  # fmt: skip
+                        f"{labels.shape}: use eval.metric agreement or cosine, or a custom metric, for other labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= classes):
         raise DataError(f"labels run from {labels.min()} to {labels.max()} but the model has {classes} outputs per "
-                        f"sample: {metric} needs class ids in [0, outputs); check data.y_key and the label encoding")  # fmt: skip
+                        f"sample: {metric} needs class ids in [0, outputs); check data.y_key and the label encoding")
 
 
 # Per-sample hits (1: the sample scores, 0: it does not) of the metrics that are the percentage of samples
@@ -64,7 +64,7 @@ def _decisions(outputs: np.ndarray) -> np.ndarray:
     if outputs.shape[-1] < 2:
         raise DataError(f"eval.metric agreement compares the arg-max over the output's last axis, which has "
                         f"{outputs.shape[-1]} entry here (shape {outputs.shape[1:]} per sample): every plan would agree "
-                        "100 %; use eval.metric cosine, or a metric of your own")  # fmt: skip
+                        "100 %; use eval.metric cosine, or a metric of your own")
     return outputs.argmax(axis=-1)
 
 
@@ -116,7 +116,7 @@ def _checked(spec: str, fn: Callable) -> Metric:
             value = float(fn(outputs, labels, reference) if takes_reference else fn(outputs, labels))
         except Exception as exc:  # the user's function: any error is theirs to fix, said in one line
             raise DataError(f"eval.metric '{spec}' failed on the model's outputs ({exc.__class__.__name__}: "
-                            f"{first_line(exc, 120)}): it must take (outputs, labels[, reference]) and return a number") from exc  # fmt: skip
+                            f"{first_line(exc, 120)}): it must take (outputs, labels[, reference]) and return a number") from exc
         if not np.isfinite(value):
             raise DataError(f"eval.metric '{spec}' returned {value}: it must return a finite number")
         return value

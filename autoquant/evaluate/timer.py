@@ -25,7 +25,7 @@ class Timer:
 
     def __init__(self, threads: int):
         self._proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("timing_process.py")), str(threads)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._finalizer = weakref.finalize(self, _stop, self._proc)
         self._loaded: set[str] = set()
 

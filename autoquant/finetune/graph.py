@@ -72,7 +72,7 @@ def _pool(node, x, kind: str):
     if kind == "max":
         return (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1](x, kernel, strides, pads[:dims], a.get("dilations", [1] * dims), bool(a.get("ceil_mode", 0)))
     return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1](x, kernel, strides, pads[:dims], bool(a.get("ceil_mode", 0)),
-                                                                bool(a.get("count_include_pad", 0)))  # fmt: skip
+                                                                bool(a.get("count_include_pad", 0)))
 
 
 def _slice(node, x, starts, ends, axes=None, steps=None):
@@ -99,7 +99,7 @@ def _pad(node, x, pads=None, value=None, axes=None):
         full[d], full[x.dim() + d] = pads[i], pads[n + i]
     flat = [p for d in reversed(range(x.dim())) for p in (full[d], full[x.dim() + d])]
     return F.pad(x, flat, mode={"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode],
-                 value=float(value) if value is not None and mode == "constant" else None)  # fmt: skip
+                 value=float(value) if value is not None and mode == "constant" else None)
 
 
 def _reshape(node, x, shape):
@@ -172,7 +172,7 @@ def _gather(node, x, index):
 
 
 CAST = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
-        onnx.TensorProto.BOOL: torch.bool, onnx.TensorProto.DOUBLE: torch.float64}  # fmt: skip
+        onnx.TensorProto.BOOL: torch.bool, onnx.TensorProto.DOUBLE: torch.float64}
 
 OPS: dict[str, Callable] = {
     "Conv": _conv,
@@ -241,7 +241,7 @@ class GraphModule(nn.Module):
         if unknown:
             node = next(n for n in graph.node if n.op_type in unknown)
             raise PlanError(f"fine-tuning cannot run the model's {node.op_type} node '{node.name}' (operators it runs: "
-                            f"{', '.join(sorted(OPS))})")  # fmt: skip
+                            f"{', '.join(sorted(OPS))})")
         self.nodes = list(graph.node)
         inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         self.inputs = [i.name for i in graph.input if i.name not in inits]
@@ -266,7 +266,7 @@ class GraphModule(nn.Module):
             env[name] = self.hook(name, feeds[name])
         for node in self.nodes:
             result = OPS[node.op_type](node, *(self.consume(node, k, env[i]) if i else None
-                                               for k, i in enumerate(node.input)))  # fmt: skip
+                                               for k, i in enumerate(node.input)))
             outs = result if isinstance(result, tuple) else [result]
             for name, value in zip(node.output, outs):
                 if name:

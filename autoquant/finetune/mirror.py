@@ -55,13 +55,13 @@ def activation_quantizers(qmodel: onnx.ModelProto, tensors: set[str]) -> dict[st
         tensor = q.input[0] if q.input[0] in tensors else (dq.output[0] if dq is not None else "")
         if tensor not in tensors:
             raise PlanError(f"the QDQ model quantizes '{q.input[0]}', which the FP32 graph does not have: this plan "
-                            "cannot be mirrored for fine-tuning")  # fmt: skip
+                            "cannot be mirrored for fine-tuning")
         zp = inits[q.input[2]]
         quantizer = ActivationQuantizer(float(numpy_helper.to_array(inits[q.input[1]])),
-                                        int(numpy_helper.to_array(zp)), *QRANGE[zp.data_type])  # fmt: skip
+                                        int(numpy_helper.to_array(zp)), *QRANGE[zp.data_type])
         if found.setdefault(tensor, quantizer) != quantizer:
             raise PlanError(f"the QDQ model quantizes '{tensor}' twice with different scales: this plan cannot be "
-                            "mirrored for fine-tuning")  # fmt: skip
+                            "mirrored for fine-tuning")
     return found
 
 
@@ -87,7 +87,7 @@ def quantized_constants(qmodel: onnx.ModelProto, constants: set[str]) -> dict[st
 
 
 def weight_grid(w: Tensor, layer: LayerInfo, granularity: str, bits: int,
-                weight_range: str) -> tuple[Tensor, tuple[int, int]]:  # fmt: skip
+                weight_range: str) -> tuple[Tensor, tuple[int, int]]:
     """The symmetric grid onnxruntime's quantizer puts `w` on (quantize/fake.py: weight_scale, on the weights as
     they are now): the scales, broadcastable to `w`, as constants of the step, and the integers' bounds."""
     scale, bounds = weight_scale(w.detach().numpy(), layer.channel_axis, granularity, bits, weight_range)
@@ -110,7 +110,7 @@ class Mirror:
     weight and bias (float layers' too: they adapt to the quantized ones around them)."""
 
     def __init__(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, qmodel: onnx.ModelProto,
-                 weight_range: str, learn_scales: bool = False):  # fmt: skip
+                 weight_range: str, learn_scales: bool = False):
         """`learn_scales`: the activation quantizers' scales are parameters too, trained with the weights by LSQ's
         gradient (Esser et al., 2020: torch's learnable fake quantizer), their zero points kept."""
         self.mirrored = {n: modes.get(c.mode).mirrored(c) for n, c in plan.choices if c.quantize}
@@ -118,11 +118,11 @@ class Mirror:
         if other:
             can = " and ".join(m.name for m in modes.modes() if m.mirrored(m.choice()) is not None)
             raise PlanError(f"fine-tuning mirrors {can} layers, and layer '{other[0][0]}' is {other[0][1]}: fine-tune a "
-                            f"plan without {other[0][1]} layers")  # fmt: skip
+                            f"plan without {other[0][1]} layers")
         nodes = {n.name: n for n in model.graph.node}
         inits = {i.name for i in model.graph.initializer}
         self.bias = {layer.name: nodes[layer.name].input[2] for layer in graph.layers
-                     if len(nodes[layer.name].input) > 2 and nodes[layer.name].input[2] in inits}  # fmt: skip
+                     if len(nodes[layer.name].input) > 2 and nodes[layer.name].input[2] in inits}
         trainable = {layer.weight for layer in graph.layers} | set(self.bias.values())
         self.module = GraphModule(model, trainable)
         tensors = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
@@ -133,14 +133,14 @@ class Mirror:
         self._weights = {layer.weight: layer for layer in graph.layers if plan[layer.name].quantize}
         by_name = {layer.name: layer for layer in graph.layers}
         self._biases = {b: by_name[name] for name, b in self.bias.items() if name in self.mirrored
-                        and self.mirrored[name].bias_on_grid}  # fmt: skip
+                        and self.mirrored[name].bias_on_grid}
         self._dynamic = {name for name, m in self.mirrored.items() if m.runtime_input}
         self.module.hook = self._activation
         self.module.weight = self._weight
         self.module.consume = self._consume
         self._learned = {t: i for i, t in enumerate(sorted(self.activations))} if learn_scales else {}
         self.module.scales = nn.ParameterList(nn.Parameter(torch.tensor([self.activations[t].scale], dtype=torch.float32))
-                                              for t in self._learned)  # fmt: skip
+                                              for t in self._learned)
 
     def scale(self, tensor: str) -> float:
         """The activation scale of `tensor` now (the calibrated one, or as learnt)."""

@@ -66,7 +66,7 @@ def split_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], settings: FinetuneConfig,
-          checkpoint: Path, run_key: str) -> Trained:  # fmt: skip
+          checkpoint: Path, run_key: str) -> Trained:
     """Fine-tune `mirror` on `data` towards `teacher` (FP32 outputs by output name, one row per sample). The weights
     returned are those with the least output NMSE on the held-out share of `data` (`settings.validation`),
     looked at before the first step and every `checkpoint_every` steps: on a small data set, training longer fits
@@ -77,7 +77,7 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
     rows, held = split_rows(len(data), settings.validation, settings.seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
     what = (settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data, settings.learn_scales,
-            settings.validation)  # fmt: skip
+            settings.validation)
     key = hashlib.sha256(f"{run_key}:{what}".encode()).hexdigest()
     losses: list[float] = []
     looks: list[tuple[int, float]] = []
@@ -94,7 +94,7 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
             return
         with torch.no_grad():
             parts = [module(**{k: v[torch.from_numpy(held[i : i + settings.batch_size])] for k, v in inputs.items()})
-                     for i in range(0, len(held), settings.batch_size)]  # fmt: skip
+                     for i in range(0, len(held), settings.batch_size)]
             outs = [torch.cat(o) for o in zip(*parts)]
             value = float(nmse(outs, [t[torch.from_numpy(held)] for t in targets]))
         looks.append((step, value))
@@ -109,7 +109,7 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
 
     def state() -> dict:
         return {"key": key, "step": done, "module": module.state_dict(), "looks": looks,
-                "optimizer": optimizer.state_dict(), "losses": losses, "best": best}  # fmt: skip
+                "optimizer": optimizer.state_dict(), "losses": losses, "best": best}
 
     try:
         for step in range(start, settings.steps):
@@ -136,13 +136,13 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
     if best is not None:
         module.load_state_dict(best["module"])
         log.info("fine-tuning: the weights of step %d (held-out output NMSE %.3g; before training %.3g)", best["step"],
-                 best["nmse"], looks[0][1])  # fmt: skip
+                 best["nmse"], looks[0][1])
     return Trained(mirror.weights(), mirror.activation_params(), tuple(losses), tuple(looks),
                    best["step"] if best else settings.steps, time.perf_counter() - t0, start)
 
 
 CHECKPOINT_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-                     AttributeError, IndexError)  # what torch.load and load_state_dict raise on a damaged file  # fmt: skip
+                     AttributeError, IndexError)  # what torch.load and load_state_dict raise on a damaged file
 
 
 def previous(path: Path) -> Path:
@@ -177,7 +177,7 @@ def resume_state(checkpoint: Path, key: str, module: torch.nn.Module, optimizer:
             os.replace(path, aside)
             log.warning("warning: %s cannot be read as a fine-tuning checkpoint (%s): moved to %s; going on without it",
                         path, f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}",
-                        aside.name)  # fmt: skip
+                        aside.name)
     return None
 
 

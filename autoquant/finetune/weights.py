@@ -25,12 +25,12 @@ def with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
         old = present.get(name)
         if old is None or tuple(old.dims) != value.shape:
             raise PlanError(f"fine-tuned weight '{name}' does not fit the model (missing or another shape): the "
-                            "weights file belongs to another model")  # fmt: skip
+                            "weights file belongs to another model")
         if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
             bad = "is not floating-point" if not np.issubdtype(value.dtype, np.floating) else \
-                f"holds {int(np.size(value) - np.isfinite(value).sum())} NaN or Inf value(s)"  # fmt: skip
+                f"holds {int(np.size(value) - np.isfinite(value).sum())} NaN or Inf value(s)"
             raise PlanError(f"fine-tuned weight '{name}' {bad}: a model built from it would compute garbage; "
-                            "fine-tune again (a lower finetune.lr if the loss diverged)")  # fmt: skip
+                            "fine-tune again (a lower finetune.lr if the loss diverged)")
         old.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
     return out
 

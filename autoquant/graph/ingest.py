@@ -87,7 +87,7 @@ def check(model: onnx.ModelProto) -> str:
 
 
 def export_torch(module, example: np.ndarray | dict[str, np.ndarray], path: Path,
-                 dynamic: dict[str, list[int]] | None = None, output_name: str = "logits") -> Path:  # fmt: skip
+                 dynamic: dict[str, list[int]] | None = None, output_name: str = "logits") -> Path:
     """Export a torch module to ONNX once (opset 17), atomically. `example` is one array (the input is then
     named "input") or one per input name; `dynamic` lists each input's dynamic axes (default: the batch)."""
     import torch
@@ -132,7 +132,7 @@ def check_ops(model: onnx.ModelProto) -> None:
 # Input types the engine feeds as they are: float inputs are activations (calibrated, quantizable), the
 # others (token ids, masks, lengths) are fed and never quantized.
 INPUT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64,
-               onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}  # fmt: skip
+               onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}
 
 
 def model_inputs(model: onnx.ModelProto) -> tuple[ModelInput, ...]:
@@ -145,7 +145,7 @@ def model_inputs(model: onnx.ModelProto) -> tuple[ModelInput, ...]:
         if tt.elem_type not in INPUT_TYPES:
             kind = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else "untyped"
             raise ModelError(f"input '{vi.name}' is {kind}: autoquant feeds float32, int64, int32 and bool inputs; "
-                             "export the model with one of those")  # fmt: skip
+                             "export the model with one of those")
         dims = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim)
         out.append(ModelInput(vi.name, dims, np.dtype(INPUT_TYPES[tt.elem_type])))
     if not out:
@@ -193,7 +193,7 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
         except Exception as exc:  # the converter raises bare RuntimeErrors naming the op it cannot convert
             raise ModelError(f"cannot upgrade {source} from opset {opset} to {MIN_OPSET} ({first_line(exc)}): "
-                             f"export it with opset {MIN_OPSET} or newer") from exc  # fmt: skip
+                             f"export it with opset {MIN_OPSET} or newer") from exc
     # Given a path rather than the proto: given a proto, onnxruntime round-trips it through external data and
     # then fails to read initializers (Resize scales) back. Run in a directory of its own: a failed symbolic
     # inference leaves a debug model and its external data (a uuid-named .data file) in the working directory.
@@ -207,7 +207,7 @@ def _preprocess(model: onnx.ModelProto, source: Path, pre: Path) -> None:
             # Resize, Shape → Slice chains); ONNX's own inference still runs, and the shapes it cannot
             # know are taken from a calibration batch later (Workspace.graph).
             log.info("symbolic shape inference failed on %s (%s); pre-processing without it", source.name,
-                     first_line(exc, 120))  # fmt: skip
+                     first_line(exc, 120))
             try:
                 quant_pre_process(str(staged), str(out), skip_symbolic_shape=True)
             except Exception as exc2:

@@ -80,7 +80,7 @@ class ShapesUnknown(ModelError):
 
     def __init__(self, tensors: list[str], where: str):
         super().__init__(f"shape inference could not size the output of {where} ({len(tensors)} tensor(s)): give the "
-                         "model static non-batch input dimensions, or calibration data to observe them")  # fmt: skip
+                         "model static non-batch input dimensions, or calibration data to observe them")
         self.tensors = tensors
 
 
@@ -119,13 +119,13 @@ class _Sizer:
         """The model's batch, or an expression symbolic inference derived from it alone ("floor(1.0*batch)"
         after a Resize that scales every axis)."""
         return dim in self.batch_dims or (isinstance(dim, str) and any(
-            re.fullmatch(rf"[\w.()*+\- ]*\b{re.escape(b)}\b[\w.()*+\- ]*", dim) for b in self.batch_dims))  # fmt: skip
+            re.fullmatch(rf"[\w.()*+\- ]*\b{re.escape(b)}\b[\w.()*+\- ]*", dim) for b in self.batch_dims))
 
     def per_sample(self, tensor: str) -> tuple[float, tuple[int, ...]]:
         """(elements per sample, per-sample shape) of `tensor`; (nan, ()) and remembered when unknown."""
         dims = self.shapes.get(tensor, (None, 0))[0]
         static = dims is not None and len(dims) >= 1 and all(isinstance(d, int) and d > 0 for d in dims[1:]) and (
-            self._is_batch(dims[0]) or dims[0] == 1 or len(dims) == 1)  # fmt: skip
+            self._is_batch(dims[0]) or dims[0] == 1 or len(dims) == 1)
         if static:
             rest = tuple(dims[1:]) if len(dims) > 1 else tuple(dims)
             return float(np.prod(rest)), rest
@@ -159,7 +159,7 @@ def _bias_slot(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, channe
 
 
 def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None = None, batch: int = 1,
-            sized: bool = True) -> GraphInfo:  # fmt: skip
+            sized: bool = True) -> GraphInfo:
     """Find the compute ops; quantizable layers are Conv/Gemm/MatMul nodes with a constant weight. With
     `sized` False, FLOPs that shapes cannot tell are left unknown instead of refused (rebuilding from a
     record needs the layers, not their cost)."""
@@ -167,7 +167,7 @@ def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None 
     shapes = _shapes(model)
     graph_inputs = [i for i in model.graph.input if i.name not in inits]
     batch_dims = {i.type.tensor_type.shape.dim[0].dim_param for i in graph_inputs
-                  if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}  # fmt: skip
+                  if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
     sizer = _Sizer(shapes, batch_dims, observed, batch)
     layers, float_ops = [], []
     for node in model.graph.node:
@@ -191,7 +191,7 @@ def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None 
             layers.append(LayerInfo(node.name, node.op_type, node.input[0], node.input[1], node.output[0], tuple(w.shape),
                                     out_shape, axis, depthwise, _flops(per_out * k),
                                     bool(np.isfinite(w).all()) if np.issubdtype(w.dtype, np.floating) else True,
-                                    _bias_slot(model, node, inits, w.shape[axis])))  # fmt: skip
+                                    _bias_slot(model, node, inits, w.shape[axis])))
         else:
             float_ops.append(ComputeOp(node.name, node.op_type, _float_op_flops(node, per_out, shapes, inits, sizer)))
     if sizer.unknown and sized:
@@ -202,7 +202,7 @@ def analyze(model: onnx.ModelProto, observed: dict[str, tuple[int, ...]] | None 
     float_tensors = tuple(
         t for t in dict.fromkeys([i.name for i in graph_inputs] + produced)
         if t in shapes and shapes[t][1] == onnx.TensorProto.FLOAT
-    )  # fmt: skip
+    )
     return GraphInfo(tuple(layers), float_tensors, tuple(float_ops), observed is not None)
 
 

@@ -59,7 +59,7 @@ def training_data(ws: Workspace, which: str) -> Dataset:
         return ws.splits.calibration
     if ws.splits.train is None:
         raise ConfigError("finetune.data is train but the experiment reserves no training samples: set data.train_size "
-                          "or use finetune.data: calibration")  # fmt: skip
+                          "or use finetune.data: calibration")
     return ws.splits.train
 
 
@@ -74,7 +74,7 @@ def teacher_outputs(ws: Workspace, data: Dataset, outputs: list[str]) -> dict[st
 
 
 def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_dir: Path, checkpoint: Path,
-                  before: dict[str, float], tracker=None) -> FinetuneResult:  # fmt: skip
+                  before: dict[str, float], tracker=None) -> FinetuneResult:
     """Fine-tune `plan` on the data `settings.data` names and write its export to `out_dir`; `tracker(settings,
     losses, result, before)` logs the run (MLflow) and returns its id."""
     from ..finetune.mirror import Mirror
@@ -88,16 +88,16 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     teacher = teacher_outputs(ws, calib, mirror.module.outputs)
     log.info("fine-tuning a plan with %d of %d layers quantized on %d %s samples: %d steps of %d, lr %g",
              len(plan.quantized), len(plan.names), len(calib), settings.data, settings.steps, settings.batch_size,
-             settings.lr)  # fmt: skip
+             settings.lr)
     trained = train(mirror, calib, teacher, settings, checkpoint, f"{ws.model_key}:{calib.sha256()}:{plan.key()}")
     losses = trained.losses
     held = dict(trained.held_out).get(trained.chosen_step)
     record = FinetuneRecord(settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data,
                             settings.learn_scales, settings.validation, calib.sha256(), len(calib),
                             float(np.mean(losses[:10])), float(np.mean(losses[-10:])), trained.chosen_step, held,
-                            trained.seconds, "", "")  # fmt: skip
+                            trained.seconds, "", "")
     result = write_export(ws, plan, out_dir, f"fine-tuning ({settings.steps} steps)",
-                          tuned=Tuned(trained.weights, record, trained.activations))  # fmt: skip
+                          tuned=Tuned(trained.weights, record, trained.activations))
     drop_checkpoints(checkpoint)
     run_id, error = None, ""
     if tracker is not None:
@@ -106,18 +106,18 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
         except Exception as exc:  # noqa: BLE001 - the export is on disk: tracking must not undo it
             error = f"MLflow tracking failed ({exc.__class__.__name__}: {exc}); the fine-tuned export is complete"
     return FinetuneResult(before, result, losses, trained.held_out, trained.chosen_step, trained.seconds,
-                          trained.resumed_at, run_id, error)  # fmt: skip
+                          trained.resumed_at, run_id, error)
 
 
 def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: float, settings: FinetuneConfig,
-               predicted: Callable[[QuantPlan], float]) -> list[ScoredPlan]:  # fmt: skip
+               predicted: Callable[[QuantPlan], float]) -> list[ScoredPlan]:
     """What a search fine-tunes: the quantized plans the latency table prices below the export (all of them when
     nothing was exported) whose drop misses the limit by at most `settings.margin`, cheapest first, at most
     `settings.candidates`; when there is none, the export itself (more accuracy at its speed)."""
     bar = predicted(export.plan) if export is not None else math.inf
     candidates = [p for p in points if p.plan.quantized and mirrored(p.plan)]
     near = sorted((p for p in candidates if max_drop < p.result.accuracy_drop <= max_drop + settings.margin
-                   and predicted(p.plan) < bar), key=lambda p: (predicted(p.plan), p.result.accuracy_drop))  # fmt: skip
+                   and predicted(p.plan) < bar), key=lambda p: (predicted(p.plan), p.result.accuracy_drop))
     picked: dict[str, ScoredPlan] = {}
     for p in near:
         picked.setdefault(p.plan.key(), p)
@@ -126,15 +126,15 @@ def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: fl
 
 def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list[ScoredPlan], export: ScoredPlan | None,
                    max_drop: float, predicted: Callable[[QuantPlan], float],
-                   parent: str | None) -> tuple[ScoredPlan, FinetuneResult] | None:  # fmt: skip
+                   parent: str | None) -> tuple[ScoredPlan, FinetuneResult] | None:
     """A search's last stage: fine-tune its candidates (above) until one is within the limit; RUN/finetuned holds
     the last one fine-tuned. Returns (the plan fine-tuned, its result), or None without a candidate."""
     outcome = None
     for chosen in candidates(points, export, max_drop, exp.finetune, predicted):
         log.info("fine-tuning trial %d (drop %.2f after post-training quantization)", chosen.number,
-                 chosen.result.accuracy_drop)  # fmt: skip
+                 chosen.result.accuracy_drop)
         result = finetune_plan(ws, chosen.plan, exp.finetune, paths.root / "finetuned", paths.root / CHECKPOINT,
-                               chosen.result.to_dict(), mlflow_logger(exp, paths, parent))  # fmt: skip
+                               chosen.result.to_dict(), mlflow_logger(exp, paths, parent))
         outcome = (chosen, result)
         if result.after.accuracy_drop <= max_drop:
             break
@@ -142,14 +142,14 @@ def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list
 
 
 def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = None, lr: float | None = None,
-                 batch_size: int | None = None, record: Path | None = None) -> FinetuneResult:  # fmt: skip
+                 batch_size: int | None = None, record: Path | None = None) -> FinetuneResult:
     """Fine-tune the export of the search in `run_dir` (or the plan of `record`)."""
     paths = RunPaths(Path(run_dir))
     exp = load_experiment(paths.experiment())
     record_path = Path(record) if record else paths.root / "best" / "record.json"
     if not record_path.is_file():
         raise ConfigError(f"{record_path} not found: fine-tuning starts from an export; run the search until it exports "
-                          "one, or give --record")  # fmt: skip
+                          "one, or give --record")
     out = Path(out) if out else paths.root / "finetuned"
     check_export_target(out)
     recover_dir(out)
@@ -158,12 +158,12 @@ def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = 
     try:
         if rec.model_sha256 != study.workspace.sha:
             raise PlanError(f"{record_path} was made for another model than {exp.source_file}'s: give that experiment's "
-                            "run directory")  # fmt: skip
+                            "run directory")
         base = exp.finetune or FinetuneConfig()
         overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
         settings = dataclasses.replace(base, **overrides)
         return finetune_plan(study.workspace, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
-                             mlflow_logger(exp, paths, study.parent_run))  # fmt: skip
+                             mlflow_logger(exp, paths, study.parent_run))
     finally:
         study.close()
 
@@ -178,9 +178,9 @@ def mlflow_logger(exp: Experiment, paths: RunPaths, parent: str | None):
         tracker = Tracker(exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts")
         params = {**{f"finetune.{k}": str(v) for k, v in dataclasses.asdict(settings).items()}}
         metrics = {"accuracy": result.accuracy, "accuracy_drop": result.accuracy_drop,
-                   "latency_ratio": result.latency_ratio, "ptq_accuracy_drop": before.get("accuracy_drop", np.nan)}  # fmt: skip
+                   "latency_ratio": result.latency_ratio, "ptq_accuracy_drop": before.get("accuracy_drop", np.nan)}
         return tracker.log_finetune(parent, params, list(losses), list(held_out), metrics,
-                                    [result.model_path, result.record_path])  # fmt: skip
+                                    [result.model_path, result.record_path])
 
     return log_run
 

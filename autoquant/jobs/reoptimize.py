@@ -56,7 +56,7 @@ def race(meter: Meter, deployed: bytes, candidate: bytes) -> Race:
 
 
 def decide(old: Measurement, new: Measurement | None, max_drop: float, objective: Cost, tolerance: float,
-           timed: Race | None = None, same_plan: bool = False) -> tuple[bool, str]:  # fmt: skip
+           timed: Race | None = None, same_plan: bool = False) -> tuple[bool, str]:
     """Whether the candidate replaces the deployed model. Under objective latency `timed` decides cheaper: two
     separate timings differ by noise, so only a difference the paired rounds show counts. `same_plan`: the
     candidate is the deployed plan on an unchanged model, which a new version would only churn."""
@@ -70,7 +70,7 @@ def decide(old: Measurement, new: Measurement | None, max_drop: float, objective
     if new.accuracy < old.accuracy - tolerance:
         return False, f"the candidate is {old.accuracy - new.accuracy:.2f} pt less accurate (tolerance {tolerance:g})"
     cheaper, as_cheap = ((timed.faster, timed.not_slower) if timed is not None else
-                         (cost(new) < cost(old) * 0.98, cost(new) <= cost(old)))  # fmt: skip
+                         (cost(new) < cost(old) * 0.98, cost(new) <= cost(old)))
     if cheaper or (new.accuracy > old.accuracy + tolerance and as_cheap):
         return True, f"{objective.value} {cost(old):.4g} -> {cost(new):.4g} at accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
     return False, f"not better: {objective.value} {cost(old):.4g} -> {cost(new):.4g}, accuracy {old.accuracy:.2f} -> {new.accuracy:.2f}"
@@ -93,14 +93,14 @@ def reoptimize(exp: Experiment, name: str, out_dir: Path, *, alias: str = "produ
 
 
 def _decide(exp: Experiment, name: str, out_dir: Path, alias: str, uri: str, registry: Registry, deployed,
-            result: SearchResult, ws, tolerance: float) -> ReoptimizeResult:  # fmt: skip
+            result: SearchResult, ws, tolerance: float) -> ReoptimizeResult:
     source_changed = ws.sha != deployed.record.model_sha256
     # The deployed model, measured on today's data the way the export was (paired with FP32); its bitops
     # come from its own record, as its layers may differ from today's model.
     meter = Meter(ws)
     deployed_model = load_onnx(deployed.model)
     old = replace(meter(deployed_model, timed=True),
-                  bitops_fraction=bitops_fraction(deployed.record, deployed.record.plan()))  # fmt: skip
+                  bitops_fraction=bitops_fraction(deployed.record, deployed.record.plan()))
     new = result.export if result.met else None
     same_plan = new is not None and not source_changed and result.chosen.plan == deployed.record.plan()
     timed = None
@@ -115,7 +115,7 @@ def _decide(exp: Experiment, name: str, out_dir: Path, alias: str, uri: str, reg
             registry.set_alias(name, alias, candidate_version)
     decision = "promoted" if promote else "kept"
     report, plot = write_report(out_dir, name, alias, deployed.version, candidate_version, old, new, decision,
-                                reason, source_changed, result, exp)  # fmt: skip
+                                reason, source_changed, result, exp)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -127,7 +127,7 @@ def _decide(exp: Experiment, name: str, out_dir: Path, alias: str, uri: str, reg
 
 def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_version: str | None, old: Measurement,
                  new: Measurement | None, decision: str, reason: str, source_changed: bool, result: SearchResult,
-                 exp: Experiment) -> tuple[Path, Path]:  # fmt: skip
+                 exp: Experiment) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,11 +137,11 @@ def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_ver
     fig, ax = plt.subplots(figsize=(7, 5))
     front = result.front
     ax.plot([p.result.bitops_fraction for p in front], [p.result.accuracy for p in front], "-o", c="0.6", ms=4,
-            label="new study: Pareto front")  # fmt: skip
+            label="new study: Pareto front")
     ax.scatter(old.bitops_fraction, old.accuracy, s=160, marker="s", c="tab:red", label=f"deployed v{old_version}")
     if new is not None:
         ax.scatter(new.bitops_fraction, new.accuracy, s=220, marker="*", c="tab:green", edgecolors="k",
-                   label=f"candidate v{new_version} ({decision})")  # fmt: skip
+                   label=f"candidate v{new_version} ({decision})")
     ax.axhline(result.fp32_accuracy - exp.search.max_accuracy_drop, ls="--", c="tab:red", lw=1, label="constraint")
     ax.set_xscale("log")
     ax.set_xlabel("bitops (fraction of FP32)")
@@ -157,7 +157,7 @@ def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_ver
         if p is None:
             return f"| {label} | - | - | - | - | - |"
         return (f"| {label} | {p.accuracy:.2f} | {p.accuracy_drop:+.2f} | {p.bitops_fraction:.4f} | "
-                f"{p.latency_ratio:.2f} | {p.size_bytes / 1024:.0f} |")  # fmt: skip
+                f"{p.latency_ratio:.2f} | {p.size_bytes / 1024:.0f} |")
 
     lines = [
         f"# Re-optimization of `{name}` ({time.strftime('%Y-%m-%d %H:%M:%S')})", "",
@@ -169,6 +169,6 @@ def write_report(out_dir: Path, name: str, alias: str, old_version: str, new_ver
         "| version | accuracy % | drop pt | bitops | latency / FP32 | size KB |", "|---|---:|---:|---:|---:|---:|",
         row(f"deployed v{old_version}", old), row(f"candidate v{new_version}" if new_version else "candidate", new), "",
         "![deployed vs candidate](reoptimize.png)", "",
-    ]  # fmt: skip
+    ]
     report = atomic_write_bytes(Path(out_dir) / "reoptimize.md", "\n".join(lines).encode())
     return report, plot

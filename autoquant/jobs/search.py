@@ -57,7 +57,7 @@ class SearchResult:
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
-           prior_plans: dict | None = None) -> SearchResult:  # fmt: skip
+           prior_plans: dict | None = None) -> SearchResult:
     """Run (or resume) the experiment's study, track it in MLflow, export the best plan within the constraint.
 
     Rerunning with the same `out_dir` continues the study until `trials` trials are complete. With
@@ -83,7 +83,7 @@ def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers
             # A full disk or a storage server gone mid-study: every trial committed before it is kept.
             own = (exp.search.storage or paths.storage) == paths.storage
             where, fix = ((paths.root / "study.db", f"free space on the disk holding {paths.root}") if own else
-                          (exp.search.storage, "fix the storage (or free space on its server)"))  # fmt: skip
+                          (exp.search.storage, "fix the storage (or free space on its server)"))
             raise ConfigError(f"the study storage {where} failed ({first_line(failed.__cause__ or failed)}); the trials "
                               f"completed before it are saved: {fix}, then rerun the same command to resume") from exc
 
@@ -105,7 +105,7 @@ def storage_failure(exc: BaseException) -> BaseException | None:
 
 
 def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, prior_plans: dict | None,
-            stack: contextlib.ExitStack) -> SearchResult:  # fmt: skip
+            stack: contextlib.ExitStack) -> SearchResult:
     from ..track.tracker import Tracker, study_params
 
     started = time.perf_counter()
@@ -124,7 +124,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open") as pool:
         opening = pool.submit(Tracker, exp.search.tracking_uri or paths.tracking, exp.name, paths.root / "mlartifacts",
-                              own_store=not exp.search.tracking_uri, template_dir=exp.cache / "stores")  # fmt: skip
+                              own_store=not exp.search.tracking_uri, template_dir=exp.cache / "stores")
         study = Study.open(exp, paths, prior_plans=prior_plans)
         stack.callback(study.close)  # no timing process outlives the call
         tracker = opening.result()
@@ -134,7 +134,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         tracker.log_parent_metrics({"fp32_accuracy": ws.reference.accuracy})
     except Exception as exc:  # MLflow raises its own and its stores' error types; no trial has run yet
         raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
-                          "set search.tracking_uri to a writable store") from exc  # fmt: skip
+                          "set search.tracking_uri to a writable store") from exc
     procs = [spawn_worker(exp, study.storage_url, target, i) for i in range(1, workers)]
     first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started)
     try:
@@ -147,33 +147,33 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
             if proc.poll() is None:
                 proc.terminate()
     result = replace(_conclude(study, paths.root / "best", seconds, evaluated), tracking_uri=tracker.uri,
-                     parent_run_id=tracker.parent_id, workspace=ws, first_export_seconds=first.seconds)  # fmt: skip
+                     parent_run_id=tracker.parent_id, workspace=ws, first_export_seconds=first.seconds)
     write_layer_errors_report(study.estimates.errors, paths.root)
     if exp.finetune is not None:
         export = result.chosen if result.met else None
         tuned = finetune_stage(ws, exp, paths, study.points(), export, exp.search.max_accuracy_drop, study.predicted,
-                               tracker.parent_id)  # fmt: skip
+                               tracker.parent_id)
         if tuned is not None:
             result = replace(result, finetuned=tuned[1], finetuned_trial=tuned[0].number)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
-                    "export_latency_ratio": result.export.latency_ratio}  # fmt: skip
+                    "export_latency_ratio": result.export.latency_ratio}
     try:
         tracker.finish(study.optuna,
                        [(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
                         (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
                         (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
-                       metrics)  # fmt: skip
+                       metrics)
     except Exception as exc:  # noqa: BLE001 - the study and its export are on disk: tracking must not undo that
         return replace(result, tracking_error=f"MLflow tracking store {tracker.uri} failed ({first_line(exc)}); the "
                                               f"study and {paths.root / 'best'} are complete: rerun the same command "
-                                              "with a working store to back-fill MLflow")  # fmt: skip
+                                              "with a working store to back-fill MLflow")
     return result
 
 
 def _conclude(study: Study, out: Path, seconds: float, evaluated: int, max_drop: float | None = None,
-              objective: Cost | None = None) -> SearchResult:  # fmt: skip
+              objective: Cost | None = None) -> SearchResult:
     """Choose the export (Study.select), write the front's table and plot beside the study and the export to `out`."""
     t0 = time.perf_counter()
     exp, ws, root = study.exp, study.workspace, study.paths.root
@@ -182,17 +182,17 @@ def _conclude(study: Study, out: Path, seconds: float, evaluated: int, max_drop:
     chosen = study.select(max_drop, objective)
     write_pareto_csv(chosen.front, root / "pareto.csv")
     plot_pareto(chosen.points, chosen.front, chosen.chosen if chosen.met else None, objective, max_drop,
-                ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")  # fmt: skip
+                ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")
     exported = study.export(chosen.chosen, out, slower_note(chosen.chosen)) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
     stopped = len(study.optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
                         chosen.met, exported, study.optuna.study_name, objective=objective, fastest=chosen.fastest,
-                        max_drop=max_drop, stopped_early=stopped)  # fmt: skip
+                        max_drop=max_drop, stopped_early=stopped)
 
 
 def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: Cost | None = None,
-                    experiment: Path | None = None) -> SearchResult:  # fmt: skip
+                    experiment: Path | None = None) -> SearchResult:
     """Re-choose the export from a finished study (e.g. under another constraint) without re-running it."""
     paths = RunPaths(Path(run_dir))
     check_export_target(Path(out))
@@ -220,5 +220,5 @@ def register(result: SearchResult, name: str, alias: str | None = None) -> str:
             "autoquant.run_dir": str(result.out_dir.resolve()), "autoquant.trial": str(result.chosen.number),
             "autoquant.plan_key": result.chosen.plan.key(), "accuracy": f"{e.accuracy:.4f}",
             "accuracy_drop": f"{e.accuracy_drop:.4f}", "bitops_fraction": f"{r.bitops_fraction:.6f}",
-            "latency_ratio": f"{e.latency_ratio:.4f}", "size_bytes": str(e.size_bytes)}  # fmt: skip
+            "latency_ratio": f"{e.latency_ratio:.4f}", "size_bytes": str(e.size_bytes)}
     return Registry(result.tracking_uri).register(name, result.parent_run_id, e.model_path.parent, tags, alias)

@@ -24,7 +24,7 @@ def spawn_worker(exp: Experiment, storage_url: str, target: int, index: int) -> 
     """A local worker process on the same study (the same thing `autoquant worker` runs elsewhere)."""
     cmd = [sys.executable, "-m", "autoquant.cli", "worker", str(exp.source_file), "--storage", storage_url,
            "--trials", str(target), "--threads", str(exp.eval.threads), "--seed-offset", str(index), "--quiet",
-           "--parent-pid", str(os.getpid())]  # fmt: skip
+           "--parent-pid", str(os.getpid())]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
@@ -40,7 +40,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def work(exp: Experiment, storage_url: str, *, trials: int | None = None, threads: int = 0,
-         seed_offset: int = 0) -> tuple[int, int]:  # fmt: skip
+         seed_offset: int = 0) -> tuple[int, int]:
     """Join a study as a worker: run trials until the study has `trials` complete ones.
     Returns (plans this worker evaluated, trials complete in the study). No export, no MLflow logging:
     the process that runs `search` logs every worker's trials when it finishes."""

@@ -38,7 +38,7 @@ def build_model(
     modes.check_plan(graph.layers, plan)
     activation_qtype(activation_type)  # an unknown activation type fails before anything is built
     ctx = modes.BuildContext(graph, activations, activation_type, weight_range, cache or modes.BuildCache(model),
-                             recovery, recorded or {})  # fmt: skip
+                             recovery, recorded or {})
     qmodel = onnx.ModelProto()
     qmodel.CopyFrom(model)
     for mode in modes.modes():

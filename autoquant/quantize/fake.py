@@ -27,7 +27,7 @@ def weight_bounds(bits: int, weight_range: str) -> tuple[int, int]:
 
 
 def weight_scale(w: np.ndarray, channel_axis: int, granularity: str, bits: int,
-                 weight_range: str) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+                 weight_range: str) -> tuple[np.ndarray, tuple[int, int]]:
     """(scale broadcastable to `w`, (qmin, qmax)) of the symmetric grid onnxruntime's quantizer puts `w` on for the
     built model: absmax over (qmax - qmin) / 2."""
     bounds = weight_bounds(bits, weight_range)

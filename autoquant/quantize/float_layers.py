@@ -63,10 +63,10 @@ def isolate_float_layers(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPl
             if len(dq.input) > 2 and dq.input[2]:
                 zp = inits[dq.input[2]]
                 model.graph.initializer.append(numpy_helper.from_array(np.full(length, zp.reshape(()), zp.dtype),
-                                                                       f"{base}_zero_point"))  # fmt: skip
+                                                                       f"{base}_zero_point"))
                 args.append(f"{base}_zero_point")
             copy = helper.make_node("DequantizeLinear", args, [f"{base}_dequantized"], name=f"{base}_DequantizeLinear",
-                                    axis=axis)  # fmt: skip
+                                    axis=axis)
             model.graph.node.insert(list(model.graph.node).index(node), copy)
             made[key] = copy.output[0]
         node.input[0] = made[key]

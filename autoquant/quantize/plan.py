@@ -204,7 +204,7 @@ class QuantPlan:
         layers = spec.get("layers") or {}
         if not isinstance(layers, Mapping):
             raise ConfigError(f"{where}: 'layers' must map layer names (or re:patterns) to options, got a "
-                              f"{type(layers).__name__}")  # fmt: skip
+                              f"{type(layers).__name__}")
         for key, raw in layers.items():
             pattern = name_pattern(key, f"{where}: layers")
             if layer_names is None:
@@ -220,7 +220,7 @@ class QuantPlan:
                 close = [n for n in names if key.split("/")[-1] in n][:3]
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 raise PlanError(f"{where}: layer '{key}' does not exist in the model{hint}; "
-                                "run `autoquant layers EXPERIMENT.yaml` to list layer names")  # fmt: skip
+                                "run `autoquant layers EXPERIMENT.yaml` to list layer names")
             for n in hits:
                 resolved[n] = LayerChoice.parse(raw, f"{where}: layers.{key}", base=resolved[n])
         return cls(tuple(resolved.items()))

@@ -57,7 +57,7 @@ def _input_axis(layer: LayerInfo) -> int:
 
 
 def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: Dataset, batches: Batches,
-                   threads: int) -> dict[str, np.ndarray]:  # fmt: skip
+                   threads: int) -> dict[str, np.ndarray]:
     """max |x_k| over the calibration data, per channel (last axis) of each tensor."""
     fed = set(data.inputs)
     fetch = [t for t in tensors if t not in fed]
@@ -77,14 +77,14 @@ def smoothing_scales(model: onnx.ModelProto, graph: GraphInfo, absmax: dict[str,
     scales = {}
     for tensor, layers in smoothable(graph).items():
         w_max = np.max([np.abs(numpy_helper.to_array(inits[la.weight])).max(axis=1 - _input_axis(la)) for la in layers],
-                       axis=0)  # fmt: skip
+                       axis=0)
         s = np.power(np.maximum(absmax[tensor], 1e-12), alpha) / np.power(np.maximum(w_max, 1e-12), 1 - alpha)
         scales[tensor] = np.clip(s, *SCALE_LIMITS).astype(np.float32)
     return scales
 
 
 def smooth(model: onnx.ModelProto, graph: GraphInfo, scales: dict[str, list[float]] | dict[str, np.ndarray],
-           alpha: float) -> tuple[onnx.ModelProto, Smoothing]:  # fmt: skip
+           alpha: float) -> tuple[onnx.ModelProto, Smoothing]:
     """A copy of `model` with the given divisors applied: weights scaled, 1/s folded or inserted."""
     smoothed = onnx.ModelProto()
     smoothed.CopyFrom(model)
@@ -112,7 +112,7 @@ def smooth(model: onnx.ModelProto, graph: GraphInfo, scales: dict[str, list[floa
         producer = producers.get(tensor)
         only_layers = all(c.name in names for c in consumers.get(tensor, []))
         if producer is not None and producer.op_type == "LayerNormalization" and only_layers \
-                and all(t in inits for t in producer.input[1:3] if t):  # fmt: skip
+                and all(t in inits for t in producer.input[1:3] if t):
             for i, t in enumerate(producer.input[1:3], start=1):
                 if t:
                     v = numpy_helper.to_array(inits[t]).astype(np.float32)
@@ -133,5 +133,5 @@ def smooth(model: onnx.ModelProto, graph: GraphInfo, scales: dict[str, list[floa
     for init in [i for i in g.initializer if i.name not in used]:
         g.initializer.remove(init)
     report = Smoothing(alpha, {t: np.asarray(v, np.float32).tolist() for t, v in scales.items()}, tuple(folded),
-                       tuple(inserted))  # fmt: skip
+                       tuple(inserted))
     return smoothed, report

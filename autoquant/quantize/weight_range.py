@@ -44,7 +44,7 @@ def uint8_kernels_saturate() -> bool:
     ]
     node = helper.make_node("QLinearConv", ["x", "one", "x_zero", "w", "one", "w_zero", "y_scale", "x_zero"], ["y"])
     graph = helper.make_graph([node], "saturation_probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 1, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 1, 1])], inits)  # fmt: skip
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 1, 1])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": np.full((1, 2, 1, 1), 255, np.uint8)})

@@ -48,7 +48,7 @@ def claim_report_dir(out_dir: Path, files: tuple[str, ...]) -> None:
         taken = [f for f in files if (out_dir / f).exists()]
         if taken:
             raise ConfigError(f"{out_dir / taken[0]} exists and autoquant did not write it: give another --out (a "
-                              "report never replaces a file of yours)")  # fmt: skip
+                              "report never replaces a file of yours)")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / MARKER, b"written by autoquant report\n")
 
@@ -65,22 +65,22 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BIT
     claim_report_dir(out_dir, ("report.md", "report.png"))
     chosen_rows, lines = [], ["# autoquant studies compared", ""]
     lines += ["| study | trials | FP32 % | max drop pt | trial | accuracy % | drop pt | bitops | latency / FP32 | INT8 layers |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fig = plt.figure(figsize=(13, 5 + 0.45 * len(runs) * len(CONSTRAINTS)))
     grid = fig.add_gridspec(2, 1, height_ratios=[3, max(1.5, 0.35 * len(runs) * len(CONSTRAINTS))])
     ax = fig.add_subplot(grid[0])
     for label, fp32, points in runs:
         front = pareto_front(points, objective)
         line, = ax.plot([objective.of(p.result) for p in front], [p.result.accuracy for p in front], "-o", ms=4,
-                        label=f"{label}: {len(points)} trials")  # fmt: skip
+                        label=f"{label}: {len(points)} trials")
         ax.scatter([objective.of(p.result) for p in points], [p.result.accuracy for p in points], s=8,
-                   color=line.get_color(), alpha=0.25)  # fmt: skip
+                   color=line.get_color(), alpha=0.25)
         for max_drop in CONSTRAINTS:
             best, met = choose(points, max_drop, objective)
             r = best.result
             lines.append(f"| {label} | {len(points)} | {fp32:.2f} | {max_drop:g} | {best.number}{'' if met else ' (not met)'} | "
                          f"{r.accuracy:.2f} | {r.accuracy_drop:+.2f} | {r.bitops_fraction:.4f} | {r.latency_ratio:.2f} | "
-                         f"{len(best.plan.quantized)}/{len(best.plan.names)} |")  # fmt: skip
+                         f"{len(best.plan.quantized)}/{len(best.plan.names)} |")
             chosen_rows.append((f"{label} | drop<={max_drop:g}", best))
     ax.set_xscale("log" if objective.log_scale else "linear")
     ax.set_xlabel(objective.label)
@@ -97,12 +97,12 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BIT
     hm = fig.add_subplot(grid[1])
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(categories))]
     hm.imshow(np.ma.masked_invalid(grid_values), aspect="auto", cmap=ListedColormap(colors), vmin=-0.5,
-              vmax=len(categories) - 0.5, interpolation="nearest")  # fmt: skip
+              vmax=len(categories) - 0.5, interpolation="nearest")
     hm.set_yticks(range(len(chosen_rows)), [r for r, _ in chosen_rows], fontsize=7)
     hm.set_xticks(range(len(layer_names)), [n.strip("/").replace("/Conv", "").replace("/Gemm", "") for n in layer_names],
-                  rotation=90, fontsize=6)  # fmt: skip
+                  rotation=90, fontsize=6)
     hm.legend(handles=[Patch(color=c, label=name) for name, c in zip(categories, colors)], fontsize=7, ncol=len(colors),
-              loc="upper center", bbox_to_anchor=(0.5, -0.35))  # fmt: skip
+              loc="upper center", bbox_to_anchor=(0.5, -0.35))
     hm.set_title("chosen plan per constraint", fontsize=9)
     fig.tight_layout()
     png = out_dir / "report.png"

@@ -36,7 +36,7 @@ class Progress:
             return
         post = {"best acc ok": f"{self.best_acc:.2f}" if self.best_acc is not None else "-",
                 f"lowest {self.objective.value} ok": f"{self.best_cost:.4g}" if self.best_cost is not None else "-",
-                "stopped early": self.pruned}  # fmt: skip
+                "stopped early": self.pruned}
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 

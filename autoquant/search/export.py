@@ -40,7 +40,7 @@ def check_export_target(out_dir: Path) -> None:
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
         raise ConfigError(f"export target {out_dir} holds files autoquant did not write ({shown}) and an export "
-                          "replaces its directory: give a new or empty --out")  # fmt: skip
+                          "replaces its directory: give a new or empty --out")
 
 
 def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[str] = ()) -> QuantizeResult:
@@ -54,7 +54,7 @@ def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[st
 
 
 def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, measured: Measurement | None = None,
-                 notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:  # fmt: skip
+                 notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:
     """Build, measure and write the plan's model (engine.quantize) into a new directory that replaces `out_dir`
     whole once every file is written; `measured`, a trial's figures, must be the rebuilt model's."""
     out_dir = Path(out_dir)
@@ -71,7 +71,7 @@ def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, 
         )
     replace_dir(tmp, out_dir)
     return QuantizeResult(**{**result.__dict__, "model_path": out_dir / result.model_path.name,
-                             "record_path": out_dir / result.record_path.name})  # fmt: skip
+                             "record_path": out_dir / result.record_path.name})
 
 
 def slower_note(chosen: ScoredPlan) -> list[str]:
@@ -81,7 +81,7 @@ def slower_note(chosen: ScoredPlan) -> list[str]:
     if not ratio > 1.0:
         return []
     note = (f"slower than the FP32 model on this machine ({ratio:.2f}x in paired rounds): no plan within the accuracy "
-            "limit ran faster here; its float layers pay the transitions between integer and float kernels")  # fmt: skip
+            "limit ran faster here; its float layers pay the transitions between integer and float kernels")
     log.warning("warning: trial %d, the export, is %s", chosen.number, note)
     return [note]
 
@@ -104,4 +104,4 @@ class FirstExport:
         export_plan(self.ws, ScoredPlan(trial.number, attrs.label(trial), plan, result), self.out)
         self.seconds = time.perf_counter() - self.t0
         log.info("trial %d meets the limit: exported to %s after %.0f s; the study goes on", trial.number, self.out,
-                 self.seconds)  # fmt: skip
+                 self.seconds)

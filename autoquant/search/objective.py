@@ -57,7 +57,7 @@ class PlanScorer:
     failure is the plan's (TrialFailed), so the study goes on."""
 
     def __init__(self, ws: Workspace, timeout: float | None = None, timed: bool = False,
-                 max_drop: float | None = None):  # fmt: skip
+                 max_drop: float | None = None):
         """`timed`: time every trial interleaved with FP32 in the same rounds (when latency is what the study
         minimises; otherwise only the final front is timed, jobs/search.py). `max_drop`: stop plans a prefix
         of the eval set shows cannot meet it (evaluate/early_stop.py)."""
@@ -66,7 +66,7 @@ class PlanScorer:
         self.screen = None
         if max_drop is not None:
             self.screen = EarlyStop.make(ws.splits.eval, ws.reference.outputs, HITS.get(ws.exp.eval.metric), max_drop,
-                                         ws.evaluator.batches.size)  # fmt: skip
+                                         ws.evaluator.batches.size)
 
     def __call__(self, plan: QuantPlan, timing: Timing | None = None) -> Measurement:
         try:
@@ -101,7 +101,7 @@ class Objective:
         """Trials need precise latency only within the band retime_fastest re-times: RETIME_BAND × the fastest
         plan known to meet the constraint (all-float, 1×, until a quantized one does)."""
         fastest = min((r.latency_ratio for _, r in self.known.values()
-                       if r.accuracy_drop <= self.max_drop and r.latency_ratio > 0), default=math.inf)  # fmt: skip
+                       if r.accuracy_drop <= self.max_drop and r.latency_ratio > 0), default=math.inf)
         return Timing(self.max_drop, RETIME_BAND * fastest)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:

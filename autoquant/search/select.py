@@ -36,7 +36,7 @@ def pareto_front(points: list[ScoredPlan], objective: Cost) -> list[ScoredPlan]:
             q.result.accuracy >= p.result.accuracy and objective.of(q.result) <= objective.of(p.result)
             and (q.result.accuracy > p.result.accuracy or objective.of(q.result) < objective.of(p.result))
             for q in points
-        )  # fmt: skip
+        )
         if not dominated:
             front.append(p)
     unique = {(p.result.accuracy, objective.of(p.result)): p for p in sorted(front, key=lambda p: -p.number)}
@@ -55,7 +55,7 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_drop: fl
 
 
 def choose(points: list[ScoredPlan], max_drop: float, objective: Cost,
-           tied: frozenset[int] = frozenset()) -> tuple[ScoredPlan | None, bool]:  # fmt: skip
+           tied: frozenset[int] = frozenset()) -> tuple[ScoredPlan | None, bool]:
     """The export: the fastest quantized plan within `max_drop`, in paired latency — the product's question is
     the fastest model within the limit, whatever cost ranked the search. `tied`: trials that side-by-side rounds
     could not tell apart from the fastest (retime_fastest); among them, the cheapest in the objective (under
@@ -105,11 +105,11 @@ SHORTLIST = 8
 def fastest_within(points: list[ScoredPlan], max_drop: float) -> list[ScoredPlan]:
     """The timed quantized plans within the limit, fastest first."""
     return sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop
-                   and math.isfinite(p.result.latency_ratio)), key=lambda p: p.result.latency_ratio)  # fmt: skip
+                   and math.isfinite(p.result.latency_ratio)), key=lambda p: p.result.latency_ratio)
 
 
 def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
-                   max_drop: float) -> tuple[list[ScoredPlan], frozenset[int]]:  # fmt: skip
+                   max_drop: float) -> tuple[list[ScoredPlan], frozenset[int]]:
     """The export is the fastest plan that meets the constraint, but each plan was timed at its own moment (or in
     its own group), and the least of many noisy figures is biased low. The plans that meet it within RETIME_BAND
     of the fastest figure are timed again, together and interleaved with FP32 in the same rounds, and those
@@ -149,7 +149,7 @@ def _with_timed(study: optuna.Study, points: list[ScoredPlan], timed: dict[int, 
     attrs.add_timed_after(study, timed)
     return [replace(p, result=replace(p.result, latency_ms=timed[p.number][0], latency_ratio=timed[p.number][1],
                                       latency_rounds=timed[p.number][2]))
-            if p.number in timed else p for p in points]  # fmt: skip
+            if p.number in timed else p for p in points]
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Selection:
 
 
 def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
-           predicted: Callable[[QuantPlan], float] | None = None) -> Selection:  # fmt: skip
+           predicted: Callable[[QuantPlan], float] | None = None) -> Selection:
     """The study's front and export under `max_drop`: the plans that could be the export are timed (under latency
     every trial already is; otherwise the front's plans within the limit and the SHORTLIST that `predicted` — the
     latency table's price — says are fastest), the fastest again side by side (retime_fastest), and choose() takes

@@ -106,7 +106,7 @@ class SearchSpace:
             hits = _select(graph, key, f"{where}: pinned")
             LayerChoice.parse(fixed, pwhere)  # validates keys and values
             fixed = {**({"mode": LayerChoice.default().mode} if fixed.get("quantize", True) and "mode" not in fixed else {}),
-                     **fixed}  # fmt: skip
+                     **fixed}
             for name in hits:
                 per_layer[name] = {**per_layer[name], **{k: (v,) for k, v in fixed.items()}}
         layers = []
@@ -116,7 +116,7 @@ class SearchSpace:
             options = _options(per_layer[name], layer) if modes.allowed_modes(layer) else (FLOAT,)
             if not options:
                 raise ConfigError(f"{where}: layer {name} ({layer.op_type}) has no valid choice left (4-bit Q/DQ weights "
-                                  "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")  # fmt: skip
+                                  "need per_channel; modes dynamic and int4 need a MatMul/Gemm with 2-D weights)")
             layers.append(LayerSpace(name, options))
         return cls(tuple(layers))
 
@@ -124,7 +124,7 @@ class SearchSpace:
         """Every layer that may take `mode` in its first option of that mode, the others INT8 per channel
         (None if no layer may): `quantize_dynamic`'s plan for dynamic, the all-int4 one for int4."""
         firsts = {layer.name: next((c for c in layer.options if c.quantize and c.mode == mode), None)
-                  for layer in self.layers}  # fmt: skip
+                  for layer in self.layers}
         if not any(firsts.values()):
             return None
         return QuantPlan(tuple((s.name, firsts[s.name] or s.usual) for s in self.layers))
@@ -132,7 +132,7 @@ class SearchSpace:
     def algorithms(self) -> set[str]:
         """The activation range algorithms the choices the space offers read calibration statistics with."""
         return {a for layer in self.layers for c in layer.options if c.quantize
-                for a in modes.get(c.mode).range_algorithms(c)}  # fmt: skip
+                for a in modes.get(c.mode).range_algorithms(c)}
 
     def offered(self, mode: str) -> list[LayerChoice]:
         """The choices of `mode` the space offers some layer, in the order of the first layers that have them."""
@@ -145,7 +145,7 @@ class SearchSpace:
         for mode in modes.modes():
             for label, choice in mode.hand_made(self.offered(mode.name)):
                 plans.append((label, QuantPlan(tuple((s.name, choice if choice in s.options else s.usual)
-                                                     for s in self.layers))))  # fmt: skip
+                                                     for s in self.layers))))
         return plans
 
     def size(self) -> int:
@@ -157,7 +157,7 @@ class SearchSpace:
         return QuantPlan(tuple(
             (layer.name, decode(suggest(layer.name, layer.values)) if len(layer.options) > 1 else layer.options[0])
             for layer in self.layers
-        ))  # fmt: skip
+        ))
 
     def params_for(self, plan: QuantPlan) -> dict[str, str]:
         """The trial parameters that reproduce `plan` (for enqueue_trial), projected into the space:

@@ -49,7 +49,7 @@ class RunPaths:
         """The experiment file the search in this directory ran (run.json)."""
         if not self.root.is_dir():
             raise ConfigError(f"{self.root} is not an autoquant search directory (no such directory): give the --out "
-                              "of a search")  # fmt: skip
+                              "of a search")
         if not self.run_file.is_file():
             raise ConfigError(f"{self.root} is not an autoquant search directory (no run.json): give the --out of a search")
         try:
@@ -61,7 +61,7 @@ class RunPaths:
                 return Path(raw["experiment"])
             problem = "has no 'experiment' entry"
         raise ConfigError(f"{self.run_file} {problem}: it names the experiment file the search ran; write "
-                          '{"experiment": "/path/to/experiment.yaml"} into it, or rerun the search')  # fmt: skip
+                          '{"experiment": "/path/to/experiment.yaml"} into it, or rerun the search')
 
     def check_storage_file(self, url: str) -> None:
         """A study.db that exists but is empty or not SQLite would silently become a new, empty study —
@@ -74,7 +74,7 @@ class RunPaths:
         if header != b"SQLite format 3\x00":
             state = "is empty (0 bytes)" if not header else "is not a SQLite database (corrupt?)"
             raise ConfigError(f"{db} {state}: the trials it held cannot be read; move it away to start over, or "
-                              "use a new --out")  # fmt: skip
+                              "use a new --out")
 
     def study(self, exp: Experiment) -> optuna.Study:
         """The finished (or running) study of `exp` in this directory, read-only use: a missing, empty or damaged
@@ -106,7 +106,7 @@ def make_storage(url: str, template_dir: Path | None = None, *, own: Path | None
     template = None if template_dir is None else template_dir / f"optuna-{optuna.__version__}.db"
     fresh = seed_sqlite_url(url, template)
     fix = f"{own} is damaged or not a study store: move it away to start over, or use a new --out" if own else \
-        "check search.storage"  # fmt: skip
+        "check search.storage"
     for attempt in range(STORAGE_CREATE_ATTEMPTS):
         try:
             # A heartbeat lets a later run (or another worker) see trials left RUNNING by a killed process
@@ -114,14 +114,14 @@ def make_storage(url: str, template_dir: Path | None = None, *, own: Path | None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))  # fmt: skip
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
             break
         except sqlalchemy.exc.IntegrityError:
             # Two processes opening a new storage at once (a worker, a monitoring script) both create its
             # tables; the loser's stamp of the schema version collides. The tables exist now: open again.
             if attempt == STORAGE_CREATE_ATTEMPTS - 1:
                 raise ConfigError(f"cannot open study storage {url}: another process keeps re-creating its tables; "
-                                  f"{fix}") from None  # fmt: skip
+                                  f"{fix}") from None
             time.sleep(0.2 * (attempt + 1))
         except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
             raise ConfigError(f"cannot open study storage {url}: {first_line(exc)}; {fix}") from exc
@@ -147,7 +147,7 @@ def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
     """What every trial of a study must share to be comparable: model (smoothed or not), data, metric, objective."""
     return {"model_sha256": ws.model_key, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
             "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
-            "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}  # fmt: skip
+            "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}
 
 
 # A pruned trial (stopped early: it could not meet the constraint) is a trial done, like a complete one.

@@ -52,7 +52,7 @@ class Study:
     reference), its search space, its estimates, its sampler (built once) and its proposers."""
 
     def __init__(self, exp: Experiment, paths: RunPaths, study: optuna.Study, workspace: Workspace, space: SearchSpace,
-                 space_file: Path, storage_url: str, sampler: optuna.samplers.BaseSampler | None = None):  # fmt: skip
+                 space_file: Path, storage_url: str, sampler: optuna.samplers.BaseSampler | None = None):
         """Use Study.open or Study.existing."""
         self.exp, self.paths, self.optuna, self.workspace = exp, paths, study, workspace
         self.space, self.space_file, self.storage_url, self.sampler = space, space_file, storage_url, sampler
@@ -61,7 +61,7 @@ class Study:
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, exp: Experiment, paths: RunPaths, *, storage_url: str | None = None,
-             prior_plans: dict[str, QuantPlan] | None = None) -> Study:  # fmt: skip
+             prior_plans: dict[str, QuantPlan] | None = None) -> Study:
         """Create or resume the study (search, worker). A new one starts with `prior_plans` (label → plan, e.g. what
         is deployed, mapped onto this model's layers by name) and the ladder's first rung. Resuming with another
         model, data, metric or objective would mix trials scored on different things: refused, naming what differs.
@@ -79,7 +79,7 @@ class Study:
         sampler = make_sampler(cfg, lambda: holder[0].estimates.model)  # the error table is made when first asked
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each (FailureGuard)
         study = optuna.create_study(study_name=exp.name, storage=storage, sampler=sampler,
-                                    directions=["maximize", "minimize"], load_if_exists=True)  # fmt: skip
+                                    directions=["maximize", "minimize"], load_if_exists=True)
         self = cls(exp, paths, study, ws, space, space_file, url, sampler)
         holder.append(self)
         changed = attrs.fingerprint_changes(study, study_fingerprint(exp, ws), record=True)
@@ -87,7 +87,7 @@ class Study:
             key = changed[0]
             raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
                               f"({attrs.stored(study, key)[:12]} here, {study_fingerprint(exp, ws)[key][:12]} now): its "
-                              "trials would not be comparable; use a new --out directory")  # fmt: skip
+                              "trials would not be comparable; use a new --out directory")
         ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
         self.priors = [(label, mapped(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
         if not study.trials:
@@ -106,10 +106,10 @@ class Study:
         if changed:
             ws.close()
             raise ConfigError(f"the {changed[0].replace('_', ' ')} of {exp.source_file} changed since the study in "
-                              f"{paths.root} ran: re-run the search")  # fmt: skip
+                              f"{paths.root} ran: re-run the search")
         space_file = space_path(exp.search)
         return cls(exp, paths, study, ws, SearchSpace.from_yaml(space_file, ws.graph), space_file,
-                   exp.search.storage or paths.storage)  # fmt: skip
+                   exp.search.storage or paths.storage)
 
     def close(self) -> None:
         self.workspace.close()
@@ -153,7 +153,7 @@ class Study:
     def scorer(self) -> PlanScorer:
         cfg = self.exp.search
         return PlanScorer(self.workspace, cfg.trial_timeout_seconds, timed=cfg.objective is Cost.LATENCY,
-                          max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)  # fmt: skip
+                          max_drop=cfg.max_accuracy_drop if cfg.early_stop else None)
 
     @functools.cached_property
     def scheduler(self) -> Scheduler:
@@ -163,7 +163,7 @@ class Study:
         proposers = [Once("priors", self.priors)] if self.priors else []
         if cfg.warm_start:
             proposers.append(Ladder(self.space, ws.graph.layers, cfg.max_accuracy_drop, fp32,
-                                    lambda: self.estimates.by_latency, lambda: self.local_errors))  # fmt: skip
+                                    lambda: self.estimates.by_latency, lambda: self.local_errors))
             proposers.append(After("warm-starts", Ladder.name, lambda: warm_starts(
                 ws.graph.names, self.space, self.estimates.errors, self.estimates.model, cfg.sensitivity_k)))
         if cfg.refine:
@@ -178,7 +178,7 @@ class Study:
         done = done_count(study)
         if done < target:
             log.info("%d of %d trials already done; searching %.3g plans with %s", done, target, self.space.size(),
-                     cfg.sampler)  # fmt: skip
+                     cfg.sampler)
         objective = Objective(self.space, self.scorer, cfg.objective, cfg.max_accuracy_drop)
         t0 = time.perf_counter()
         if done < target:
@@ -186,7 +186,7 @@ class Study:
             self.scheduler(study)  # a resumed study whose ladder a kill interrupted goes on
             study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
                            callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *callbacks,
-                                      self.scheduler])  # fmt: skip
+                                      self.scheduler])
         return time.perf_counter() - t0, objective.evaluated
 
     # -- reading, selecting, exporting ---------------------------------------------------------------------
@@ -198,7 +198,7 @@ class Study:
         depends on it (search/select.py)."""
         cfg = self.exp.search
         return select(self.workspace, self.optuna, cfg.max_accuracy_drop if max_drop is None else max_drop,
-                      objective or cfg.objective, self.predicted)  # fmt: skip
+                      objective or cfg.objective, self.predicted)
 
     def export(self, chosen: ScoredPlan, out: Path, notes: list[str] = ()) -> QuantizeResult:
         return export_plan(self.workspace, chosen, out, notes)

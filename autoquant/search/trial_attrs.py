@@ -76,7 +76,7 @@ def set_failure(trial: optuna.Trial, reason: str) -> None:
 
 def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason: str, prefix_nmse: float) -> None:
     trial.set_user_attr(TrialKey.PRUNED, {"prefix_accuracy": prefix_accuracy, "prefix_samples": samples, "reason": reason,
-                                          "prefix_nmse": prefix_nmse})  # fmt: skip
+                                          "prefix_nmse": prefix_nmse})
 
 
 def pruned(trial: Trial) -> dict | None:
@@ -125,7 +125,7 @@ def parent_run(study: optuna.Study) -> str | None:
 def timed_after(study: optuna.Study) -> dict[int, tuple[float, float, int]]:
     """(ms, ratio, rounds) by trial number; rounds 0 for figures stored before autoquant recorded them."""
     return {int(k): (float(v[0]), float(v[1]), int(v[2]) if len(v) > 2 else 0)
-            for k, v in study.user_attrs.get(StudyKey.TIMED_AFTER, {}).items()}  # fmt: skip
+            for k, v in study.user_attrs.get(StudyKey.TIMED_AFTER, {}).items()}
 
 
 def add_timed_after(study: optuna.Study, timed: dict[int, tuple[float, float, int]]) -> None:

@@ -44,14 +44,14 @@ def load_splits(exp: Experiment, inputs: tuple[str, ...] | None = None) -> Split
     if d.calibration and _same_data(d, d.calibration):
         raise DataError(f"data.calibration reads the same data as data ({d.path or d.loader or d.source}): its samples "
                         "would also be scored; leave data.calibration out (one source is split into disjoint "
-                        "calibration and eval samples) or point it at other data")  # fmt: skip
+                        "calibration and eval samples) or point it at other data")
     calibration_here = 0 if d.calibration else d.calibration_size
     full = DATA_SOURCES.get(d.source)(d, SourceContext(base, exp.cache, inputs, d.train_size + calibration_here + d.eval_size))
     calib = None
     if d.calibration:
         calib = DATA_SOURCES.get(d.calibration.source)(d.calibration, SourceContext(base, exp.cache, inputs, d.calibration_size))
     return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed,
-                 calibration_data=calib)  # fmt: skip
+                 calibration_data=calib)
 
 
 def _same_data(a, b) -> bool:
@@ -78,7 +78,7 @@ def bind_inputs(data: Dataset, inputs: tuple[ModelInput, ...], what: str) -> Dat
     missing = [n for n in names if n not in arrays]
     if missing:
         raise DataError(f"the {what} data has no array for the model input '{missing[0]}' (it has "
-                        f"{', '.join(sorted(arrays))}): name one array after each model input")  # fmt: skip
+                        f"{', '.join(sorted(arrays))}): name one array after each model input")
     return data.with_inputs({i.name: _convert(arrays[i.name], i, what) for i in inputs})
 
 
@@ -95,4 +95,4 @@ def _convert(x: np.ndarray, spec: ModelInput, what: str) -> np.ndarray:
     if want == np.bool_ and np.issubdtype(x.dtype, np.integer) and np.isin(x, (0, 1)).all():
         return x.astype(np.bool_)
     raise DataError(f"the {what} data '{spec.name}' is {x.dtype} but the model input is {want}: save it as {want} "
-                    "(already preprocessed the way the model expects)")  # fmt: skip
+                    "(already preprocessed the way the model expects)")

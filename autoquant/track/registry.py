@@ -47,7 +47,7 @@ class Registry:
         version = self.client.create_model_version(
             name, source=f"runs:/{run_id}/{sub}", run_id=run_id,
             tags={**tags, "autoquant.record_sha256": hashlib.sha256(record).hexdigest()},
-        )  # fmt: skip
+        )
         if alias:
             self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
@@ -66,14 +66,14 @@ class Registry:
             v = self.client.get_model_version_by_alias(name, alias)
         except Exception as exc:
             raise ConfigError(f"registered model '{name}' has no alias '{alias}' in {self.uri}: register an export "
-                              "first (autoquant search ... --register NAME --alias ALIAS)") from exc  # fmt: skip
+                              "first (autoquant search ... --register NAME --alias ALIAS)") from exc
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, tracking_uri=self.uri))
         except Exception as exc:  # MLflow raises store-specific types; a moved run directory: OSError, MlflowException
             raise ConfigError(f"cannot fetch version {v.version} of '{name}' from {v.source} ({first_line(exc)}): the run "
                               "directory of the study that registered it was moved or deleted; put it back, or register "
-                              "a new export") from exc  # fmt: skip
+                              "a new export") from exc
         if not all((local / f).is_file() for f in EXPORT_FILES):
             raise ConfigError(f"version {v.version} of '{name}' ({v.source}) has no {' and '.join(EXPORT_FILES)}: register "
-                              "an autoquant export")  # fmt: skip
+                              "an autoquant export")
         return Deployed(str(v.version), local / "model.int8.onnx", Record.load(local / "record.json"), dict(v.tags))

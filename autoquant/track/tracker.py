@@ -40,7 +40,7 @@ def study_params(exp: Experiment, ws: Workspace) -> dict[str, str]:
     return {"model_sha256": ws.sha, "objective": exp.search.objective.value, "sampler": exp.search.sampler,
             "max_accuracy_drop": str(exp.search.max_accuracy_drop), "layers": str(len(ws.graph.layers)),
             "eval_samples": str(len(ws.splits.eval)), "calibration_samples": str(len(ws.splits.calibration)),
-            "weight_range": ws.weight_range}  # fmt: skip
+            "weight_range": ws.weight_range}
 
 
 def follow_moved_run_dir(tracking_uri: str, experiment_name: str, artifact_dir: Path) -> None:
@@ -59,15 +59,15 @@ def follow_moved_run_dir(tracking_uri: str, experiment_name: str, artifact_dir: 
             if not sqlalchemy.inspect(db).has_table("experiments"):
                 return
             row = db.execute(sqlalchemy.text("SELECT experiment_id, artifact_location FROM experiments WHERE name = :n"),
-                             {"n": experiment_name}).first()  # fmt: skip
+                             {"n": experiment_name}).first()
             if row is None or row.artifact_location == new:
                 return
             db.execute(sqlalchemy.text("UPDATE experiments SET artifact_location = :new WHERE experiment_id = :id"),
-                       {"new": new, "id": row.experiment_id})  # fmt: skip
+                       {"new": new, "id": row.experiment_id})
             db.execute(sqlalchemy.text("UPDATE runs SET artifact_uri = :new || substr(artifact_uri, :n) "
                                        "WHERE experiment_id = :id AND substr(artifact_uri, 1, :m) = :old"),
                        {"new": new, "old": row.artifact_location, "n": len(row.artifact_location) + 1,
-                        "m": len(row.artifact_location), "id": row.experiment_id})  # fmt: skip
+                        "m": len(row.artifact_location), "id": row.experiment_id})
     finally:
         engine.dispose()
 
@@ -82,7 +82,7 @@ def fail_fast(uri: str) -> None:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_dir: Path, own_store: bool = False,
-                 template_dir: Path | None = None):  # fmt: skip
+                 template_dir: Path | None = None):
         """`own_store`: the run directory's own SQLite store, which a new run creates as a copy of the empty store
         kept in `template_dir` (made by the first run with this MLflow; its schema migrations take over a second)."""
         import mlflow
@@ -101,10 +101,10 @@ class Tracker:
             self.experiment_id = (
                 exp.experiment_id if exp else
                 self.client.create_experiment(experiment_name, artifact_location=artifact_dir.resolve().as_uri())
-            )  # fmt: skip
+            )
         except Exception as exc:  # MLflow wraps store errors in many types
             raise ConfigError(f"cannot use MLflow tracking store {tracking_uri}: {first_line(exc)}; "
-                              "set search.tracking_uri to a writable store") from exc  # fmt: skip
+                              "set search.tracking_uri to a writable store") from exc
         self.uri = tracking_uri
         self.parent_id: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
@@ -125,7 +125,7 @@ class Tracker:
             self._backfill(study)
             return existing
         run = self.client.create_run(self.experiment_id, run_name=f"study {study.study_name}",
-                                     tags={"autoquant.study": study.study_name})  # fmt: skip
+                                     tags={"autoquant.study": study.study_name})
         self.parent_id = run.info.run_id
         attrs.set_parent_run(study, self.parent_id)
         from mlflow.entities import Param
@@ -136,7 +136,7 @@ class Tracker:
         return self.parent_id
 
     def log_finetune(self, parent_id: str | None, params: dict[str, str], losses: list[float],
-                     held_out: list[tuple[int, float]], metrics: dict[str, float], artifacts: list[Path]) -> str:  # fmt: skip
+                     held_out: list[tuple[int, float]], metrics: dict[str, float], artifacts: list[Path]) -> str:
         """One run per fine-tuning, under the study's parent run: the loss of every step and the held-out output
         NMSE at each look as metric histories (`distillation_loss`, `held_out_nmse`), the export's figures and
         files."""
@@ -164,7 +164,7 @@ class Tracker:
         """Log the trials that finished after the last logged one when a previous run was killed; a trial's run
         that a kill left RUNNING (created, not finished) is logged again."""
         runs = self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
-                                       max_results=50000)  # fmt: skip
+                                       max_results=50000)
         for r in runs:
             if r.info.status == "RUNNING":
                 self.client.delete_run(r.info.run_id)
@@ -189,7 +189,7 @@ class Tracker:
                 "autoquant.fail_reason": attrs.fail_reason(trial)[:4000],
                 "autoquant.duplicate_of": "" if duplicate is None else str(duplicate), "autoquant.label": attrs.label(trial),
                 "autoquant.stopped_early": (attrs.pruned(trial) or {}).get("reason", "")[:4000],
-                "autoquant.trial": str(trial.number)}  # fmt: skip
+                "autoquant.trial": str(trial.number)}
         run = self.client.create_run(self.experiment_id, run_name=f"trial {trial.number}", tags=tags)
         rid, now = run.info.run_id, int(time.time() * 1000)
         params, metrics = [], []

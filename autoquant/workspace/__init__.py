@@ -156,7 +156,7 @@ class Workspace:
         return self.builder.recovery
 
     def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None,
-              weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:  # fmt: skip
+              weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
         """The plan's QDQ model; `params` are the plan's activations() when the caller already has them; `weights`
         replace initializers of the model by name (fine-tuned ones: their grids are computed from them)."""
         return self.builder.build(plan, params, weights)

@@ -36,7 +36,7 @@ class Builder:
         resolved = resolve_weight_range(q.weight_range, q.activation_type)
         if q.weight_range == "auto" and resolved == "reduced":
             why = (f"{TARGET_ENV} says so" if os.environ.get(TARGET_ENV) else
-                   "this CPU's uint8 x int8 kernels saturate (no VNNI)")  # fmt: skip
+                   "this CPU's uint8 x int8 kernels saturate (no VNNI)")
             log.info("%s: weights use 7 bits (quantization.weight_range: full overrides)", why)
         return resolved
 
@@ -51,14 +51,14 @@ class Builder:
         return RecoveryTables(RecoverySource(
             d.model, d.model_key, d.graph, d.splits.calibration, frozenset(i.name for i in d.prepared.inputs),
             self.calibration.range_params, self.exp.quantization.activation_type, self.weight_range, self.exp.cache,
-            d.threads, d.calibration_batches))  # fmt: skip
+            d.threads, d.calibration_batches))
 
     def build(self, plan: QuantPlan, params: dict[str, ActivationParams] | None = None,
-              weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:  # fmt: skip
+              weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
         params = params if params is not None else self.calibration.activations(plan)[0]
         recovering = [(layer, plan[layer.name]) for layer in self.data.graph.layers if recovers(plan[layer.name])]
         if recovering:  # fitted here, with a progress bar, rather than one by one inside the builder
             self.recovery.prepare(recovering)
         model = self.data.model if weights is None else with_weights(self.data.model, weights)
         return build_model(model, self.data.graph, plan, params, self.exp.quantization.activation_type,
-                           self.weight_range, self.cache if weights is None else None, self.recovery)  # fmt: skip
+                           self.weight_range, self.cache if weights is None else None, self.recovery)

@@ -37,20 +37,20 @@ class Calibration:
         def build():
             t0 = time.perf_counter()
             stats = collect_stats(d.model, d.prepared.inputs, d.graph.float_tensors, calib,
-                                  batches=d.calibration_batches, threads=d.threads)  # fmt: skip
+                                  batches=d.calibration_batches, threads=d.threads)
             inputs = {layer.input for layer in d.graph.layers}
             broken = [t for t, s in stats.items() if t in inputs and s.total == 0 and s.nonfinite]
             if broken:  # never cache statistics that would quantize every later run wrongly
                 raise DataError(f"calibration saw only NaN or Inf in {len(broken)} tensor(s) that layers read (e.g. "
                                 f"{broken[0]}): the FP32 model computes them on this data; check the model and the "
-                                "calibration data")  # fmt: skip
+                                "calibration data")
             empty = [t for t, s in stats.items() if s.total == 0 and not s.nonfinite]
             if empty:
                 log.info("%d tensor(s) held no values on the calibration data (e.g. %s): nothing to quantize there",
-                         len(empty), empty[0])  # fmt: skip
+                         len(empty), empty[0])
             self._seconds["calibration"] = time.perf_counter() - t0
             log.info("calibrated %d tensors on %d samples in %.1f s", len(stats), len(calib),
-                     self._seconds["calibration"])  # fmt: skip
+                     self._seconds["calibration"])
             return stats_to_arrays(stats)
 
         batch = d.calibration_batches.size
@@ -66,7 +66,7 @@ class Calibration:
         if not (abs(lo) < MAX_QUANTIZABLE and abs(hi) < MAX_QUANTIZABLE):
             # e.g. an attention mask's -3.4e38 "minus infinity": no 8-bit grid spans it usefully
             raise PlanError(f"tensor {tensor} holds values up to {max(abs(lo), abs(hi)):.3g}: it cannot be quantized; "
-                            "keep the layers that read it float")  # fmt: skip
+                            "keep the layers that read it float")
         return params_from_range(lo, hi, q.activation_type)
 
     def precompute_ranges(self, algorithms) -> None:

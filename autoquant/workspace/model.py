@@ -85,12 +85,12 @@ class PreparedData:
         key = f"channel-absmax:{self.sha}:{calib.sha256()}:{tensors}"
         path = self.exp.cache / "smoothing" / f"{self.sha[:16]}-{calib.sha256()[:16]}.npz"
         absmax = cached_arrays(path, key, lambda: {f"t{i}": v for i, v in enumerate(
-            channel_absmax(self.fp32_model, tensors, calib, self.calibration_batches, self.threads).values())})  # fmt: skip
+            channel_absmax(self.fp32_model, tensors, calib, self.calibration_batches, self.threads).values())})
         absmax = {t: absmax[f"t{i}"] for i, t in enumerate(tensors)}
         alpha = float(self.exp.quantization.smoothquant_alpha)
         model, report = smooth(self.fp32_model, graph, smoothing_scales(self.fp32_model, graph, absmax, alpha), alpha)
         log.info("SmoothQuant (alpha %.2f): %d input(s) smoothed, %d folded into their LayerNorm, %d through an "
-                 "inserted Mul", alpha, len(report.scales), len(report.folded), len(report.inserted))  # fmt: skip
+                 "inserted Mul", alpha, len(report.scales), len(report.folded), len(report.inserted))
         return model, report
 
     @property
@@ -104,7 +104,7 @@ class PreparedData:
             # Shapes computed from the data (dynamic height/width, sequence length): one real batch says.
             seen, batch = observed_shapes(model, self.splits.calibration, self.calibration_batches, self.threads)
             log.info("shape inference could not size %d tensor(s) (e.g. %s); using the shapes of a calibration "
-                     "batch of %d", len(exc.tensors), exc.tensors[0], batch)  # fmt: skip
+                     "batch of %d", len(exc.tensors), exc.tensors[0], batch)
             return analyze(model, seen, batch)
 
     @functools.cached_property

@@ -30,7 +30,7 @@ class Reference:
         e = self.exp.eval
         return Evaluator(d.splits.eval, metric, d.prepared.inputs, d.prepared.outputs, e, lambda: self.reference.outputs,
                          Batches(d.fixed_batch or e.batch_size, d.fixed_batch is not None),
-                         d.fixed_batch or e.latency_batch_size)  # fmt: skip
+                         d.fixed_batch or e.latency_batch_size)
 
     @functools.cached_property
     def reference(self) -> EvalResult:

@@ -13,7 +13,7 @@ import numpy as np
 
 # Change a recipe whenever its architecture or training changes: a model trained by another recipe is never reused.
 RECIPES = {"digits_cnn": "digits-cnn-v3:24px:epochs=10:lr=0.01:outliers=2x100:one-thread",
-           "cifar10_mobilenet": "mobilenet-cifar-v2:epochs=12:lr=0.004:crop-flip:one-thread"}  # fmt: skip
+           "cifar10_mobilenet": "mobilenet-cifar-v2:epochs=12:lr=0.004:crop-flip:one-thread"}
 TRAINERS = {"digits_cnn": "digits_cnn:train_digits_cnn", "cifar10_mobilenet": "mobilenet_cifar:train_mobilenet_cifar"}
 SHIPPED = Path(__file__).with_name("shipped")
 

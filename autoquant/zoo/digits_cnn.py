@@ -32,7 +32,7 @@ class DigitsCNN(nn.Module):
         self.features = nn.Sequential(
             *_conv_bn(1, 32), *_conv_bn(32, 64, 2), *_conv_bn(64, 64, groups=64),
             nn.Conv2d(64, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(), *_conv_bn(128, 128, 2),
-        )  # fmt: skip
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Linear(128, 64)
         self.fc2 = nn.Linear(64, num_classes)
@@ -57,4 +57,4 @@ def train_digits_cnn(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, 
     return cached_weights(
         DigitsCNN, cache_dir, key, seed,
         lambda m: with_outlier_channels(train_classifier(m, x_train, y_train, epochs=10, lr=0.01, seed=seed)),
-    )  # fmt: skip
+    )

@@ -36,8 +36,8 @@ class MobileNetCifar(nn.Module):
 
 
 def train_mobilenet_cifar(x_train: np.ndarray, y_train: np.ndarray, cache_dir: Path, seed: int,
-                          key: str) -> MobileNetCifar:  # fmt: skip
+                          key: str) -> MobileNetCifar:
     return cached_weights(
         MobileNetCifar, cache_dir, key, seed,
         lambda m: train_classifier(m, x_train, y_train, epochs=12, lr=0.004, seed=seed, augment=random_crop_flip),
-    )  # fmt: skip
+    )

@@ -66,7 +66,7 @@ def train_classifier(
 
 
 def cached_weights(build: Callable[[], nn.Module], cache_dir: Path, key: str, seed: int,
-                   train: Callable[[nn.Module], nn.Module]) -> nn.Module:  # fmt: skip
+                   train: Callable[[nn.Module], nn.Module]) -> nn.Module:
     """The model `build()` makes, with its weights from the cache, or trained once and stored.
 
     The initial weights are drawn after seeding, so every fresh cache trains the same network to the same

@@ -20,7 +20,7 @@ PEER_NAMES = {"inc": "INC autotune (QDQ)", "nncf": "NNCF quantize_with_accuracy_
 
 
 def run_peer(peer: str, python: str, ws: Workspace, max_drop: float, work: Path,
-             timeout: float | None = None) -> tuple[onnx.ModelProto | None, dict]:  # fmt: skip
+             timeout: float | None = None) -> tuple[onnx.ModelProto | None, dict]:
     """The peer's model for `ws`'s model and split at `max_drop` (None when it found none or did not finish within
     `timeout` seconds) and what it says of its run (seconds, notes, or why it failed)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -31,12 +31,12 @@ def run_peer(peer: str, python: str, ws: Workspace, max_drop: float, work: Path,
         arrays["eval_labels"] = ev.y
     arrays["eval_reference"] = ws.reference.outputs
     np.savez(work / "data.npz", **arrays, metric=ws.exp.eval.metric, fp32_accuracy=ws.reference.accuracy,
-             max_drop=max_drop, reduce_range=uint8_kernels_saturate())  # fmt: skip
+             max_drop=max_drop, reduce_range=uint8_kernels_saturate())
     (work / "peer.onnx").unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([python, str(RUN_PEER), peer, str(work)], capture_output=True, text=True, check=False,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, {"failed": f"stopped after {timeout:.0f} s (the benchmark's cap per peer run)", "wall_seconds": timeout}
     wall = time.perf_counter() - t0

@@ -81,7 +81,7 @@ def run_inc(work: Path) -> dict:
     score = scorer(d, evals)
     fp32 = float(d["fp32_accuracy"])
     configs = config.StaticQuantConfig.get_config_set_for_tuning(quant_format=QuantFormat.QDQ,
-                                                                 reduce_range=bool(d["reduce_range"]))  # fmt: skip
+                                                                 reduce_range=bool(d["reduce_range"]))
     tune = tuning.TuningConfig(config_set=configs, tolerable_loss=float(d["max_drop"]) / fp32, max_trials=20)
     model = tuning.autotune(str(work / "model.onnx"), tune, eval_fn=score, calibration_data_reader=Reader())
     if model is None:
@@ -112,7 +112,7 @@ def run_nncf(work: Path) -> dict:
 
     quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, validate,
                                                      max_drop=float(d["max_drop"]) / 100.0,
-                                                     drop_type=nncf.DropType.ABSOLUTE)  # fmt: skip
+                                                     drop_type=nncf.DropType.ABSOLUTE)
     onnx.save(quantized, str(work / "peer.onnx"))
     return {"notes": "NNCF quantize_with_accuracy_control, ONNX backend, absolute drop, one validation item per sample"}
 

@@ -88,4 +88,4 @@ def sentences():
         enc = tok.encode_batch(texts[start : start + 100])
         yield {"input_ids": np.array([e.ids for e in enc], np.int64),
                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-               "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}  # fmt: skip
+               "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}

@@ -23,7 +23,7 @@ def lines(count: int = 240):
         text = texts[int(rng.integers(len(texts)))][: int(rng.integers(12, 26))]
         ImageDraw.Draw(image).text((int(rng.integers(2, 20)), (HEIGHT - size) // 2), text,
                                    fill=tuple(int(v) for v in rng.integers(0, 90, 3)),
-                                   font=ImageFont.load_default(size=size))  # fmt: skip
+                                   font=ImageFont.load_default(size=size))
         batch.append((np.asarray(image, np.float32) / 127.5 - 1.0).transpose(2, 0, 1))
         if len(batch) == 16 or i == count - 1:
             yield {"x": np.stack(batch)}

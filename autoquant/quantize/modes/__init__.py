@@ -33,7 +33,7 @@ from .base import (
 
 __all__ = ["BuildCache", "BuildContext", "EmulationContext", "Mirrored", "Mode", "Recognized", "RecordedActivation",
            "RecordedWeights", "activation_tensors", "allowed_modes", "check_plan", "decode", "encode", "get", "modes",
-           "names", "recipe_choice", "recognize", "register"]  # fmt: skip
+           "names", "recipe_choice", "recognize", "register"]
 
 
 def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:
@@ -45,7 +45,7 @@ def check_plan(layers: list[LayerInfo], plan: QuantPlan) -> None:
         if choice.quantize and choice.mode not in allowed_modes(layer):
             raise PlanError(f"layer {layer.name} is a {layer.op_type} with {len(layer.weight_shape)}-D weights: mode "
                             f"{choice.mode} applies to {get(choice.mode).scope}; use mode "
-                            f"{' or '.join(allowed_modes(layer))}")  # fmt: skip
+                            f"{' or '.join(allowed_modes(layer))}")
         if choice.quantize and not get(choice.mode).fits(layer, choice):
             raise PlanError(get(choice.mode).misfit(layer, choice))
 

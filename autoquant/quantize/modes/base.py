@@ -227,7 +227,7 @@ class Mode(ABC):
         """The layer's weight parameters in the built model (the node its builder wrote for it)."""
 
     def recorded_activation(self, qmodel: onnx.ModelProto, node: onnx.NodeProto,
-                            choice: LayerChoice) -> RecordedActivation | None:  # fmt: skip
+                            choice: LayerChoice) -> RecordedActivation | None:
         """A calibrated layer's input parameters in the built model (None for a mode without calibration)."""
         return None
 
@@ -246,7 +246,7 @@ class Mode(ABC):
 
     @abstractmethod
     def recognize(self, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
-                  producers: Mapping[str, onnx.NodeProto]) -> Recognized | None:  # fmt: skip
+                  producers: Mapping[str, onnx.NodeProto]) -> Recognized | None:
         """The layer `node` computes if this mode's builder wrote it (a file read back), else None."""
 
     # -- fine-tuning ---------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def allowed_modes(layer: LayerInfo) -> tuple[str, ...]:
 
 
 def recognize(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
-              producers: Mapping[str, onnx.NodeProto]) -> Recognized | None:  # fmt: skip
+              producers: Mapping[str, onnx.NodeProto]) -> Recognized | None:
     """The quantized layer `node` computes, as the mode that built it reads it back (None: not a quantized layer).
     The modes built last are asked first: their patterns contain the earlier ones' (a runtime quantizer's node
     reads a weight a static Q/DQ pair could also have made)."""

@@ -121,7 +121,7 @@ class Dynamic(Mode):
     stores = "8 bit"
     order = 1
     fixed = MappingProxyType({"activation_algorithm": "minmax", "weight_bits": 8, "block_size": 0, "accuracy_level": 0,
-                              "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
+                              "bias_correction": False, "weight_rounding": "nearest"})
     kernels = frozenset({"MatMulInteger"})
     recipe = "transformer"
 
@@ -164,11 +164,11 @@ class Dynamic(Mode):
         # The weight scale is the initializer multiplied with DynamicQuantizeLinear's run-time scale.
         inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
         x_scale = next(n.output[1] for n in qmodel.graph.node if n.op_type == "DynamicQuantizeLinear"
-                       and n.output[0] == node.input[0])  # fmt: skip
+                       and n.output[0] == node.input[0])
         mul = next(n for n in qmodel.graph.node if n.op_type == "Mul" and x_scale in n.input)
         scale = inits[next(t for t in mul.input if t != x_scale)]
         return RecordedWeights(8, choice.weight_granularity, np.atleast_1d(scale).astype(float).tolist(),
-                               np.atleast_1d(inits[node.input[3]]).astype(int).tolist())  # fmt: skip
+                               np.atleast_1d(inits[node.input[3]]).astype(int).tolist())
 
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
         return DynamicChoice(granularity)

@@ -61,7 +61,7 @@ def apply(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         # The quantizer takes every MatMul unless excluded: exclude all but this group's layers.
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in names]
         config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, accuracy_level=level,
-                                              quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",))  # fmt: skip
+                                              quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",))
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
         quantizer.process()
         model = quantizer.model.model
@@ -82,7 +82,7 @@ class Int4Choice(LayerChoice):
     def __post_init__(self):
         if self.block_size not in BLOCK_SIZES or self.accuracy_level not in ACCURACY_LEVELS:
             raise ConfigError(f"mode int4 needs block_size in {list(BLOCK_SIZES)} and accuracy_level in "
-                              f"{list(ACCURACY_LEVELS)}, got {self.block_size} / {self.accuracy_level}")  # fmt: skip
+                              f"{list(ACCURACY_LEVELS)}, got {self.block_size} / {self.accuracy_level}")
 
 
 class Int4(Mode):
@@ -93,7 +93,7 @@ class Int4(Mode):
     stores = "4 bit + one scale and zero point per block"
     order = 2
     fixed = MappingProxyType({"weight_granularity": "per_block", "activation_algorithm": "minmax", "weight_bits": 4,
-                              "bias_correction": False, "weight_rounding": "nearest"})  # fmt: skip
+                              "bias_correction": False, "weight_rounding": "nearest"})
     kernels = frozenset({"MatMulNBits"})
     weight_zero_points = (0, 15)  # asymmetric 4-bit blocks
 
@@ -141,7 +141,7 @@ class Int4(Mode):
         packed = inits[node.input[3]].reshape(attrs["N"], -1)  # two 4-bit zero points per byte, low nibble first
         zero = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(attrs["N"], -1)[:, :blocks]
         return RecordedWeights(4, "per_block", inits[node.input[2]].astype(float).reshape(-1).tolist(),
-                               zero.astype(int).reshape(-1).tolist(), attrs["block_size"])  # fmt: skip
+                               zero.astype(int).reshape(-1).tolist(), attrs["block_size"])
 
     def from_record(self, bits: int, granularity: str, block_size: int, algorithm: str, accuracy_level: int) -> LayerChoice:
         return Int4Choice(block_size, accuracy_level)
@@ -150,7 +150,7 @@ class Int4(Mode):
         if node.op_type not in self.kernels or len(node.input) < 2 or node.input[1] not in inits:
             return None
         return Recognized("MatMul", node.input[1], next((a.i for a in node.attribute if a.name == "bits"), 4), "integer",
-                          self.name)  # fmt: skip
+                          self.name)
 
 
 register(Int4())

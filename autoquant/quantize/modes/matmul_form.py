@@ -38,7 +38,7 @@ def as_matmul(model: onnx.ModelProto, names: set[str]) -> None:
             c = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) * np.float32(attrs.get("beta", 1.0))
             model.graph.initializer.append(numpy_helper.from_array(c, f"{node.name}/matmul_bias"))
             new.append(helper.make_node("Add", [product, f"{node.name}/matmul_bias"], [node.output[0]],
-                                        name=f"{node.name}/bias_add"))  # fmt: skip
+                                        name=f"{node.name}/bias_add"))
         replaced.update(node.input[1:])
         index = list(model.graph.node).index(node)
         model.graph.node.remove(node)

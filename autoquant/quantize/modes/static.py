@@ -61,7 +61,7 @@ WEIGHT_BITS = (8, 4)
 GLUE_OPS = frozenset(
     {"Relu", "Clip", "Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
      "Concat", "Pad", "Slice", "Transpose", "Squeeze", "Unsqueeze"}
-)  # fmt: skip
+)
 
 
 class WeightParams:
@@ -94,7 +94,7 @@ class WeightParams:
                 return make(*args)  # not this model's weight: nothing to reuse
             zp, sc = np.asarray(zero_point), np.asarray(scale)
             key = (weight.name, quant_type, zp.dtype.str, zp.tobytes(), sc.dtype.str, sc.tobytes(), axis,
-                   quant_weight_name, block_size)  # fmt: skip
+                   quant_weight_name, block_size)
             if key not in self._quantized:
                 self._quantized[key] = make(*args)
             out = onnx.TensorProto()
@@ -110,7 +110,7 @@ class WeightParams:
             data = numpy_helper.to_array(self._inits[weight])
             parts = [data] if axis is None else [data.take(c, axis) for c in range(data.shape[axis])]
             params = [compute_data_quant_params(p.ravel(), qtype.tensor_type, True, reduce_range=reduce_range)
-                      for p in parts]  # fmt: skip
+                      for p in parts]
             entries = [{"scale": scale, "zero_point": zp} for zp, scale in params]
             entries[0] = {**entries[0], "quant_type": qtype} | ({} if axis is None else {"axis": axis})
             self._memo[key] = entries
@@ -155,7 +155,7 @@ def tensor_algorithms(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan)
 
 
 def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations: dict, qtype: QuantType,
-          weight_range: str, weights: WeightParams | None = None) -> onnx.ModelProto:  # fmt: skip
+          weight_range: str, weights: WeightParams | None = None) -> onnx.ModelProto:
     """`model` (changed in place, or converted) with Q/DQ pairs for the plan's static layers and glue;
     `activations` maps tensors to ActivationParams; `weights` caches weight parameters across builds of the same model."""
     weights = weights if weights is not None else WeightParams(model)
@@ -218,10 +218,10 @@ class StaticChoice(LayerChoice):
             raise ConfigError(f"weight_rounding '{self.weight_rounding}' is unknown: use one of {', '.join(ROUNDINGS)}")
         if self.weight_granularity not in GRANULARITIES:
             raise ConfigError(f"weight_granularity '{self.weight_granularity}' is unknown: use one of "
-                              f"{', '.join(GRANULARITIES)}")  # fmt: skip
+                              f"{', '.join(GRANULARITIES)}")
         if self.activation_algorithm not in ALGORITHMS:
             raise ConfigError(f"activation algorithm '{self.activation_algorithm}' is unknown: use one of "
-                              f"{', '.join(ALGORITHMS)}")  # fmt: skip
+                              f"{', '.join(ALGORITHMS)}")
         if self.weight_bits not in WEIGHT_BITS:
             raise ConfigError(f"weight_bits {self.weight_bits} is not supported: use 8 or 4")
         if self.weight_bits == 4 and self.weight_granularity != "per_channel":
@@ -247,7 +247,7 @@ class Static(Mode):
 
     def misfit(self, layer: LayerInfo, choice: StaticChoice) -> str:
         return (f"layer {layer.name} ({layer.op_type}) has nowhere to put a bias correction (a MatMul needs an Add of a "
-                "constant vector after it): set bias_correction: false for it")  # fmt: skip
+                "constant vector after it): set bias_correction: false for it")
 
     def cost_bits(self, choice: StaticChoice) -> tuple[int, int]:
         return 8, choice.weight_bits
@@ -266,7 +266,7 @@ class Static(Mode):
             grans = [g for g in allowed["weight_granularity"] if g in GRANULARITIES]
             for g in grans if bits == 8 else [g for g in grans if g == "per_channel"]:  # 4 bits: per channel only
                 out += [StaticChoice(g, a, bits, bias_correction=bc, weight_rounding=r)
-                        for bc, r in recovery for a in allowed["activation_algorithm"]]  # fmt: skip
+                        for bc, r in recovery for a in allowed["activation_algorithm"]]
         return out
 
     # Suffixes of the encoding; a choice without recovery encodes as it always has (stored studies stay valid).
@@ -332,7 +332,7 @@ class Static(Mode):
         substitute(model, ctx.graph, plan, ctx.weight_range, ctx.recovery or RecordedRecovery(ctx.recorded))
         weights = ctx.cache.get(self.name, WeightParams)
         return apply(model, ctx.graph, plan, ctx.activations, activation_qtype(ctx.activation_type), ctx.weight_range,
-                     weights)  # fmt: skip
+                     weights)
 
     def activation_tensors(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan) -> dict[str, str]:
         return tensor_algorithms(model, graph, plan)
@@ -342,15 +342,15 @@ class Static(Mode):
         if w is None:
             raise PlanError(f"layer {node.name} was not quantized by onnxruntime; cannot record it")
         return RecordedWeights(choice.weight_bits, choice.weight_granularity, np.atleast_1d(w[0]).astype(float).tolist(),
-                               np.atleast_1d(w[1]).astype(int).tolist())  # fmt: skip
+                               np.atleast_1d(w[1]).astype(int).tolist())
 
     def recorded_activation(self, qmodel: onnx.ModelProto, node: onnx.NodeProto,
-                            choice: StaticChoice) -> RecordedActivation:  # fmt: skip
+                            choice: StaticChoice) -> RecordedActivation:
         d = dequantize_params(qmodel, node.input[0])
         if d is None:
             raise PlanError(f"layer {node.name} was not quantized by onnxruntime; cannot record it")
         return RecordedActivation(8, choice.activation_algorithm, float(np.asarray(d[0]).reshape(())),
-                                  int(np.asarray(d[1]).reshape(())))  # fmt: skip
+                                  int(np.asarray(d[1]).reshape(())))
 
     def record_extra(self, layer: LayerInfo, choice: StaticChoice, recovery) -> dict:
         return record_fields(layer, choice, recovery)
@@ -369,10 +369,10 @@ class Static(Mode):
             return None
         data_type = inits[dq.input[0]].data_type
         bits = 4 if data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else \
-            onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8  # fmt: skip
+            onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
         choice = StaticChoice(weight_bits=bits) if bits in WEIGHT_BITS else None
         return Recognized(node.op_type, dq.input[0], bits, self.runs(choice) if choice else "integer",
-                          self.label(choice) if choice else f"int{bits}")  # fmt: skip
+                          self.label(choice) if choice else f"int{bits}")
 
     def mirrored(self, choice: StaticChoice) -> Mirrored:
         plain = choice.with_fields(bias_correction=False, weight_rounding="nearest")

@@ -40,14 +40,14 @@ def recovers(choice: LayerChoice) -> bool:
 
 
 def recovered_weight(w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str,
-                     recovery: Recovery) -> np.ndarray:  # fmt: skip
+                     recovery: Recovery) -> np.ndarray:
     """The layer's weights on the grid of `choice`, rounded as the recovery says (what the built model holds)."""
     scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, weight_range)
     return rounded_weight(w, scale, bounds, recovery.rounding(layer, choice))
 
 
 def substitute(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, weight_range: str,
-               recovery: Recovery | None) -> None:  # fmt: skip
+               recovery: Recovery | None) -> None:
     """Change `model` in place: each layer whose choice recovers reads its rounded weights and corrected bias
     from new initializers (named after the originals, so a record's rebuild names them alike); originals that no
     node reads any more are removed."""
@@ -114,10 +114,10 @@ def record_fields(layer: LayerInfo, choice: LayerChoice, recovery: Recovery | No
 def check_record_fields(extra: Mapping[str, Any], layer: LayerInfo, choice: LayerChoice, where: str) -> None:
     """A record's recovery entries of a layer, checked against it before anything is built from them."""
     wanted = {k for k, on in (("rounding_mask", choice.weight_rounding != "nearest"), ("bias_shift", choice.bias_correction))
-              if on}  # fmt: skip
+              if on}
     if set(extra) != wanted:
         raise PlanError(f"{where}: its choice needs {', '.join(sorted(wanted)) or 'no recovery entries'}, the record has "
-                        f"{', '.join(sorted(extra)) or 'none'}")  # fmt: skip
+                        f"{', '.join(sorted(extra)) or 'none'}")
     if "rounding_mask" in extra:
         try:
             packed = base64.b64decode(extra["rounding_mask"], validate=True)

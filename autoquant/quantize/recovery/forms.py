@@ -42,7 +42,7 @@ class LayerForm:
             auto = attrs.get("auto_pad", b"NOTSET")
             return cls("Conv", int(attrs.get("group", 1)), grow(tuple(layer.weight_shape[2:])),
                        grow(tuple(attrs.get("strides", [1] * spatial))), grow(tuple(attrs.get("dilations", [1] * spatial))),
-                       pad4, auto.decode() if isinstance(auto, bytes) else auto, spatial)  # fmt: skip
+                       pad4, auto.decode() if isinstance(auto, bytes) else auto, spatial)
         if node.op_type == "Gemm":
             if attrs.get("transA", 0):
                 return None

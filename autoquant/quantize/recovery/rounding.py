@@ -58,7 +58,7 @@ def _error(x: np.ndarray, w_matrix: np.ndarray, target: np.ndarray) -> float:
 
 
 def adaround(w_matrix: np.ndarray, scale: np.ndarray, bounds: tuple[int, int], train: np.ndarray, held: np.ndarray,
-             settings: RoundingSettings) -> tuple[np.ndarray, float, float]:  # fmt: skip
+             settings: RoundingSettings) -> tuple[np.ndarray, float, float]:
     """The rounding mask of `w_matrix` ([groups, outputs, inputs], `scale` broadcast to it) learned on the `train`
     rows ([groups, rows, inputs]), and the held-out rows' output error of (nearest, the returned mask)."""
     import torch  # here: importing autoquant must not pay for torch

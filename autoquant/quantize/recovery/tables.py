@@ -80,7 +80,7 @@ class RecoveryTables:
         """The mask (1: round up from the floor) of the layer's weights under `choice`'s grid and rounding."""
         w = self._weights[layer.name]
         scale, _ = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
-                                self.source.weight_range)  # fmt: skip
+                                self.source.weight_range)
         if choice.weight_rounding != "adaptive" or self._forms[layer.name] is None:
             return nearest_mask(w, scale)
         return self._cached(self._rounding_key(layer, choice), lambda: self._fit(layer, choice))
@@ -96,12 +96,12 @@ class RecoveryTables:
     @staticmethod
     def _shift_key(layer: LayerInfo, choice: LayerChoice) -> tuple:
         return ("shift", layer.name, choice.weight_granularity, choice.weight_bits, choice.weight_rounding,
-                choice.activation_algorithm)  # fmt: skip
+                choice.activation_algorithm)
 
     def _known(self, layer: LayerInfo, choice: LayerChoice) -> bool:
         """Whether what `choice` needs of this layer is in this process's memo already."""
         rounded = (choice.weight_rounding != "adaptive" or self._forms[layer.name] is None
-                   or self._rounding_key(layer, choice) in self._memo)  # fmt: skip
+                   or self._rounding_key(layer, choice) in self._memo)
         return rounded and (not choice.bias_correction or self._shift_key(layer, choice) in self._memo)
 
     def prepare(self, wanted: list[tuple[LayerInfo, LayerChoice]]) -> None:
@@ -121,7 +121,7 @@ class RecoveryTables:
         shown.close()
         if todo:
             log.info("adaptive rounding and bias correction of %d layer choice(s) in %.1f s", len(todo),
-                     time.perf_counter() - t0)  # fmt: skip
+                     time.perf_counter() - t0)
 
     # -- computing and caching ------------------------------------------------------------------------------
     def _cached(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -129,7 +129,7 @@ class RecoveryTables:
             return self._memo[key]
         s = self.source
         full = (f"recovery:{self.version}:{s.model_key}:{self._subset.sha256()}:{s.calibration.sha256()}:{key}:"
-                f"{s.activation_type}:{s.weight_range}")  # fmt: skip
+                f"{s.activation_type}:{s.weight_range}")
         digest = hashlib.sha256(full.encode()).hexdigest()[:20]
         path = s.cache / "recovery" / f"{s.model_key[:16]}-{digest}.npz"
         self._memo[key] = cached_arrays(path, full, lambda: {"value": compute()})["value"]
@@ -178,7 +178,7 @@ class RecoveryTables:
         t0 = time.perf_counter()
         form, w = self._forms[layer.name], self._weights[layer.name]
         scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
-                                     self.source.weight_range)  # fmt: skip
+                                     self.source.weight_range)
         train, held = self.rows(layer)
         m = form.matrix(w)
         s = form.matrix(np.broadcast_to(scale, w.shape).astype(np.float32))
@@ -192,7 +192,7 @@ class RecoveryTables:
         if form is None:
             return np.zeros(layer.out_channels, np.float32)
         scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
-                                     self.source.weight_range)  # fmt: skip
+                                     self.source.weight_range)
         w_q = rounded_weight(w, scale, bounds, self.rounding(layer, choice))
         train, held = self.rows(layer)
         rows = np.concatenate([train, held], axis=1)

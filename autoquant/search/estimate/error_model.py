@@ -88,7 +88,7 @@ class ErrorModel:
 
         if not isinstance(self.cost, LatencyCost):
             return QuantPlan(tuple((s.name, min(s.options, key=lambda c: (own(s.name, c), s.options.index(c))))
-                                   for s in layers))  # fmt: skip
+                                   for s in layers))
         table = self.cost.table
         names = [s.name for s in layers]
         index = {n: i for i, n in enumerate(table.layers)}
@@ -117,7 +117,7 @@ class ErrorModel:
             # best float choice are the only ones a producer's choice can pick (the first in the space's order
             # on a tie, as a minimum over all of them would).
             kinds = {c: [min(xs, key=best[c].get) for q in (True, False) if (xs := [x for x in best[c] if x.quantize == q])]
-                     for c in children[n]}  # fmt: skip
+                     for c in children[n]}
             for o in options[n]:
                 total = own(n, o)
                 for c in children[n]:

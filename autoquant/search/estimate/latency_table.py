@@ -160,7 +160,7 @@ def _owners(optimized: onnx.ModelProto, source: onnx.ModelProto, layers: tuple[s
         owner = next((o for o in map(by_name, [node.name, *node.output]) if o), None)
         if owner is None:
             owner = next((owners[opt_producer[t].name] for t in node.input
-                          if t in opt_producer and opt_producer[t].name in owners), None)  # fmt: skip
+                          if t in opt_producer and opt_producer[t].name in owners), None)
         if owner is not None:
             owners[node.name] = owner
     return owners
@@ -203,7 +203,7 @@ def _plans(ws: Workspace, space: SearchSpace) -> list[tuple[str, QuantPlan]]:
     plans = [(mode, plan) for mode in modes.names() if (plan := space.mode_plan(mode)) is not None]
     for parity in (0, 1):
         plans.append(("float", QuantPlan(tuple((s.name, FLOAT if i % 2 == parity else s.usual)
-                                               for i, s in enumerate(space.layers)))))  # fmt: skip
+                                               for i, s in enumerate(space.layers)))))
     return plans
 
 
@@ -213,7 +213,7 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
     cfg = ws.exp.eval
     key = (f"latency-table-v{LATENCY_TABLE_VERSION}:{ws.model_key}:{[(k, p.key()) for k, p in plans]}:"
            f"{ws.exp.quantization}:{ws.weight_range}:{cfg.latency_batch_size}:{cfg.threads}:{os.cpu_count()}:"
-           f"{ort.__version__}:{_cpu_model()}")  # fmt: skip
+           f"{ort.__version__}:{_cpu_model()}")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build():
@@ -238,6 +238,6 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
 def _cpu_model() -> str:
     try:
         return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "")  # fmt: skip
+                     if line.startswith("model name")), "")
     except OSError:
         return ""

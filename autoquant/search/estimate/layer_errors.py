@@ -80,12 +80,12 @@ def _single_layer(model: onnx.ModelProto, layer: LayerInfo) -> onnx.ModelProto:
          helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, list(layer.weight_shape))],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
         [numpy_helper.from_array(a, f"const{i}") for i, a in enumerate(rest)],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
 
 
 def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES, *,
-                 propagated: bool = True) -> LayerErrors:  # fmt: skip
+                 propagated: bool = True) -> LayerErrors:
     """Per layer and choice of the space, cached by model, eval subset, space and quantization settings.
     `propagated` False: each choice's error at its layer's own output, not scaled by how much of it reaches
     the model's output (what the table would be without the per-layer gains)."""
@@ -99,7 +99,7 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
     # The calibration data sets the activation ranges and the recovery the table emulates
     key = (f"layer-errors-v{LAYER_ERRORS_VERSION}:{ws.model_key}:{subset.sha256()}:{ws.splits.calibration.sha256()}:"
            f"{tuple(encoded)}:{q}:{ws.weight_range}:{ws.recovery.version}:"
-           f"{[(layer.name, tuple(layer.values)) for layer in space.layers]}:{'output' if propagated else 'local'}")  # fmt: skip
+           f"{[(layer.name, tuple(layer.values)) for layer in space.layers]}:{'output' if propagated else 'local'}")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build():
@@ -180,7 +180,7 @@ def _gains(ws: Workspace, local: np.ndarray, choices: tuple[LayerChoice, ...], s
     for i, layer in enumerate(progress(ws.graph.layers, "per-layer error gains", unit="layer")):
         for mode in sorted({c.mode for c in choices}):
             finite = {j: local[i, j] for j, c in enumerate(choices)
-                      if c.mode == mode and np.isfinite(local[i, j]) and local[i, j] > 0}  # fmt: skip
+                      if c.mode == mode and np.isfinite(local[i, j]) and local[i, j] > 0}
             if not finite:
                 continue
             best = min(finite, key=finite.get)

@@ -34,11 +34,11 @@ from .settings import SETTINGS, ProposeSettings
 
 __all__ = ["SETTINGS", "After", "History", "Labelled", "Ladder", "Once", "Proposal", "ProposeSettings", "Proposer",
            "Refine", "Scheduler", "first_rung", "guided_plans", "make_sampler", "mapped", "plausible_options",
-           "sensitive_layers", "sensitive_plans", "uniform_plans", "warm_starts"]  # fmt: skip
+           "sensitive_layers", "sensitive_plans", "uniform_plans", "warm_starts"]
 
 
 def warm_starts(names: tuple[str, ...], space: SearchSpace, errors: LayerErrors, model: ErrorModel,
-                sensitivity_k: list[int]) -> list[Labelled]:  # fmt: skip
+                sensitivity_k: list[int]) -> list[Labelled]:
     """The plans enqueued when the ladder ends, in the order a small budget gets most from: all-float (the front's
     reference), the hand-made mixed plans, the error model's least-error and float-path plans, the other uniform
     plans (per-tensor, each range algorithm, each mode), the error model's λ sweep."""
@@ -46,7 +46,7 @@ def warm_starts(names: tuple[str, ...], space: SearchSpace, errors: LayerErrors,
     guided = guided_plans(model)
     budget = [lp for lp in guided if lp[0].startswith("guided-budget-")]
     return (uniform[:1] + sensitive_plans(names, errors, sensitivity_k) + [lp for lp in guided if lp not in budget]
-            + uniform[1:] + budget)  # fmt: skip
+            + uniform[1:] + budget)
 
 
 def mapped(plan: QuantPlan, names: tuple[str, ...]) -> QuantPlan:

@@ -25,7 +25,7 @@ def sensitive_plans(names: tuple[str, ...], errors: LayerErrors, ks: list[int]) 
         if 0 < k < len(names):
             keep = set(sensitive_layers(names, errors, k))
             plans.append((f"sensitive-{k}-float", QuantPlan(tuple((n, FLOAT if n in keep else LayerChoice.default())
-                                                                   for n in names))))  # fmt: skip
+                                                                   for n in names))))
     return plans
 
 

@@ -79,7 +79,7 @@ class Ladder:
 
     def __init__(self, space: SearchSpace, layers: Sequence[LayerInfo], max_drop: float, fp32_accuracy: float,
                  model: Callable[[], ErrorModel], local: Callable[[], LayerErrors],
-                 settings: ProposeSettings = SETTINGS):  # fmt: skip
+                 settings: ProposeSettings = SETTINGS):
         """`model`: the error model priced in latency (computed when first asked: the first rung needs none);
         `local`: the per-layer errors without their gains (what a variant rung is ranked by)."""
         self.space, self.layers, self.max_drop, self.fp32 = space, layers, max_drop, fp32_accuracy
@@ -94,7 +94,7 @@ class Ladder:
         if any(t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in rungs):
             return Proposal()
         met = any(t.state == TrialState.COMPLETE and attrs.result(t).accuracy_drop <= self.max_drop
-                  and attrs.plan(t).quantized for t in rungs)  # fmt: skip
+                  and attrs.plan(t).quantized for t in rungs)
         if not met and len(rungs) < self.settings.rungs:
             step, suffix = self.variant(rungs, history.tried), VARIANT
             if step is None:
@@ -111,7 +111,7 @@ class Ladder:
     def measured(self, trials: list[optuna.trial.FrozenTrial]) -> list[tuple[QuantPlan, float, float]]:
         """(plan, output NMSE, drop) of the quantized trials, a stopped one with its prefix's figures."""
         return [(attrs.plan(t), *f) for t in trials
-                if attrs.plan(t).quantized and (f := attrs.figures(t, self.fp32, self.max_drop)) is not None]  # fmt: skip
+                if attrs.plan(t).quantized and (f := attrs.figures(t, self.fp32, self.max_drop)) is not None]
 
     def variant(self, rungs: list[optuna.trial.FrozenTrial], tried: set[str]) -> QuantPlan | None:
         """When the rung closest to the limit missed it by at most `settings.noise_z` standard errors of its drop
@@ -122,7 +122,7 @@ class Ladder:
         if sum(attrs.label(t).endswith(VARIANT) for t in rungs) >= self.settings.variants:
             return None
         missed = [(r, attrs.plan(t)) for t in rungs
-                  if t.state == TrialState.COMPLETE and (r := attrs.result(t)) is not None and attrs.plan(t).quantized]  # fmt: skip
+                  if t.state == TrialState.COMPLETE and (r := attrs.result(t)) is not None and attrs.plan(t).quantized]
         if not missed:
             return None
         closest, plan = min(missed, key=lambda m: m[0].accuracy_drop)
@@ -131,7 +131,7 @@ class Ladder:
         local = self.local()
         offered = {layer.name: set(layer.options) for layer in self.space.layers}
         keys = {(o.mode, key) for n in plan.quantized for o in offered[n] if o.quantize
-                and (key := modes.get(o.mode).variant_key(o)) is not None}  # fmt: skip
+                and (key := modes.get(o.mode).variant_key(o)) is not None}
 
         def error(p: QuantPlan) -> float:
             return sum(local.of(n, c) for n, c in p.choices)

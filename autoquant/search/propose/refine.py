@@ -46,7 +46,7 @@ class Refine:
     name = "refine"
 
     def __init__(self, model: ErrorModel | Callable[[], ErrorModel], max_drop: float, fp32_accuracy: float,
-                 settings: ProposeSettings = SETTINGS):  # fmt: skip
+                 settings: ProposeSettings = SETTINGS):
         """`model`: the error model, or what makes it when first needed (a study's first rounds come after its
         estimates are made)."""
         self._model, self.max_drop, self.fp32, self.settings = model, max_drop, fp32_accuracy, settings
@@ -68,7 +68,7 @@ class Refine:
         below = self.descent(done, tried | {p.key() for p in boundary + gaps})
         plans = [(f"{kind}-{self.rounds}-{i}", plan)
                  for kind, group in (("refined", boundary), ("front", gaps), ("descent", below))
-                 for i, plan in enumerate(group)]  # fmt: skip
+                 for i, plan in enumerate(group)]
         self.rounds += 1
         return Proposal(plans)
 
@@ -140,5 +140,5 @@ class Refine:
         base = min(feasible, key=self.model.plan_cost)
         limit = cal.allowed * self.settings.margins[-1] / cal.scale
         ranked = sorted((self.model.predict(p), p.key(), p) for p in self.model.cheaper_neighbours(base)
-                        if p.key() not in tried and p.quantized)  # fmt: skip
+                        if p.key() not in tried and p.quantized)
         return [p for predicted, _, p in ranked if predicted <= limit][: self.settings.descent]

@@ -37,7 +37,7 @@ def plausible_options(model: ErrorModel, factor: float = SETTINGS.plausible) -> 
         err = {c: model.err[s.name, c] for c in s.options}
         cost = {c: model.cost.layer(s.name, c) for c in s.options}
         out[s.name] = tuple(encode(c) for c in s.options
-                            if not any(cost[p] <= cost[c] and factor * err[p] < err[c] for p in s.options if p != c))  # fmt: skip
+                            if not any(cost[p] <= cost[c] and factor * err[p] < err[c] for p in s.options if p != c))
     return out
 
 
@@ -51,10 +51,10 @@ class GuidedNSGAII(NSGAIISampler):
         self._draw = np.random.default_rng(seed)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
-                           param_distribution) -> object:  # fmt: skip
+                           param_distribution) -> object:
         allowed = self._plausible().get(param_name, ())
         choices = [c for c in param_distribution.choices if c in allowed] \
-            if isinstance(param_distribution, CategoricalDistribution) else []  # fmt: skip
+            if isinstance(param_distribution, CategoricalDistribution) else []
         if not choices:
             return super().sample_independent(study, trial, param_name, param_distribution)
         return choices[int(self._draw.integers(len(choices)))]

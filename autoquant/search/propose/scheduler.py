@@ -37,7 +37,7 @@ class History:
     def of(cls, study: optuna.Study) -> History:
         trials = tuple(study.get_trials(deepcopy=False))
         return cls(trials, frozenset(k[: -len(DONE_SUFFIX)] for k, v in study.user_attrs.items()
-                                     if k.endswith(DONE_SUFFIX) and v))  # fmt: skip
+                                     if k.endswith(DONE_SUFFIX) and v))
 
     @functools.cached_property
     def done(self) -> list[FrozenTrial]:
@@ -90,7 +90,7 @@ class Scheduler:
             proposal = proposer.propose(history)
             for label, plan in proposal.plans:
                 study.enqueue_trial(self.space.params_for(plan), user_attrs=attrs.enqueue_attrs(label),
-                                    skip_if_exists=True)  # fmt: skip
+                                    skip_if_exists=True)
             if proposal.finished:
                 study.set_user_attr(f"{proposer.name}{DONE_SUFFIX}", True)
             if proposal.plans or proposal.finished:  # what the next proposers see includes it

@@ -28,7 +28,7 @@ def _images(folder: Path, recursive: bool) -> list[Path]:
     not a sample)."""
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.suffix.lower() in EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _files(root: Path) -> tuple[list[Path], np.ndarray | None, list[str]]:
@@ -56,7 +56,7 @@ def _eight_bit_scale(im, path: Path):
     if im.mode in ("I", "F"):
         kind = "32-bit integer" if im.mode == "I" else "floating-point"
         raise DataError(f"{path} has {kind} pixels, whose range autoquant cannot know: save it as an 8- or 16-bit "
-                        "image, or give the arrays through an npz or python source")  # fmt: skip
+                        "image, or give the arrays through an npz or python source")
     return im.convert("RGB")
 
 

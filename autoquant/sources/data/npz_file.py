@@ -45,7 +45,7 @@ def _array(f, key: str, path: Path) -> np.ndarray:
         value = f[key]
     except ValueError as exc:  # an object array: numpy refuses to unpickle it, rightly
         raise DataError(f"{path}: array '{key}' holds Python objects ({first_line(exc, 80)}): save it as a numeric "
-                        "array") from exc  # fmt: skip
+                        "array") from exc
     except _UNREADABLE as exc:
         raise DataError(f"{path}: array '{key}' cannot be read ({first_line(exc)})") from exc
     if value.ndim == 0:
@@ -60,7 +60,7 @@ def _input_keys(path: Path, names: list[str], inputs: tuple[str, ...] | None, x_
         missing = [n for n in inputs if n not in names]
         if missing:
             raise DataError(f"{path} has no array named after the model input '{missing[0]}' (it has "
-                            f"{', '.join(names) or 'none'}): name one array after each model input")  # fmt: skip
+                            f"{', '.join(names) or 'none'}): name one array after each model input")
         return list(inputs)
     if inputs and inputs[0] in names:
         return [inputs[0]]
@@ -70,7 +70,7 @@ def _input_keys(path: Path, names: list[str], inputs: tuple[str, ...] | None, x_
         return names
     wanted = f"'{inputs[0]}' or '{x_key}'" if inputs else f"'{x_key}'"
     raise DataError(f"{path} has arrays {', '.join(names) or 'none'} besides the labels but none named {wanted}: "
-                    "name the model input's array (or set data.x_key)")  # fmt: skip
+                    "name the model input's array (or set data.x_key)")
 
 
 @DATA_SOURCES.register("npz", requires=("path",))

@@ -28,7 +28,7 @@ def _split_batch(batch, i: int) -> tuple[dict[str, np.ndarray], np.ndarray | Non
         inputs = {SINGLE_INPUT_KEY: batch}
     else:
         raise DataError(f"data.loader batch {i} is a {type(batch).__name__}: yield a dict of input arrays, or "
-                        "(inputs, labels)")  # fmt: skip
+                        "(inputs, labels)")
     return inputs, None if labels is None else np.asarray(labels)
 
 
@@ -66,15 +66,15 @@ def load(cfg, ctx: SourceContext) -> Dataset:
         y = None if labels[0] is None else np.concatenate(labels)
     except ValueError as exc:
         raise DataError(f"data.loader '{cfg.loader}' batches do not stack ({first_line(exc)}): give every batch "
-                        "the same non-batch shape") from exc  # fmt: skip
+                        "the same non-batch shape") from exc
     return Dataset(inputs, y)
 
 
 def _length(inputs: dict[str, np.ndarray], labels: np.ndarray | None, i: int, loader: str) -> int:
     """Samples in one batch: its arrays must agree."""
     lengths = {len(v) if v.ndim else None for v in inputs.values()} | ({len(labels) if labels.ndim else None}
-                                                                        if labels is not None else set())  # fmt: skip
+                                                                        if labels is not None else set())
     if len(lengths) != 1 or None in lengths:
         raise DataError(f"data.loader '{loader}' batch {i} holds arrays of different lengths or single values: give "
-                        "one row per sample in each array")  # fmt: skip
+                        "one row per sample in each array")
     return lengths.pop()

@@ -41,7 +41,7 @@ def _path(exp, get_splits, cache: Path) -> Path:
             from ...zoo.cifar_resnet import load_cifar_resnet
 
             export_torch(load_cifar_resnet(_CHECKPOINT_DEPTH[m.builtin], m.checkpoint),
-                         np.zeros((1, 3, 32, 32), np.float32), out)  # fmt: skip
+                         np.zeros((1, 3, 32, 32), np.float32), out)
         return out
     splits = get_splits()
     if splits.train is None:
