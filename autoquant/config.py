@@ -145,8 +145,16 @@ class DataConfig:
     calibration: DataConfig | None = None
     calibration_size: int = bounded(300, 1)
     eval_size: int = bounded(500, 1)
+    # samples no trial, rung, early stop or export choice sees, on which the export's drop is confirmed (search/
+    # confirm.py); default: half of eval_size, as many as the data has left; 0: no confirmation
+    confirm_size: int | None = bounded(None, 0)
     train_size: int = bounded(0, 0)  # samples reserved for training a built-in model; never calibrated or evaluated on
     seed: int = bounded(0, 0)
+
+    @property
+    def confirm_wanted(self) -> int:
+        """The confirmation samples asked for: confirm_size, or by default half of eval_size."""
+        return self.eval_size // 2 if self.confirm_size is None else self.confirm_size
 
     def __post_init__(self):
         check_fields(self, "data")

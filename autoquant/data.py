@@ -92,17 +92,21 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Splits:
-    """`train` is only used by built-in models that are trained here; calibration and eval are disjoint."""
+    """`train` is only used by built-in models that are trained here; calibration, eval and confirm are disjoint, and
+    `confirm` is read only to confirm an export's drop on samples no trial saw (None: no confirmation)."""
 
     calibration: Dataset
     eval: Dataset
     train: Dataset | None = None
+    confirm: Dataset | None = None
 
 
 def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: int = 0,
-          calibration_data: Dataset | None = None) -> Splits:
-    """Fixed, disjoint split from one seeded permutation: [train | calibration | eval] — or, when the user
-    has separate calibration data, [train | eval] of `data` and the calibration samples from that."""
+          calibration_data: Dataset | None = None, confirm: int = 0, confirm_exact: bool = False) -> Splits:
+    """Fixed, disjoint split from one seeded permutation: [train | calibration | eval | confirm] — or, when the user
+    has separate calibration data, [train | eval | confirm] of `data` and the calibration samples from that. The
+    first three are the same whatever `confirm` is (a study's eval samples do not move when confirmation is turned
+    on). `confirm` samples are asked for; unless `confirm_exact`, as many of them as the data has left are taken."""
     if calibration <= 0:
         raise DataError("the calibration set is empty: set data.calibration_size to at least 1")
     if eval <= 0:
@@ -114,6 +118,9 @@ def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: i
             f"the splits need {need} samples (train {train} + calibration {own_calibration} + eval {eval}) "
             f"but the data has {len(data)}: lower data.calibration_size or data.eval_size"
         )
+    if confirm_exact and need + confirm > len(data):
+        raise DataError(f"data.confirm_size {confirm} needs {need + confirm} samples with the other splits but the data "
+                        f"has {len(data)}: lower data.confirm_size, or leave it out to take what is left")
     if calibration_data is not None and calibration > len(calibration_data):
         raise DataError(f"data.calibration_size is {calibration} but the calibration data has {len(calibration_data)} "
                         "samples: lower data.calibration_size")
@@ -122,10 +129,12 @@ def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: i
         calib = data.subset(np.sort(perm[train : train + calibration]))
     else:
         calib = calibration_data.subset(np.sort(np.random.default_rng(seed).permutation(len(calibration_data))[:calibration]))
+    confirm = min(confirm, len(data) - need)
     return Splits(
         calibration=calib,
         # In the permutation's order, not the source's: any run of whole batches from the start is then a
         # simple random sample, which the early-stop screen scores first and a passing trial keeps.
         eval=data.subset(perm[train + own_calibration : need]),
         train=data.subset(perm[:train]) if train else None,
+        confirm=data.subset(perm[need : need + confirm]) if confirm > 0 else None,
     )

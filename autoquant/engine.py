@@ -89,7 +89,8 @@ class Tuned:
 
 
 def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measurement | None = None,
-             notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:
+             notes: list[str] = (), tuned: Tuned | None = None,
+             objectives: dict[str, float] | None = None) -> QuantizeResult:
     """Build the plan's INT8 model from the cached statistics, measure it against FP32 (paired latency),
     write model + record. A plan onnxruntime would not run as written is refused before anything is written.
 
@@ -97,7 +98,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     now is that model, byte for byte, they are its figures and it is not measured again (only timed, if it
     was not); when it is not, the cache or the builder changed since and the figures would describe another
     model: PlanError. `notes` go into the record: what whoever deploys the model should know. `tuned`: build from
-    fine-tuned weights, written beside the record."""
+    fine-tuned weights, written beside the record. `objectives`: more figures for the record (a confirmation's)."""
     acts, algorithms = ws.activations(plan)
     if tuned is not None and tuned.activations:
         acts = {t: tuned.activations.get(t, p) for t, p in acts.items()}
@@ -115,7 +116,7 @@ def quantize(ws: Workspace, plan: QuantPlan, out_dir: Path, measured: Measuremen
     fp32_ms = measured.latency_ms / measured.latency_ratio
     objectives = {"accuracy": measured.accuracy, "fp32_accuracy": ws.reference.accuracy,
                   "accuracy_drop": measured.accuracy_drop, "bitops_fraction": measured.bitops_fraction,
-                  "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes}
+                  "latency_ms": measured.latency_ms, "size_bytes": measured.size_bytes, **(objectives or {})}
     record = make_record(qmodel, ws.graph, plan, acts, algorithms, model_sha256=ws.sha,
                          activation_type=ws.exp.quantization.activation_type, objectives=objectives,
                          source_model=str(ws.prepared.source), executed=executed,

@@ -21,7 +21,7 @@ from .evaluate.cost import bitops_fraction
 from .evaluate.early_stop import EarlyStop, Hopeless
 from .evaluate.executed import count_disagreement, disagreements, executed_layers
 from .evaluate.latency import slower_than
-from .evaluate.metrics import HITS
+from .evaluate.metrics import SCORES, drop_stderr
 from .quantize.plan import QuantPlan
 from .workspace import Workspace
 
@@ -139,30 +139,19 @@ class Meter:
                            latency_rounds=rounds, drop_stderr=self._drop_stderr(scored.outputs))
 
     @functools.cached_property
-    def _hits(self):
-        """(the metric's per-sample hits function, FP32's hits), or None for a metric without them."""
+    def _scores(self):
+        """(the metric's per-sample scores, FP32's), or None for a metric that is not a mean of per-sample scores."""
         ws = self.ws
-        hits = HITS.get(ws.exp.eval.metric)
+        scores = SCORES.get(ws.exp.eval.metric)
         reference = ws.reference.outputs
-        fp32 = None if hits is None else hits(reference, ws.evaluator.data.y, reference)
-        return None if fp32 is None else (hits, np.asarray(fp32, bool))
+        fp32 = None if scores is None else scores(reference, ws.evaluator.data.y, reference)
+        return None if fp32 is None else (scores, fp32)
 
     def _drop_stderr(self, outputs: np.ndarray) -> float:
-        if self._hits is None:
+        if self._scores is None:
             return math.nan
-        hits, fp32 = self._hits
-        ws = self.ws
-        return drop_stderr(np.asarray(hits(outputs, ws.evaluator.data.y, ws.reference.outputs), bool), fp32)
-
-
-def drop_stderr(hits: np.ndarray, fp32_hits: np.ndarray) -> float:
-    """Standard error, in points, of a percentage metric's drop against FP32 scored on the same samples: only the
-    samples where the two disagree carry it (the paired, McNemar view), b + c of them, b − c net:
-    100 · √(b + c − (b − c)² / N) / N. A plan that misses the limit by less than a couple of these may meet it on
-    other samples: its miss is the eval set's luck as much as its error."""
-    n = len(hits)
-    lost, gained = int(np.sum(fp32_hits & ~hits)), int(np.sum(hits & ~fp32_hits))
-    return 100.0 * math.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0)) / n if n else math.nan
+        scores, fp32 = self._scores
+        return drop_stderr(scores(outputs, self.ws.evaluator.data.y, self.ws.reference.outputs), fp32)
 
 
 def paired_figures(rounds: np.ndarray) -> list[tuple[float, float, int]]:

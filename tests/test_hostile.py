@@ -321,8 +321,9 @@ def test_a_loader_that_never_ends_is_read_until_the_splits_have_their_samples(tm
                            data={"source": "python", "loader": "stream.py:forever", "calibration_size": 20,
                                  "eval_size": 30}, eval={"metric": "cosine", "latency_repeats": 2})
     ws = Workspace(load_experiment(exp))
-    assert len(ws.splits.calibration) == 20 and len(ws.splits.eval) == 30
-    assert len((tmp_path / "batches.txt").read_text().split()) == 8  # 8 batches of 7 hold the 50 samples needed: not one more is asked for
+    assert len(ws.splits.calibration) == 20 and len(ws.splits.eval) == 30 and len(ws.splits.confirm) == 15
+    # 10 batches of 7 hold the 65 samples needed (the confirmation's 15 after the others): not one more is asked for
+    assert len((tmp_path / "batches.txt").read_text().split()) == 10
     code, _, err = cli(capsys, "quantize", exp, "--out", tmp_path / "q")
     assert code == 0, err
 

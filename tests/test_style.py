@@ -22,3 +22,10 @@ def test_ruff_would_see_a_mistake(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"),
                            str(tmp_path / "bad.py")], capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "F401" in proc.stdout
+
+
+def test_no_formatter_markers():
+    """No formatter runs (see the module docstring): markers that would only speak to one are noise."""
+    marked = [f"{p.relative_to(REPO)}:{i}" for d in ("autoquant", "tests", "benchmarks") for p in sorted((REPO / d).rglob("*.py"))
+              for i, line in enumerate(p.read_text().splitlines(), 1) if line.rstrip().endswith("# fmt: " + "skip")]
+    assert marked == []

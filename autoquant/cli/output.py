@@ -35,8 +35,12 @@ def summary_table(result) -> str:
 
 def result_json(result) -> dict:
     chosen = result.chosen
+    c = result.confirmation
     return {"completed": result.completed, "stopped_early": result.stopped_early, "met": result.met,
             "fp32_accuracy": result.fp32_accuracy,
+            "confirmed": None if c is None else {"trial": c.trial, "samples": c.samples, "accuracy_drop": c.drop,
+                                                 "drop_stderr": c.stderr, "interval": list(c.interval)},
+            "refused": [{"trial": r.trial, "accuracy_drop": r.drop, "drop_stderr": r.stderr} for r in result.refused],
             "chosen_trial": chosen.number if chosen else None,
             "chosen": asdict(chosen.result) if chosen else None,
             "export": str(result.export.model_path) if result.export else None,
@@ -88,6 +92,10 @@ def report_search(result, objective: Cost, args) -> int:
         e = result.export
         print(f"\nexported trial {result.chosen.number}: accuracy {e.accuracy:.2f} % (drop {e.accuracy_drop:+.2f} pt), "
               f"bitops {e.bitops_fraction * 100:.2f} % of FP32, latency {e.latency_ratio:.2f}x FP32")
+        for r in result.refused:
+            print(f"trial {r.trial}, faster, was not exported: its {r.describe(result.max_drop)}")
+        if result.confirmation is not None:
+            print(f"confirmed: {result.confirmation.describe(result.max_drop)}")
         print(f"wrote {e.model_path} and {e.record_path}")
     return 0
 
@@ -97,6 +105,12 @@ def no_plan_message(result) -> str:
     because the eval set's first samples showed none could meet the limit, or the closest missed it."""
     c, limit = result.chosen, result.max_drop
     beat = f" (a negative limit asks a plan to beat FP32 by {-limit:g} points)" if limit < 0 else ""
+    if result.refused:
+        first = result.refused[0]
+        return (f"no plan's drop held on the {first.samples} confirmation samples: {len(result.refused)} plan(s) met the "
+                f"limit on the eval set, the first (trial {first.trial}) with {first.describe(limit)}. Raise "
+                "max_accuracy_drop, give more eval data (data.eval_size), or set data.confirm_size: 0 to export on the "
+                "eval figure alone")
     if c is not None:
         return (f"no quantized plan meets the accuracy constraint; closest: trial {c.number} with a drop of "
                 f"{c.result.accuracy_drop:.2f} pt{beat}. Raise max_accuracy_drop or run more trials")

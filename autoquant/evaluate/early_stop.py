@@ -28,6 +28,7 @@ from scipy.special import betaincinv
 
 from ..data import Dataset
 from ..errors import AutoquantError
+from .metrics import drop_stderr
 
 MIN_EVAL = 400  # below it the prefix would be most of the set, and its bound too wide to stop anything
 DELTA = 0.01  # chance that a plan whose full-set drop meets the constraint is stopped
@@ -40,6 +41,7 @@ class Hopeless(AutoquantError):
     def __init__(self, prefix_accuracy: float, drop_bound: float, samples: int, max_drop: float):
         self.prefix_accuracy, self.drop_bound, self.samples = prefix_accuracy, drop_bound, samples
         self.prefix_nmse = float("nan")  # the prefix outputs' relative MSE against FP32 (set by the measurer)
+        self.prefix_stderr = float("nan")  # the standard error of the prefix's drop (metrics.drop_stderr)
         super().__init__(f"stopped after {samples} eval samples: accuracy there {prefix_accuracy:.2f}; its full-set "
                          f"drop is at least {drop_bound:.2f} pt with {100 * (1 - DELTA):.0f} % confidence, over the "
                          f"{max_drop:g} pt limit")
@@ -95,4 +97,8 @@ class EarlyStop:
         plan_hits = np.asarray(plan_hits, bool)
         bound = self.drop_lower_bound(plan_hits)
         if bound > self.max_drop:
-            raise Hopeless(float(plan_hits.mean() * 100.0), bound, len(plan_hits), self.max_drop)
+            stopped = Hopeless(float(plan_hits.mean() * 100.0), bound, len(plan_hits), self.max_drop)
+            prefix = self.reference[:n]
+            fp32 = self.hits(prefix, self.labels[:n] if self.labels is not None else None, prefix)
+            stopped.prefix_stderr = drop_stderr(plan_hits, np.asarray(fp32, bool))
+            raise stopped

@@ -9,6 +9,7 @@ relative to the experiment file (no PYTHONPATH needed), taking (outputs, labels)
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,29 @@ def _agreement_hits(outputs: np.ndarray, labels: np.ndarray | None, reference: n
 HITS.update(top1=_top1_hits, top5=_top5_hits, agreement=_agreement_hits)
 
 
+def _cosine_scores(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> np.ndarray:
+    """Each sample's cosine similarity to its FP32 output, × 100 (1 where either is all zero)."""
+    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    same = (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0)
+    return np.where(norms > 0, same, 1.0) * 100.0
+
+
+def _in_percent(hits: Callable) -> Callable:
+    def scores(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> np.ndarray | None:
+        h = hits(outputs, labels, reference)
+        return None if h is None else np.asarray(h, np.float64) * 100.0
+
+    return scores
+
+
+# Per-sample scores, in the metric's points, of the metrics that are their mean: the standard error of a drop comes
+# from the paired differences of two models' scores on the same samples (drop_stderr below).
+SCORES: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray | None]] = {
+    **{name: _in_percent(hits) for name, hits in HITS.items()}, "cosine": _cosine_scores}
+
+
 @builtin("top1")
 def top1(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None) -> float:
     """Top-1 accuracy in percent."""
@@ -98,11 +122,7 @@ def agreement(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndar
 @builtin("cosine")
 def cosine(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
     """Mean cosine similarity of each sample's output to the FP32 one, × 100 (embeddings, dense maps)."""
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    same = (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0)
-    return float(np.where(norms > 0, same, 1.0).mean() * 100.0)
+    return float(_cosine_scores(outputs, labels, reference).mean())
 
 
 def _checked(spec: str, fn: Callable) -> Metric:
@@ -137,3 +157,17 @@ def resolve_metric(spec: str, base: Path | None = None) -> Metric:
     if spec in BUILTIN:
         return BUILTIN[spec]
     return _checked(spec, load_callable(spec, base, "eval.metric"))
+
+
+def drop_stderr(scores: np.ndarray, fp32_scores: np.ndarray) -> float:
+    """Standard error, in points, of a drop against FP32 scored on the same samples, for a metric that is the mean of
+    per-sample scores (a hit's 0 or 100 points, a cosine × 100): the standard deviation of the paired differences
+    over √N. For hits only the samples where the two disagree carry it (the paired, McNemar view), b + c of them,
+    b − c net: 100 · √(b + c − (b − c)² / N) / N. A plan that misses the limit by less than a couple of these may meet
+    it on other samples: its miss is the eval set's luck as much as its error."""
+    a, b = np.asarray(fp32_scores), np.asarray(scores)
+    if a.dtype == bool:  # hits given as themselves
+        a, b = a * 100.0, b * 100.0
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    n = len(a)
+    return float(np.sqrt(np.var(a - b) / n)) if n else math.nan

@@ -9,6 +9,7 @@ and what they may be.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -63,7 +64,7 @@ class LayerChoice:
         mode, and values a mode fixes (an entry of the earlier flat format), are named in the error."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a mapping of layer options, got {type(raw).__name__}")
-        allowed = {"quantize", "mode", *_legacy()} | {f for m in _modes() for f in own_fields(m.choice)}
+        allowed = _allowed(tuple(m.choice for m in _modes()))
         unknown = sorted(map(str, set(raw) - allowed))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -136,10 +137,17 @@ FLOAT = Float()
 _MISSING = object()
 
 
+@functools.cache
 def own_fields(choice_type: type) -> dict[str, type]:
-    """A choice type's fields and their (scalar) types."""
+    """A choice type's fields and their (scalar) types (asked for every layer of every plan parsed: kept)."""
     hints = typing.get_type_hints(choice_type)
     return {f.name: hints[f.name] for f in dataclasses.fields(choice_type)}
+
+
+@functools.cache
+def _allowed(choice_types: tuple[type, ...]) -> frozenset[str]:
+    """The keys a choice entry may have, given the registered modes' choice types."""
+    return frozenset({"quantize", "mode", *_legacy()} | {f for t in choice_types for f in own_fields(t)})
 
 
 def _typed(value: Any, kind: type, where: str) -> Any:

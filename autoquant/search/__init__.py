@@ -7,6 +7,7 @@
   (its package docstring is the table of labels), and the sampler;
 - objective.py — the Optuna objective: a trial's plan built, measured, and scored within the accuracy limit;
 - select.py — the front, and the export chosen from it (re-timed side by side where latency decides);
+- confirm.py — the export's drop confirmed on samples no trial saw, and what the eval set can resolve;
 - export.py — the export written (the model and record rebuilt from the cache, swapped into place);
 - study.py — Study, the one owner of a study's life: open or resume, fingerprint, estimates, run, select, export;
 - storage.py, trial_attrs.py — where a study lives (the run directory's checked reader), what a trial stores;
@@ -16,6 +17,7 @@ Everything outside this package imports from here.
 """
 
 from . import trial_attrs
+from .confirm import Confirmation
 from .estimate.error_model import ErrorModel
 from .estimate.layer_errors import LayerErrors, layer_errors
 from .export import FirstExport, check_export_target, export_plan, slower_note, write_export
@@ -27,6 +29,7 @@ from .storage import RunPaths, complete_count, done_count
 from .study import Estimates, Study
 
 __all__ = [
+    "Confirmation",
     "ErrorModel",
     "Estimates",
     "FirstExport",

@@ -20,6 +20,7 @@ from ..measure import Measurement
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
+from .confirm import MAX_CANDIDATES, Confirmation, Confirmer, confirmed
 from .select import ScoredPlan
 
 log = logging.getLogger(__name__)
@@ -43,25 +44,32 @@ def check_export_target(out_dir: Path) -> None:
                           "replaces its directory: give a new or empty --out")
 
 
-def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[str] = ()) -> QuantizeResult:
-    """Write `out_dir/model.int8.onnx` and `out_dir/record.json` for the chosen plan.
+def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[str] = (),
+                confirmation: Confirmation | None = None) -> QuantizeResult:
+    """Write `out_dir/model.int8.onnx` and `out_dir/record.json` for the chosen plan; the record holds its
+    `confirmation` on the confirmation split, if any.
 
     The model is rebuilt from the same cache the trial used, so it is the model the trial measured: the
     same bytes (engine.quantize checks), so the trial's figures are its figures. A trial stored by an older
     autoquant has no model hash: its model is measured again and must score the trial's accuracy.
     """
-    return write_export(ws, chosen.plan, out_dir, f"trial {chosen.number}", measured=chosen.result, notes=notes)
+    confirmed = {} if confirmation is None else {"confirmed_accuracy": confirmation.accuracy,
+                                                 "confirmed_accuracy_drop": confirmation.drop,
+                                                 "confirmed_drop_stderr": confirmation.stderr,
+                                                 "confirm_samples": confirmation.samples}
+    return write_export(ws, chosen.plan, out_dir, f"trial {chosen.number}", measured=chosen.result, notes=notes,
+                        objectives=confirmed)
 
 
 def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, measured: Measurement | None = None,
-                 notes: list[str] = (), tuned: Tuned | None = None) -> QuantizeResult:
+                 notes: list[str] = (), tuned: Tuned | None = None, objectives: dict[str, float] | None = None) -> QuantizeResult:
     """Build, measure and write the plan's model (engine.quantize) into a new directory that replaces `out_dir`
     whole once every file is written; `measured`, a trial's figures, must be the rebuilt model's."""
     out_dir = Path(out_dir)
     check_export_target(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = quantize(ws, plan, tmp, measured, notes, tuned)
+    result = quantize(ws, plan, tmp, measured, notes, tuned, objectives)
     atomic_write_bytes(tmp / MARKER, f"written by autoquant: {origin}\n".encode())
     if measured is not None and result.accuracy != measured.accuracy:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,6 +102,7 @@ class FirstExport:
     def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float):
         self.ws, self.max_drop, self.out, self.t0 = ws, max_drop, out, started
         self.seconds: float | None = None
+        self.confirmer, self.tries = Confirmer(ws), 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.seconds is not None or trial.state != optuna.trial.TrialState.COMPLETE:
@@ -101,7 +110,18 @@ class FirstExport:
         plan, result = attrs.plan(trial), attrs.result(trial)
         if not plan.quantized or result.accuracy_drop > self.max_drop:
             return
-        export_plan(self.ws, ScoredPlan(trial.number, attrs.label(trial), plan, result), self.out)
+        candidate = ScoredPlan(trial.number, attrs.label(trial), plan, result)
+        confirmation = None
+        if self.confirmer.available:  # only a plan whose drop holds on the confirmation samples is exported
+            if self.tries >= MAX_CANDIDATES:
+                return
+            self.tries += 1
+            confirmation = confirmed(study, self.confirmer, candidate)
+            if not confirmation.passes(self.max_drop):
+                log.info("trial %d meets the limit on the eval set, but its %s: not exported", trial.number,
+                         confirmation.describe(self.max_drop))
+                return
+        export_plan(self.ws, candidate, self.out, confirmation=confirmation)
         self.seconds = time.perf_counter() - self.t0
         log.info("trial %d meets the limit: exported to %s after %.0f s; the study goes on", trial.number, self.out,
                  self.seconds)

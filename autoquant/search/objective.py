@@ -121,7 +121,7 @@ class Objective:
                 raise
             except Hopeless as exc:
                 self.evaluated += 1
-                attrs.set_pruned(trial, exc.prefix_accuracy, exc.samples, str(exc), exc.prefix_nmse)
+                attrs.set_pruned(trial, exc.prefix_accuracy, exc.samples, str(exc), exc.prefix_nmse, exc.prefix_stderr)
                 raise optuna.TrialPruned(str(exc)) from None
             self.known[key] = (trial.number, result)
             self.evaluated += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -17,6 +18,9 @@ from ..measure import Measurement, Meter, paired_figures
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
+
+if TYPE_CHECKING:
+    from .confirm import Confirmation
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,11 @@ class Selection:
     points: list[ScoredPlan]  # every complete trial, latency timed after the study filled in
     front: list[ScoredPlan]
     chosen: ScoredPlan | None
-    met: bool  # whether `chosen` is within the limit
+    met: bool  # whether `chosen` is within the limit (and, where there is a confirmation split, confirmed)
     fastest: list[ScoredPlan]  # the timed quantized plans within the limit, fastest first
+    tied: frozenset[int] = frozenset()  # the trials side-by-side rounds could not tell apart from the fastest
+    confirmation: Confirmation | None = None  # the export's drop on the confirmation split (search/confirm.py)
+    refused: tuple[Confirmation, ...] = ()  # candidates before it whose drop did not hold there
 
 
 def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
@@ -178,4 +185,4 @@ def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
     points = time_points(ws, study, points, front)
     front = pareto_front(points, objective)
     chosen, met = choose(points, max_drop, objective, tied)
-    return Selection(points, front, chosen, met, fastest_within(points, max_drop))
+    return Selection(points, front, chosen, met, fastest_within(points, max_drop), tied)

@@ -144,9 +144,12 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
 
 
 def study_fingerprint(exp: Experiment, ws: Workspace) -> dict[str, str]:
-    """What every trial of a study must share to be comparable: model (smoothed or not), data, metric, objective."""
+    """What every trial of a study must share to be comparable: model (smoothed or not), data, metric, objective; and
+    the confirmation split its exports are confirmed on (a resumed study keeps it)."""
+    confirm = ws.splits.confirm
     return {"model_sha256": ws.model_key, "objective": exp.search.objective.study_key, "metric": exp.eval.metric,
             "calibration_sha256": ws.splits.calibration.sha256(), "eval_sha256": ws.splits.eval.sha256(),
+            "confirm_sha256": confirm.sha256() if confirm is not None else "none",
             "activation_type": exp.quantization.activation_type, "weight_range": ws.weight_range}
 
 

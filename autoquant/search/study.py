@@ -20,9 +20,11 @@ from optuna.study import MaxTrialsCallback
 from ..config import Cost, Experiment
 from ..engine import QuantizeResult
 from ..errors import ConfigError
+from ..evaluate.metrics import HITS
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
+from .confirm import Confirmation, Confirmer, confirm_choice, resolution
 from .estimate.cost import BitopsCost, LatencyCost
 from .estimate.error_model import ErrorModel
 from .estimate.latency_table import LatencyTable, latency_table
@@ -30,6 +32,7 @@ from .estimate.layer_errors import LayerErrors, layer_errors
 from .export import export_plan
 from .objective import FailureGuard, Objective, PlanScorer, TrialFailed
 from .propose import After, Ladder, Once, Refine, Scheduler, make_sampler, mapped, warm_starts
+from .propose.ladder import PREFIX
 from .select import ScoredPlan, Selection, scored_points, select
 from .space import SearchSpace, space_path
 from .storage import DONE, RunPaths, done_count, make_storage, study_fingerprint
@@ -184,9 +187,10 @@ class Study:
         if done < target:
             timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
             self.scheduler(study)  # a resumed study whose ladder a kill interrupted goes on
+            self.resolution()
             study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
                            callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *callbacks,
-                                      self.scheduler])
+                                      lambda _, trial: self.resolution(trial), self.scheduler])
         return time.perf_counter() - t0, objective.evaluated
 
     # -- reading, selecting, exporting ---------------------------------------------------------------------
@@ -195,13 +199,32 @@ class Study:
 
     def select(self, max_drop: float | None = None, objective: Cost | None = None) -> Selection:
         """The front and the export under `max_drop` (default: the experiment's), plans timed where the choice
-        depends on it (search/select.py)."""
+        depends on it (search/select.py), the export confirmed on the confirmation split (search/confirm.py)."""
         cfg = self.exp.search
-        return select(self.workspace, self.optuna, cfg.max_accuracy_drop if max_drop is None else max_drop,
-                      objective or cfg.objective, self.predicted)
+        max_drop = cfg.max_accuracy_drop if max_drop is None else max_drop
+        selection = select(self.workspace, self.optuna, max_drop, objective or cfg.objective, self.predicted)
+        return confirm_choice(self.optuna, self.confirmer, selection, max_drop, objective or cfg.objective)
 
-    def export(self, chosen: ScoredPlan, out: Path, notes: list[str] = ()) -> QuantizeResult:
-        return export_plan(self.workspace, chosen, out, notes)
+    def export(self, chosen: ScoredPlan, out: Path, notes: list[str] = (),
+               confirmation: Confirmation | None = None) -> QuantizeResult:
+        return export_plan(self.workspace, chosen, out, notes, confirmation)
+
+    @functools.cached_property
+    def confirmer(self) -> Confirmer:
+        return Confirmer(self.workspace)
+
+    def resolution(self, trial: optuna.trial.FrozenTrial | None = None) -> None:
+        """State what the eval set can resolve (search/confirm.py: resolution) once the first rung is measured, as an
+        Optuna callback and when a resumed study starts; a warning when the limit is below it."""
+        ws = self.workspace
+        first = next((t for t in self.optuna.get_trials(deepcopy=False) if attrs.label(t) == f"{PREFIX}0"
+                      and attrs.drop_and_stderr(t, ws.reference.accuracy, len(ws.splits.eval))), None)
+        if first is None or (trial is not None and trial.number != first.number):
+            return
+        drop, stderr = attrs.drop_and_stderr(first, ws.reference.accuracy, len(ws.splits.eval))
+        text, warn = resolution(len(ws.splits.eval), drop, stderr, self.exp.search.max_accuracy_drop,
+                                per_sample=self.exp.eval.metric in HITS)
+        (log.warning if warn else log.info)("%s%s", "warning: " if warn else "", text)
 
     @property
     def parent_run(self) -> str | None:

@@ -21,14 +21,15 @@ class TrialKey:
     LABEL = "label"  # the warm start's name, for enqueued trials
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
-    PRUNED = "pruned"  # stopped early: {"prefix_accuracy", "prefix_samples", "prefix_nmse", "reason"}
+    PRUNED = "pruned"  # stopped early: {"prefix_accuracy", "prefix_samples", "prefix_nmse", "prefix_stderr", "reason"}
 
 
 class StudyKey:
     PARENT_RUN = "mlflow_parent_run_id"
     TIMED_AFTER = "timed_after"  # {trial number: [latency ms, ratio to FP32, rounds]} of points timed after the study
+    CONFIRMED = "confirmed"  # {trial number: [samples, accuracy, drop, drop's stderr]} on the confirmation split
     # The study's fingerprint (study.study_fingerprint) is stored under its own names: model_sha256,
-    # objective, metric, calibration_sha256, eval_sha256, activation_type, weight_range.
+    # objective, metric, calibration_sha256, eval_sha256, confirm_sha256, activation_type, weight_range.
 
 
 Trial = optuna.Trial | optuna.trial.FrozenTrial
@@ -74,9 +75,10 @@ def set_failure(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(TrialKey.FAIL_REASON, reason)
 
 
-def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason: str, prefix_nmse: float) -> None:
+def set_pruned(trial: optuna.Trial, prefix_accuracy: float, samples: int, reason: str, prefix_nmse: float,
+               prefix_stderr: float = math.nan) -> None:
     trial.set_user_attr(TrialKey.PRUNED, {"prefix_accuracy": prefix_accuracy, "prefix_samples": samples, "reason": reason,
-                                          "prefix_nmse": prefix_nmse})
+                                          "prefix_nmse": prefix_nmse, "prefix_stderr": prefix_stderr})
 
 
 def pruned(trial: Trial) -> dict | None:
@@ -135,3 +137,25 @@ def add_timed_after(study: optuna.Study, timed: dict[int, tuple[float, float, in
 
 def set_parent_run(study: optuna.Study, run_id: str) -> None:
     study.set_user_attr(StudyKey.PARENT_RUN, run_id)
+
+
+def confirmations(study: optuna.Study) -> dict[int, list[float]]:
+    """The trials confirmed on the confirmation split: their [samples, accuracy, drop, drop's stderr]."""
+    return {int(k): list(v) for k, v in study.user_attrs.get(StudyKey.CONFIRMED, {}).items()}
+
+
+def add_confirmation(study: optuna.Study, trial: int, values: list[float]) -> None:
+    merged = {str(k): v for k, v in {**confirmations(study), trial: values}.items()}
+    study.set_user_attr(StudyKey.CONFIRMED, merged)
+
+
+def drop_and_stderr(trial: Trial, fp32_accuracy: float, eval_samples: int) -> tuple[float, float] | None:
+    """(drop, its standard error on the whole eval set) of a complete trial, or of a stopped one from its prefix (the
+    prefix's standard error scaled to the eval set's size); None without them."""
+    if trial.state == TrialState.COMPLETE and (r := result(trial)) is not None:
+        return r.accuracy_drop, r.drop_stderr
+    stopped = pruned(trial) if trial.state == TrialState.PRUNED else None
+    if stopped is None or not math.isfinite(float(stopped.get("prefix_stderr", math.nan))):
+        return None
+    scale = math.sqrt(float(stopped["prefix_samples"]) / eval_samples)
+    return fp32_accuracy - float(stopped["prefix_accuracy"]), float(stopped["prefix_stderr"]) * scale

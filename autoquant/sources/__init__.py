@@ -3,7 +3,9 @@ registries of model sources (sources/models/) and data sources (sources/data/)."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from ..errors import ConfigError, DataError
 from ..graph.ingest import ModelInput
 from .data import DATA_SOURCES, SourceContext
 from .models import MODEL_SOURCES
+
+log = logging.getLogger(__name__)
 
 
 def experiment_dir(exp: Experiment) -> Path:
@@ -46,12 +50,30 @@ def load_splits(exp: Experiment, inputs: tuple[str, ...] | None = None) -> Split
                         "would also be scored; leave data.calibration out (one source is split into disjoint "
                         "calibration and eval samples) or point it at other data")
     calibration_here = 0 if d.calibration else d.calibration_size
-    full = DATA_SOURCES.get(d.source)(d, SourceContext(base, exp.cache, inputs, d.train_size + calibration_here + d.eval_size))
+    others = d.train_size + calibration_here + d.eval_size
+    source = DATA_SOURCES.get(d.source)
+    full = source(d, SourceContext(base, exp.cache, inputs, others + d.confirm_wanted))
     calib = None
     if d.calibration:
         calib = DATA_SOURCES.get(d.calibration.source)(d.calibration, SourceContext(base, exp.cache, inputs, d.calibration_size))
-    return split(full, calibration=d.calibration_size, eval=d.eval_size, train=d.train_size, seed=d.seed,
-                 calibration_data=calib)
+    kept = {"calibration": d.calibration_size, "eval": d.eval_size, "train": d.train_size, "seed": d.seed,
+            "calibration_data": calib}
+    if source.streams and len(full) > others:
+        # A stream is read as far as the splits need: the other splits come from its first samples whatever the
+        # confirmation asks (so turning confirmation on moves no eval sample), the confirmation from those after.
+        splits = split(full.subset(np.arange(others)), **kept)
+        rest = np.arange(others, min(len(full), others + d.confirm_wanted))
+        splits = replace(splits, confirm=full.subset(rest) if len(rest) else None)
+        if d.confirm_size is not None and len(rest) < d.confirm_size:
+            raise DataError(f"data.confirm_size {d.confirm_size}: {d.loader} gave {len(rest)} samples after the other "
+                            "splits; lower data.confirm_size, or leave it out to take what is left")
+    else:
+        splits = split(full, **kept, confirm=d.confirm_wanted, confirm_exact=d.confirm_size is not None)
+    got = len(splits.confirm) if splits.confirm is not None else 0
+    if got < d.confirm_wanted:
+        log.info("%s: %d of the %d confirmation samples asked for are left after the other splits%s", d.source, got,
+                 d.confirm_wanted, "" if got else ": the export's drop is not confirmed on unseen samples")
+    return splits
 
 
 def _same_data(a, b) -> bool:

@@ -16,11 +16,12 @@ class Registry:
         self._kinds: dict[str, Callable] = {}
         self._loaded = False
 
-    def register(self, name: str, requires: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-        """`requires`: settings of its section (e.g. data.path) this kind cannot do without."""
+    def register(self, name: str, requires: tuple[str, ...] = (), streams: bool = False) -> Callable[[Callable], Callable]:
+        """`requires`: settings of its section (e.g. data.path) this kind cannot do without; `streams`: a data
+        source that reads only the samples asked for (its data set is as long as the splits need)."""
 
         def add(fn: Callable) -> Callable:
-            fn.requires = requires
+            fn.requires, fn.streams = requires, streams
             self._kinds[name] = fn
             return fn
 

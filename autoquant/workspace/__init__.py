@@ -47,6 +47,7 @@ class Timings:
     reference: float
     sensitivity: float = 0.0  # per-layer errors and, under objective latency, the latency table
     conclusion: float = 0.0  # after the trials: timing the front, choosing and writing the export
+    confirmation: float = 0.0  # scoring export candidates on the confirmation split (search/confirm.py)
 
 
 class Workspace:

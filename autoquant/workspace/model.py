@@ -43,7 +43,9 @@ class PreparedData:
         """The splits bound to the model's inputs: one array per input, named and typed as it declares."""
         s, inputs = self.source_splits, self.prepared.inputs
         train = bind_inputs(s.train, inputs, "train") if s.train is not None else None
-        return Splits(bind_inputs(s.calibration, inputs, "calibration"), bind_inputs(s.eval, inputs, "eval"), train)
+        confirm = bind_inputs(s.confirm, inputs, "confirmation") if s.confirm is not None else None
+        return Splits(bind_inputs(s.calibration, inputs, "calibration"), bind_inputs(s.eval, inputs, "eval"), train,
+                      confirm)
 
     @functools.cached_property
     def prepared(self) -> PreparedModel:

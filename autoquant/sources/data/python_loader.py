@@ -32,7 +32,7 @@ def _split_batch(batch, i: int) -> tuple[dict[str, np.ndarray], np.ndarray | Non
     return inputs, None if labels is None else np.asarray(labels)
 
 
-@DATA_SOURCES.register("python", requires=("loader",))
+@DATA_SOURCES.register("python", requires=("loader",), streams=True)
 def load(cfg, ctx: SourceContext) -> Dataset:
     if not cfg.loader:
         raise ConfigError("data.loader is required for data.source python: 'file.py:function' returning batches")
