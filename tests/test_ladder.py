@@ -40,7 +40,7 @@ def test_the_drop_standard_error_counts_the_samples_that_changed():
 def rung0(tmp_path_factory):
     """(experiment dict, the first rung's drop and its standard error) on digits."""
     ws = Workspace(load_experiment(write_experiment(tmp_path_factory.mktemp("ladder") / "e.yaml", **DIGITS)))
-    _, plan = first_rung(ws.graph.layers)
+    _, plan = first_rung(SearchSpace.from_yaml(space_path(ws.exp.search), ws.graph), ws.graph.layers)
     measured = Meter(ws)(ws.build(plan), plan)
     # the limits below are set from these two figures, whatever this CPU's kernels make of the plan
     assert measured.drop_stderr > 0 and measured.accuracy_drop > 0, measured

@@ -144,9 +144,12 @@ def test_the_first_rung_is_dynamic_on_a_model_without_convolutions(ws, digits_ya
     the digits CNN (a Gemm head after convolutions) every layer static."""
     from autoquant.api import search
 
-    label, plan = first_rung(ws.graph.layers)
+    def rung(w):
+        return first_rung(SearchSpace.from_yaml(space_path(w.exp.search), w.graph), w.graph.layers)
+
+    label, plan = rung(ws)
     assert label == "ladder-0" and plan.modes() == {"dynamic"}
-    assert first_rung(Workspace(load_experiment(digits_yaml)).graph.layers)[1].modes() == {"static"}
+    assert rung(Workspace(load_experiment(digits_yaml)))[1].modes() == {"static"}
     exp = dataclasses.replace(ws.exp, search=dataclasses.replace(ws.exp.search, max_accuracy_drop=50.0))
     result = search(exp, tmp_path / "run", trials=1)
     assert result.met and result.chosen.label == "ladder-0" and result.chosen.plan.modes() == {"dynamic"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -15,12 +16,13 @@ import yaml
 from conftest import conv_model, write_experiment
 
 from autoquant import LayerChoice, QuantPlan, Workspace, load_experiment
+from autoquant.config import SearchConfig
 from autoquant.engine import apply_record, preset_plan, quantize
 from autoquant.errors import ConfigError, PlanError
 from autoquant.quantize.fake import REDUCED_MAX
 from autoquant.quantize.recovery.rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
 from autoquant.record import FORMAT_VERSION, Record, validate_record
-from autoquant.search.space import SearchSpace
+from autoquant.search.space import SearchSpace, space_path
 
 # One depthwise 3x3 conv over 4 channels: the centre weight 1 sets each channel's grid (scale 1/qmax: 1/127 with
 # full 8-bit weights, 1/REDUCED_MAX with reduced); the eight others are 1.4/127, which on the full grid round to
@@ -101,6 +103,24 @@ def test_recovered_model_runs_integer_kernels_and_apply_rebuilds_its_bytes(digit
     assert out.read_bytes() == r.model_path.read_bytes()
 
 
+def test_bias_correction_is_on_by_default_and_apply_rebuilds_the_export(digits_yaml, tmp_path):
+    """The default space offers it, the first rung takes it on every layer with a bias: the export of a study at a
+    limit that rung meets is corrected, its record holds the shifts, and `apply` rebuilds it byte for byte."""
+    from autoquant.api import search
+
+    exp = load_experiment(digits_yaml)
+    exp = replace(exp, search=replace(exp.search, max_accuracy_drop=50.0))
+    result = search(exp, tmp_path / "run", trials=1)
+    assert result.met and result.chosen.label == "ladder-0"
+    assert all(c.bias_correction for _, c in result.chosen.plan.choices)
+    record = Record.load(result.export.record_path)
+    assert all(lr.choice["bias_correction"] and len(lr.extra["bias_shift"]) for lr in record.layers)
+    out = apply_record(result.workspace.prepared.source, result.export.record_path, tmp_path / "applied.onnx",
+                       exp.cache)
+    assert out.read_bytes() == result.export.model_path.read_bytes()
+    assert any(lr.extra["bias_shift"] != [0.0] * len(lr.extra["bias_shift"]) for lr in record.layers)
+
+
 def test_the_error_table_prices_recovery_and_the_space_offers_it_where_it_fits(digits_ws):
     from autoquant.search.estimate.layer_errors import layer_errors
 
@@ -130,8 +150,12 @@ def test_bias_correction_is_not_offered_where_there_is_no_bias_to_correct(tmp_pa
 
     graph = analyze(_matmul_without_bias())
     assert graph.layers[0].bias_slot == ""
-    space = SearchSpace.from_dict({"choices": {"bias_correction": [False, True]}}, graph)
-    assert not any(c.bias_correction for c in space.layers[0].options)
+    for offered in ([False, True], [True]):  # a space asking for it only still offers the layer static INT8
+        space = SearchSpace.from_dict({"choices": {"bias_correction": offered}}, graph)
+        assert not any(getattr(c, "bias_correction", False) for c in space.layers[0].options)
+        assert any(c.quantize and c.mode == "static" for c in space.layers[0].options)
+    default = SearchSpace.from_yaml(space_path(SearchConfig()), graph)
+    assert not any(getattr(c, "bias_correction", False) for c in default.layers[0].options)
     with pytest.raises(PlanError, match="nowhere to put a bias correction"):
         modes.check_plan(graph.layers, QuantPlan((("mm", LayerChoice.of(bias_correction=True)),)))
 

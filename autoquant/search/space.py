@@ -46,6 +46,10 @@ class LayerSpace:
     def values(self) -> list[str]:
         return [encode(c) for c in self.options]
 
+    def nearest(self, want: LayerChoice) -> LayerChoice:
+        """`want` if the layer is offered it, else the first of the offered choices most like it (_likeness)."""
+        return want if want in self.options else max(self.options, key=lambda o: _likeness(o, want))
+
     @property
     def usual(self) -> LayerChoice:
         """The default choice (INT8 per channel) where the layer may take it, else its first quantized option, else
@@ -61,7 +65,7 @@ def _options(allowed: dict[str, tuple], layer: LayerInfo) -> tuple[LayerChoice, 
             options.append(FLOAT)
             continue
         for mode in (modes.get(m) for m in allowed["mode"] if m in modes.allowed_modes(layer)):
-            options += [c for c in mode.choices(allowed) if mode.fits(layer, c)]
+            options += [f for c in mode.choices(allowed) if (f := mode.fitted(layer, c)) is not None]
     return tuple(dict.fromkeys(options))
 
 
@@ -139,13 +143,12 @@ class SearchSpace:
         return list(dict.fromkeys(c for layer in self.layers for c in layer.options if c.quantize and c.mode == mode))
 
     def hand_made(self) -> list[tuple[str, QuantPlan]]:
-        """The uniform plans a user would try by hand (Mode.hand_made), each mode's: every layer offered the choice
-        takes it, the others their usual choice."""
+        """The uniform plans a user would try by hand (Mode.hand_made), each mode's: every layer takes the choice, or the
+        nearest it is offered."""
         plans = []
         for mode in modes.modes():
             for label, choice in mode.hand_made(self.offered(mode.name)):
-                plans.append((label, QuantPlan(tuple((s.name, choice if choice in s.options else s.usual)
-                                                     for s in self.layers))))
+                plans.append((label, QuantPlan(tuple((s.name, s.nearest(choice)) for s in self.layers))))
         return plans
 
     def size(self) -> int:
@@ -167,10 +170,7 @@ class SearchSpace:
         for layer in self.layers:
             if len(layer.options) < 2:
                 continue
-            want = plan[layer.name]
-            if want not in layer.options:
-                want = max(layer.options, key=lambda o, w=want: _likeness(o, w))  # the first of the most alike
-            params[layer.name] = encode(want)
+            params[layer.name] = encode(layer.nearest(plan[layer.name]))
         return params
 
 

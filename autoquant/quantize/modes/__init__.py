@@ -63,4 +63,4 @@ def recipe_choice(layers: Sequence[LayerInfo]) -> LayerChoice:
     """The choice onnxruntime's recipe gives every layer of such a model: a convolutional network's (static INT8),
     or a transformer's — a model without convolutions — (dynamic INT8), from the modes' `recipe`."""
     kind = "convolutional" if any(layer.op_type == "Conv" for layer in layers) else "transformer"
-    return next((m.choice() for m in modes() if m.recipe == kind), LayerChoice.default())
+    return next((m.recipe_choice() for m in modes() if m.recipe == kind), LayerChoice.default())

@@ -128,6 +128,11 @@ class Mode(ABC):
     # (onnxruntime's recipes: static for CNNs, dynamic for transformers); "" for none.
     recipe: str = ""
 
+    def recipe_choice(self) -> LayerChoice:
+        """The choice every layer takes in the first plan of a model of this mode's `recipe` (where the space offers
+        it; the nearest it offers where not): the mode's defaults."""
+        return self.choice()
+
     @property
     def name(self) -> str:
         return self.choice.mode
@@ -143,6 +148,11 @@ class Mode(ABC):
     def misfit(self, layer: LayerInfo, choice: LayerChoice) -> str:
         """Why `choice` does not fit `layer` (fits said it does not), and what to set instead."""
         return f"layer {layer.name} cannot take this {self.name} choice"
+
+    def fitted(self, layer: LayerInfo, choice: LayerChoice) -> LayerChoice | None:
+        """What a search space offers `layer` for `choice`: the choice where it fits, else the nearest of this mode that
+        does (none: the layer is not offered it)."""
+        return choice if self.fits(layer, choice) else None
 
     @abstractmethod
     def cost_bits(self, choice: LayerChoice) -> tuple[int, int]:

@@ -42,12 +42,14 @@ PREFIX = "ladder-"
 VARIANT = "-ranges"  # the suffix of a rung that keeps the kernels of the rung it varies
 
 
-def first_rung(layers: Sequence[LayerInfo]) -> Labelled:
-    """All-INT8 per channel: what every quantizer tries first; it needs no per-layer estimate. Static (minmax) on a
-    model with convolutions; on one without (a transformer's MatMul/Gemm layers), dynamic, onnxruntime's recipe
-    for those models: static INT8 of their activations often misses any limit (8 pt on MiniLM, where dynamic
-    loses 0.7), and the second rung would wait a minute for the per-layer tables."""
-    return f"{PREFIX}0", QuantPlan.uniform([layer.name for layer in layers], modes.recipe_choice(layers))
+def first_rung(space: SearchSpace, layers: Sequence[LayerInfo]) -> Labelled:
+    """All-INT8 per channel: what every quantizer tries first; it needs no per-layer estimate. Static (minmax, with
+    bias correction where the space offers it: Mode.recipe_choice) on a model with convolutions; on one without (a
+    transformer's MatMul/Gemm layers), dynamic, onnxruntime's recipe for those models: static INT8 of their
+    activations often misses any limit (8 pt on MiniLM, where dynamic loses 0.7), and the second rung would wait a
+    minute for the per-layer tables. Each layer takes the nearest choice the space offers it."""
+    choice = modes.recipe_choice(layers)
+    return f"{PREFIX}0", QuantPlan(tuple((s.name, s.nearest(choice)) for s in space.layers))
 
 
 def boundary(points: list[tuple[float, float]], max_drop: float) -> float | None:
@@ -90,7 +92,7 @@ class Ladder:
         resumed study whose last rung was lost to a kill goes on from here)."""
         rungs = history.labelled(PREFIX)
         if not rungs:
-            return Proposal([first_rung(self.layers)])
+            return Proposal([first_rung(self.space, self.layers)])
         if any(t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in rungs):
             return Proposal()
         met = any(t.state == TrialState.COMPLETE and attrs.result(t).accuracy_drop <= self.max_drop
