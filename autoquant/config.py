@@ -219,6 +219,9 @@ class SearchConfig:
     guided_mutation: bool = True  # NSGA-II draws a layer's new option among those the error table does not rule out
     refine: bool = True  # every 8 trials, enqueue the calibrated error model's plans at the constraint and in the front's gaps
     sensitivity_k: list = field(default_factory=lambda: [1, 2, 4, 8])  # warm starts: all INT8 but the k most sensitive
+    # adaptive rounding (a fit per layer and grid) is made and priced for at most this many layers, those deciding the
+    # plan (search/estimate/deciding.py); 0: for none
+    rounding_layers: int = bounded(8, 0)
     storage: str | None = None  # SQLAlchemy URL; default: sqlite file in the run directory
     tracking_uri: str | None = None  # MLflow; default: sqlite file in the run directory
 

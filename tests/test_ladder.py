@@ -89,6 +89,32 @@ def test_a_clear_miss_goes_to_the_error_model(rung0, tmp_path):
     assert {p.name.split("-")[0] for p in (ws.exp.cache / "stores").glob("*.db")} == {"optuna", "mlflow"}
 
 
+def test_adaptive_rounding_is_fitted_only_for_the_layers_deciding_the_plan(rung0, tmp_path):
+    """The default space offers adaptive rounding to every layer; a study fits it (from a cold cache) for the
+    `search.rounding_layers` layers it names and no other, and the error table prices it for those only."""
+    from autoquant.search.estimate.layer_errors import layer_errors as table
+
+    ws, drop, se = rung0
+    exp = write_experiment(tmp_path / "e.yaml", **DIGITS, cache_dir=str(tmp_path / "cache"),
+                           search={"trials": 8, "max_accuracy_drop": round(drop - 3 * se, 3), "early_stop": False,
+                                   "rounding_layers": 2})
+    result = search(load_experiment(exp), tmp_path / "run", trials=8)
+    study = optuna.load_study(study_name="ladder", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    named = study.user_attrs["rounded_layers"]
+    assert len(named) == 2 and set(named) <= set(ws.graph.names)
+    fitted = result.workspace.recovery.seconds  # per layer, the time its rounding fit took in this process
+    assert set(fitted) == set(named), (fitted, named)
+    # every adaptive choice a trial ran is on a named layer (no trial fitted another one)
+    ran = {n for t in study.trials if t.params for n, c in plan_of(t).choices
+           if c.quantize and getattr(c, "weight_rounding", "nearest") == "adaptive"}
+    assert ran <= set(named)
+    # the base table leaves adaptive rounding unpriced for every layer
+    space = SearchSpace.from_yaml(space_path(result.workspace.exp.search), result.workspace.graph)
+    base = table(result.workspace, space)
+    adaptive = [j for j, c in enumerate(base.choices) if getattr(c, "weight_rounding", "") == "adaptive"]
+    assert adaptive and np.isnan(base.table[:, adaptive]).all()
+
+
 def test_a_new_store_is_a_copy_of_the_kept_empty_one(tmp_path):
     import sqlite3
 

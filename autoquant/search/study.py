@@ -26,9 +26,10 @@ from ..workspace import Workspace
 from . import trial_attrs as attrs
 from .confirm import Confirmation, Confirmer, confirm_choice, resolution
 from .estimate.cost import BitopsCost, LatencyCost
+from .estimate.deciding import deciding_layers, deferred_options
 from .estimate.error_model import ErrorModel
 from .estimate.latency_table import LatencyTable, latency_table
-from .estimate.layer_errors import LayerErrors, layer_errors
+from .estimate.layer_errors import LayerErrors, layer_errors, with_deferred
 from .export import export_plan
 from .objective import FailureGuard, Objective, PlanScorer, TrialFailed
 from .propose import After, Ladder, Once, Refine, Scheduler, make_sampler, mapped, warm_starts
@@ -38,6 +39,7 @@ from .space import SearchSpace, space_path
 from .storage import DONE, RunPaths, done_count, make_storage, study_fingerprint
 
 log = logging.getLogger(__name__)
+ROUNDED = "rounded_layers"  # study attribute: the layers whose deferred choices were made and priced (fit_deciding)
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,17 @@ class Study:
         errors = layer_errors(ws, space)
         log.info("per-layer errors of %d layers x their options in %.1f s", len(space.layers), time.perf_counter() - t0)
         ws.add_seconds("sensitivity", time.perf_counter() - t0)
-        by_latency = ErrorModel.build(errors, space, LatencyCost(self.latency, ws.graph))
-        model = by_latency if self.exp.search.objective is Cost.LATENCY else ErrorModel.build(errors, space, BitopsCost(ws.graph))
+        estimates = self._estimates(errors)
+        # a resumed study prices the layers it fitted before (the fits are cached on disk)
+        if self._price_deferred(self.optuna.user_attrs.get(ROUNDED) or [], estimates):
+            return self.__dict__["estimates"]
+        return estimates
+
+    def _estimates(self, errors: LayerErrors) -> Estimates:
+        ws = self.workspace
+        by_latency = ErrorModel.build(errors, self.space, LatencyCost(self.latency, ws.graph))
+        model = by_latency if self.exp.search.objective is Cost.LATENCY else ErrorModel.build(errors, self.space,
+                                                                                               BitopsCost(ws.graph))
         return Estimates(errors, self.latency, model, by_latency)
 
     @functools.cached_property
@@ -145,6 +156,30 @@ class Study:
         local = layer_errors(self.workspace, self.space, propagated=False)
         self.workspace.add_seconds("sensitivity", time.perf_counter() - t0)
         return local
+
+    def fit_deciding(self, plan: QuantPlan) -> bool:
+        """Once per study: make and price the deferred choices (adaptive rounding) of the layers that decide `plan`
+        (estimate/deciding.py; at most `search.rounding_layers`), kept in the study attribute `rounded_layers`. True
+        when the estimates changed (the proposers' plans may then differ)."""
+        count = self.exp.search.rounding_layers
+        if not count or ROUNDED in self.optuna.user_attrs:
+            return False
+        names = deciding_layers(self.estimates.by_latency, plan, count)
+        self.optuna.set_user_attr(ROUNDED, names)
+        return bool(names) and self._price_deferred(names, self.estimates)
+
+    def _price_deferred(self, names: list[str], estimates: Estimates) -> bool:
+        wanted = [(n, c) for n in names if n in self.workspace.graph.names
+                  for c in deferred_options(estimates.by_latency, n)]
+        if not wanted:
+            return False
+        t0 = time.perf_counter()
+        local, output = with_deferred(self.workspace, self.local_errors, estimates.errors, wanted)
+        self.__dict__["local_errors"], self.__dict__["estimates"] = local, self._estimates(output)
+        self.workspace.add_seconds("sensitivity", time.perf_counter() - t0)
+        log.info("adaptive rounding fitted and priced for the %d layer(s) deciding the plan in %.1f s", len(names),
+                 time.perf_counter() - t0)
+        return True
 
     @property
     def predicted(self) -> Callable[[QuantPlan], float]:
@@ -166,7 +201,7 @@ class Study:
         proposers = [Once("priors", self.priors)] if self.priors else []
         if cfg.warm_start:
             proposers.append(Ladder(self.space, ws.graph.layers, cfg.max_accuracy_drop, fp32,
-                                    lambda: self.estimates.by_latency, lambda: self.local_errors))
+                                    lambda: self.estimates.by_latency, lambda: self.local_errors, self.fit_deciding))
             proposers.append(After("warm-starts", Ladder.name, lambda: warm_starts(
                 ws.graph.names, self.space, self.estimates.errors, self.estimates.model, cfg.sensitivity_k)))
         if cfg.refine:

@@ -198,6 +198,11 @@ class Mode(ABC):
         return None
 
     # -- the per-layer error table -------------------------------------------------------------------------
+    def deferred(self, choice: LayerChoice) -> bool:
+        """Whether pricing `choice` needs per-layer data that is costly to make (a fit per layer): the error table
+        then prices it only for the layers a study names (search/estimate/deciding.py), not for every layer."""
+        return False
+
     def weight_key(self, choice: LayerChoice) -> tuple:
         """What the emulated weights depend on: choices with one key share one emulation."""
         return (self.name, *choice.fields().values())

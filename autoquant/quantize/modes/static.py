@@ -312,6 +312,9 @@ class Static(Mode):
     def with_variant(self, choice: StaticChoice, key: tuple) -> LayerChoice | None:
         return choice.with_fields(activation_algorithm=key[0], weight_granularity=key[1])
 
+    def deferred(self, choice: StaticChoice) -> bool:
+        return choice.weight_rounding == "adaptive"  # a fit per layer and grid, seconds each
+
     def weight_key(self, choice: StaticChoice) -> tuple:
         nearest = ("symmetric", choice.weight_granularity, choice.weight_bits)  # shared with dynamic's emulation
         return nearest if choice.weight_rounding == "nearest" else (*nearest, choice.weight_rounding)

@@ -119,9 +119,9 @@ class RecoveryTables:
                 self.shift(la, c)
             shown.update(1)
         shown.close()
-        if todo:
-            log.info("adaptive rounding and bias correction of %d layer choice(s) in %.1f s", len(todo),
-                     time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        (log.info if seconds >= 1 else log.debug)("adaptive rounding and bias correction of %d layer choice(s) in %.1f s",
+                                                  len(todo), seconds)
 
     # -- computing and caching ------------------------------------------------------------------------------
     def _cached(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:

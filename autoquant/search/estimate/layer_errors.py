@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -84,16 +84,22 @@ def _single_layer(model: onnx.ModelProto, layer: LayerInfo) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
 
 
+def _subset(ws: Workspace, samples: int):
+    fixed = ws.evaluator.batches if ws.evaluator.batches.fixed else None
+    if fixed is not None:  # whole batches of the one size the model takes
+        samples = fixed.size * max(1, round(samples / fixed.size))
+    return ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
+
+
 def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES, *,
                  propagated: bool = True) -> LayerErrors:
     """Per layer and choice of the space, cached by model, eval subset, space and quantization settings.
     `propagated` False: each choice's error at its layer's own output, not scaled by how much of it reaches
-    the model's output (what the table would be without the per-layer gains)."""
+    the model's output (what the table would be without the per-layer gains). Deferred choices (Mode.deferred:
+    adaptive rounding, whose per-layer fit is costly) are left unpriced (NaN) here: `with_deferred` prices them for
+    the layers a study names."""
     choices = tuple(dict.fromkeys(c for layer in space.layers for c in layer.options if c.quantize))
-    fixed = ws.evaluator.batches if ws.evaluator.batches.fixed else None
-    if fixed is not None:  # whole batches of the one size the model takes
-        samples = fixed.size * max(1, round(samples / fixed.size))
-    subset = ws.splits.eval.subset(np.arange(min(samples, len(ws.splits.eval))))
+    subset = _subset(ws, samples)
     q = ws.exp.quantization
     encoded = [modes.encode(c) for c in choices]  # the cache key: stable across autoquant versions
     # The calibration data sets the activation ranges and the recovery the table emulates
@@ -101,10 +107,12 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
            f"{tuple(encoded)}:{q}:{ws.weight_range}:{ws.recovery.version}:"
            f"{[(layer.name, tuple(layer.values)) for layer in space.layers]}:{'output' if propagated else 'local'}")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    offered = {layer.name: {c for c in layer.options if c.quantize and not modes.get(c.mode).deferred(c)}
+               for layer in space.layers}
 
     def build():
         if not propagated:
-            return {"table": _measure(ws, space, choices, subset)}
+            return {"table": _measure(ws, offered, choices, subset)}
         local = layer_errors(ws, space, samples, propagated=False).table  # cached: the ladder may have asked first
         return {"table": local * _gains(ws, local, choices, subset)}
 
@@ -112,10 +120,35 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
     return LayerErrors(ws.graph.names, choices, arrays["table"])
 
 
-def _measure(ws: Workspace, space: SearchSpace, choices: tuple[LayerChoice, ...], subset) -> np.ndarray:
-    model, graph, q = ws.model, ws.graph, ws.exp.quantization
-    layers = graph.layers
-    offered = {layer.name: set(layer.options) for layer in space.layers}
+def with_deferred(ws: Workspace, local: LayerErrors, output: LayerErrors, wanted: list[tuple[str, LayerChoice]],
+                  samples: int = DEFAULT_SAMPLES) -> tuple[LayerErrors, LayerErrors]:
+    """The local and the output tables with the deferred choices `wanted` ((layer, choice) pairs) priced: each choice's
+    local error emulated on its layer alone (one pass over the table's eval subset that fetches only these layers'
+    tensors; the choice's per-layer data made now, or read from its cache), its output error scaled by the gain its
+    layer's other choices of the same mode have in `output`. Only the named layers' data is made."""
+    names = {n for n, _ in wanted}
+    offered = {layer.name: {c for n, c in wanted if n == layer.name} for layer in ws.graph.layers if layer.name in names}
+    measured = _measure(ws, offered, local.choices, _subset(ws, samples))
+    local_table, output_table = local.table.copy(), output.table.copy()
+    for name, choice in wanted:
+        i, j = local.layers.index(name), local.choices.index(choice)
+        same_mode = [k for k, c in enumerate(local.choices) if c.mode == choice.mode and k != j
+                     and np.isfinite(local.table[i, k]) and local.table[i, k] > 0 and np.isfinite(output.table[i, k])]
+        gain = float(np.median([output.table[i, k] / local.table[i, k] for k in same_mode])) if same_mode else 1.0
+        local_table[i, j] = measured[i, j]
+        output_table[i, j] = measured[i, j] * gain
+    return replace(local, table=local_table), replace(output, table=output_table)
+
+
+def _measure(ws: Workspace, offered: dict[str, set[LayerChoice]], choices: tuple[LayerChoice, ...], subset) -> np.ndarray:
+    """The local NMSE of each layer's `offered` choices ([layers, choices]; NaN where not offered); only the layers
+    offered something are run."""
+    model, q = ws.model, ws.exp.quantization
+    index = {layer.name: i for i, layer in enumerate(ws.graph.layers)}
+    layers = [layer for layer in ws.graph.layers if offered.get(layer.name)]
+    table = np.full((len(ws.graph.layers), len(choices)), np.nan)
+    if not layers:
+        return table
     threads = ws.exp.eval.threads or os.cpu_count() or 1
     wanted = list(dict.fromkeys(t for layer in layers for t in (layer.input, layer.output)))
     fed = {i.name for i in ws.prepared.inputs}
@@ -159,11 +192,10 @@ def _measure(ws: Workspace, space: SearchSpace, choices: tuple[LayerChoice, ...]
                     (runs[run],) = singles[i].run(None, {"x": fq_inputs[key], "w": fq_weights[i, run[1]]})
                 y = mode.emulate_output(runs[run], layer, c, emulation)
                 num[i, j] += float(np.square(y - y_fp, dtype=np.float64).sum())
-    table = num / np.maximum(den, 1e-30)[:, None]
     for i, layer in enumerate(layers):
         for j, c in enumerate(choices):
-            if c not in offered[layer.name]:
-                table[i, j] = np.nan
+            if c in offered[layer.name]:
+                table[index[layer.name], j] = num[i, j] / max(den[i], 1e-30)
     return table
 
 

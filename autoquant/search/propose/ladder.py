@@ -81,11 +81,13 @@ class Ladder:
 
     def __init__(self, space: SearchSpace, layers: Sequence[LayerInfo], max_drop: float, fp32_accuracy: float,
                  model: Callable[[], ErrorModel], local: Callable[[], LayerErrors],
-                 settings: ProposeSettings = SETTINGS):
+                 fit_deciding: Callable[[QuantPlan], bool] = lambda plan: False, settings: ProposeSettings = SETTINGS):
         """`model`: the error model priced in latency (computed when first asked: the first rung needs none);
-        `local`: the per-layer errors without their gains (what a variant rung is ranked by)."""
+        `local`: the per-layer errors without their gains (what a variant rung is ranked by); `fit_deciding`: makes
+        the costly choices of the layers deciding a plan and prices them (Study.fit_deciding; True when the model
+        changed), asked once the first two rungs are measured, before the third or when the ladder ends."""
         self.space, self.layers, self.max_drop, self.fp32 = space, layers, max_drop, fp32_accuracy
-        self.model, self.local, self.settings = model, local, settings
+        self.model, self.local, self.fit_deciding, self.settings = model, local, fit_deciding, settings
 
     def propose(self, history: History) -> Proposal:
         """The next rung, or the end of the ladder, unless a rung is still to run (here or in another worker; a
@@ -95,14 +97,19 @@ class Ladder:
             return Proposal([first_rung(self.space, self.layers)])
         if any(t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in rungs):
             return Proposal()
-        met = any(t.state == TrialState.COMPLETE and attrs.result(t).accuracy_drop <= self.max_drop
-                  and attrs.plan(t).quantized for t in rungs)
+        met = [attrs.plan(t) for t in rungs if t.state == TrialState.COMPLETE
+               and attrs.result(t).accuracy_drop <= self.max_drop and attrs.plan(t).quantized]
         if not met and len(rungs) < self.settings.rungs:
             step, suffix = self.variant(rungs, history.tried), VARIANT
             if step is None:
                 step, suffix = self.next_rung(rungs, history.tried), ""
+                if step is not None and len(rungs) >= 2 and self.fit_deciding(step):
+                    self.__dict__.pop("candidates", None)  # the model's plans changed
+                    step = self.next_rung(rungs, history.tried)
             if step is not None:
                 return Proposal([(f"{PREFIX}{len(rungs)}{suffix}", step)])
+        if met and len(rungs) >= 2:  # for the warm starts and the refine rounds that follow
+            self.fit_deciding(met[-1])
         return Proposal(finished=True)
 
     @functools.cached_property

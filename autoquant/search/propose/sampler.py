@@ -15,7 +15,6 @@ parameters only): the draw goes through `sample_independent`, which this subclas
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -42,17 +41,25 @@ def plausible_options(model: ErrorModel, factor: float = SETTINGS.plausible) -> 
 
 
 class GuidedNSGAII(NSGAIISampler):
-    """NSGA-II whose fresh draws of a layer's option are uniform over its plausible options (`plausible()`, asked
-    at the first draw: the error table it reads is made after a study's first trials)."""
+    """NSGA-II whose fresh draws of a layer's option are uniform over its plausible options under the error model
+    `model()` (asked at the first draw: the error table it reads is made after a study's first trials; read again
+    when the study's model changes, e.g. when adaptive rounding is priced for the layers deciding the plan)."""
 
-    def __init__(self, plausible: Callable[[], dict[str, tuple[str, ...]]], *, seed: int | None = None, **kwargs):
+    def __init__(self, model: Callable[[], ErrorModel], *, seed: int | None = None, **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self._plausible = functools.cache(plausible)
+        self._model = model
+        self._plausible: tuple[ErrorModel, dict[str, tuple[str, ...]]] | None = None
         self._draw = np.random.default_rng(seed)
+
+    def plausible(self) -> dict[str, tuple[str, ...]]:
+        model = self._model()
+        if self._plausible is None or self._plausible[0] is not model:
+            self._plausible = model, plausible_options(model)
+        return self._plausible[1]
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution) -> object:
-        allowed = self._plausible().get(param_name, ())
+        allowed = self.plausible().get(param_name, ())
         choices = [c for c in param_distribution.choices if c in allowed] \
             if isinstance(param_distribution, CategoricalDistribution) else []
         if not choices:
@@ -66,7 +73,7 @@ def make_sampler(cfg: SearchConfig, model: Callable[[], ErrorModel] | None = Non
     constraint (the Objective sets it: points lost beyond max_accuracy_drop) behind those that keep it."""
     if cfg.sampler == "nsga2":
         if model is not None and cfg.guided_mutation:
-            return GuidedNSGAII(lambda: plausible_options(model()), population_size=cfg.population_size, seed=cfg.seed)
+            return GuidedNSGAII(model, population_size=cfg.population_size, seed=cfg.seed)
         return NSGAIISampler(population_size=cfg.population_size, seed=cfg.seed)
     if cfg.sampler == "tpe":
         return TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True)
