@@ -28,9 +28,10 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 GRANULARITY_PRESETS = {"int8-per-channel": "per_channel", "int8-per-tensor": "per_tensor"}
-RECOVERY_WORDS = {"bc": {"bias_correction": True}, "adaround": {"weight_rounding": "adaptive"}}
-PRESETS = tuple(g + "".join(f"+{w}" for w in words)
-                for g in GRANULARITY_PRESETS for words in ((), ("bc",), ("adaround",), ("bc", "adaround")))
+RECOVERY_WORDS = {"bc": {"bias_correction": True}, "adaround": {"weight_rounding": "adaptive"},
+                  "clip": {"weight_clipping": "mse"}}
+PRESETS = tuple(g + "".join(f"+{w}" for w in words) for g in GRANULARITY_PRESETS
+                for words in ((), ("bc",), ("adaround",), ("clip",), ("bc", "adaround"), ("clip", "bc", "adaround")))
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ from ...graph.layers import GraphInfo, LayerInfo
 from ..fake import fake_quant_activation, fake_quant_weight
 from ..plan import LayerChoice, QuantPlan
 from ..recovery import (
+    CLIPPINGS,
     ROUNDINGS,
     RecordedRecovery,
     check_record_fields,
+    clips,
     record_fields,
     recovered_weight,
     substitute,
@@ -104,11 +106,18 @@ class WeightParams:
         with unittest.mock.patch.object(qdq_quantizer, "quantize_onnx_initializer", reused):
             yield
 
-    def overrides(self, weight: str, qtype: QuantType, axis: int | None, reduce_range: bool) -> list[dict]:
-        key = (weight, qtype, axis, reduce_range)
+    def overrides(self, weight: str, qtype: QuantType, axis: int | None, reduce_range: bool,
+                  clip: np.ndarray | None = None) -> list[dict]:
+        """`clip`: the bound (per channel, or one) the layer's weights are clipped to (recovery/clipping.py): the
+        grid is then the clipped weights', whose largest |weight| is the bound."""
+        key = (weight, qtype, axis, reduce_range, None if clip is None else clip.tobytes())
         if key not in self._memo:
             data = numpy_helper.to_array(self._inits[weight])
-            parts = [data] if axis is None else [data.take(c, axis) for c in range(data.shape[axis])]
+            if clip is not None:
+                data = np.stack([-clip, clip], axis=-1).astype(data.dtype)  # [channels or 1, 2]
+                parts = [data[0]] if axis is None else list(data)
+            else:
+                parts = [data] if axis is None else [data.take(c, axis) for c in range(data.shape[axis])]
             params = [compute_data_quant_params(p.ravel(), qtype.tensor_type, True, reduce_range=reduce_range)
                       for p in parts]
             entries = [{"scale": scale, "zero_point": zp} for zp, scale in params]
@@ -155,9 +164,11 @@ def tensor_algorithms(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan)
 
 
 def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations: dict, qtype: QuantType,
-          weight_range: str, weights: WeightParams | None = None) -> onnx.ModelProto:
+          weight_range: str, weights: WeightParams | None = None,
+          clipped: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """`model` (changed in place, or converted) with Q/DQ pairs for the plan's static layers and glue;
-    `activations` maps tensors to ActivationParams; `weights` caches weight parameters across builds of the same model."""
+    `activations` maps tensors to ActivationParams; `weights` caches weight parameters across builds of the same
+    model; `clipped`: per layer, the bound its weights are clipped to."""
     weights = weights if weights is not None else WeightParams(model)
     np_type = onnx.helper.tensor_dtype_to_np_dtype(qtype.tensor_type)
     qmin, qmax = get_qmin_qmax_for_qType(qtype.tensor_type)
@@ -176,9 +187,10 @@ def apply(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, activations
         choice = plan[layer.name]
         axis = layer.channel_axis if choice.weight_granularity == "per_channel" else None
         reduced = weight_range == "reduced" and choice.weight_bits == 8
-        # The grid is the FP32 weights' even where the layer reads recovered ones (quantize/recovery/): their
-        # values sit on it, so the quantizer writes the recovered integers
-        overrides[reads[layer.name]] = weights.overrides(layer.weight, WEIGHT_TYPES[choice.weight_bits], axis, reduced)
+        # The grid is the FP32 weights' (or their clipped values') even where the layer reads rounded ones
+        # (quantize/recovery/): their values sit on it, so the quantizer writes the recovered integers
+        overrides[reads[layer.name]] = weights.overrides(layer.weight, WEIGHT_TYPES[choice.weight_bits], axis, reduced,
+                                                         (clipped or {}).get(layer.name))
     nodes = quantized_nodes(model, plan)
     if not nodes:
         return model
@@ -212,8 +224,11 @@ class StaticChoice(LayerChoice):
     weight_bits: int = 8
     bias_correction: bool = False  # the mean output shift quantization adds, folded back into the bias
     weight_rounding: str = "nearest"  # "adaptive": each weight rounded the way that fits its layer's output
+    weight_clipping: str = "none"  # "mse": the weights clipped to the bound that keeps the layer's output closest
 
     def __post_init__(self):
+        if self.weight_clipping not in CLIPPINGS:
+            raise ConfigError(f"weight_clipping '{self.weight_clipping}' is unknown: use one of {', '.join(CLIPPINGS)}")
         if self.weight_rounding not in ROUNDINGS:
             raise ConfigError(f"weight_rounding '{self.weight_rounding}' is unknown: use one of {', '.join(ROUNDINGS)}")
         if self.weight_granularity not in GRANULARITIES:
@@ -272,16 +287,18 @@ class Static(Mode):
 
     def choices(self, allowed: Mapping[str, tuple]) -> list[LayerChoice]:
         out = []
-        recovery = [(bc, r) for r in allowed["weight_rounding"] for bc in allowed["bias_correction"]]
+        recovery = [(bc, r, c) for c in allowed["weight_clipping"] for r in allowed["weight_rounding"]
+                    for bc in allowed["bias_correction"]]
         for bits in allowed["weight_bits"]:
             grans = [g for g in allowed["weight_granularity"] if g in GRANULARITIES]
             for g in grans if bits == 8 else [g for g in grans if g == "per_channel"]:  # 4 bits: per channel only
-                out += [StaticChoice(g, a, bits, bias_correction=bc, weight_rounding=r)
-                        for bc, r in recovery for a in allowed["activation_algorithm"]]
+                out += [StaticChoice(g, a, bits, bias_correction=bc, weight_rounding=r, weight_clipping=c)
+                        for bc, r, c in recovery for a in allowed["activation_algorithm"]]
         return out
 
     # Suffixes of the encoding; a choice without recovery encodes as it always has (stored studies stay valid).
-    SUFFIXES: ClassVar[dict[str, tuple[str, object]]] = {"bc": ("bias_correction", True), "ar": ("weight_rounding", "adaptive")}
+    SUFFIXES: ClassVar[dict[str, tuple[str, object]]] = {"bc": ("bias_correction", True), "ar": ("weight_rounding", "adaptive"),
+                                                         "mc": ("weight_clipping", "mse")}
 
     def encode(self, choice: StaticChoice) -> str:
         bits = f":w{choice.weight_bits}" if choice.weight_bits != 8 else ""
@@ -317,10 +334,11 @@ class Static(Mode):
 
     def weight_key(self, choice: StaticChoice) -> tuple:
         nearest = ("symmetric", choice.weight_granularity, choice.weight_bits)  # shared with dynamic's emulation
-        return nearest if choice.weight_rounding == "nearest" else (*nearest, choice.weight_rounding)
+        reshaped = (choice.weight_rounding, choice.weight_clipping)
+        return nearest if reshaped == ("nearest", "none") else (*nearest, *reshaped)
 
     def emulate_weight(self, w: np.ndarray, layer: LayerInfo, choice: StaticChoice, ctx: EmulationContext) -> np.ndarray:
-        if choice.weight_rounding == "nearest":
+        if choice.weight_rounding == "nearest" and not clips(choice):
             return fake_quant_weight(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, ctx.weight_range)
         return recovered_weight(w, layer, choice, ctx.weight_range, ctx.recovery)
 
@@ -343,10 +361,13 @@ class Static(Mode):
     def build(self, model: onnx.ModelProto, plan: QuantPlan, ctx: BuildContext) -> onnx.ModelProto:
         # The recovering layers read their rounded weights and corrected bias first; their grids (the cache's) are
         # the FP32 weights', on which the recovered values sit, so the quantizer writes the recovered integers.
-        substitute(model, ctx.graph, plan, ctx.weight_range, ctx.recovery or RecordedRecovery(ctx.recorded))
+        recovery = ctx.recovery or RecordedRecovery(ctx.recorded)
+        substitute(model, ctx.graph, plan, ctx.weight_range, recovery)
         weights = ctx.cache.get(self.name, WeightParams)
+        clipped = {la.name: recovery.clipping(la, plan[la.name]) for la in ctx.graph.layers
+                   if plan[la.name].mode == self.name and clips(plan[la.name])}
         return apply(model, ctx.graph, plan, ctx.activations, activation_qtype(ctx.activation_type), ctx.weight_range,
-                     weights)
+                     weights, clipped)
 
     def activation_tensors(self, model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan) -> dict[str, str]:
         return tensor_algorithms(model, graph, plan)
@@ -389,7 +410,7 @@ class Static(Mode):
                           self.label(choice) if choice else f"int{bits}")
 
     def mirrored(self, choice: StaticChoice) -> Mirrored:
-        plain = choice.with_fields(bias_correction=False, weight_rounding="nearest")
+        plain = choice.with_fields(bias_correction=False, weight_rounding="nearest", weight_clipping="none")
         return Mirrored(plain, choice.weight_granularity, choice.weight_bits, bias_on_grid=True, runtime_input=False)
 
 

@@ -1,10 +1,11 @@
-"""Recovery without training, as per-layer choices of static INT8 (its choice's `bias_correction` and
-`weight_rounding`): bias correction (bias.py) and adaptive rounding (rounding.py), computed from calibration data
-once per study (tables.py) and applied when a model is built (substitute below) — the layer's float weights
-replaced by their values on the grid rounded as learned, its bias by the corrected one — so onnxruntime's quantizer
-writes exactly these integers and biases, and onnxruntime runs the same kernels as without them. A record stores
-the rounding and the shift (record_fields below, through the static mode), and `apply` rebuilds the same bytes
-from them (RecordedRecovery).
+"""Recovery without training, as per-layer choices of static INT8 (its choice's `weight_clipping`,
+`weight_rounding` and `bias_correction`): weight clipping by output error (clipping.py), adaptive rounding
+(rounding.py) and bias correction (bias.py), computed from calibration data once per study (tables.py) and applied
+when a model is built (substitute below) — the layer's float weights replaced by their values clipped and on the
+grid rounded as learned, its bias by the corrected one — so onnxruntime's quantizer writes exactly these integers
+and biases, and onnxruntime runs the same kernels as without them. A record stores the bounds, the rounding and the
+shift (record_fields below, through the static mode), and `apply` rebuilds the same bytes from them
+(RecordedRecovery).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from ...errors import PlanError
 from ...graph.layers import GraphInfo, LayerInfo, bias_add
 from ..fake import weight_scale
 from ..plan import LayerChoice, QuantPlan
-from .rounding import rounded_weight
+from .rounding import nearest_mask, rounded_weight
 
 
 class Recovery(Protocol):
     """Where the rounding masks and bias shifts come from: a study's tables, or a record."""
+
+    def clipping(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray: ...
 
     def rounding(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray: ...
 
@@ -33,17 +36,40 @@ class Recovery(Protocol):
 
 
 ROUNDINGS = ("nearest", "adaptive")  # weight_rounding: round to nearest, or learned per weight (rounding.py)
+CLIPPINGS = ("none", "mse")  # weight_clipping: the grid from the largest weight, or clipped by output error (clipping.py)
+
+
+def clips(choice: LayerChoice) -> bool:
+    return getattr(choice, "weight_clipping", "none") != "none"
+
+
+def reshapes_weights(choice: LayerChoice) -> bool:
+    """Whether the built layer reads weights other than its FP32 ones (clipped, or rounded other than to nearest)."""
+    return clips(choice) or getattr(choice, "weight_rounding", "nearest") != "nearest"
 
 
 def recovers(choice: LayerChoice) -> bool:
-    return getattr(choice, "bias_correction", False) or getattr(choice, "weight_rounding", "nearest") != "nearest"
+    return getattr(choice, "bias_correction", False) or reshapes_weights(choice)
+
+
+def clipped_weight(w: np.ndarray, layer: LayerInfo, choice: LayerChoice, recovery: Recovery) -> np.ndarray:
+    """The layer's weights clipped to the choice's bounds (themselves where it does not clip)."""
+    if not clips(choice):
+        return w
+    bound = recovery.clipping(layer, choice).astype(np.float32)
+    if bound.size > 1:
+        bound = bound.reshape([-1 if a == layer.channel_axis % w.ndim else 1 for a in range(w.ndim)])
+    return np.clip(w, -bound, bound)
 
 
 def recovered_weight(w: np.ndarray, layer: LayerInfo, choice: LayerChoice, weight_range: str,
                      recovery: Recovery) -> np.ndarray:
-    """The layer's weights on the grid of `choice`, rounded as the recovery says (what the built model holds)."""
+    """The layer's weights clipped and on the grid of `choice`, rounded as the recovery says (what the built model
+    holds)."""
+    w = clipped_weight(w, layer, choice, recovery)
     scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits, weight_range)
-    return rounded_weight(w, scale, bounds, recovery.rounding(layer, choice))
+    mask = nearest_mask(w, scale) if choice.weight_rounding == "nearest" else recovery.rounding(layer, choice)
+    return rounded_weight(w, scale, bounds, mask)
 
 
 def substitute(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, weight_range: str,
@@ -60,9 +86,10 @@ def substitute(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, weight
     nodes = {n.name: n for n in model.graph.node}
     for layer, choice in chosen:
         node = nodes[layer.name]
-        if choice.weight_rounding != "nearest":
+        if reshapes_weights(choice):
             w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-            name = f"{layer.weight}.{choice.weight_granularity}{choice.weight_bits}.{choice.weight_rounding}"
+            name = (f"{layer.weight}.{choice.weight_granularity}{choice.weight_bits}.{choice.weight_rounding}"
+                    + (f".clip-{choice.weight_clipping}" if clips(choice) else ""))
             _add(model, inits, recovered_weight(w, layer, choice, weight_range, recovery), name)
             node.input[1] = name
         if choice.bias_correction:
@@ -100,9 +127,12 @@ def _correct_bias(model: onnx.ModelProto, inits: dict, node: onnx.NodeProto, lay
 
 
 def record_fields(layer: LayerInfo, choice: LayerChoice, recovery: Recovery | None) -> dict[str, Any]:
-    """What a record keeps of a recovering layer: how each weight was rounded from its floor on the grid (packed
-    bits, base64) and the shift per output channel added to its bias."""
+    """What a record keeps of a recovering layer: the bound its weights were clipped to (per channel, or one), how
+    each weight was rounded from its floor on the grid (packed bits, base64) and the shift per output channel added
+    to its bias."""
     out: dict[str, Any] = {}
+    if clips(choice):
+        out["clip_bounds"] = [float(v) for v in recovery.clipping(layer, choice)]
     if choice.weight_rounding != "nearest":
         mask = recovery.rounding(layer, choice).astype(np.uint8).ravel()
         out["rounding_mask"] = base64.b64encode(np.packbits(mask).tobytes()).decode()
@@ -113,8 +143,8 @@ def record_fields(layer: LayerInfo, choice: LayerChoice, recovery: Recovery | No
 
 def check_record_fields(extra: Mapping[str, Any], layer: LayerInfo, choice: LayerChoice, where: str) -> None:
     """A record's recovery entries of a layer, checked against it before anything is built from them."""
-    wanted = {k for k, on in (("rounding_mask", choice.weight_rounding != "nearest"), ("bias_shift", choice.bias_correction))
-              if on}
+    wanted = {k for k, on in (("clip_bounds", clips(choice)), ("rounding_mask", choice.weight_rounding != "nearest"),
+                              ("bias_shift", choice.bias_correction)) if on}
     if set(extra) != wanted:
         raise PlanError(f"{where}: its choice needs {', '.join(sorted(wanted)) or 'no recovery entries'}, the record has "
                         f"{', '.join(sorted(extra)) or 'none'}")
@@ -125,6 +155,13 @@ def check_record_fields(extra: Mapping[str, Any], layer: LayerInfo, choice: Laye
             raise PlanError(f"{where}: rounding_mask is not base64") from None
         if len(packed) != -(-int(np.prod(layer.weight_shape)) // 8):
             raise PlanError(f"{where}: rounding_mask must hold one bit per weight ({int(np.prod(layer.weight_shape))})")
+    if "clip_bounds" in extra:
+        bounds, count = extra["clip_bounds"], layer.out_channels if choice.weight_granularity == "per_channel" else 1
+        if not isinstance(bounds, list) or len(bounds) != count:
+            raise PlanError(f"{where}: clip_bounds needs {count} value(s)")
+        for i, v in enumerate(bounds):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v < 0:
+                raise PlanError(f"{where}: clip_bounds[{i}] must be a finite number >= 0, got {v!r}")
     if "bias_shift" in extra:
         if not layer.bias_slot:
             raise PlanError(f"{where}: the layer has no bias to correct")
@@ -141,6 +178,9 @@ class RecordedRecovery:
 
     def __init__(self, recorded: Mapping[str, Mapping[str, Any]]):
         self.recorded = recorded
+
+    def clipping(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        return np.array(self.recorded[layer.name]["clip_bounds"], np.float32)
 
     def rounding(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
         count = int(np.prod(layer.weight_shape))

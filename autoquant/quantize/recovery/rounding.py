@@ -58,9 +58,11 @@ def _error(x: np.ndarray, w_matrix: np.ndarray, target: np.ndarray) -> float:
 
 
 def adaround(w_matrix: np.ndarray, scale: np.ndarray, bounds: tuple[int, int], train: np.ndarray, held: np.ndarray,
-             settings: RoundingSettings) -> tuple[np.ndarray, float, float]:
+             settings: RoundingSettings, target: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """The rounding mask of `w_matrix` ([groups, outputs, inputs], `scale` broadcast to it) learned on the `train`
-    rows ([groups, rows, inputs]), and the held-out rows' output error of (nearest, the returned mask)."""
+    rows ([groups, rows, inputs]), and the held-out rows' output error of (nearest, the returned mask). The output
+    reproduced is that of `target` (the FP32 weights where `w_matrix` holds them clipped), else of `w_matrix`."""
+    target = w_matrix if target is None else target
     import torch  # here: importing autoquant must not pay for torch
 
     torch.manual_seed(settings.seed)
@@ -70,7 +72,7 @@ def adaround(w_matrix: np.ndarray, scale: np.ndarray, bounds: tuple[int, int], t
     v = torch.tensor(-np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0), dtype=torch.float32, requires_grad=True)
     floor_t, scale_t = torch.tensor(floor, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
     x_t = torch.tensor(train)
-    y_t = torch.einsum("grk,gok->gro", x_t, torch.tensor(w_matrix))
+    y_t = torch.einsum("grk,gok->gro", x_t, torch.tensor(target))
     opt = torch.optim.Adam([v], lr=settings.lr)
     warm = int(settings.iterations * WARMUP)
     for step in range(settings.iterations):
@@ -87,9 +89,9 @@ def adaround(w_matrix: np.ndarray, scale: np.ndarray, bounds: tuple[int, int], t
         opt.step()
     learned = (v.detach().numpy() >= 0).astype(np.uint8)  # h(V) ≥ 0.5
     nearest = nearest_mask(w_matrix, scale)
-    target = np.einsum("grk,gok->gro", held, w_matrix)
-    err_nearest = _error(held, rounded_weight(w_matrix, scale, bounds, nearest), target)
-    err_learned = _error(held, rounded_weight(w_matrix, scale, bounds, learned), target)
+    wanted = np.einsum("grk,gok->gro", held, target)
+    err_nearest = _error(held, rounded_weight(w_matrix, scale, bounds, nearest), wanted)
+    err_learned = _error(held, rounded_weight(w_matrix, scale, bounds, learned), wanted)
     if err_learned >= err_nearest:
         return nearest, err_nearest, err_nearest
     return learned, err_nearest, err_learned

@@ -1,5 +1,5 @@
 """The recovery a study computes from its calibration data, once per layer and setting and cached on disk: each
-layer's adaptive rounding per weight grid, and its bias shift per choice. Rows of every layer's FP32 input are
+layer's weight clipping bounds per grid, its adaptive rounding per weight grid, and its bias shift per choice. Rows of every layer's FP32 input are
 sampled from the calibration data once per process (forms.py: a bounded number per layer, whatever its size)
 and serve both."""
 
@@ -26,14 +26,16 @@ from ...runtime import Batches, session
 from ..fake import fake_quant_activation, weight_scale
 from ..plan import LayerChoice
 from ..scales import ActivationParams
-from . import recovers
+from . import clipped_weight, clips, recovered_weight, recovers
 from .bias import output_shift
+from .clipping import output_error_bounds
 from .forms import LayerForm
-from .rounding import RoundingSettings, adaround, nearest_mask, rounded_weight
+from .rounding import RoundingSettings, adaround, nearest_mask
 
-RECOVERY_VERSION = 2
+RECOVERY_VERSION = 3
 TRAIN_ROWS = 2048  # input rows per layer the rounding is fitted on (and the bias shift measured on, with the held-out)
 HELD_ROWS = 512  # rows per layer the fitted rounding is checked on
+CLIP_ROWS = 1024  # of the training rows, those the clip bounds are chosen on
 SAMPLES = 64  # calibration samples the rows come from
 ROW_BUDGET = 8_000_000  # floats of one layer's rows (groups × rows × inputs): a depthwise layer's 1,000 groups get fewer rows
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ class RecoverySource:
 
 
 class RecoveryTables:
-    """Per layer: the adaptive rounding mask of its weights on each grid, and its bias shift per choice."""
+    """Per layer: the clip bounds of its weights on each grid, the adaptive rounding mask of its weights on each
+    (clipped or not) grid, and its bias shift per choice."""
 
     def __init__(self, source: RecoverySource, settings: RoundingSettings | None = None):
         self.source, self.settings = source, settings or RoundingSettings()
@@ -76,9 +79,13 @@ class RecoveryTables:
         return f"{RECOVERY_VERSION}:{self.settings}:{TRAIN_ROWS}:{HELD_ROWS}:{SAMPLES}"
 
     # -- what the builder and the error table ask -----------------------------------------------------------
+    def clipping(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        """The bound per output channel (or one, per tensor) `choice`'s clipping puts the layer's weights within."""
+        return self._cached(("clip", layer.name, choice.weight_granularity, choice.weight_bits), lambda: self._clip(layer, choice))
+
     def rounding(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
         """The mask (1: round up from the floor) of the layer's weights under `choice`'s grid and rounding."""
-        w = self._weights[layer.name]
+        w = clipped_weight(self._weights[layer.name], layer, choice, self)
         scale, _ = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
                                 self.source.weight_range)
         if choice.weight_rounding != "adaptive" or self._forms[layer.name] is None:
@@ -91,18 +98,19 @@ class RecoveryTables:
 
     @staticmethod
     def _rounding_key(layer: LayerInfo, choice: LayerChoice) -> tuple:
-        return ("rounding", layer.name, choice.weight_granularity, choice.weight_bits)
+        return ("rounding", layer.name, choice.weight_granularity, choice.weight_bits, choice.weight_clipping)
 
     @staticmethod
     def _shift_key(layer: LayerInfo, choice: LayerChoice) -> tuple:
         return ("shift", layer.name, choice.weight_granularity, choice.weight_bits, choice.weight_rounding,
-                choice.activation_algorithm)
+                choice.activation_algorithm, choice.weight_clipping)
 
     def _known(self, layer: LayerInfo, choice: LayerChoice) -> bool:
         """Whether what `choice` needs of this layer is in this process's memo already."""
+        clipped = not clips(choice) or ("clip", layer.name, choice.weight_granularity, choice.weight_bits) in self._memo
         rounded = (choice.weight_rounding != "adaptive" or self._forms[layer.name] is None
                    or self._rounding_key(layer, choice) in self._memo)
-        return rounded and (not choice.bias_correction or self._shift_key(layer, choice) in self._memo)
+        return clipped and rounded and (not choice.bias_correction or self._shift_key(layer, choice) in self._memo)
 
     def prepare(self, wanted: list[tuple[LayerInfo, LayerChoice]]) -> None:
         """Compute (or read from the cache) everything `wanted` needs, with a progress bar: the error table asks
@@ -113,6 +121,8 @@ class RecoveryTables:
         shown = bar(len(todo), "recovery fitting", unit="choice")
         t0 = time.perf_counter()
         for la, c in todo:
+            if clips(c):
+                self.clipping(la, c)
             if c.weight_rounding == "adaptive":
                 self.rounding(la, c)
             if c.bias_correction:
@@ -174,15 +184,26 @@ class RecoveryTables:
             out[name] = (rows[:, order[held:][:TRAIN_ROWS]], rows[:, order[:held]])
         return out
 
+    def _clip(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
+        form, w = self._forms[layer.name], self._weights[layer.name]
+        per_channel = choice.weight_granularity == "per_channel"
+        if form is None:  # a layer the rows cannot be taken for: its own largest weights, no clipping
+            axes = tuple(a for a in range(w.ndim) if a != layer.channel_axis % w.ndim) if per_channel else None
+            return np.atleast_1d(np.abs(w).max(axis=axes)).astype(np.float32)
+        train, _ = self.rows(layer)
+        return output_error_bounds(form.matrix(w), train[:, :CLIP_ROWS], choice.weight_bits, self.source.weight_range,
+                                   per_channel)
+
     def _fit(self, layer: LayerInfo, choice: LayerChoice) -> np.ndarray:
         t0 = time.perf_counter()
-        form, w = self._forms[layer.name], self._weights[layer.name]
+        form, w = self._forms[layer.name], clipped_weight(self._weights[layer.name], layer, choice, self)
         scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
                                      self.source.weight_range)
         train, held = self.rows(layer)
         m = form.matrix(w)
         s = form.matrix(np.broadcast_to(scale, w.shape).astype(np.float32))
-        mask, before, after = adaround(m, s, bounds, train, held, self.settings)
+        mask, before, after = adaround(m, s, bounds, train, held, self.settings,
+                                       form.matrix(self._weights[layer.name]))
         self.seconds[layer.name] = self.seconds.get(layer.name, 0.0) + time.perf_counter() - t0
         log.debug("adaptive rounding of %s: held-out output error %.3g -> %.3g", layer.name, before, after)
         return form.weight(mask, w.shape).astype(np.uint8)
@@ -191,9 +212,7 @@ class RecoveryTables:
         form, w = self._forms[layer.name], self._weights[layer.name]
         if form is None:
             return np.zeros(layer.out_channels, np.float32)
-        scale, bounds = weight_scale(w, layer.channel_axis, choice.weight_granularity, choice.weight_bits,
-                                     self.source.weight_range)
-        w_q = rounded_weight(w, scale, bounds, self.rounding(layer, choice))
+        w_q = recovered_weight(w, layer, choice, self.source.weight_range, self)
         train, held = self.rows(layer)
         rows = np.concatenate([train, held], axis=1)
         params = self.source.activation(layer.input, choice.activation_algorithm)
