@@ -69,8 +69,9 @@ def test_search_warm_starts_exports_and_writes_its_reports(finished):
     trials = completed(out)
     assert len(trials) == 10 == result.completed
     labels = {t.user_attrs.get("label") for t in trials.values()}
-    # the ladder's first rung is all-INT8 per channel; all-float, the hand-made and the error model's plans follow
-    assert {"ladder-0", "all-float", "sensitive-1-float", "guided-int8"} <= labels
+    # the ladder's first rung is all-INT8 per channel; the error model's plans at the limit follow it before the
+    # fixed warm starts (all-float, the hand-made plans), so a budget of 10 runs them
+    assert "ladder-0" in labels and any(label.startswith(("refined-0-", "guided-")) for label in labels), labels
     for name in ("pareto.csv", "pareto.png", "sensitivity.csv", "sensitivity.png", "best/model.int8.onnx",
                  "best/record.json"):
         assert (out / name).stat().st_size > 0, name
@@ -255,3 +256,27 @@ def test_plans_the_timing_cannot_tell_apart_from_the_fastest_are_equally_fast_an
     assert choose(points, 25.0, Cost.LATENCY) == (fast, True)  # no side-by-side timing: the least figure
     assert choose(points, 25.0, Cost.LATENCY, frozenset({1, 2})) == (tied, True)
     assert choose(points, 25.0, Cost.LATENCY, frozenset({2, 3})) == (fast, True)  # ties are the fastest's only
+
+
+def test_a_plan_slower_than_fp32_is_never_exported_and_the_message_says_so():
+    """The fastest plan within the limit ran slower than FP32 beside it (its float layers pay transitions): a
+    faster plan within the limit is exported instead; when there is none, nothing is, and the message names it."""
+    from types import SimpleNamespace
+
+    from autoquant.cli.output import no_plan_message
+    from autoquant.search.select import fastest_within
+
+    plan = QuantPlan.uniform(("a", "b"), LayerChoice.of())
+
+    def point(number: int, drop: float, ratio: float) -> ScoredPlan:
+        return ScoredPlan(number, "", plan, Measurement(90 - drop, drop, 0.1, 100 * ratio, ratio, 10, 0.01, ""))
+
+    slow, fast, accurate_slow = point(1, 0.2, 1.05), point(2, 0.4, 0.93), point(3, 0.0, 1.2)
+    assert choose([slow, fast, accurate_slow], 0.5, Cost.LATENCY) == (fast, True)
+    assert choose([slow, fast, accurate_slow], 0.5, Cost.BITOPS)[0] is fast
+    assert fastest_within([slow, fast, accurate_slow], 0.5) == [fast]
+    chosen, met = choose([slow, accurate_slow], 0.5, Cost.LATENCY)
+    assert not met
+    result = SimpleNamespace(chosen=chosen, max_drop=0.5, refused=(), slower=(slow, accurate_slow), stopped_early=0)
+    assert "2 plan(s) met the limit, but each ran slower than the FP32 model" in no_plan_message(result)
+    assert "trial 1, at 1.05x" in no_plan_message(result)

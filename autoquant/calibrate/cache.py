@@ -19,14 +19,17 @@ CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def cached_arrays(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Return the arrays stored under `path` if they were built for `key`, else build and store them.
-    Concurrent callers (parallel workers) build once: the others wait on the lock, then read."""
+def cached_arrays(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]],
+                  keep: Callable[[dict[str, np.ndarray]], bool] = lambda arrays: True) -> dict[str, np.ndarray]:
+    """Return the arrays stored under `path` if they were built for `key`, else build them and store them (unless
+    `keep` says not: e.g. a table cut short by a time budget). Concurrent callers (parallel workers) build once: the
+    others wait on the lock, then read."""
     with file_lock(path.with_name(path.name + ".lock")):
-        return _load_or_build(path, key, build)
+        return _load_or_build(path, key, build, keep)
 
 
-def _load_or_build(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _load_or_build(path: Path, key: str, build: Callable[[], dict[str, np.ndarray]],
+                   keep: Callable[[dict[str, np.ndarray]], bool]) -> dict[str, np.ndarray]:
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
@@ -36,5 +39,6 @@ def _load_or_build(path: Path, key: str, build: Callable[[], dict[str, np.ndarra
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             log.warning("cache %s is unreadable (corrupt?); rebuilding it", path.name)
     arrays = build()
-    atomic_write(path, lambda f: np.savez(f, _key=np.array(key), _version=np.array(CACHE_VERSION), **arrays))
+    if keep(arrays):
+        atomic_write(path, lambda f: np.savez(f, _key=np.array(key), _version=np.array(CACHE_VERSION), **arrays))
     return arrays

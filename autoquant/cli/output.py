@@ -41,6 +41,7 @@ def result_json(result) -> dict:
             "confirmed": None if c is None else {"trial": c.trial, "samples": c.samples, "accuracy_drop": c.drop,
                                                  "drop_stderr": c.stderr, "interval": list(c.interval)},
             "refused": [{"trial": r.trial, "accuracy_drop": r.drop, "drop_stderr": r.stderr} for r in result.refused],
+            "slower_than_fp32": [{"trial": p.number, "latency_ratio": p.result.latency_ratio} for p in result.slower],
             "chosen_trial": chosen.number if chosen else None,
             "chosen": asdict(chosen.result) if chosen else None,
             "export": str(result.export.model_path) if result.export else None,
@@ -111,6 +112,11 @@ def no_plan_message(result) -> str:
                 f"limit on the eval set, the first (trial {first.trial}) with {first.describe(limit)}. Raise "
                 "max_accuracy_drop, give more eval data (data.eval_size), or set data.confirm_size: 0 to export on the "
                 "eval figure alone")
+    if result.slower:
+        first = result.slower[0]
+        return (f"{len(result.slower)} plan(s) met the limit, but each ran slower than the FP32 model beside it (the "
+                f"fastest, trial {first.number}, at {first.result.latency_ratio:.2f}x): keep the FP32 model, or raise "
+                "max_accuracy_drop so that more layers can run integer kernels")
     if c is not None:
         return (f"no quantized plan meets the accuracy constraint; closest: trial {c.number} with a drop of "
                 f"{c.result.accuracy_drop:.2f} pt{beat}. Raise max_accuracy_drop or run more trials")

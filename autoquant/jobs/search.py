@@ -23,7 +23,7 @@ from ..record import Record
 from ..report.pareto import plot_pareto, write_pareto_csv
 from ..report.progress import Progress
 from ..report.sensitivity import write_layer_errors_report
-from ..search import Confirmation, FirstExport, RunPaths, ScoredPlan, Study, check_export_target, slower_note
+from ..search import Confirmation, FirstExport, RunPaths, ScoredPlan, Study, check_export_target
 from ..workspace import Workspace
 from .finetune import FinetuneResult, finetune_stage
 from .workers import spawn_worker, with_threads
@@ -56,6 +56,7 @@ class SearchResult:
     stopped_early: int = 0  # trials whose first eval samples showed they could not meet the limit
     confirmation: Confirmation | None = None  # the export's drop on the confirmation split (search/confirm.py)
     refused: tuple[Confirmation, ...] = ()  # candidates whose drop did not hold there
+    slower: tuple[ScoredPlan, ...] = ()  # plans within the limit that ran slower than FP32 (never exported)
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
@@ -141,7 +142,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
     first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started)
     try:
         with Progress.of(study.optuna, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
-            seconds, evaluated = study.run(target, callbacks=[tracker, first, progress])
+            seconds, evaluated = study.run(target, callbacks=[tracker, first, progress], started=started)
         for proc in procs:
             proc.wait()
     finally:
@@ -189,13 +190,13 @@ def _conclude(study: Study, out: Path, seconds: float, evaluated: int, max_drop:
     write_pareto_csv(chosen.front, root / "pareto.csv")
     plot_pareto(chosen.points, chosen.front, chosen.chosen if chosen.met else None, objective, max_drop,
                 ws.reference.accuracy, root / "pareto.png", f"{exp.name}: {len(chosen.points)} trials")
-    exported = study.export(chosen.chosen, out, slower_note(chosen.chosen), chosen.confirmation) if chosen.met else None
+    exported = study.export(chosen.chosen, out, confirmation=chosen.confirmation) if chosen.met else None
     ws.add_seconds("conclusion", time.perf_counter() - t0)
     stopped = len(study.optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return SearchResult(root, len(chosen.points), evaluated, seconds, ws.reference.accuracy, chosen.front, chosen.chosen,
                         chosen.met, exported, study.optuna.study_name, objective=objective, fastest=chosen.fastest,
                         max_drop=max_drop, stopped_early=stopped, confirmation=chosen.confirmation,
-                        refused=chosen.refused)
+                        refused=chosen.refused, slower=chosen.slower)
 
 
 def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, objective: Cost | None = None,

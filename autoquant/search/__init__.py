@@ -20,7 +20,7 @@ from . import trial_attrs
 from .confirm import Confirmation
 from .estimate.error_model import ErrorModel
 from .estimate.layer_errors import LayerErrors, layer_errors
-from .export import FirstExport, check_export_target, export_plan, slower_note, write_export
+from .export import FirstExport, check_export_target, export_plan, write_export
 from .objective import PlanScorer, TrialFailed
 from .select import ScoredPlan, Selection, choose, hypervolume, pareto_front, scored_points, select
 from .sensitivity import LayerSensitivity, layer_sensitivity
@@ -53,7 +53,6 @@ __all__ = [
     "pareto_front",
     "scored_points",
     "select",
-    "slower_note",
     "space_path",
     "trial_attrs",
     "write_export",

@@ -21,7 +21,7 @@ from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
 from .confirm import MAX_CANDIDATES, Confirmation, Confirmer, confirmed
-from .select import ScoredPlan
+from .select import ScoredPlan, within
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,6 @@ def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, 
                              "record_path": out_dir / result.record_path.name})
 
 
-def slower_note(chosen: ScoredPlan) -> list[str]:
-    """The export is the fastest plan within the limit; when even that is slower than the FP32 model here, the
-    user asked for an INT8 model to go faster and must hear it: a warning, and a note in the record."""
-    ratio = chosen.result.latency_ratio
-    if not ratio > 1.0:
-        return []
-    note = (f"slower than the FP32 model on this machine ({ratio:.2f}x in paired rounds): no plan within the accuracy "
-            "limit ran faster here; its float layers pay the transitions between integer and float kernels")
-    log.warning("warning: trial %d, the export, is %s", chosen.number, note)
-    return [note]
-
-
 class FirstExport:
     """Optuna callback: the first quantized plan that meets the constraint is exported at once (to the export
     directory the study's end replaces with its best), so an unattended run has a usable model as soon as
@@ -107,10 +95,9 @@ class FirstExport:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.seconds is not None or trial.state != optuna.trial.TrialState.COMPLETE:
             return
-        plan, result = attrs.plan(trial), attrs.result(trial)
-        if not plan.quantized or result.accuracy_drop > self.max_drop:
+        candidate = ScoredPlan(trial.number, attrs.label(trial), attrs.plan(trial), attrs.result(trial))
+        if not within(candidate, self.max_drop):
             return
-        candidate = ScoredPlan(trial.number, attrs.label(trial), plan, result)
         confirmation = None
         if self.confirmer.available:  # only a plan whose drop holds on the confirmation samples is exported
             if self.tries >= MAX_CANDIDATES:

@@ -58,18 +58,30 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float, ref_drop: fl
     return area
 
 
+def slower_than_fp32(p: ScoredPlan) -> bool:
+    """Whether the plan ran slower than FP32 timed beside it (its paired ratio): an INT8 model is asked for to go
+    faster, so such a plan is never exported."""
+    return p.result.latency_ratio >= 1.0
+
+
+def within(p: ScoredPlan, max_drop: float) -> bool:
+    """A quantized plan within the limit and not slower than FP32: a plan the export may be."""
+    return p.plan.quantized and p.result.accuracy_drop <= max_drop + 1e-9 and not slower_than_fp32(p)
+
+
 def choose(points: list[ScoredPlan], max_drop: float, objective: Cost,
            tied: frozenset[int] = frozenset()) -> tuple[ScoredPlan | None, bool]:
     """The export: the fastest quantized plan within `max_drop`, in paired latency — the product's question is
     the fastest model within the limit, whatever cost ranked the search. `tied`: trials that side-by-side rounds
     could not tell apart from the fastest (retime_fastest); among them, the cheapest in the objective (under
     objective latency, the most accurate). Plans without a latency figure count only when none has one (then the
-    cheapest in the objective). If no plan qualifies: (the quantized plan with the smallest drop, False). The
-    all-float plan is the FP32 model: it is never exported as model.int8.onnx."""
+    cheapest in the objective). A plan slower than FP32 is not a candidate. If no plan qualifies: (the quantized
+    plan with the smallest drop, False). The all-float plan is the FP32 model: it is never exported as
+    model.int8.onnx."""
     points = [p for p in points if p.plan.quantized]
     if not points:
         return None, False
-    ok = [p for p in points if p.result.accuracy_drop <= max_drop + 1e-9]
+    ok = [p for p in points if within(p, max_drop)]
     if not ok:
         return min(points, key=lambda p: (p.result.accuracy_drop, objective.of(p.result))), False
 
@@ -107,9 +119,9 @@ SHORTLIST = 8
 
 
 def fastest_within(points: list[ScoredPlan], max_drop: float) -> list[ScoredPlan]:
-    """The timed quantized plans within the limit, fastest first."""
-    return sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop
-                   and math.isfinite(p.result.latency_ratio)), key=lambda p: p.result.latency_ratio)
+    """The timed quantized plans within the limit that are faster than FP32, fastest first."""
+    return sorted((p for p in points if within(p, max_drop) and math.isfinite(p.result.latency_ratio)),
+                  key=lambda p: p.result.latency_ratio)
 
 
 def retime_fastest(ws: Workspace, study: optuna.Study, points: list[ScoredPlan],
@@ -166,6 +178,7 @@ class Selection:
     tied: frozenset[int] = frozenset()  # the trials side-by-side rounds could not tell apart from the fastest
     confirmation: Confirmation | None = None  # the export's drop on the confirmation split (search/confirm.py)
     refused: tuple[Confirmation, ...] = ()  # candidates before it whose drop did not hold there
+    slower: tuple[ScoredPlan, ...] = ()  # plans within the limit that ran slower than FP32 beside it (never exported)
 
 
 def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
@@ -185,4 +198,6 @@ def select(ws: Workspace, study: optuna.Study, max_drop: float, objective: Cost,
     points = time_points(ws, study, points, front)
     front = pareto_front(points, objective)
     chosen, met = choose(points, max_drop, objective, tied)
-    return Selection(points, front, chosen, met, fastest_within(points, max_drop), tied)
+    slower = tuple(sorted((p for p in points if p.plan.quantized and p.result.accuracy_drop <= max_drop + 1e-9
+                           and slower_than_fp32(p)), key=lambda p: p.result.latency_ratio))
+    return Selection(points, front, chosen, met, fastest_within(points, max_drop), tied, slower=slower)

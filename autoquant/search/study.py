@@ -62,6 +62,7 @@ class Study:
         self.exp, self.paths, self.optuna, self.workspace = exp, paths, study, workspace
         self.space, self.space_file, self.storage_url, self.sampler = space, space_file, storage_url, sampler
         self.priors: list[tuple[str, QuantPlan]] = []
+        self.deadline: float | None = None  # time.perf_counter() at which search.timeout_minutes ends (run sets it)
 
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -132,7 +133,7 @@ class Study:
     def estimates(self) -> Estimates:
         ws, space = self.workspace, self.space
         t0 = time.perf_counter()
-        errors = layer_errors(ws, space)
+        errors = layer_errors(ws, space, deadline=self.deadline)
         log.info("per-layer errors of %d layers x their options in %.1f s", len(space.layers), time.perf_counter() - t0)
         ws.add_seconds("sensitivity", time.perf_counter() - t0)
         estimates = self._estimates(errors)
@@ -162,7 +163,7 @@ class Study:
         (estimate/deciding.py; at most `search.rounding_layers`), kept in the study attribute `rounded_layers`. True
         when the estimates changed (the proposers' plans may then differ)."""
         count = self.exp.search.rounding_layers
-        if not count or ROUNDED in self.optuna.user_attrs:
+        if not count or ROUNDED in self.optuna.user_attrs or self.past_deadline():
             return False
         names = deciding_layers(self.estimates.by_latency, plan, count)
         self.optuna.set_user_attr(ROUNDED, names)
@@ -202,16 +203,20 @@ class Study:
         if cfg.warm_start:
             proposers.append(Ladder(self.space, ws.graph.layers, cfg.max_accuracy_drop, fp32,
                                     lambda: self.estimates.by_latency, lambda: self.local_errors, self.fit_deciding))
+        if cfg.refine:  # its first round when the ladder ends, before the fixed warm starts
+            proposers.append(Refine(lambda: self.estimates.model, cfg.max_accuracy_drop, fp32,
+                                    after=Ladder.name if cfg.warm_start else None))
+        if cfg.warm_start:
             proposers.append(After("warm-starts", Ladder.name, lambda: warm_starts(
                 ws.graph.names, self.space, self.estimates.errors, self.estimates.model, cfg.sensitivity_k)))
-        if cfg.refine:
-            proposers.append(Refine(lambda: self.estimates.model, cfg.max_accuracy_drop, fp32))
         return Scheduler(self.space, proposers)
 
-    def run(self, target: int, *, callbacks=()) -> tuple[float, int]:
+    def run(self, target: int, *, callbacks=(), started: float | None = None) -> tuple[float, int]:
         """Run trials until `target` trials are done (complete or stopped early) in the storage, counting every
         worker's, or the time budget ends; `callbacks` see each finished trial first (tracking, the first export, a
-        progress bar). Returns (seconds, plans this process evaluated)."""
+        progress bar). `started` (time.perf_counter()): when the study's command started, what
+        search.timeout_minutes counts from (calibration and the per-study tables included; the first trial runs
+        whatever is left). Returns (seconds, plans this process evaluated)."""
         cfg, study = self.exp.search, self.optuna
         done = done_count(study)
         if done < target:
@@ -219,14 +224,21 @@ class Study:
                      cfg.sampler)
         objective = Objective(self.space, self.scorer, cfg.objective, cfg.max_accuracy_drop)
         t0 = time.perf_counter()
+        if cfg.timeout_minutes:
+            self.deadline = (t0 if started is None else started) + cfg.timeout_minutes * 60
         if done < target:
-            timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
             self.scheduler(study)  # a resumed study whose ladder a kill interrupted goes on
             self.resolution()
-            study.optimize(objective, timeout=timeout, catch=(TrialFailed,),
+            left = None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
+            first_only = left == 0 and not done  # the first rung runs, whatever the budget left
+            study.optimize(objective, timeout=None if first_only else left, n_trials=1 if first_only else None,
+                           catch=(TrialFailed,),
                            callbacks=[MaxTrialsCallback(target, states=DONE), FailureGuard(), *callbacks,
                                       lambda _, trial: self.resolution(trial), self.scheduler])
         return time.perf_counter() - t0, objective.evaluated
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     # -- reading, selecting, exporting ---------------------------------------------------------------------
     def points(self) -> list[ScoredPlan]:

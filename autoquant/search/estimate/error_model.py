@@ -150,7 +150,13 @@ class ErrorModel:
         path from the least-error plan to all-float, distinct. A latency-priced model adds the bitops-priced
         sweep and path: the transitions a float layer pays next to quantized ones make the latency optimum jump
         between a few plans (13 distinct of 64 λ on the quickstart model), and between them a limit can fall where
-        no candidate is."""
+        no candidate is. Kept on the model: the proposers ask for them again and again."""
+        kept = self.__dict__.setdefault("_kept_candidates", {})  # a frozen dataclass's own dict: a memo, not a field
+        if sweep not in kept:
+            kept[sweep] = self._candidates(sweep)
+        return kept[sweep]
+
+    def _candidates(self, sweep: int) -> list[QuantPlan]:
         models = [self] + ([replace(self, cost=self.cost.bitops)] if isinstance(self.cost, LatencyCost) else [])
         plans = [self.least_error()] + [p for m in models for p in m.sweep(sweep) + m.float_path(m.least_error(), len(self.space.layers))]
         return list(dict.fromkeys(plans))

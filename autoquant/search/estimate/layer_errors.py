@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -92,12 +93,13 @@ def _subset(ws: Workspace, samples: int):
 
 
 def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPLES, *,
-                 propagated: bool = True) -> LayerErrors:
+                 propagated: bool = True, deadline: float | None = None) -> LayerErrors:
     """Per layer and choice of the space, cached by model, eval subset, space and quantization settings.
     `propagated` False: each choice's error at its layer's own output, not scaled by how much of it reaches
     the model's output (what the table would be without the per-layer gains). Deferred choices (Mode.deferred:
     adaptive rounding, whose per-layer fit is costly) are left unpriced (NaN) here: `with_deferred` prices them for
-    the layers a study names."""
+    the layers a study names. `deadline` (time.perf_counter): the per-layer gains measured by then, the others' the
+    median of their mode's (search.timeout_minutes covers the whole study); such a table is not cached."""
     choices = tuple(dict.fromkeys(c for layer in space.layers for c in layer.options if c.quantize))
     subset = _subset(ws, samples)
     q = ws.exp.quantization
@@ -114,9 +116,11 @@ def layer_errors(ws: Workspace, space: SearchSpace, samples: int = DEFAULT_SAMPL
         if not propagated:
             return {"table": _measure(ws, offered, choices, subset)}
         local = layer_errors(ws, space, samples, propagated=False).table  # cached: the ladder may have asked first
-        return {"table": local * _gains(ws, local, choices, subset)}
+        gains, measured = _gains(ws, local, choices, subset, deadline)
+        return {"table": local * gains, "measured": measured}
 
-    arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.model_key[:16]}-{digest}.npz", key, build)
+    arrays = cached_arrays(ws.exp.cache / "layer_errors" / f"{ws.model_key[:16]}-{digest}.npz", key, build,
+                           keep=lambda arrays: "measured" not in arrays or bool(arrays["measured"].all()))
     return LayerErrors(ws.graph.names, choices, arrays["table"])
 
 
@@ -199,17 +203,24 @@ def _measure(ws: Workspace, offered: dict[str, set[LayerChoice]], choices: tuple
     return table
 
 
-def _gains(ws: Workspace, local: np.ndarray, choices: tuple[LayerChoice, ...], subset) -> np.ndarray:
+def _gains(ws: Workspace, local: np.ndarray, choices: tuple[LayerChoice, ...], subset,
+           deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """How much of a layer's own error reaches the model's output: for each layer and mode, the real model
     with only that layer quantized (the mode's least-error choice) is run on the subset once, and the ratio
     of its output NMSE against FP32 to the layer's local error scales the choices of that mode. A local
     error alone ranks a classifier's last Gemm as harmless; its error reaches the logits undiminished. Per
-    mode, because a static layer also quantizes the glue around it, which the others do not."""
+    mode, because a static layer also quantizes the glue around it, which the others do not. Past `deadline`, the
+    layers not measured yet take the median gain of their mode's measured ones (1 where none is). Returns the gains
+    and, per layer, whether they were measured."""
     ev = ws.evaluator
     reference = ws.reference.outputs[: len(subset)]
     power = float(np.square(reference, dtype=np.float64).mean()) or 1.0
     gains = np.ones_like(local)
+    measured = np.zeros(len(ws.graph.layers), bool)
     for i, layer in enumerate(progress(ws.graph.layers, "per-layer error gains", unit="layer")):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        measured[i] = True
         for mode in sorted({c.mode for c in choices}):
             finite = {j: local[i, j] for j, c in enumerate(choices)
                       if c.mode == mode and np.isfinite(local[i, j]) and local[i, j] > 0}
@@ -224,4 +235,11 @@ def _gains(ws: Workspace, local: np.ndarray, choices: tuple[LayerChoice, ...], s
                 continue
             gain = float(np.square(out - reference, dtype=np.float64).mean()) / power / finite[best]
             gains[i, [j for j, c in enumerate(choices) if c.mode == mode]] = gain
-    return gains
+    if not measured.all():
+        log.warning("the time budget ended the per-layer gains after %d of %d layers: the others take their mode's "
+                    "median", measured.sum(), len(measured))
+        for mode in {c.mode for c in choices}:
+            cols = [j for j, c in enumerate(choices) if c.mode == mode]
+            seen = gains[measured][:, cols[0]] if measured.any() else np.array([])
+            gains[np.ix_(~measured, cols)] = float(np.median(seen)) if seen.size else 1.0
+    return gains, measured

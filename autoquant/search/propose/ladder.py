@@ -20,7 +20,6 @@ counts with its prefix's figures.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -104,17 +103,16 @@ class Ladder:
             if step is None:
                 step, suffix = self.next_rung(rungs, history.tried), ""
                 if step is not None and len(rungs) >= 2 and self.fit_deciding(step):
-                    self.__dict__.pop("candidates", None)  # the model's plans changed
-                    step = self.next_rung(rungs, history.tried)
+                    step = self.next_rung(rungs, history.tried)  # the model, so its candidates, changed
             if step is not None:
                 return Proposal([(f"{PREFIX}{len(rungs)}{suffix}", step)])
         if met and len(rungs) >= 2:  # for the warm starts and the refine rounds that follow
             self.fit_deciding(met[-1])
         return Proposal(finished=True)
 
-    @functools.cached_property
+    @property
     def candidates(self) -> list[QuantPlan]:
-        """The plans a rung chooses from; they depend on the model only, so every rung shares them."""
+        """The plans a rung chooses from (the model keeps them: every rung with one model shares them)."""
         return self.model().candidates(self.settings.sweep)
 
     def measured(self, trials: list[optuna.trial.FrozenTrial]) -> list[tuple[QuantPlan, float, float]]:

@@ -26,7 +26,6 @@ the plans a user compares against the export (more accurate for more cost) on th
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import optuna
@@ -40,26 +39,29 @@ from .settings import SETTINGS, ProposeSettings
 
 
 class Refine:
-    """Proposer (scheduler.py): every `settings.every` finished trials (complete or stopped early), once the trials
-    enqueued before have run, one round of calibrated proposals from them."""
+    """Proposer (scheduler.py): one round of calibrated proposals when the proposer `after` (the ladder) is finished —
+    before the fixed warm starts, so that a small trial budget runs the error model's plans at the limit — then
+    every `settings.every` finished trials (complete or stopped early), once the trials enqueued before have run."""
 
     name = "refine"
 
     def __init__(self, model: ErrorModel | Callable[[], ErrorModel], max_drop: float, fp32_accuracy: float,
-                 settings: ProposeSettings = SETTINGS):
-        """`model`: the error model, or what makes it when first needed (a study's first rounds come after its
-        estimates are made)."""
-        self._model, self.max_drop, self.fp32, self.settings = model, max_drop, fp32_accuracy, settings
+                 settings: ProposeSettings = SETTINGS, after: str | None = None):
+        """`model`: the error model, or what makes it when asked (a study's first rounds come after its estimates
+        are made; the study's model may change, e.g. when adaptive rounding is priced for the layers deciding the
+        plan)."""
+        self._model, self.max_drop, self.fp32, self.settings, self.after = model, max_drop, fp32_accuracy, settings, after
         self.next_at = settings.every
         self.rounds = 0
 
-    @functools.cached_property
+    @property
     def model(self) -> ErrorModel:
         return self._model if isinstance(self._model, ErrorModel) else self._model()
 
     def propose(self, history: History) -> Proposal:
         done = history.done
-        if len(done) < self.next_at or history.waiting:
+        first = self.rounds == 0 and self.after is not None and self.after in history.finished and bool(done)
+        if (len(done) < self.next_at and not first) or history.waiting:
             return Proposal()
         self.next_at = len(done) + self.settings.every
         tried = history.tried
@@ -72,9 +74,9 @@ class Refine:
         self.rounds += 1
         return Proposal(plans)
 
-    @functools.cached_property
+    @property
     def candidates(self) -> list[QuantPlan]:
-        """The plans a round chooses from; they depend on the model only, so every round shares them."""
+        """The plans a round chooses from (the model keeps them: every round with one model shares them)."""
         return self.model.candidates(self.settings.sweep)
 
     def calibrated(self, trials: list[optuna.trial.FrozenTrial]) -> Calibration:
