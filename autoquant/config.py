@@ -233,16 +233,27 @@ class SearchConfig:
             raise ConfigError("search.sensitivity_k must be a list of non-negative integers")
 
 
+FINETUNE_DATA = ("all", "calibration", "train")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Quantization-aware fine-tuning of the export (finetune/): distillation from FP32 on the calibration data."""
+    """Quantization-aware fine-tuning of the export (finetune/): distillation from FP32 on unlabeled data."""
 
-    steps: int = bounded(300, 1)
-    lr: float = bounded(1e-4, 0, above=True)  # Adam's learning rate on the weights and biases
+    # default: as many as timeout_minutes leaves time for, timed on the first steps (finetune/train.py: budget)
+    steps: int | None = bounded(None, 1)
+    # Adam's step on the weights and biases; default: each tensor's own scale (finetune/train.py: RELATIVE_LR)
+    lr: float | None = bounded(None, 0, above=True)
+    timeout_minutes: float = bounded(15.0, 0, above=True)  # the training steps' time, when steps is not set
     batch_size: int = bounded(32, 1)
     seed: int = bounded(0, 0)
     checkpoint_every: int = bounded(25, 1)  # steps between two checkpoints (a killed run resumes from the last)
-    data: str = "calibration"  # or "train": the data.train_size samples (never calibrated or evaluated on)
+    # all: every sample of the experiment's data that no eval or confirmation split holds (the train and calibration
+    # splits and the samples no split takes); calibration; train (data.train_size's samples)
+    data: str = "all"
+    # more inputs to learn from, none of them labeled (a folder of images, an npz, a loader: a data section); all of
+    # their samples, but any equal to an eval or confirmation sample
+    unlabeled: DataConfig | None = None
     learn_scales: bool = False  # also train the activation scales (LSQ), exported in place of the calibrated ones
     validation: float = bounded(0.2, 0)  # share of the data held out to keep the weights that generalise best
     # As a search's last stage: the plans faster than the export whose PTQ drop misses the limit by at most `margin`
@@ -254,8 +265,8 @@ class FinetuneConfig:
         check_fields(self, "finetune")
         if self.validation >= 0.5:
             raise ConfigError(f"finetune.validation must be below 0.5 (a share of the data), got {self.validation}")
-        if self.data not in ("calibration", "train"):
-            raise ConfigError(f"finetune.data '{self.data}' is unknown: use calibration or train")
+        if self.data not in FINETUNE_DATA:
+            raise ConfigError(f"finetune.data '{self.data}' is unknown: use {', '.join(FINETUNE_DATA)}")
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,27 @@ class Dataset:
         """The same rows of other arrays (renamed or converted inputs)."""
         return Dataset(inputs, self.y, self.rows)
 
+    def sample_digests(self) -> list[bytes]:
+        """One hash per sample, of its input arrays: which samples of two data sets are the same."""
+        out = []
+        for batch in self.batches(256):
+            for i in range(len(next(iter(batch.values())))):
+                h = hashlib.sha256()
+                for name in sorted(batch):
+                    h.update(np.ascontiguousarray(batch[name][i]).tobytes())
+                out.append(h.digest())
+        return out
+
+
+def concat(parts: list[Dataset]) -> Dataset:
+    """The samples of `parts` in order, without labels: rows of one set of arrays stay rows of it; others are read
+    into memory."""
+    if all(p.inputs is parts[0].inputs for p in parts):
+        rows = np.concatenate([p.rows if p.rows is not None else np.arange(len(p)) for p in parts])
+        return Dataset(parts[0].inputs, None, rows)
+    names = list(parts[0].inputs)
+    return Dataset({n: np.concatenate([p.column(n) for p in parts]) for n in names})
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -99,6 +120,7 @@ class Splits:
     eval: Dataset
     train: Dataset | None = None
     confirm: Dataset | None = None
+    rest: Dataset | None = None  # the samples no split takes (fine-tuning may learn from them: never scored)
 
 
 def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: int = 0,
@@ -137,4 +159,5 @@ def split(data: Dataset, *, calibration: int, eval: int, train: int = 0, seed: i
         eval=data.subset(perm[train + own_calibration : need]),
         train=data.subset(perm[:train]) if train else None,
         confirm=data.subset(perm[need : need + confirm]) if confirm > 0 else None,
+        rest=data.subset(np.sort(perm[need + confirm :])) if need + confirm < len(data) else None,
     )

@@ -98,10 +98,10 @@ class FinetuneRecord:
     """How the model's FP32 weights were fine-tuned (finetune/), and the file beside the record that holds them."""
 
     steps: int
-    lr: float
+    lr: float | None  # None: each tensor's own step (finetune/train.py: RELATIVE_LR)
     batch_size: int
     seed: int
-    data: str  # which samples it was fine-tuned on: calibration or train (FinetuneConfig.data)
+    data: str  # which samples it was fine-tuned on (FinetuneConfig.data, "+unlabeled" with finetune.unlabeled)
     learned_scales: bool  # the activation scales were trained too (the record's activations hold them)
     validation: float  # share of the samples held out
     data_sha256: str

@@ -8,6 +8,8 @@ import json
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -22,9 +24,10 @@ from test_sources import cli, one_line_error
 from autoquant import apply_record, load_experiment, search
 from autoquant.config import FinetuneConfig
 from autoquant.engine import preset_plan
+from autoquant.errors import ConfigError
 from autoquant.evaluate.executed import executed_layers
 from autoquant.finetune.mirror import Mirror
-from autoquant.jobs.finetune import CHECKPOINT, finetune_plan
+from autoquant.jobs.finetune import CHECKPOINT, finetune_plan, trainable
 from autoquant.measure import Meter
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.record import FORMAT_VERSION, Record
@@ -71,7 +74,7 @@ def test_finetuning_lowers_the_held_out_error_and_apply_rebuilds_its_export(digi
     # eval samples it never saw, must recover most of the output error.
     plan = preset_plan(digits_ws, "int8-per-channel")
     ptq = Meter(digits_ws)(digits_ws.build(plan), plan, timed=False)
-    settings = FinetuneConfig(steps=60, batch_size=32)
+    settings = FinetuneConfig(steps=60, batch_size=32, data="calibration")
     result = finetune_plan(digits_ws, plan, settings, tmp_path / "ft", tmp_path / "ckpt", {"accuracy_drop": ptq.accuracy_drop})
     after = result.after
     assert after.output_mse < 0.5 * ptq.output_mse, (ptq.output_mse, after.output_mse)
@@ -94,6 +97,49 @@ def test_finetuning_lowers_the_held_out_error_and_apply_rebuilds_its_export(digi
     (after.record_path.parent / "finetuned.npz").write_bytes(b"not the weights")
     with pytest.raises(Exception, match="not the weights file the record was written with"):
         apply_record(digits_ws.prepared.source, after.record_path, tmp_path / "again.onnx", digits_ws.exp.cache)
+
+
+def test_finetuning_learns_from_every_sample_but_the_scored_ones(digits_ws, tmp_path):
+    """finetune.data all: the train and calibration splits and the samples no split takes; finetune.unlabeled adds a
+    data section's samples, but any equal to an eval or confirmation sample."""
+    from autoquant.config import DataConfig
+    from autoquant.jobs.finetune import training_data
+
+    s = digits_ws.splits
+    data = training_data(digits_ws, FinetuneConfig())
+    assert len(data) == len(s.train) + len(s.calibration) + (len(s.rest) if s.rest is not None else 0)
+    scored = set(s.eval.sample_digests()) | (set(s.confirm.sample_digests()) if s.confirm is not None else set())
+    assert not scored & set(data.sample_digests())
+    # a folder of more inputs that overlaps the eval samples: only the new ones are learnt from
+    x = np.concatenate([s.eval.x[:20], s.calibration.x[:5] + 0.5]).astype(np.float32)
+    np.savez(tmp_path / "more.npz", x=x)
+    extra = FinetuneConfig(data="calibration", unlabeled=DataConfig(source="npz", path=tmp_path / "more.npz", y_key=None))
+    assert len(training_data(digits_ws, extra)) == len(s.calibration) + 5
+    np.savez(tmp_path / "scored.npz", x=s.eval.x[:8])
+    with pytest.raises(ConfigError, match="every sample of finetune.unlabeled"):
+        training_data(digits_ws, replace(extra, unlabeled=DataConfig(source="npz", path=tmp_path / "scored.npz",
+                                                                     y_key=None)))
+
+
+def test_default_steps_fit_the_time_given_and_the_first_steps_do_not_hurt(digits_ws, tmp_path):
+    from autoquant.finetune.train import WARMUP_STEPS, budget
+
+    settings = FinetuneConfig(timeout_minutes=0.1, checkpoint_every=5, data="calibration")
+    assert budget(settings, 0.05, 0.5, 1.0) == int((6 - 1.0) // (0.05 + 0.5 / 5))
+    assert budget(settings, 10.0, 0.0, 0.0) == 1  # at least one step
+    plan = preset_plan(digits_ws, "int8-per-channel")
+    t0 = time.perf_counter()
+    result = finetune_plan(digits_ws, plan, settings, tmp_path / "ft", tmp_path / "ckpt", {})
+    took = time.perf_counter() - t0
+    assert result.after.record_path.is_file() and len(result.losses) == Record.load(result.after.record_path).finetune.steps
+    # the steps fit the 6 s of training given: the measured time of the run, its model's build and measurement
+    # aside, is within a step or two of it
+    assert result.seconds <= 6 + 2 * took / max(len(result.losses), 1) + 2.0, (result.seconds, len(result.losses))
+    # each tensor's own step, growing over the first WARMUP_STEPS: the held-out error of the first look after
+    # training started is not above the plan's as calibrated
+    looks = dict(result.held_out)
+    assert looks[5] <= looks[0] * 1.001, looks
+    assert WARMUP_STEPS > 5
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +168,8 @@ def test_a_search_with_a_finetune_section_fine_tunes_as_its_last_stage(searched)
     assert result.met and result.finetuned is not None
     assert source.number == result.chosen.number or 1.0 < source.result.accuracy_drop <= 3.0
     tuned = Record.load(run / "finetuned" / "record.json")
-    assert tuned.finetune.steps == 120 and tuned.plan().key() == source.plan.key()
+    # the plan fine-tuned is the source's without its recovery (the weights learnt replace the bias shifts)
+    assert tuned.finetune.steps == 120 and tuned.plan().key() == trainable(source.plan).key()
     assert result.finetuned.before["accuracy_drop"] == source.result.accuracy_drop
 
 
@@ -182,9 +229,9 @@ def test_finetuning_bad_input_is_one_line(searched, digits_ws, tmp_path, capsys)
     from autoquant.jobs.finetune import training_data
 
     with pytest.raises(Exception, match="set data.train_size"):
-        training_data(Workspace(load_experiment(no_train)), "train")
+        training_data(Workspace(load_experiment(no_train)), FinetuneConfig(data="train"))
     bad = write_experiment(tmp_path / "bad.yaml", name="bad", model={"builtin": "digits_cnn"}, finetune={"data": "eval"})
-    one_line_error(capsys, ["layers", bad], "finetune.data 'eval' is unknown: use calibration or train")
+    one_line_error(capsys, ["layers", bad], "finetune.data 'eval' is unknown: use all, calibration, train")
 
 
 def test_learnt_activation_scales_are_the_exports_and_apply_rebuilds_them(digits_ws, tmp_path):

@@ -42,6 +42,7 @@ class Trained:
     chosen_step: int  # the step whose weights these are (0: training did not beat the plan as calibrated)
     seconds: float  # of training in this process (a resumed run counts its own)
     resumed_at: int  # the step a checkpoint let it start from (0: none)
+    steps: int  # the steps it ran to (settings.steps, or what the time budget allowed)
 
 
 def nmse(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
@@ -65,28 +66,67 @@ def split_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.sort(perm[held:]), np.sort(perm[:held])
 
 
+# The default step of a tensor: this share of its own RMS. Adam moves every parameter by about the learning rate per
+# step, whatever its gradient's size; one rate for a model would move a depthwise layer's small weights (and a bias)
+# by far more, relatively, than a wide layer's, and its first steps raised the loss on every model we tried.
+RELATIVE_LR = 1e-3
+WARMUP_STEPS = 20  # the step grows linearly to its rate over these first steps: the first steps are small ones
+MAX_STEPS = 5000  # steps at most when the time budget sets them
+
+
+def param_groups(module: torch.nn.Module, lr: float | None) -> list[dict]:
+    """Adam's parameter groups: one rate for all (`lr`), or each tensor's RMS × RELATIVE_LR (a tensor of zeros: the
+    median rate of the others)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if lr is not None:
+        return [{"params": params, "lr": lr}]
+    scales = [float(p.detach().double().pow(2).mean().sqrt()) for p in params]
+    fallback = float(np.median([v for v in scales if v > 0])) if any(v > 0 for v in scales) else 1.0
+    return [{"params": [p], "lr": RELATIVE_LR * (v if v > 0 else fallback)} for p, v in zip(params, scales)]
+
+
+def warmup(step: int) -> float:
+    """The share of its rate a step takes (torch's LambdaLR)."""
+    return min(1.0, (step + 1) / WARMUP_STEPS)
+
+
+def budget(settings: FinetuneConfig, step_seconds: float, look_seconds: float, spent: float) -> int:
+    """The steps that fit in `settings.timeout_minutes` after `spent` seconds, each step and every
+    `checkpoint_every`-th look at the held-out samples timed before training (at least 1, at most MAX_STEPS)."""
+    per_step = step_seconds + look_seconds / settings.checkpoint_every
+    left = settings.timeout_minutes * 60 - spent
+    return int(min(MAX_STEPS, max(1, left // max(per_step, 1e-6))))
+
+
 def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], settings: FinetuneConfig,
           checkpoint: Path, run_key: str) -> Trained:
     """Fine-tune `mirror` on `data` towards `teacher` (FP32 outputs by output name, one row per sample). The weights
     returned are those with the least output NMSE on the held-out share of `data` (`settings.validation`),
     looked at before the first step and every `checkpoint_every` steps: on a small data set, training longer fits
-    the training samples better and the others worse, and the held-out samples say when that starts."""
+    the training samples better and the others worse, and the held-out samples say when that starts; when no step
+    beats the plan as calibrated, its weights are returned unchanged. Without `settings.steps`, as many steps as
+    fit in `settings.timeout_minutes` (budget)."""
     module = mirror.module
     inputs = {k: torch.from_numpy(np.ascontiguousarray(data.column(k))) for k in module.inputs}
     targets = [torch.from_numpy(np.ascontiguousarray(teacher[o])) for o in module.outputs]
     rows, held = split_rows(len(data), settings.validation, settings.seed)
-    optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
-    what = (settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data, settings.learn_scales,
-            settings.validation)
+    optimizer = torch.optim.Adam(param_groups(module, settings.lr), lr=settings.lr or RELATIVE_LR)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+    # A run with more steps begins as one with fewer (batches by step, a warm-up of fixed length): the total is not
+    # part of what a checkpoint must match, so a run the time budget cut short resumes under a new budget
+    what = (settings.lr, settings.batch_size, settings.seed, settings.data, settings.learn_scales, settings.validation)
     key = hashlib.sha256(f"{run_key}:{what}".encode()).hexdigest()
     losses: list[float] = []
     looks: list[tuple[int, float]] = []
     best: dict | None = None
     start = 0
+    t0 = time.perf_counter()
     state = resume_state(checkpoint, key, module, optimizer)
     if state is not None:
         losses, looks, best, start = list(state["losses"]), [tuple(x) for x in state["looks"]], state["best"], int(state["step"])
-        log.info("fine-tuning resumes at step %d of %d", start, settings.steps)
+        for group, base in zip(optimizer.param_groups, schedule.base_lrs):  # the rates of step `start`
+            group["lr"] = base * warmup(start)
+        schedule.last_epoch = start
 
     def look(step: int) -> None:
         nonlocal best
@@ -101,10 +141,18 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
         if best is None or value < best["nmse"]:
             best = {"step": step, "nmse": value, "module": copy.deepcopy(module.state_dict())}
 
+    t_look = time.perf_counter()
     if start == 0:
         look(0)
-    shown = bar(settings.steps, "fine-tuning", unit="step", initial=start)
-    t0 = time.perf_counter()
+    t_look = time.perf_counter() - t_look
+    steps = settings.steps
+    if steps is None:
+        steps = max(start, budget(settings, timed_step(module, inputs, targets, rows, settings), t_look,
+                                  time.perf_counter() - t0))
+        log.info("fine-tuning: %d steps fit in finetune.timeout_minutes %g", steps, settings.timeout_minutes)
+    if start:
+        log.info("fine-tuning resumes at step %d of %d", start, steps)
+    shown = bar(steps, "fine-tuning", unit="step", initial=start)
     done = start
 
     def state() -> dict:
@@ -112,20 +160,21 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
                 "optimizer": optimizer.state_dict(), "losses": losses, "best": best}
 
     try:
-        for step in range(start, settings.steps):
+        for step in range(start, steps):
             batch = torch.from_numpy(batch_rows(rows, settings.batch_size, settings.seed, step))
             out = module(**{k: v[batch] for k, v in inputs.items()})
             loss = nmse(out, [t[batch] for t in targets])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             losses.append(loss.item())
             shown.update(1)
             shown.set_postfix(loss=f"{losses[-1]:.3g}", held_out=f"{best['nmse']:.3g}" if best else "-")
             done = step + 1
-            if done % settings.checkpoint_every == 0 or done == settings.steps:
+            if done % settings.checkpoint_every == 0 or done == steps:
                 look(done)
-            if done % settings.checkpoint_every == 0 and done < settings.steps:
+            if done % settings.checkpoint_every == 0 and done < steps:
                 save_checkpoint(checkpoint, state())
     except KeyboardInterrupt:  # the steps done so far are kept: the same command resumes after them
         if done > start:
@@ -138,7 +187,18 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
         log.info("fine-tuning: the weights of step %d (held-out output NMSE %.3g; before training %.3g)", best["step"],
                  best["nmse"], looks[0][1])
     return Trained(mirror.weights(), mirror.activation_params(), tuple(losses), tuple(looks),
-                   best["step"] if best else settings.steps, time.perf_counter() - t0, start)
+                   best["step"] if best else steps, time.perf_counter() - t0, start, steps)
+
+
+def timed_step(module: torch.nn.Module, inputs: dict[str, torch.Tensor], targets: list[torch.Tensor], rows: np.ndarray,
+               settings: FinetuneConfig) -> float:
+    """The seconds of one training step's forward and backward pass (its gradients dropped, nothing changed)."""
+    batch = torch.from_numpy(batch_rows(rows, settings.batch_size, settings.seed, 0))
+    t0 = time.perf_counter()
+    nmse(module(**{k: v[batch] for k, v in inputs.items()}), [t[batch] for t in targets]).backward()
+    seconds = time.perf_counter() - t0
+    module.zero_grad(set_to_none=True)
+    return seconds
 
 
 CHECKPOINT_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Experiment, FinetuneConfig, load_experiment
-from ..data import Dataset
+from ..config import DataConfig, Experiment, FinetuneConfig, load_experiment
+from ..data import Dataset, concat
 from ..engine import QuantizeResult, Tuned
 from ..errors import ConfigError, PlanError
 from ..fileio import recover_dir
@@ -24,10 +24,12 @@ from ..quantize.plan import QuantPlan
 from ..record import FinetuneRecord, Record
 from ..runtime import session
 from ..search import RunPaths, ScoredPlan, Study, check_export_target, write_export
+from ..sources import DATA_SOURCES, SourceContext, bind_inputs, experiment_dir
 from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "finetune.ckpt"  # in the run directory: a killed fine-tuning resumes from it
+UNLABELED_MAX = 50_000  # samples read from finetune.unlabeled at most (a loader may never end)
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,37 @@ def mirrored(plan: QuantPlan) -> bool:
     return all(modes.get(c.mode).mirrored(c) is not None for _, c in plan.choices if c.quantize)
 
 
-def training_data(ws: Workspace, which: str) -> Dataset:
-    if which == "calibration":
-        return ws.splits.calibration
-    if ws.splits.train is None:
+def training_data(ws: Workspace, settings: FinetuneConfig) -> Dataset:
+    """The samples fine-tuning learns from (FinetuneConfig.data and .unlabeled); never an eval or confirmation one."""
+    s = ws.splits
+    if settings.data == "train" and s.train is None:
         raise ConfigError("finetune.data is train but the experiment reserves no training samples: set data.train_size "
-                          "or use finetune.data: calibration")
-    return ws.splits.train
+                          "or use finetune.data: all")
+    parts = {"calibration": [s.calibration], "train": [s.train],
+             "all": [p for p in (s.train, s.calibration, s.rest) if p is not None]}[settings.data]
+    if settings.unlabeled is not None:
+        parts.append(unlabeled_data(ws, settings.unlabeled))
+    return concat(parts) if len(parts) > 1 else parts[0]
+
+
+def unlabeled_data(ws: Workspace, section: DataConfig) -> Dataset:
+    """All samples of the `finetune.unlabeled` data section, bound to the model's inputs, but any equal to an eval or
+    confirmation sample (a folder that overlaps the scored data must not train on what is scored)."""
+    source = DATA_SOURCES.get(section.source)
+    loaded = bind_inputs(source(section, SourceContext(experiment_dir(ws.exp), ws.exp.cache,
+                                                         tuple(i.name for i in ws.prepared.inputs), UNLABELED_MAX)),
+                         ws.prepared.inputs, "finetune.unlabeled")
+    scored = set(ws.splits.eval.sample_digests())
+    if ws.splits.confirm is not None:
+        scored |= set(ws.splits.confirm.sample_digests())
+    keep = np.array([d not in scored for d in loaded.sample_digests()])
+    if not keep.any():
+        raise ConfigError(f"every sample of finetune.unlabeled ({section.path or section.loader}) is an eval or "
+                          "confirmation sample: point it at other data")
+    if not keep.all():
+        log.warning("finetune.unlabeled: %d of its %d samples are eval or confirmation samples: left out",
+                    int((~keep).sum()), len(keep))
+    return loaded.subset(np.flatnonzero(keep)) if not keep.all() else loaded
 
 
 def teacher_outputs(ws: Workspace, data: Dataset, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -84,19 +110,22 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     plan = trainable(plan)
     acts, _ = ws.activations(plan)
     mirror = Mirror(ws.model, ws.graph, plan, ws.build(plan, acts), ws.weight_range, settings.learn_scales)
-    calib = training_data(ws, settings.data)
+    calib = training_data(ws, settings)
     teacher = teacher_outputs(ws, calib, mirror.module.outputs)
-    log.info("fine-tuning a plan with %d of %d layers quantized on %d %s samples: %d steps of %d, lr %g",
-             len(plan.quantized), len(plan.names), len(calib), settings.data, settings.steps, settings.batch_size,
-             settings.lr)
+    log.info("fine-tuning a plan with %d of %d layers quantized on %d unlabeled samples (%s%s): %s steps of %d, %s",
+             len(plan.quantized), len(plan.names), len(calib), settings.data, " + finetune.unlabeled" if settings.unlabeled
+             else "", settings.steps or f"up to {settings.timeout_minutes:g} minutes of", settings.batch_size,
+             f"lr {settings.lr:g}" if settings.lr else "each tensor's own step")
     trained = train(mirror, calib, teacher, settings, checkpoint, f"{ws.model_key}:{calib.sha256()}:{plan.key()}")
     losses = trained.losses
     held = dict(trained.held_out).get(trained.chosen_step)
-    record = FinetuneRecord(settings.steps, settings.lr, settings.batch_size, settings.seed, settings.data,
+    which = settings.data + ("+unlabeled" if settings.unlabeled else "")
+    record = FinetuneRecord(trained.steps, settings.lr, settings.batch_size, settings.seed, which,
                             settings.learn_scales, settings.validation, calib.sha256(), len(calib),
-                            float(np.mean(losses[:10])), float(np.mean(losses[-10:])), trained.chosen_step, held,
+                            float(np.mean(losses[:10])) if losses else math.nan,
+                            float(np.mean(losses[-10:])) if losses else math.nan, trained.chosen_step, held,
                             trained.seconds, "", "")
-    result = write_export(ws, plan, out_dir, f"fine-tuning ({settings.steps} steps)",
+    result = write_export(ws, plan, out_dir, f"fine-tuning ({trained.steps} steps)",
                           tuned=Tuned(trained.weights, record, trained.activations))
     drop_checkpoints(checkpoint)
     run_id, error = None, ""
@@ -142,7 +171,8 @@ def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list
 
 
 def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = None, lr: float | None = None,
-                 batch_size: int | None = None, record: Path | None = None) -> FinetuneResult:
+                 batch_size: int | None = None, record: Path | None = None,
+                 minutes: float | None = None) -> FinetuneResult:
     """Fine-tune the export of the search in `run_dir` (or the plan of `record`)."""
     paths = RunPaths(Path(run_dir))
     exp = load_experiment(paths.experiment())
@@ -160,7 +190,8 @@ def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = 
             raise PlanError(f"{record_path} was made for another model than {exp.source_file}'s: give that experiment's "
                             "run directory")
         base = exp.finetune or FinetuneConfig()
-        overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+        overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size,
+                                       "timeout_minutes": minutes}.items() if v is not None}
         settings = dataclasses.replace(base, **overrides)
         return finetune_plan(study.workspace, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
                              mlflow_logger(exp, paths, study.parent_run))

@@ -44,8 +44,9 @@ class PreparedData:
         s, inputs = self.source_splits, self.prepared.inputs
         train = bind_inputs(s.train, inputs, "train") if s.train is not None else None
         confirm = bind_inputs(s.confirm, inputs, "confirmation") if s.confirm is not None else None
+        rest = bind_inputs(s.rest, inputs, "data") if s.rest is not None else None
         return Splits(bind_inputs(s.calibration, inputs, "calibration"), bind_inputs(s.eval, inputs, "eval"), train,
-                      confirm)
+                      confirm, rest)
 
     @functools.cached_property
     def prepared(self) -> PreparedModel:
