@@ -261,3 +261,27 @@ def test_a_finetuned_mixed_plan_runs_as_planned_in_a_default_session(digits_ws, 
     for name in names:
         assert ran[name].integer == plan[name].quantize, (name, ran[name].kernel)
     assert ran[names[-1]].kernel == "DynamicQuantizeMatMul"
+
+
+def test_the_study_says_when_a_fine_tuned_plan_could_be_faster():
+    """A plan faster than the export whose post-training drop misses the limit by no more than fine-tuning recovers
+    (finetune.margin) is named with the figures; one too far off, or barely faster, is not."""
+    from autoquant.jobs.finetune import finetune_hint
+    from autoquant.measure import Measurement
+    from autoquant.search import ScoredPlan
+
+    names = ("a", "b", "c")
+    int8 = LayerChoice.of()
+
+    def point(number: int, floats: int, drop: float, ratio: float) -> ScoredPlan:
+        plan = QuantPlan(tuple((n, FLOAT if i < floats else int8) for i, n in enumerate(names)))
+        return ScoredPlan(number, "", plan, Measurement(90 - drop, drop, 0.1, 100 * ratio, ratio, 10, 0.01, ""))
+
+    export, near, far = point(1, 2, 0.4, 0.6), point(2, 1, 1.5, 0.45), point(3, 0, 3.0, 0.35)
+    price = {p.plan.key(): p.result.latency_ratio for p in (export, near, far)}
+    hint = finetune_hint([export, near, far], export, 0.5, lambda plan: price[plan.key()])
+    assert hint is not None and (hint.trial, hint.drop, hint.latency_ratio, hint.export_ratio) == (2, 1.5, 0.45, 0.6)
+    assert "trial 2 runs at 0.45x FP32, 1.33x faster than the export (0.60x)" in hint.describe(0.5)
+    barely = point(2, 1, 1.5, 0.58)
+    price[barely.plan.key()] = 0.58
+    assert finetune_hint([export, barely, far], export, 0.5, lambda plan: price[plan.key()]) is None

@@ -42,6 +42,7 @@ def result_json(result) -> dict:
                                                  "drop_stderr": c.stderr, "interval": list(c.interval)},
             "refused": [{"trial": r.trial, "accuracy_drop": r.drop, "drop_stderr": r.stderr} for r in result.refused],
             "slower_than_fp32": [{"trial": p.number, "latency_ratio": p.result.latency_ratio} for p in result.slower],
+            "finetune_hint": None if result.finetune_hint is None else asdict(result.finetune_hint),
             "chosen_trial": chosen.number if chosen else None,
             "chosen": asdict(chosen.result) if chosen else None,
             "export": str(result.export.model_path) if result.export else None,
@@ -86,6 +87,8 @@ def report_search(result, objective: Cost, args) -> int:
         print("autoquant: no plan met the limit after post-training quantization; the fine-tuned model above does",
               file=sys.stderr)
         return 0
+    if result.finetune_hint is not None:
+        log.info("%s", result.finetune_hint.describe(result.max_drop))
     if not result.met:
         print(f"autoquant: {no_plan_message(result)}", file=sys.stderr)
         return EXIT_NO_PLAN

@@ -29,6 +29,7 @@ from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "finetune.ckpt"  # in the run directory: a killed fine-tuning resumes from it
+HINT_GAIN = 1.1  # a plan at least this much faster than the export is worth a fine-tuning hint
 UNLABELED_MAX = 50_000  # samples read from finetune.unlabeled at most (a loader may never end)
 
 
@@ -151,6 +152,39 @@ def candidates(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: fl
     for p in near:
         picked.setdefault(p.plan.key(), p)
     return list(picked.values())[: settings.candidates] or ([export] if export is not None else [])
+
+
+@dataclass(frozen=True)
+class FinetuneHint:
+    """A plan faster than the export whose drop after post-training quantization misses the limit by no more than
+    fine-tuning recovers (FinetuneConfig.margin): what a `finetune:` section would try first."""
+
+    trial: int
+    drop: float  # its drop after post-training quantization
+    latency_ratio: float
+    export_ratio: float | None  # the export's (None: nothing was exported)
+
+    def describe(self, max_drop: float) -> str:
+        than = (f"{self.export_ratio / self.latency_ratio:.2f}x faster than the export ({self.export_ratio:.2f}x)"
+                if self.export_ratio else "where no plan met the limit")
+        return (f"fine-tuning may do better: trial {self.trial} runs at {self.latency_ratio:.2f}x FP32, {than}, but drops "
+                f"{self.drop:.2f} pt after post-training quantization (limit {max_drop:g}); add a `finetune:` section to "
+                "the experiment and rerun the same command: the study resumes and fine-tunes it as its last stage, within "
+                "finetune.timeout_minutes")
+
+
+def finetune_hint(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: float,
+                  predicted: Callable[[QuantPlan], float]) -> FinetuneHint | None:
+    """The fastest measured plan a `finetune:` section would try (candidates, with the default settings) that ran
+    at least HINT_GAIN times faster than the export; None when there is none."""
+    bar = export.result.latency_ratio / HINT_GAIN if export is not None else math.inf
+    faster = [p for p in candidates(points, export, max_drop, FinetuneConfig(), predicted)
+              if p is not export and p.result.latency_ratio < bar]
+    if not faster:
+        return None
+    best = min(faster, key=lambda p: p.result.latency_ratio)
+    return FinetuneHint(best.number, best.result.accuracy_drop, best.result.latency_ratio,
+                        export.result.latency_ratio if export is not None else None)
 
 
 def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list[ScoredPlan], export: ScoredPlan | None,

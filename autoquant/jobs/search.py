@@ -25,7 +25,7 @@ from ..report.progress import Progress
 from ..report.sensitivity import write_layer_errors_report
 from ..search import Confirmation, FirstExport, RunPaths, ScoredPlan, Study, check_export_target
 from ..workspace import Workspace
-from .finetune import FinetuneResult, finetune_stage
+from .finetune import FinetuneHint, FinetuneResult, finetune_hint, finetune_stage
 from .workers import spawn_worker, with_threads
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class SearchResult:
     confirmation: Confirmation | None = None  # the export's drop on the confirmation split (search/confirm.py)
     refused: tuple[Confirmation, ...] = ()  # candidates whose drop did not hold there
     slower: tuple[ScoredPlan, ...] = ()  # plans within the limit that ran slower than FP32 (never exported)
+    finetune_hint: FinetuneHint | None = None  # a faster plan fine-tuning might bring within the limit (no finetune section)
 
 
 def search(exp: Experiment, out_dir: Path, *, trials: int | None = None, workers: int = 1,
@@ -152,7 +153,11 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
     result = replace(_conclude(study, paths.root / "best", seconds, evaluated), tracking_uri=tracker.uri,
                      parent_run_id=tracker.parent_id, workspace=ws, first_export_seconds=first.seconds)
     write_layer_errors_report(study.estimates.errors, paths.root)
-    if exp.finetune is not None:
+    if exp.finetune is None:
+        hint = finetune_hint(study.points(), result.chosen if result.met else None, result.max_drop, study.predicted)
+        if hint is not None:
+            result = replace(result, finetune_hint=hint)
+    else:
         export = result.chosen if result.met else None
         tuned = finetune_stage(ws, exp, paths, study.points(), export, exp.search.max_accuracy_drop, study.predicted,
                                tracker.parent_id)
