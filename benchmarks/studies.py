@@ -15,8 +15,8 @@ from autoquant import SearchResult, load_experiment, search
 from autoquant.evaluate.executed import kernel_counts, optimized_graph
 
 # What a study computes for itself; a user's second study on the same model and data finds these cached. The
-# decoded data and the adaptive rounding (a model-and-data property, shared by every study) stay cached.
-PER_STUDY_CACHES = ("stats", "reference", "layer_errors", "latency_table", "sensitivity", "smoothing")
+# decoded data stays cached; so does nothing else: the recovery (bias shifts, adaptive rounding) is made again.
+PER_STUDY_CACHES = ("stats", "reference", "layer_errors", "latency_table", "sensitivity", "smoothing", "recovery")
 
 
 def kernels(model: onnx.ModelProto) -> dict[str, int]:

@@ -67,6 +67,7 @@ class RecoveryTables:
         self.source, self.settings = source, settings or RoundingSettings()
         self._rows: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self._memo: dict[tuple, np.ndarray] = {}
+        self._means: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         inits = {i.name: i for i in source.model.graph.initializer}
         nodes = {n.name: n for n in source.model.graph.node}
         self._weights = {la.name: numpy_helper.to_array(inits[la.weight]).astype(np.float32) for la in source.graph.layers}
@@ -213,8 +214,17 @@ class RecoveryTables:
         if form is None:
             return np.zeros(layer.out_channels, np.float32)
         w_q = recovered_weight(w, layer, choice, self.source.weight_range, self)
-        train, held = self.rows(layer)
-        rows = np.concatenate([train, held], axis=1)
-        params = self.source.activation(layer.input, choice.activation_algorithm)
-        quantized = fake_quant_activation(rows, params, self.source.activation_type)
-        return output_shift(rows, quantized, form.matrix(w), form.matrix(w_q)) * form.alpha
+        return output_shift(*self._row_means(layer, choice.activation_algorithm), form.matrix(w), form.matrix(w_q)) \
+            * form.alpha
+
+    def _row_means(self, layer: LayerInfo, algorithm: str) -> tuple[np.ndarray, np.ndarray]:
+        """The means over the layer's rows (training and held-out) of its FP32 input and of that input quantized
+        with `algorithm`'s parameters, [groups, inputs]: every bias shift of the layer reads only these."""
+        key = (layer.name, algorithm)
+        if key not in self._means:
+            train, held = self.rows(layer)
+            rows = np.concatenate([train, held], axis=1)
+            quantized = fake_quant_activation(rows, self.source.activation(layer.input, algorithm),
+                                              self.source.activation_type)
+            self._means[key] = rows.mean(axis=1, dtype=np.float64), quantized.mean(axis=1, dtype=np.float64)
+        return self._means[key]

@@ -5,7 +5,7 @@ proposed plan carries a label (the trial table, pareto.csv, MLflow):
 | label | proposer | when | why |
 |---|---|---|---|
 | `deployed-vN` | scheduler.Once (a re-optimization's) | when the study starts | the version it may replace is on the front |
-| `ladder-K`, `ladder-K-ranges` | ladder.Ladder | first, one rung at a time | a first plan within the limit, fast: all-INT8, then the cheapest plan (in latency) the calibrated error model puts within it; after the second rung, adaptive rounding is fitted for the layers that decide the plan (estimate/deciding.py) |
+| `ladder-K`, `ladder-K-ranges` | ladder.Ladder | first, one rung at a time | a first plan within the limit, fast: all-INT8, then the cheapest plan (in latency) the calibrated error model puts within it; when it ends (past its first rung), adaptive rounding is fitted for the layers that decide the plan (estimate/deciding.py) |
 | `refined-R-I`, `front-R-I`, `descent-R-I` (round 0) | refine.Refine | when the ladder ends, before the plans below | the calibrated error model's plans at the limit first: a small trial budget runs them |
 | `guided-int8`, `guided-K-float` | guided.guided_plans (scheduler.After the ladder) | when the ladder ends | the error model across the cost range: least error, the greedy float path |
 | `all-float`, `int8-per-channel`, `int8-per-tensor`, `int8-per-channel-ALGORITHM`, `all-MODE` | baselines.uniform_plans (idem) | when the ladder ends | the uniform plans a user tries by hand (each mode's own: Mode.hand_made): the export must beat them |

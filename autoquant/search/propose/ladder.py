@@ -84,7 +84,8 @@ class Ladder:
         """`model`: the error model priced in latency (computed when first asked: the first rung needs none);
         `local`: the per-layer errors without their gains (what a variant rung is ranked by); `fit_deciding`: makes
         the costly choices of the layers deciding a plan and prices them (Study.fit_deciding; True when the model
-        changed), asked once the first two rungs are measured, before the third or when the ladder ends."""
+        changed), asked when the ladder ends, for the plan of the rung that met the limit (or the last one): the
+        first feasible plan does not wait for the fits, the plans after the ladder are priced with them."""
         self.space, self.layers, self.max_drop, self.fp32 = space, layers, max_drop, fp32_accuracy
         self.model, self.local, self.fit_deciding, self.settings = model, local, fit_deciding, settings
 
@@ -102,12 +103,10 @@ class Ladder:
             step, suffix = self.variant(rungs, history.tried), VARIANT
             if step is None:
                 step, suffix = self.next_rung(rungs, history.tried), ""
-                if step is not None and len(rungs) >= 2 and self.fit_deciding(step):
-                    step = self.next_rung(rungs, history.tried)  # the model, so its candidates, changed
             if step is not None:
                 return Proposal([(f"{PREFIX}{len(rungs)}{suffix}", step)])
-        if met and len(rungs) >= 2:  # for the warm starts and the refine rounds that follow
-            self.fit_deciding(met[-1])
+        if len(rungs) >= 2:  # the first rung did not meet the limit: for the plans that follow the ladder
+            self.fit_deciding(met[-1] if met else attrs.plan(rungs[-1]))
         return Proposal(finished=True)
 
     @property
