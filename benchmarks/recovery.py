@@ -1,17 +1,21 @@
-"""Recovery without training (bias correction, adaptive rounding): what each recovers of all-INT8's loss, what it
-costs, and whether a search that may use them exports a faster model at a limit plain all-INT8 misses.
+"""Recovery without training (bias correction, adaptive rounding, weight clipping by output error): what each
+recovers of all-INT8's loss, what it costs, and whether the default space, which offers them, exports a faster
+model than a space without them at a limit plain all-INT8 misses. The evidence for which recovery is in the default.
 
 Per bed (benchmarks/beds.py), on the same eval split:
-- FP32 and the uniform plans int8-per-channel, +bc, +adaround, +bc+adaround: the metric's drop, each method's
-  share of all-INT8's drop it recovers, and latency as a ratio to FP32, every model timed side by side in the
-  same interleaved rounds (recovery changes weights and biases, not kernels: the ratios should agree);
+- FP32 and the uniform plans int8-per-channel, +bc, +clip+bc, +adaround, +bc+adaround: the metric's drop, its
+  output NMSE, each method's share of all-INT8's drop it recovers, and latency as a ratio to FP32, every model
+  timed side by side in the same interleaved rounds (recovery changes weights and biases, not kernels: the
+  ratios should agree);
 - the seconds adaptive rounding takes per layer (fitted once per layer and weight grid, then cached);
-- two fresh studies at each limit (default: half of all-INT8's drop, which all-INT8 misses): the default space,
-  and search_spaces/recovery.yaml (the default plus `bias_correction` and `weight_rounding`), the second from a
-  cold recovery cache, so its time includes fitting every layer's rounding on both grids. Their exports' float
-  layers, kernels run, drop, and paired latency against each other and FP32.
+- two fresh studies at each limit (default: half of all-INT8's drop, which all-INT8 misses), from cold per-study
+  caches (the recovery included): the default space (bias correction offered to every static layer with a bias,
+  adaptive rounding fitted for the layers that decide the plan), and the same space without recovery (the default
+  before it had any). Their exports' float layers, kernels run, drop, and paired latency against each other and
+  FP32.
 
     pip install -e ".[bench]" && python benchmarks/recovery.py [--beds efficientnet-lite1 resnet56] [--limits 1.0]
+        [--no-studies]
 
 Writes benchmarks/results/recovery.json (each bed's entry replaced as it goes).
 """
@@ -19,7 +23,6 @@ Writes benchmarks/results/recovery.json (each bed's entry replaced as it goes).
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import beds
@@ -32,8 +35,24 @@ from autoquant.engine import preset_plan
 from autoquant.evaluate.latency import not_slower
 from autoquant.measure import Meter, paired_figures
 
-PRESETS = ("int8-per-channel", "int8-per-channel+bc", "int8-per-channel+adaround", "int8-per-channel+bc+adaround")
-SPACES = {"default space": None, "with recovery": "recovery"}
+PRESETS = ("int8-per-channel", "int8-per-channel+bc", "int8-per-channel+clip+bc", "int8-per-channel+adaround",
+           "int8-per-channel+bc+adaround")
+# The default space without recovery: its choices less bias_correction and weight_rounding (each takes its default)
+WITHOUT = "without recovery"
+SPACES = {WITHOUT: "no-recovery", "default space": None}
+
+
+def no_recovery_space(work: Path) -> Path:
+    import yaml
+
+    from autoquant.config import SearchConfig
+    from autoquant.search.space import DEFAULT_SPACE, space_path
+
+    raw = yaml.safe_load(space_path(SearchConfig()).read_text())
+    raw["choices"] = {k: v for k, v in raw["choices"].items() if k not in ("bias_correction", "weight_rounding")}
+    path = work / f"no-recovery-{DEFAULT_SPACE}"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def uniform(ws: Workspace, meter: Meter) -> list[dict]:
@@ -41,7 +60,8 @@ def uniform(ws: Workspace, meter: Meter) -> list[dict]:
     for preset in PRESETS:
         model = ws.build(preset_plan(ws, preset))
         m = meter(model)
-        rows.append({"plan": preset, "metric": m.accuracy, "drop": m.accuracy_drop, "runs": kernels(model)})
+        rows.append({"plan": preset, "metric": m.accuracy, "drop": m.accuracy_drop, "output_nmse": m.output_mse,
+                     "runs": kernels(model)})
         blobs.append(model.SerializeToString())
         print(f"  {preset:32s} drop {m.accuracy_drop:+.2f}", flush=True)
     plain = rows[0]["drop"]
@@ -54,11 +74,9 @@ def uniform(ws: Workspace, meter: Meter) -> list[dict]:
 def exports(exp: dict, limit: float, meter: Meter, work: Path) -> list[dict]:
     rows, models = [], []
     for name, space in SPACES.items():
-        if space:
-            shutil.rmtree(Path(exp["cache_dir"]) / "recovery", ignore_errors=True)
-        search_cfg = {"max_accuracy_drop": limit} | ({"space": space} if space else {})
+        search_cfg = {"max_accuracy_drop": limit} | ({"space": str(no_recovery_space(work))} if space else {})
         model, info, result = cold_study(exp, work, f"{limit:g}-{space or 'default'}", **search_cfg)
-        fitted = result.workspace.recovery.seconds if space else {}
+        fitted = dict(result.workspace.recovery.seconds)
         row = {"space": name, **info, "rounding_seconds": fitted}
         if model is not None:
             m = meter(model)
@@ -72,15 +90,16 @@ def exports(exp: dict, limit: float, meter: Meter, work: Path) -> list[dict]:
         rounds = meter.paired_rounds(models)
         for r, (ms, ratio, n) in zip(rows, paired_figures(rounds)):
             r |= {"latency_ms": ms, "latency_ratio": ratio, "latency_rounds": n}
-        rows[1]["not_slower_than_default_space"] = not_slower(rounds, 1, 0)
-        rows[1]["over_default_space"] = float(np.median(rounds[:, 1] / rounds[:, 0]))
+        rows[1]["not_slower_than_without"] = not_slower(rounds, 1, 0)
+        rows[1]["over_without"] = float(np.median(rounds[:, 1] / rounds[:, 0]))
     return rows
 
 
 def _recovery_layers(result) -> dict[str, int]:
     plan = result.chosen.plan
-    return {"bias_correction": sum(c.quantize and c.bias_correction for _, c in plan.choices),
-            "adaptive_rounding": sum(c.quantize and c.weight_rounding == "adaptive" for _, c in plan.choices)}
+    return {"bias_correction": sum(c.quantize and getattr(c, "bias_correction", False) for _, c in plan.choices),
+            "adaptive_rounding": sum(c.quantize and getattr(c, "weight_rounding", "") == "adaptive"
+                                     for _, c in plan.choices)}
 
 
 def bed_entry(bed: str, args, work: Path, save) -> dict:
@@ -94,7 +113,7 @@ def bed_entry(bed: str, args, work: Path, save) -> dict:
              "trials": exp["search"]["trials"], "uniform": rows, "rounding_seconds": dict(ws.recovery.seconds),
              "limits": {}}
     save(entry)
-    for limit in args.limits or [round(rows[0]["drop"] / 2, 2)]:
+    for limit in [] if args.no_studies else args.limits or [round(rows[0]["drop"] / 2, 2)]:
         entry["limits"][f"{limit:g}"] = exports(exp, limit, meter, work)
         save(entry)
     return entry
@@ -104,6 +123,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--beds", nargs="+", default=["efficientnet-lite1", "resnet56"], choices=beds.BEDS)
     p.add_argument("--limits", nargs="*", type=float, help="default: half of all-INT8 per-channel's drop")
+    p.add_argument("--no-studies", action="store_true", help="the uniform plans only")
     p.add_argument("--work", help="keep studies and models here instead of a temporary directory")
     args = p.parse_args()
     run_beds("recovery", args.beds, args.work, lambda bed, work, save: bed_entry(bed, args, work, save))

@@ -119,21 +119,24 @@ def recovery() -> str:
                     f"{min(fitted.values()):.1f}–{max(fitted.values()):.1f} s)" if fitted else "")
         out.append(f"**{bed}** — {entry['model']} on {entry['data']} ({entry['eval_samples']} eval samples, "
                    f"{entry['metric']}, FP32 {entry['fp32_metric']:.2f}); {rounding}\n")
-        out += ["| plan | drop | share of all-INT8's drop recovered | latency vs FP32 |", "|---|---|---|---|"]
+        out += ["| plan | drop | output NMSE | share of all-INT8's drop recovered | latency vs FP32 |",
+                "|---|---|---|---|---|"]
         for r in entry["uniform"]:
             share = f"{r['share_recovered']:.0%}" if r.get("share_recovered") is not None else "–"
-            out.append(f"| {r['plan']} | {r['drop']:+.2f} | {share} | {r['latency_ratio']:.2f}x |")
+            nmse = f"{r['output_nmse']:.2e}" if r.get("output_nmse") is not None else "–"
+            out.append(f"| {r['plan']} | {r['drop']:+.2f} | {nmse} | {share} | {r['latency_ratio']:.2f}x |")
         ranked = ", ".join(sorted({r["objective"] for rows in entry["limits"].values() for r in rows}))
         out += ["", f"Two fresh studies per limit, ranked by {ranked or '–'}:", "",
                 ("| limit | space | export | float layers | layers with bc / adaround | study s | "
-                 "not slower than the default space's |"), "|---|---|---|---|---|---|---|"]
+                 "not slower than the other space's |"), "|---|---|---|---|---|---|---|"]
         for limit, rows in entry["limits"].items():
             for r in rows:
                 used = r.get("recovery_layers") or {}
                 used = f"{used['bias_correction']} / {used['adaptive_rounding']}" if used else "–"
                 floats = "–" if r["float_layers"] is None else r["float_layers"]
+                verdict = r.get("not_slower_than_without", r.get("not_slower_than_default_space"))
                 out.append(f"| {limit} | {r['space']} | {_cell(r)} | {floats} | {used} | {r['seconds']:.0f} | "
-                           f"{_verdict(r.get('not_slower_than_default_space'))} |")
+                           f"{_verdict(verdict)} |")
         out.append(_machine(entry))
     return "\n".join(out)
 
@@ -200,9 +203,56 @@ def modes_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def unseen() -> str:
+    """benchmarks/README: exports that breach their limit on unseen samples, with the confirmation split off and on."""
+    lines = [("| bed | confirmation | studies | exports | breach the limit on unseen samples | mean excess over the "
+              "limit (pt) | study s | confirming s |"), "|---|---|---|---|---|---|---|---|"]
+    results = load("unseen")["beds"]
+    for bed, entry in results.items():
+        for side in ("off", "on"):
+            s = entry["summary"][side]
+            share = f"{s['breaches']} ({s['breach_share']:.0%})" if s["exports"] else "–"
+            lines.append(f"| {bed} ({entry['data']}, {entry['metric']}) | {side} | {s['studies']} | {s['exports']} | "
+                         f"{share} | {s['mean_excess']:.2f} | {s['seconds']:.0f} | {s['confirm_seconds']:.0f} |")
+    return "\n".join(lines) + "\n" + _machine(next(iter(results.values())))
+
+
+def budgets() -> str:
+    """benchmarks/README: a study's time budget, a small trial budget, and fine-tuning's added time, per bed."""
+    lines = []
+    for bed, entry in load("budgets")["beds"].items():
+        runs = entry["runs"]
+        lines.append(f"**{bed}** — {entry['model']} on {entry['data']} ({entry['eval_samples']} eval samples, "
+                     f"{entry['metric']})\n")
+        lines += ["| budget | what ran | export | study s (first feasible s) |", "|---|---|---|---|"]
+        if "timeout" in runs:
+            r = runs["timeout"]
+            first = f" ({r['first_feasible_seconds']:.0f})" if r.get("first_feasible_seconds") else ""
+            lines.append(f"| `timeout_minutes: {r['timeout_minutes']:g}` | {r['trials_run']} trials, "
+                         f"{r['phases']['trials']:.0f} s of the study's {r['seconds']:.0f} s in trials | "
+                         f"{'exported' if r['exported'] else '**none**'} | {r['seconds']:.0f}{first} |")
+        if "trials" in runs:
+            r = runs["trials"]
+            first = f" ({r['first_feasible_seconds']:.0f})" if r.get("first_feasible_seconds") else ""
+            lines.append(f"| {r['budget']} trials | {r['error_model_plans']} of the error model's plans "
+                         f"({', '.join(r['labels'])}) | {'exported' if r['met'] else '**none**'} | {r['seconds']:.0f}{first} |")
+        if "finetune" in runs:
+            r = runs["finetune"]
+            tuned = r.get("finetuned")
+            cell = "not fine-tuned" if tuned is None else (
+                f"trial {tuned['trial']}: {tuned['ptq_drop']:+.2f} after PTQ → {_cell(tuned)}, {tuned['steps']} steps")
+            ptq = _cell({**r, "feasible": r["met"], "drop": r.get("closest_drop"),
+                         "latency_ratio": r.get("trial_latency_ratio")})
+            lines.append(f"| `finetune: {{timeout_minutes: {r['finetune_minutes']:g}}}` at {r['limit']:g} pt | {cell} | "
+                         f"PTQ export {ptq} | +{r['added_seconds']:.0f} |")
+        lines.append(_machine(entry))
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[], str]] = {"modes": modes_table, "headline": headline, "limit-sweep": limit_sweep,
                                         "objective-choice": objective_choice, "recovery": recovery, "baselines": baselines,
-                                        "real-models": real_models, "finetune": finetune}
+                                        "real-models": real_models, "finetune": finetune, "unseen": unseen,
+                                        "budgets": budgets}
 
 
 def render(text: str) -> str:

@@ -1,7 +1,8 @@
 """Fine-tune an exported plan (finetune/): `autoquant finetune RUN_DIR`, or the last stage of a search whose
-experiment has a `finetune` section. The plan is the export's (its recovery choices dropped: the weights the
-fine-tuning learns replace the rounding and bias shifts they would apply); the fine-tuned model is built,
-measured (paired latency with FP32) and written like every export, with its FP32 weights beside the record."""
+experiment has a `finetune` section. Training starts from the plan's recovered weights and biases; the plan built
+from the result is the export's without its recovery choices (the weights learnt replace the clipping, rounding
+and bias shifts); the fine-tuned model is built, measured (paired latency with FP32) and written like every
+export, with its FP32 weights beside the record."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from ..data import Dataset, concat
 from ..engine import QuantizeResult, Tuned
 from ..errors import ConfigError, PlanError
 from ..fileio import recover_dir
+from ..finetune.weights import with_weights
 from ..quantize import modes
 from ..quantize.plan import QuantPlan
+from ..quantize.recovery import recovered_values
 from ..record import FinetuneRecord, Record
 from ..runtime import session
 from ..search import RunPaths, ScoredPlan, Study, check_export_target, write_export
@@ -108,9 +111,13 @@ def finetune_plan(ws: Workspace, plan: QuantPlan, settings: FinetuneConfig, out_
     from ..finetune.train import drop_checkpoints, train
 
     check_export_target(out_dir)
+    # Training starts from the plan's recovered weights and biases (clipped, rounded, corrected), not the FP32 ones:
+    # the plan as its PTQ model computes, less the error the recovery already took away
+    start = recovered_values(ws.model, ws.graph, plan, ws.weight_range, ws.recovery)
     plan = trainable(plan)
     acts, _ = ws.activations(plan)
-    mirror = Mirror(ws.model, ws.graph, plan, ws.build(plan, acts), ws.weight_range, settings.learn_scales)
+    mirror = Mirror(with_weights(ws.model, start) if start else ws.model, ws.graph, plan,
+                    ws.build(plan, acts, start or None), ws.weight_range, settings.learn_scales)
     calib = training_data(ws, settings)
     teacher = teacher_outputs(ws, calib, mirror.module.outputs)
     log.info("fine-tuning a plan with %d of %d layers quantized on %d unlabeled samples (%s%s): %s steps of %d, %s",

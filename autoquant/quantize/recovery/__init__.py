@@ -108,22 +108,50 @@ def _add(model: onnx.ModelProto, inits: dict, value: np.ndarray, name: str) -> N
 
 def _correct_bias(model: onnx.ModelProto, inits: dict, node: onnx.NodeProto, layer: LayerInfo, shift: np.ndarray) -> None:
     """Add `shift` (per output channel, in output units) to what the layer adds to its output."""
+    reader, index, value = corrected_bias(model, inits, node, layer, shift)
+    name = f"{reader.input[index]}.corrected" if index < len(reader.input) and reader.input[index] \
+        else f"{layer.name}.bias.corrected"
+    _add(model, inits, value, name)
+    if index < len(reader.input):
+        reader.input[index] = name
+    else:
+        reader.input.extend([""] * (index - len(reader.input)) + [name])
+
+
+def corrected_bias(model: onnx.ModelProto, inits: dict, node: onnx.NodeProto, layer: LayerInfo,
+                   shift: np.ndarray) -> tuple[onnx.NodeProto, int, np.ndarray]:
+    """(the node that adds the layer's bias, the index of its bias input, the bias with `shift` added): the Add after
+    a MatMul, or the layer's own bias input (from zero where it has none; a Gemm's scaled by its beta)."""
     if layer.bias_slot == "add":
         add, index = bias_add(model, node, inits, layer.out_channels)
-        old = numpy_helper.to_array(inits[add.input[index]]).astype(np.float32)
-        _add(model, inits, old + shift, f"{add.input[index]}.corrected")
-        add.input[index] = f"{add.input[index]}.corrected"
-        return
+        return add, index, numpy_helper.to_array(inits[add.input[index]]).astype(np.float32) + shift
     beta = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "beta"), 1.0)
     if len(node.input) > 2 and node.input[2]:
         old = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
-        name = f"{node.input[2]}.corrected"
-        _add(model, inits, (old + shift.reshape(old.shape[:-1] + (-1,)) / beta) if old.ndim else old + shift / beta, name)
-        node.input[2] = name
-    else:
-        name = f"{layer.name}.bias.corrected"
-        _add(model, inits, shift / beta, name)
-        node.input.extend([""] * (2 - len(node.input)) + [name])
+        return node, 2, (old + shift.reshape(old.shape[:-1] + (-1,)) / beta) if old.ndim else old + shift / beta
+    return node, 2, shift / beta
+
+
+def recovered_values(model: onnx.ModelProto, graph: GraphInfo, plan: QuantPlan, weight_range: str,
+                     recovery: Recovery) -> dict[str, np.ndarray]:
+    """What `substitute` gives the plan's recovering layers, under the FP32 model's initializer names: their clipped
+    and rounded weights, their corrected biases (a bias the layer does not have is left out). A float model holding
+    these computes what the plan's QDQ model does but for its quantization: fine-tuning starts from it."""
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out: dict[str, np.ndarray] = {}
+    for layer in graph.layers:
+        choice = plan[layer.name]
+        if not recovers(choice):
+            continue
+        if reshapes_weights(choice):
+            w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
+            out[layer.weight] = recovered_weight(w, layer, choice, weight_range, recovery)
+        if choice.bias_correction:
+            reader, index, value = corrected_bias(model, inits, nodes[layer.name], layer, recovery.shift(layer, choice))
+            if index < len(reader.input) and reader.input[index] in inits:
+                out[reader.input[index]] = value
+    return out
 
 
 def record_fields(layer: LayerInfo, choice: LayerChoice, recovery: Recovery | None) -> dict[str, Any]:
