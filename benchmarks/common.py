@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -18,21 +16,14 @@ from autoquant.versions import versions
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimddp")
-
-
 def machine() -> dict:
     """The machine a result was measured on: CPU model, the flags that decide which integer kernels
     onnxruntime picks, cores, versions, and what weight_range auto resolves to here."""
+    from autoquant.machine import machine as cpu
     from autoquant.quantize.weight_range import resolve, uint8_kernels_saturate
 
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith(("flags", "Features"))), []))
-    return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "flags": [f for f in KERNEL_FLAGS if f in flags], "uint8_kernels_saturate": uint8_kernels_saturate(),
-            "weight_range_auto": resolve("auto", "uint8"), **versions()}
+    return {**cpu(), "uint8_kernels_saturate": uint8_kernels_saturate(), "weight_range_auto": resolve("auto", "uint8"),
+            **versions()}
 
 
 def machine_line(m: dict) -> str:

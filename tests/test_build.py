@@ -14,7 +14,8 @@ from autoquant.graph.ingest import prepare
 from autoquant.graph.layers import analyze
 from autoquant.quantize.build import build_model
 from autoquant.quantize.modes import BuildCache
-from autoquant.quantize.modes.static import WeightParams, tensor_algorithms
+from autoquant.quantize.modes.static import tensor_algorithms
+from autoquant.quantize.modes.weight_params import WeightParams
 from autoquant.quantize.plan import FLOAT, LayerChoice, QuantPlan
 from autoquant.quantize.scales import params_from_range
 from autoquant.record import make_record

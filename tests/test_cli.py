@@ -136,7 +136,7 @@ def test_sensitivity_and_layers_commands(digits_yaml, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "sensitivity", digits_yaml, "--out", tmp_path)
     assert code == 0 and (tmp_path / "sensitivity.png").stat().st_size > 0
     rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
-    assert rows[0].startswith("layer,per_channel:minmax,") and rows[0].endswith(",float") and len(rows) == 8
+    assert rows[0].startswith("layer,per_channel:minmax:bc,") and rows[0].endswith(",float") and len(rows) == 8
     code, out, _ = run_cli(capsys, "sensitivity", digits_yaml, "--out", tmp_path, "--full")
     rows = (tmp_path / "sensitivity_full.csv").read_text().splitlines()
     assert code == 0 and rows[0] == "layer,accuracy_drop_pt,relative_output_mse" and len(rows) == 8

@@ -89,7 +89,9 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     exp = transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480},
                           search={"trials": 16, "space": "transformer", "max_accuracy_drop": 2.0, "sensitivity_k": [1]})
     code, out, err = cli(capsys, "search", exp, "--out", encoder_dir / "run", "--json")
-    assert code == 0, err
+    # the toy encoder may run slower quantized than FP32 on this CPU: then no export (exit 3), and the figures below
+    # are read from an export chosen by bitops, where this CPU's timing vetoes nothing
+    assert code == 0 or (code == 3 and "slower than the FP32 model" in err), err
     study = optuna.load_study(study_name="encoder", storage=f"sqlite:///{encoder_dir / 'run' / 'study.db'}")
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, [(t.user_attrs.get("label"), t.state) for t in study.trials]
@@ -107,8 +109,14 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     assert len([t for t in study.trials if t.state.is_finished()]) >= 16
     front = (encoder_dir / "run" / "pareto.csv").read_text()
     assert all(f"\n{t.number}," not in front for t in pruned)
-    code, out, err = cli(capsys, "evaluate", encoder_dir / "run" / "best" / "model.int8.onnx", exp, "--json")
-    assert code == 0 and json.loads(out)["accuracy"] == pytest.approx(result["chosen"]["accuracy"]), err
+    code, exported, err = cli(capsys, "export", encoder_dir / "run", "--objective", "bitops", "--out",
+                              encoder_dir / "by_bitops", "--json")
+    assert code == 0, err
+    exported = json.loads(exported.strip().splitlines()[-1])
+    chosen = exported["chosen"]
+    assert exported["chosen_trial"] not in {t.number for t in pruned}
+    code, out, err = cli(capsys, "evaluate", encoder_dir / "by_bitops" / "model.int8.onnx", exp, "--json")
+    assert code == 0 and json.loads(out)["accuracy"] == pytest.approx(chosen["accuracy"]), err
 
 
 def test_a_passing_trial_keeps_the_prefix_outputs_and_equals_a_run_without_screen(encoder_dir):

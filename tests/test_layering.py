@@ -22,7 +22,7 @@ MAX_LINES = 400
 
 # Lower number = lower layer. Keys are module paths relative to the package, matched by longest prefix.
 LAYERS = {
-    "errors": 0, "fileio": 0, "versions": 0, "usercode": 0, "progress": 0, "config": 0,
+    "errors": 0, "fileio": 0, "versions": 0, "machine": 0, "usercode": 0, "progress": 0, "config": 0,
     "graph": 1, "data": 1, "runtime": 1,
     "calibrate": 2,
     "quantize": 3,

@@ -65,7 +65,8 @@ def test_small_photo_bed_needs_a_search_and_gets_one(shared_data, tmp_path, caps
         "data": {"source": "folder", "path": str(shared_data / "imagenet_photos"), "calibration_size": 32, "eval_size": 96,
               "image": {"size": 64, "resize": 72, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
         "eval": {"metric": "agreement", "latency_repeats": 2},
-        "search": {"trials": 10, "sensitivity_k": [1]},
+        # at 64 px the quantized network runs slower than FP32 on some CPUs: under bitops that does not veto it
+        "search": {"trials": 10, "sensitivity_k": [1], "objective": "bitops"},
     }
     ws = Workspace(load_experiment(write_experiment(tmp_path / "probe.yaml", **sections)))
     assert len(ws.graph.layers) == 8 and sum(la.depthwise for la in ws.graph.layers) == 3

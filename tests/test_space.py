@@ -22,8 +22,9 @@ def test_default_space_file_resolves_rules_for_depthwise():
     assert not any(o.startswith("per_tensor") for o in by["dw"])
     assert "per_tensor:entropy" in by["stem"] and "float" in by["stem"]
     assert space.algorithms() == {"minmax", "percentile", "mse", "entropy", "histogram"}
-    # per layer: float, or 2 granularities × 5 algorithms (depthwise: 1 × 5), with and without bias correction
-    assert space.size() == 21 * 11 * 21 * 21
+    # per layer: float, or 2 granularities × 5 algorithms (depthwise: 1 × 5), with and without bias
+    # correction, rounded to nearest or adaptively
+    assert space.size() == 41 * 21 * 41 * 41
     assert "per_channel:minmax:bc" in by["dw"]
 
 

@@ -25,8 +25,10 @@ from ..quantize import modes
 from ..quantize.plan import QuantPlan
 from ..quantize.recovery import recovered_values
 from ..record import FinetuneRecord, Record
+from ..report.html import refresh_study_page
 from ..runtime import session
 from ..search import RunPaths, ScoredPlan, Study, check_export_target, write_export
+from ..search import trial_attrs as attrs
 from ..sources import DATA_SOURCES, SourceContext, bind_inputs, experiment_dir
 from ..workspace import Workspace
 
@@ -183,8 +185,8 @@ class FinetuneHint:
 def finetune_hint(points: list[ScoredPlan], export: ScoredPlan | None, max_drop: float,
                   predicted: Callable[[QuantPlan], float]) -> FinetuneHint | None:
     """The fastest measured plan a `finetune:` section would try (candidates, with the default settings) that ran
-    at least HINT_GAIN times faster than the export; None when there is none."""
-    bar = export.result.latency_ratio / HINT_GAIN if export is not None else math.inf
+    at least HINT_GAIN times faster than the export (without one: faster than FP32); None when there is none."""
+    bar = export.result.latency_ratio / HINT_GAIN if export is not None else 1.0
     faster = [p for p in candidates(points, export, max_drop, FinetuneConfig(), predicted)
               if p is not export and p.result.latency_ratio < bar]
     if not faster:
@@ -234,10 +236,22 @@ def finetune_run(run_dir: Path, out: Path | None = None, *, steps: int | None = 
         overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size,
                                        "timeout_minutes": minutes}.items() if v is not None}
         settings = dataclasses.replace(base, **overrides)
-        return finetune_plan(study.workspace, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
-                             mlflow_logger(exp, paths, study.parent_run))
+        result = finetune_plan(study.workspace, rec.plan(), settings, out, paths.root / CHECKPOINT, dict(rec.objectives),
+                               mlflow_logger(exp, paths, study.parent_run))
+        keep_on_page(study, result)
     finally:
         study.close()
+    refresh_study_page(paths.root)
+    return result
+
+
+def keep_on_page(study: Study, result: FinetuneResult) -> None:
+    """The fine-tuning's figures for the study page's notes."""
+    a = result.after
+    attrs.set_page_facts(study.optuna, {**attrs.page_facts(study.optuna), "finetuned": {
+        "dir": str(a.model_path.parent), "drop_before": result.before.get("accuracy_drop"),
+        "drop_after": a.accuracy_drop, "latency_ratio": a.latency_ratio, "steps": len(result.losses),
+        "seconds": round(result.seconds, 1)}})
 
 
 def mlflow_logger(exp: Experiment, paths: RunPaths, parent: str | None):

@@ -20,12 +20,13 @@ from ..engine import QuantizeResult
 from ..errors import AutoquantError, ConfigError, first_line
 from ..fileio import file_lock, recover_dir
 from ..record import Record
+from ..report.html import PAGE, refresh_study_page
 from ..report.pareto import plot_pareto, write_pareto_csv
 from ..report.progress import Progress
 from ..report.sensitivity import write_layer_errors_report
 from ..search import Confirmation, FirstExport, RunPaths, ScoredPlan, Study, check_export_target
 from ..workspace import Workspace
-from .finetune import FinetuneHint, FinetuneResult, finetune_hint, finetune_stage
+from .finetune import FinetuneHint, FinetuneResult, finetune_hint, finetune_stage, keep_on_page
 from .workers import spawn_worker, with_threads
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         raise ConfigError(f"cannot write to MLflow tracking store {tracker.uri} ({first_line(exc)}): "
                           "set search.tracking_uri to a writable store") from exc
     procs = [spawn_worker(exp, study.storage_url, target, i) for i in range(1, workers)]
-    first = FirstExport(ws, exp.search.max_accuracy_drop, paths.root / "best", started)
+    first = FirstExport(ws, exp.search.max_accuracy_drop, exp.search.objective, paths.root / "best", started)
     try:
         with Progress.of(study.optuna, target, exp.search.max_accuracy_drop, exp.search.objective) as progress:
             seconds, evaluated = study.run(target, callbacks=[tracker, first, progress], started=started)
@@ -163,6 +164,9 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
                                tracker.parent_id)
         if tuned is not None:
             result = replace(result, finetuned=tuned[1], finetuned_trial=tuned[0].number)
+            keep_on_page(study, tuned[1])
+    study.keep_page_facts(result.chosen.number if result.export else None, result.max_drop, first.seconds, seconds)
+    refresh_study_page(paths.root)
     metrics = {"pareto_points": len(result.front), "constraint_met": float(result.met)}
     if result.export:
         metrics |= {"export_accuracy": result.export.accuracy, "export_bitops_fraction": result.export.bitops_fraction,
@@ -175,6 +179,7 @@ def _search(exp: Experiment, paths: RunPaths, trials: int | None, workers: int, 
         tracker.finish(study.optuna,
                        [(paths.root / "pareto.csv", None), (paths.root / "pareto.png", None),
                         (paths.root / "sensitivity.csv", None), (paths.root / "sensitivity.png", None),
+                        (paths.root / PAGE, None),
                         (paths.root / "best" / "model.int8.onnx", "best"), (paths.root / "best" / "record.json", "best")],
                        metrics)
     except Exception as exc:  # noqa: BLE001 - the study and its export are on disk: tracking must not undo that
@@ -214,6 +219,9 @@ def export_from_run(run_dir: Path, out: Path, *, max_drop: float | None = None, 
     study = Study.existing(exp, paths)
     try:
         result = _conclude(study, Path(out), 0.0, 0, max_drop, objective)
+        if Path(out).resolve() == (paths.root / "best").resolve():  # the run's own export: its page follows it
+            study.keep_page_facts(result.chosen.number if result.export else None, result.max_drop)
+            refresh_study_page(paths.root)
     finally:
         study.close()
     return replace(result, tracking_uri=exp.search.tracking_uri or paths.tracking, parent_run_id=study.parent_run)

@@ -36,6 +36,7 @@ def load_run(run_dir: Path) -> tuple[str, float, list[ScoredPlan]]:
 
 
 MARKER = ".autoquant-report"
+FILES = ("report.md", "report.png")
 
 
 def claim_report_dir(out_dir: Path, files: tuple[str, ...]) -> None:
@@ -62,7 +63,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, objective: Cost = Cost.BIT
     from matplotlib.patches import Patch
 
     runs = [load_run(d) for d in run_dirs]
-    claim_report_dir(out_dir, ("report.md", "report.png"))
+    claim_report_dir(out_dir, FILES)
     chosen_rows, lines = [], ["# autoquant studies compared", ""]
     lines += ["| study | trials | FP32 % | max drop pt | trial | accuracy % | drop pt | bitops | latency / FP32 | INT8 layers |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 
+from ..config import Cost
 from ..engine import QuantizeResult, Tuned, quantize
 from ..errors import AutoquantError, ConfigError
 from ..fileio import atomic_write_bytes, replace_dir
@@ -21,7 +22,7 @@ from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
 from .confirm import MAX_CANDIDATES, Confirmation, Confirmer, confirmed
-from .select import ScoredPlan, within
+from .select import ScoredPlan, slower_than_fp32, within
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,19 @@ def export_plan(ws: Workspace, chosen: ScoredPlan, out_dir: Path, notes: list[st
                                                  "confirmed_accuracy_drop": confirmation.drop,
                                                  "confirmed_drop_stderr": confirmation.stderr,
                                                  "confirm_samples": confirmation.samples}
-    return write_export(ws, chosen.plan, out_dir, f"trial {chosen.number}", measured=chosen.result, notes=notes,
-                        objectives=confirmed)
+    return write_export(ws, chosen.plan, out_dir, f"trial {chosen.number}", measured=chosen.result,
+                        notes=[*notes, *slower_note(chosen)], objectives=confirmed)
+
+
+def slower_note(chosen: ScoredPlan) -> list[str]:
+    """The note (and a warning) an export slower than FP32 on this machine carries: under objective bitops or
+    size it may be the export (select.within), for a target where those are the cost."""
+    if not slower_than_fp32(chosen):
+        return []
+    note = (f"runs at {chosen.result.latency_ratio:.2f}x the FP32 model's latency on the machine that searched: "
+            "exported for its bitops or size, check its speed on the target")
+    log.warning("warning: the export %s", note)
+    return [note]
 
 
 def write_export(ws: Workspace, plan: QuantPlan, out_dir: Path, origin: str, *, measured: Measurement | None = None,
@@ -87,8 +99,8 @@ class FirstExport:
     directory the study's end replaces with its best), so an unattended run has a usable model as soon as
     one exists."""
 
-    def __init__(self, ws: Workspace, max_drop: float, out: Path, started: float):
-        self.ws, self.max_drop, self.out, self.t0 = ws, max_drop, out, started
+    def __init__(self, ws: Workspace, max_drop: float, objective: Cost, out: Path, started: float):
+        self.ws, self.max_drop, self.objective, self.out, self.t0 = ws, max_drop, objective, out, started
         self.seconds: float | None = None
         self.confirmer, self.tries = Confirmer(ws), 0
 
@@ -96,7 +108,7 @@ class FirstExport:
         if self.seconds is not None or trial.state != optuna.trial.TrialState.COMPLETE:
             return
         candidate = ScoredPlan(trial.number, attrs.label(trial), attrs.plan(trial), attrs.result(trial))
-        if not within(candidate, self.max_drop):
+        if not within(candidate, self.max_drop, self.objective):
             return
         confirmation = None
         if self.confirmer.available:  # only a plan whose drop holds on the confirmation samples is exported

@@ -6,6 +6,7 @@ Every command that touches a study goes through it: search and worker (Study.ope
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.study import MaxTrialsCallback
 
@@ -21,6 +23,7 @@ from ..config import Cost, Experiment
 from ..engine import QuantizeResult
 from ..errors import ConfigError
 from ..evaluate.metrics import HITS
+from ..machine import machine
 from ..quantize.plan import QuantPlan
 from ..workspace import Workspace
 from . import trial_attrs as attrs
@@ -29,6 +32,7 @@ from .estimate.cost import BitopsCost, LatencyCost
 from .estimate.deciding import deciding_layers, deferred_options
 from .estimate.error_model import ErrorModel
 from .estimate.latency_table import LatencyTable, latency_table
+from .estimate.latency_table import columns as latency_columns
 from .estimate.layer_errors import LayerErrors, layer_errors, with_deferred
 from .export import export_plan
 from .objective import FailureGuard, Objective, PlanScorer, TrialFailed
@@ -94,6 +98,7 @@ class Study:
             raise ConfigError(f"the study '{exp.name}' in this storage was run with another {key.replace('_', ' ')} "
                               f"({attrs.stored(study, key)[:12]} here, {study_fingerprint(exp, ws)[key][:12]} now): its "
                               "trials would not be comparable; use a new --out directory")
+        attrs.name_metrics(study, f"{exp.eval.metric} accuracy (%)", cfg.objective.label)
         ws.precompute_ranges(space.algorithms() | {"minmax"})  # minmax: the uniform warm starts
         self.priors = [(label, mapped(plan, ws.graph.names)) for label, plan in (prior_plans or {}).items()]
         if not study.trials:
@@ -263,15 +268,43 @@ class Study:
     def resolution(self, trial: optuna.trial.FrozenTrial | None = None) -> None:
         """State what the eval set can resolve (search/confirm.py: resolution) once the first rung is measured, as an
         Optuna callback and when a resumed study starts; a warning when the limit is below it."""
+        said = self.resolution_sentence(trial)
+        if said is not None:
+            text, warn = said
+            (log.warning if warn else log.info)("%s%s", "warning: " if warn else "", text)
+
+    def resolution_sentence(self, trial: optuna.trial.FrozenTrial | None = None) -> tuple[str, bool] | None:
+        """(the sentence, whether it warns), from the first rung (None before it is measured, or when `trial` is
+        another one)."""
         ws = self.workspace
         first = next((t for t in self.optuna.get_trials(deepcopy=False) if attrs.label(t) == f"{PREFIX}0"
                       and attrs.drop_and_stderr(t, ws.reference.accuracy, len(ws.splits.eval))), None)
         if first is None or (trial is not None and trial.number != first.number):
-            return
+            return None
         drop, stderr = attrs.drop_and_stderr(first, ws.reference.accuracy, len(ws.splits.eval))
-        text, warn = resolution(len(ws.splits.eval), drop, stderr, self.exp.search.max_accuracy_drop,
-                                per_sample=self.exp.eval.metric in HITS)
-        (log.warning if warn else log.info)("%s%s", "warning: " if warn else "", text)
+        return resolution(len(ws.splits.eval), drop, stderr, self.exp.search.max_accuracy_drop,
+                          per_sample=self.exp.eval.metric in HITS)
+
+    def keep_page_facts(self, export_trial: int | None, max_drop: float, first_feasible_seconds: float | None = None,
+                        seconds: float | None = None) -> None:
+        """Store what the study page (report/) shows that no trial holds: the machine, the weight range, the
+        one-time phases' seconds, the first feasible export's time, each layer's milliseconds per kernel kind (when
+        the latency table was made), what the eval set resolves."""
+        ws, exp = self.workspace, self.exp
+        facts = attrs.page_facts(self.optuna)
+        phases = {k: round(v, 3) for k, v in dataclasses.asdict(ws.timings).items()}
+        facts |= {"machine": machine(), "weight_range": ws.weight_range, "fp32_accuracy": ws.reference.accuracy,
+                  "eval_samples": len(ws.splits.eval), "metric": exp.eval.metric, "export_trial": export_trial,
+                  "max_drop": max_drop, "resolution": self.resolution_sentence()}
+        if seconds is not None:  # a search (not an export from its study): this run's phases and first export
+            facts |= {"phases": phases, "trial_seconds": round(seconds, 3),
+                      "first_feasible_seconds": first_feasible_seconds}
+        if "latency" in self.__dict__:  # made by this process: the page does not time the model again
+            t = self.latency
+            facts["layer_ms"] = {"columns": list(latency_columns()),
+                                 "ms": {n: [None if not np.isfinite(v) else round(float(v), 5) for v in row]
+                                        for n, row in zip(t.layers, t.ms)}}
+        attrs.set_page_facts(self.optuna, facts)
 
     @property
     def parent_run(self) -> str | None:

@@ -7,6 +7,7 @@ storage format: studies written by an earlier autoquant are resumed with them, s
 from __future__ import annotations
 
 import math
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -21,6 +22,7 @@ class TrialKey:
     LABEL = "label"  # the warm start's name, for enqueued trials
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"  # number of the trial that measured the same plan first
+    SUMMARY = "summary"  # the result in words and units, for people reading the study in optuna-dashboard
     PRUNED = "pruned"  # stopped early: {"prefix_accuracy", "prefix_samples", "prefix_nmse", "prefix_stderr", "reason"}
 
 
@@ -28,6 +30,7 @@ class StudyKey:
     PARENT_RUN = "mlflow_parent_run_id"
     TIMED_AFTER = "timed_after"  # {trial number: [latency ms, ratio to FP32, rounds]} of points timed after the study
     CONFIRMED = "confirmed"  # {trial number: [samples, accuracy, drop, drop's stderr]} on the confirmation split
+    PAGE = "page"  # what the study page shows that no trial holds (Study.page_facts): machine, phases, layer ms, ...
     # The study's fingerprint (study.study_fingerprint) is stored under its own names: model_sha256,
     # objective, metric, calibration_sha256, eval_sha256, confirm_sha256, activation_type, weight_range.
 
@@ -69,6 +72,9 @@ def set_plan(trial: optuna.Trial, value: QuantPlan) -> None:
 
 def set_result(trial: optuna.Trial, value: Measurement) -> None:
     trial.set_user_attr(TrialKey.RESULT, value.to_dict())
+    trial.set_user_attr(TrialKey.SUMMARY, f"accuracy {value.accuracy:.2f} % (drop {value.accuracy_drop:+.2f} pt), "
+                                          f"latency {value.latency_ratio:.2f}x FP32, bitops {value.bitops_fraction:.2%} "
+                                          f"of FP32, {value.size_bytes / 1e6:.2f} MB")
 
 
 def set_failure(trial: optuna.Trial, reason: str) -> None:
@@ -137,6 +143,22 @@ def add_timed_after(study: optuna.Study, timed: dict[int, tuple[float, float, in
 
 def set_parent_run(study: optuna.Study, run_id: str) -> None:
     study.set_user_attr(StudyKey.PARENT_RUN, run_id)
+
+
+def name_metrics(study: optuna.Study, accuracy: str, cost: str) -> None:
+    """The names optuna-dashboard shows for the study's two values (set once: a resumed study keeps them)."""
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([accuracy, cost])
+
+
+def page_facts(study: optuna.Study) -> dict:
+    return dict(study.user_attrs.get(StudyKey.PAGE, {}))
+
+
+def set_page_facts(study: optuna.Study, facts: dict) -> None:
+    study.set_user_attr(StudyKey.PAGE, facts)
 
 
 def confirmations(study: optuna.Study) -> dict[int, list[float]]:

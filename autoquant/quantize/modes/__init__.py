@@ -1,7 +1,8 @@
 """Quantization modes, one module per mode, each defining its choice type and registering a `Mode` (base.py):
 `static` inserts Q/DQ pairs with calibrated scales (onnxruntime's QDQQuantizer), `dynamic` quantizes activations at
 run time (onnxruntime's dynamic quantizer: DynamicQuantizeLinear + MatMulInteger), `int4` stores blockwise 4-bit
-weights (onnxruntime's MatMulNBitsQuantizer); `matmul_form` gives Gemm layers the MatMul form the last two need.
+weights (onnxruntime's MatMulNBitsQuantizer); `matmul_form` gives Gemm layers the MatMul form the last two need,
+`weight_params` keeps static's weight scales across builds.
 Everything else looks a mode up here: a new mode is a new module in this package (or a module anywhere that calls
 `register`), and no other file changes.
 """

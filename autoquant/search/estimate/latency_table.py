@@ -38,6 +38,7 @@ import onnx
 import onnxruntime as ort
 
 from ...calibrate.cache import cached_arrays
+from ...machine import cpu_model
 from ...progress import progress
 from ...quantize import modes
 from ...quantize.plan import FLOAT, LayerChoice, QuantPlan
@@ -213,7 +214,7 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
     cfg = ws.exp.eval
     key = (f"latency-table-v{LATENCY_TABLE_VERSION}:{ws.model_key}:{[(k, p.key()) for k, p in plans]}:"
            f"{ws.exp.quantization}:{ws.weight_range}:{cfg.latency_batch_size}:{cfg.threads}:{os.cpu_count()}:"
-           f"{ort.__version__}:{_cpu_model()}")
+           f"{ort.__version__}:{cpu_model()}")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build():
@@ -233,11 +234,3 @@ def latency_table(ws: Workspace, space: SearchSpace) -> LatencyTable:
 
     arrays = cached_arrays(ws.exp.cache / "latency_table" / f"{ws.model_key[:16]}-{digest}.npz", key, build)
     return LatencyTable.of_model(ws, arrays["ms"])
-
-
-def _cpu_model() -> str:
-    try:
-        return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "")
-    except OSError:
-        return ""
