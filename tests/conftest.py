@@ -3,8 +3,11 @@ calibrated once), real data from ../shared/data and the embedded digits default.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +114,17 @@ def conv_model(weights: list[np.ndarray], *, relu: bool = True, groups: list[int
 def error_rate(outputs: np.ndarray, labels: np.ndarray) -> float:
     """A user metric for tests (higher is better, so the negated error rate in percent)."""
     return -float((outputs.argmax(axis=1) != labels).mean() * 100)
+
+
+def trial_states(db: Path) -> collections.Counter:
+    """How many trials of a study database are in each state (COMPLETE, RUNNING, ...), while another process may be
+    creating or writing it: plain SQL, since opening it with Optuna would manage its tables too, and two processes
+    doing that at once fail. Not `mode=ro`: a read-only connection to a WAL database may not see the WAL and reads
+    the main file while a checkpoint writes it ("database disk image is malformed"). `mode=rw` never creates it."""
+    if not db.exists():
+        return collections.Counter()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=1)) as con:
+            return collections.Counter(dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall()))
+    except sqlite3.DatabaseError:  # no tables yet, or locked for a moment
+        return collections.Counter()

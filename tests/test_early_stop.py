@@ -87,7 +87,7 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     # int4 weights cost this encoder about 10 points of agreement; the limit is 2: those plans are hopeless.
     # The prefix: 100 samples (eval 480) rounded up to whole batches of 32, looked at after 1, 2, 3, 4 batches
     exp = transformer_exp(encoder_dir, data={"calibration_size": 64, "eval_size": 480},
-                          search={"trials": 16, "space": "transformer", "max_accuracy_drop": 2.0, "sensitivity_k": [1]})
+                          search={"trials": 30, "space": "transformer", "max_accuracy_drop": 2.0, "sensitivity_k": [1]})
     code, out, err = cli(capsys, "search", exp, "--out", encoder_dir / "run", "--json")
     # the toy encoder may run slower quantized than FP32 on this CPU: then no export (exit 3), and the figures below
     # are read from an export chosen by bitops, where this CPU's timing vetoes nothing
@@ -106,7 +106,7 @@ def test_search_stops_hopeless_plans_and_reports_only_full_set_figures(encoder_d
     assert result["stopped_early"] == len(pruned)
     assert min(looks) < 128, looks  # the plans far over the limit stop before the prefix's last batch
     # pruned trials count toward the trials asked for; the front and the export are full-set figures
-    assert len([t for t in study.trials if t.state.is_finished()]) >= 16
+    assert len([t for t in study.trials if t.state.is_finished()]) >= 30
     front = (encoder_dir / "run" / "pareto.csv").read_text()
     assert all(f"\n{t.number}," not in front for t in pruned)
     code, exported, err = cli(capsys, "export", encoder_dir / "run", "--objective", "bitops", "--out",

@@ -1,21 +1,18 @@
 """The search service on the embedded digits default: warm starts, MLflow, export, resume, kill -9."""
 
-import contextlib
 import csv
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import write_experiment
+from conftest import trial_states, write_experiment
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -45,18 +42,6 @@ def search_yaml(tmp_path_factory):
 def finished(search_yaml, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     return search(load_experiment(search_yaml), out, trials=10), out
-
-
-def complete_count(db: Path) -> int:
-    """Complete trials in a study database that another process may be creating: read only, since opening it
-    with Optuna would create its tables too, and two processes creating them at once fail."""
-    if not db.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:  # no tables yet, or locked for a moment
-        return 0
 
 
 def completed(out, name="digits_search"):
@@ -193,7 +178,7 @@ def test_sigkill_mid_study_then_rerun_keeps_finished_trials(search_yaml, tmp_pat
     done = 0
     while time.time() < deadline and done < 6:
         time.sleep(0.3)
-        done = complete_count(out / "study.db")
+        done = trial_states(out / "study.db")["COMPLETE"]
     assert proc.poll() is None, f"the search finished before it could be killed: {log.read_text()[-500:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

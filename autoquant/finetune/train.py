@@ -145,10 +145,12 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
     if start == 0:
         look(0)
     t_look = time.perf_counter() - t_look
-    steps = settings.steps
+    steps, deadline, step_seconds = settings.steps, None, 0.0
     if steps is None:
-        steps = max(start, budget(settings, timed_step(module, inputs, targets, rows, settings), t_look,
-                                  time.perf_counter() - t0))
+        step_seconds = timed_step(module, inputs, targets, rows, settings)
+        steps = max(start, budget(settings, step_seconds, t_look, time.perf_counter() - t0))
+        # the count is planned from one timed step; a CPU that gets busier stops the run at the time given
+        deadline = t0 + settings.timeout_minutes * 60
         log.info("fine-tuning: %d steps fit in finetune.timeout_minutes %g", steps, settings.timeout_minutes)
     if start:
         log.info("fine-tuning resumes at step %d of %d", start, steps)
@@ -161,6 +163,13 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
 
     try:
         for step in range(start, steps):
+            if deadline is not None and done > start and time.perf_counter() + step_seconds > deadline:
+                log.info("fine-tuning: stopped after %d of %d steps at finetune.timeout_minutes", done, steps)
+                if not looks or looks[-1][0] != done:
+                    look(done)
+                steps = done
+                break
+            t_step = time.perf_counter()
             batch = torch.from_numpy(batch_rows(rows, settings.batch_size, settings.seed, step))
             out = module(**{k: v[batch] for k, v in inputs.items()})
             loss = nmse(out, [t[batch] for t in targets])
@@ -169,6 +178,7 @@ def train(mirror: Mirror, data: Dataset, teacher: dict[str, np.ndarray], setting
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
+            step_seconds = time.perf_counter() - t_step
             shown.update(1)
             shown.set_postfix(loss=f"{losses[-1]:.3g}", held_out=f"{best['nmse']:.3g}" if best else "-")
             done = step + 1

@@ -54,6 +54,8 @@ class Sensitivity:
 
 @dataclass(frozen=True)
 class StudyView:
+    """A finished study as its page shows it (load_view reads it)."""
+
     run_dir: Path
     exp: Experiment
     study_name: str
