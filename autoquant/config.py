@@ -244,7 +244,7 @@ class FinetuneConfig:
     steps: int | None = bounded(None, 1)
     # Adam's step on the weights and biases; default: each tensor's own scale (finetune/train.py: RELATIVE_LR)
     lr: float | None = bounded(None, 0, above=True)
-    timeout_minutes: float = bounded(15.0, 0, above=True)  # the training steps' time, when steps is not set
+    timeout_minutes: float = bounded(15.0, 0, above=True)  # the training time of a search's stage (all its candidates), when steps is not set
     batch_size: int = bounded(32, 1)
     seed: int = bounded(0, 0)
     checkpoint_every: int = bounded(25, 1)  # steps between two checkpoints (a killed run resumes from the last)

@@ -249,10 +249,40 @@ def budgets() -> str:
     return "\n".join(lines)
 
 
+def architecture_step() -> str:
+    """benchmarks/README: the limit sweep's autoquant rows before and after the architecture step (same exports?)."""
+    data = load("architecture_step")
+    lines = ["| bed | limit | before: export (label, float layers) | after: export (label, float layers) | same plan |",
+             "|---|---|---|---|---|"]
+    for bed, entry in data["after"]["beds"].items():
+        before = data["before"]["beds"][bed]["limits"]
+        for limit, rows in entry["limits"].items():
+            a = next(r for r in rows if r["tool"] == "autoquant")
+            b = next(r for r in before[limit] if r["tool"] == "autoquant")
+
+            def cell(r: dict) -> str:
+                return f"{_cell(r)} ({r.get('label', '?')}, {r.get('float_layers', '?')}), study {r['seconds']:.0f} s"
+
+            same = a.get("label") == b.get("label") and a.get("drop") == b.get("drop")
+            lines.append(f"| {bed} | {limit} | {cell(b)} | {cell(a)} | {_verdict(same)} |")
+    return "\n".join(lines) + "\n" + _machine(next(iter(data["after"]["beds"].values())))
+
+
+def report_page() -> str:
+    """benchmarks/README: the study page's size and its opening time in headless Chromium."""
+    data = load("report_page")
+    lines = ["| study | layers | trials | page MB | written s | opens in s (over an empty page) |", "|---|---|---|---|---|---|"]
+    for e in data["pages"].values():
+        lines.append(f"| {e['study']} | {e['layers']} | {e['trials']} | {e['bytes'] / 1e6:.2f} | {e['write_seconds']:.1f} | "
+                     f"{e['open_seconds_median']:.2f} ({e['page_over_empty_seconds']:+.2f}) |")
+    return "\n".join(lines) + "\n" + _machine(data)
+
+
 TABLES: dict[str, Callable[[], str]] = {"modes": modes_table, "headline": headline, "limit-sweep": limit_sweep,
                                         "objective-choice": objective_choice, "recovery": recovery, "baselines": baselines,
                                         "real-models": real_models, "finetune": finetune, "unseen": unseen,
-                                        "budgets": budgets}
+                                        "budgets": budgets, "architecture-step": architecture_step,
+                                        "report-page": report_page}
 
 
 def render(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,16 +197,28 @@ def finetune_hint(points: list[ScoredPlan], export: ScoredPlan | None, max_drop:
                         export.result.latency_ratio if export is not None else None)
 
 
+# A candidate after the first trains only if this share of finetune.timeout_minutes is left for it.
+MIN_SHARE = 0.25
+
+
 def finetune_stage(ws: Workspace, exp: Experiment, paths: RunPaths, points: list[ScoredPlan], export: ScoredPlan | None,
                    max_drop: float, predicted: Callable[[QuantPlan], float],
                    parent: str | None) -> tuple[ScoredPlan, FinetuneResult] | None:
     """A search's last stage: fine-tune its candidates (above) until one is within the limit; RUN/finetuned holds
     the last one fine-tuned. Returns (the plan fine-tuned, its result), or None without a candidate."""
-    outcome = None
+    outcome, t0 = None, time.perf_counter()
     for chosen in candidates(points, export, max_drop, exp.finetune, predicted):
+        settings = exp.finetune
+        if settings.steps is None:  # finetune.timeout_minutes is the stage's: each candidate trains in what is left
+            left = settings.timeout_minutes - (time.perf_counter() - t0) / 60
+            if outcome is not None and left < settings.timeout_minutes * MIN_SHARE:
+                log.info("fine-tuning: %.1f of finetune.timeout_minutes %g left, too little for trial %d", left,
+                         settings.timeout_minutes, chosen.number)
+                break
+            settings = dataclasses.replace(settings, timeout_minutes=max(left, 0.1))
         log.info("fine-tuning trial %d (drop %.2f after post-training quantization)", chosen.number,
                  chosen.result.accuracy_drop)
-        result = finetune_plan(ws, chosen.plan, exp.finetune, paths.root / "finetuned", paths.root / CHECKPOINT,
+        result = finetune_plan(ws, chosen.plan, settings, paths.root / "finetuned", paths.root / CHECKPOINT,
                                chosen.result.to_dict(), mlflow_logger(exp, paths, parent))
         outcome = (chosen, result)
         if result.after.accuracy_drop <= max_drop:
