@@ -217,6 +217,12 @@ def unseen() -> str:
     return "\n".join(lines) + "\n" + _machine(next(iter(results.values())))
 
 
+def _export(run: dict) -> str:
+    """A study's export as _cell shows it, from a run entry of studies.cold_study."""
+    return _cell({**run, "feasible": run["met"], "drop": run.get("closest_drop"),
+                  "latency_ratio": run.get("trial_latency_ratio")})
+
+
 def budgets() -> str:
     """benchmarks/README: a study's time budget, a small trial budget, and fine-tuning's added time, per bed."""
     lines = []
@@ -230,19 +236,18 @@ def budgets() -> str:
             first = f" ({r['first_feasible_seconds']:.0f})" if r.get("first_feasible_seconds") else ""
             lines.append(f"| `timeout_minutes: {r['timeout_minutes']:g}` | {r['trials_run']} trials, "
                          f"{r['phases']['trials']:.0f} s of the study's {r['seconds']:.0f} s in trials | "
-                         f"{'exported' if r['exported'] else '**none**'} | {r['seconds']:.0f}{first} |")
+                         f"{_export(r) if r['exported'] else '**none**'} | {r['seconds']:.0f}{first} |")
         if "trials" in runs:
             r = runs["trials"]
             first = f" ({r['first_feasible_seconds']:.0f})" if r.get("first_feasible_seconds") else ""
             lines.append(f"| {r['budget']} trials | {r['error_model_plans']} of the error model's plans "
-                         f"({', '.join(r['labels'])}) | {'exported' if r['met'] else '**none**'} | {r['seconds']:.0f}{first} |")
+                         f"({', '.join(r['labels'])}) | {_export(r) if r['met'] else '**none**'} | {r['seconds']:.0f}{first} |")
         if "finetune" in runs:
             r = runs["finetune"]
             tuned = r.get("finetuned")
             cell = "not fine-tuned" if tuned is None else (
                 f"trial {tuned['trial']}: {tuned['ptq_drop']:+.2f} after PTQ → {_cell(tuned)}, {tuned['steps']} steps")
-            ptq = _cell({**r, "feasible": r["met"], "drop": r.get("closest_drop"),
-                         "latency_ratio": r.get("trial_latency_ratio")})
+            ptq = _export(r)
             lines.append(f"| `finetune: {{timeout_minutes: {r['finetune_minutes']:g}}}` at {r['limit']:g} pt | {cell} | "
                          f"PTQ export {ptq} | +{r['added_seconds']:.0f} |")
         lines.append(_machine(entry))
@@ -261,7 +266,8 @@ def architecture_step() -> str:
             b = next(r for r in before[limit] if r["tool"] == "autoquant")
 
             def cell(r: dict) -> str:
-                return f"{_cell(r)} ({r.get('label', '?')}, {r.get('float_layers', '?')}), study {r['seconds']:.0f} s"
+                return (f"{_cell(r)} ({r.get('label') or 'the sampler'}, {r.get('float_layers', '?')} float), "
+                        f"study {r['seconds']:.0f} s")
 
             same = a.get("label") == b.get("label") and a.get("drop") == b.get("drop")
             lines.append(f"| {bed} | {limit} | {cell(b)} | {cell(a)} | {_verdict(same)} |")
